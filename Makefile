@@ -1,0 +1,13 @@
+.PHONY: run test bench lint
+
+run:  ## set up and run web + worker(s) + Redis on this machine
+	scripts/serve.sh
+
+test:  ## set up and run lint and the whole test suite
+	scripts/test.sh
+
+bench:  ## run every benchmark with its default (full) settings
+	scripts/bootstrap.sh --dev && .venv/bin/python -m bench all
+
+lint:
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .

@@ -1,0 +1,52 @@
+"""imgsvc: an asynchronous image-description service (Flask + RQ + transformers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from imgsvc.config import Settings
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+    """Build the web app; the worker builds the same app once and keeps it for its life.
+
+    Nothing connects at build time: Redis and the database are reached on first use,
+    so the app starts even while they are still coming up.
+    """
+    from imgsvc import logs
+    from imgsvc.metrics import RedisMetrics
+    from imgsvc.queue.connection import job_queue, redis_connection
+    from imgsvc.queue.reaper import reap_command
+    from imgsvc.storage import db
+    from imgsvc.storage.uploads import UploadStore
+    from imgsvc.web import register_web
+
+    settings = settings or Settings.from_env()
+    if overrides:
+        settings = settings.with_(**overrides)
+    logs.configure(settings.log_level)
+
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.update(
+        IMGSVC=settings,
+        SECRET_KEY=settings.secret_key,
+        SQLALCHEMY_DATABASE_URI=settings.sqlalchemy_url,
+        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+        # Multipart framing adds a little; the exact file limit is enforced while streaming.
+        MAX_CONTENT_LENGTH=settings.max_file_size + 64 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+
+    app.redis = redis_connection(settings)
+    app.task_queue = job_queue(settings, app.redis)
+    app.uploads = UploadStore(settings.upload_dir, settings.max_file_size)
+    app.metrics = RedisMetrics(app.redis, settings.queue_name)
+
+    db.init_app(app)
+    app.cli.add_command(reap_command)
+    register_web(app)
+    return app

@@ -1,0 +1,128 @@
+"""The ``imgsvc`` command: describe files locally, talk to a server, start the pieces.
+
+``imgsvc describe`` needs no server, Redis or database: it loads the same describer
+the worker would and runs it on the given files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from imgsvc.config import Settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """imgsvc: asynchronous image descriptions (Flask + RQ + transformers)."""
+
+
+@main.command()
+@click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--model", default=None, help="VISION_MODEL to use (default: from the environment, else auto).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
+@click.option("--batch-size", default=8, show_default=True, help="Images per forward pass.")
+def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_size: int) -> None:
+    """Describe image files locally, without a server."""
+    from imgsvc.images import load_for_model
+    from imgsvc.vision import load_describer
+
+    settings = Settings.from_env()
+    if model:
+        settings = settings.with_(vision_model=model)
+    describer = load_describer(settings)
+    with click.progressbar(
+        length=len(paths), label="describing", file=sys.stderr, hidden=len(paths) < 4 or as_json
+    ) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            images = [load_for_model(p, settings.max_image_pixels, settings.max_image_side) for p in chunk]
+            for path, result in zip(chunk, describer.describe_full(images), strict=True):
+                if as_json:
+                    tags = [t.__dict__ for t in result.tags] if result.tags is not None else None
+                    lines = [ln.__dict__ for ln in result.lines] if result.lines is not None else None
+                    record = {
+                        "file": str(path),
+                        "image_description": result.text,
+                        "generated_by": describer.name,
+                    }
+                    click.echo(json.dumps(record | {"tags": tags, "text": lines}))
+                else:
+                    click.echo(f"{path}: {result.text}")
+            bar.update(len(chunk))
+
+
+@main.command()
+@click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option("--url", default="http://localhost:8000", show_default=True, help="Base URL of the server.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Poll until each job ends.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for results.")
+def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float) -> None:
+    """Submit image files to a running server and print the results as JSON lines."""
+    import requests
+
+    base = url.rstrip("/")
+    ids: dict[str, Path] = {}
+    for path in paths:
+        with path.open("rb") as fh:
+            response = requests.post(f"{base}/api/v1/submit", files={"file": (path.name, fh)}, timeout=60)
+        body = response.json()
+        if response.status_code != 202:
+            click.echo(json.dumps({"file": str(path), "http_status": response.status_code} | body))
+            continue
+        ids[body["job_id"]] = path
+        if not wait:
+            click.echo(json.dumps({"file": str(path)} | body))
+    deadline = time.monotonic() + timeout
+    while wait and ids and time.monotonic() < deadline:
+        for job_id, path in list(ids.items()):
+            response = requests.get(f"{base}/api/v1/result/{job_id}", timeout=30)
+            if response.status_code != 202:
+                click.echo(json.dumps({"file": str(path)} | response.json()))
+                del ids[job_id]
+        if ids:
+            time.sleep(0.5)
+    if wait and ids:
+        raise click.ClickException(f"{len(ids)} job(s) did not finish within {timeout:.0f} s")
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Quit when the queue is empty.")
+def worker(burst: bool) -> None:
+    """Start one worker (same as ``python worker.py``)."""
+    from imgsvc.queue.worker import main as worker_main
+
+    sys.exit(worker_main(["--burst"] if burst else []))
+
+
+@main.command()
+def web() -> None:
+    """Start the web app under gunicorn with gunicorn.conf.py."""
+    from imgsvc.config import PROJECT_ROOT
+
+    os.chdir(PROJECT_ROOT)
+    os.execvp("gunicorn", ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"])
+
+
+@main.command("download-model")
+@click.argument("name", required=False)
+def download_model(name: str | None) -> None:
+    """Fetch captioner weights into the Hugging Face cache for later offline use."""
+    from imgsvc.vision.base import ModelLoadError
+    from imgsvc.vision.captioner import download_model as fetch
+
+    name = name or Settings.from_env().caption_model
+    try:
+        path = fetch(name)
+    except ModelLoadError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{name} is in the local cache at {path}; VISION_MODEL=auto will now use it.")

@@ -1,0 +1,119 @@
+"""Every setting of imgsvc, typed, read once from the environment.
+
+The web app, the worker and the CLI all build a :class:`Settings` from the same
+variables, so one ``.env`` file configures the whole deployment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"not a boolean: {value!r}")
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Defaults are the embedded, single-machine setup; production overrides via env."""
+
+    # web
+    web_port: int = field(default=8000, metadata={"env": "WEB_PORT"})
+    web_workers: int = field(default=2, metadata={"env": "WEB_WORKERS"})
+    max_file_size: int = field(default=10 * 1024 * 1024, metadata={"env": "MAX_FILE_SIZE"})
+    max_image_pixels: int = field(default=40_000_000, metadata={"env": "MAX_IMAGE_PIXELS"})
+    upload_dir: Path = field(default=PROJECT_ROOT / "uploads", metadata={"env": "UPLOAD_DIR"})
+    secret_key: str = field(default="dev-not-secret", metadata={"env": "SECRET_KEY"})
+    rq_dashboard_username: str = field(default="", metadata={"env": "RQ_DASHBOARD_USERNAME"})
+    rq_dashboard_password: str = field(default="", metadata={"env": "RQ_DASHBOARD_PASSWORD"})
+    # storage
+    database_url: str = field(default="", metadata={"env": "DATABASE_URL"})
+    # queue
+    redis_url: str = field(default="redis://localhost:6379/0", metadata={"env": "REDIS_URL"})
+    queue_name: str = field(default="imgsvc", metadata={"env": "RQ_QUEUE"})
+    task_max_retries: int = field(default=3, metadata={"env": "TASK_MAX_RETRIES"})
+    task_retry_delay: int = field(default=60, metadata={"env": "TASK_RETRY_DELAY"})
+    job_timeout: int = field(default=300, metadata={"env": "JOB_TIMEOUT"})
+    result_ttl: int = field(default=7 * 24 * 3600, metadata={"env": "RESULT_TTL"})
+    worker_count: int = field(default=1, metadata={"env": "WORKER_COUNT"})
+    batch_size: int = field(default=1, metadata={"env": "BATCH_SIZE"})
+    batch_wait_ms: int = field(default=0, metadata={"env": "BATCH_WAIT_MS"})
+    stale_after: int = field(default=600, metadata={"env": "STALE_AFTER"})
+    # vision
+    vision_model: str = field(default="auto", metadata={"env": "VISION_MODEL"})
+    caption_model: str = field(default=DEFAULT_CAPTION_MODEL, metadata={"env": "CAPTION_MODEL"})
+    device: str = field(default="auto", metadata={"env": "DEVICE"})
+    max_new_tokens: int = field(default=30, metadata={"env": "MAX_NEW_TOKENS"})
+    max_image_side: int = field(default=1024, metadata={"env": "MAX_IMAGE_SIDE"})
+    ocr: str = field(default="auto", metadata={"env": "OCR"})
+    torch_threads: int = field(default=0, metadata={"env": "TORCH_THREADS"})
+    log_level: str = field(default="INFO", metadata={"env": "LOG_LEVEL"})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every field from its env variable; ``overrides`` win (tests use them)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(f.type, raw, f.metadata["env"])
+        settings = cls(**values)
+        return settings.with_(**overrides) if overrides else settings.validated()
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes).validated()
+
+    def validated(self) -> Settings:
+        for name in ("max_file_size", "job_timeout", "max_image_pixels", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name.upper()} must be positive")
+        if self.task_max_retries < 0 or self.task_retry_delay < 0:
+            raise ConfigError("TASK_MAX_RETRIES and TASK_RETRY_DELAY must be >= 0")
+        if self.ocr not in {"auto", "on", "off"}:
+            raise ConfigError("OCR must be auto, on or off")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """DATABASE_URL, or a SQLite file under instance/ (flaskr's convention)."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{PROJECT_ROOT / 'instance' / 'imgsvc.sqlite'}"
+
+
+def _convert(kind: Any, raw: str, env: str) -> Any:
+    kind = str(kind)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "bool":
+            return _bool(raw)
+        if kind == "Path":
+            return Path(raw).expanduser().resolve()
+        if kind == "tuple[str, ...]":
+            return _list(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{env}={raw!r}: {exc}") from exc
+    return raw

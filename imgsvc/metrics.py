@@ -1,0 +1,84 @@
+"""Prometheus metrics kept in Redis, so workers on any machine report to one /metrics.
+
+prometheus_client's multiprocess mode needs a shared directory; the workers share
+only Redis, so counters and histogram buckets live in one Redis hash per metric and
+the web side renders them in the Prometheus text format on request.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+from redis import Redis
+from rq import Queue, Worker
+
+BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+HISTOGRAMS = {
+    "job_duration_seconds": "Time from a worker claiming a job to its result being stored.",
+    "inference_seconds": "Model time per image (a batched pass is divided among its images).",
+}
+
+
+class RedisMetrics:
+    def __init__(self, connection: Redis, namespace: str) -> None:
+        self.connection = connection
+        self.prefix = f"imgsvc:metrics:{namespace}"
+
+    def count(self, outcome: str, amount: int = 1) -> None:
+        self.connection.hincrby(f"{self.prefix}:jobs", outcome, amount)
+
+    def observe(self, histogram: str, seconds: float) -> None:
+        index = bisect.bisect_left(BUCKETS, seconds)
+        bucket = str(BUCKETS[index]) if index < len(BUCKETS) else "+Inf"
+        key = f"{self.prefix}:{histogram}"
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.hincrby(key, bucket, 1)
+            pipe.hincrbyfloat(key, "sum", seconds)
+            pipe.execute()
+
+    def read(self) -> tuple[dict[str, int], dict[str, dict[str, float]]]:
+        with self.connection.pipeline(transaction=False) as pipe:
+            pipe.hgetall(f"{self.prefix}:jobs")
+            for name in HISTOGRAMS:
+                pipe.hgetall(f"{self.prefix}:{name}")
+            counters, *histograms = pipe.execute()
+        decode = lambda raw: {k.decode(): float(v) for k, v in raw.items()}  # noqa: E731
+        return (
+            {k: int(v) for k, v in decode(counters).items()},
+            {name: decode(raw) for name, raw in zip(HISTOGRAMS, histograms, strict=True)},
+        )
+
+
+class _QueueCollector(Collector):
+    def __init__(self, metrics: RedisMetrics, queue: Queue) -> None:
+        self.metrics = metrics
+        self.queue = queue
+
+    def collect(self) -> Iterable:
+        counters, histograms = self.metrics.read()
+        jobs = CounterMetricFamily("imgsvc_jobs", "Jobs by outcome.", labels=["outcome"])
+        for outcome in ("submitted", "done", "failed", "retried", "cached"):
+            jobs.add_metric([outcome], counters.get(outcome, 0))
+        yield jobs
+        yield GaugeMetricFamily("imgsvc_queue_depth", "Jobs waiting in the queue.", value=self.queue.count)
+        yield GaugeMetricFamily(
+            "imgsvc_workers", "Workers registered on the queue.", value=len(Worker.all(queue=self.queue))
+        )
+        for name, doc in HISTOGRAMS.items():
+            raw = histograms[name]
+            cumulative, running = [], 0.0
+            for bound in (*map(str, BUCKETS), "+Inf"):
+                running += raw.get(bound, 0)
+                cumulative.append((bound, running))
+            yield HistogramMetricFamily(
+                f"imgsvc_{name}", doc, buckets=cumulative, sum_value=raw.get("sum", 0.0)
+            )
+
+
+def registry_for(metrics: RedisMetrics, queue: Queue) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_QueueCollector(metrics, queue))
+    return registry

@@ -1,0 +1,49 @@
+"""Redis and RQ handles built from settings, and the one way a job is enqueued."""
+
+from __future__ import annotations
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Retry
+from rq.job import Job as RQJob
+
+from imgsvc.config import Settings
+from imgsvc.errors import QueueUnavailable
+
+DESCRIBE_TASK = "imgsvc.queue.tasks.describe_job"
+
+
+def redis_connection(settings: Settings) -> Redis:
+    """Short timeouts: a dead Redis must turn into a quick 503, not a hung request."""
+    return Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=2,
+        socket_timeout=10,
+        health_check_interval=30,
+        retry_on_timeout=False,
+    )
+
+
+def job_queue(settings: Settings, connection: Redis) -> Queue:
+    return Queue(settings.queue_name, connection=connection)
+
+
+def enqueue_describe(queue: Queue, settings: Settings, job_id: str, *, at_front: bool = False) -> RQJob:
+    """Enqueue under the row's own id, so re-enqueueing a job is idempotent."""
+    retry = None
+    if settings.task_max_retries > 0:
+        retry = Retry(max=settings.task_max_retries, interval=settings.task_retry_delay)
+    try:
+        return queue.enqueue(
+            DESCRIBE_TASK,
+            job_id,
+            job_id=job_id,
+            retry=retry,
+            job_timeout=settings.job_timeout,
+            result_ttl=settings.result_ttl,
+            failure_ttl=settings.result_ttl,
+            description=f"describe {job_id}",
+            at_front=at_front,
+        )
+    except RedisError as exc:
+        raise QueueUnavailable(f"the job queue is unavailable: {exc}") from exc

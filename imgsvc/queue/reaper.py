@@ -1,0 +1,81 @@
+"""Reconcile job rows with RQ so no job is lost or stuck when a worker or Redis dies.
+
+A row that has not moved for STALE_AFTER seconds is compared with its RQ job:
+missing from Redis (Redis lost it, or a worker died between dequeue and start) ->
+enqueued again; failed in RQ (abandoned with no retries left) -> failed in SQL;
+requeued by RQ after an abandoned run -> shown as queued again.
+Runs at worker start-up, in the worker's maintenance loop, and as ``flask reap``.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import click
+from flask import current_app
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+from rq.job import JobStatus
+
+from imgsvc.config import Settings
+from imgsvc.queue.connection import enqueue_describe
+from imgsvc.storage import jobs
+
+log = logging.getLogger("imgsvc.reaper")
+
+ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+
+
+def reconcile(settings: Settings, queue: Queue) -> dict[str, int]:
+    """One pass over stale rows; returns counts per action (for logs and tests)."""
+    counts = {"requeued": 0, "failed": 0, "reset": 0}
+    cutoff = jobs.utcnow() - timedelta(seconds=settings.stale_after)
+    try:
+        queued_ids = set(queue.get_job_ids())
+        for row in jobs.unfinished_before(cutoff):
+            action = _reconcile_one(settings, queue, row, queued_ids)
+            if action:
+                counts[action] += 1
+                log.warning("job reconciled", extra={"job_id": row.id, "action": action})
+    except RedisError as exc:
+        log.warning("reaper skipped: Redis unavailable (%s)", exc)
+    return counts
+
+
+def _reconcile_one(settings: Settings, queue: Queue, row: jobs.Job, queued_ids: set[str]) -> str | None:
+    try:
+        rq_job = RQJob.fetch(row.id, connection=queue.connection)
+        status = rq_job.get_status()
+    except NoSuchJobError:
+        rq_job, status = None, None
+
+    if status == JobStatus.QUEUED and row.id not in queued_ids:
+        status = None  # taken off the list by a worker that died before starting it
+    if status in ALIVE:
+        if row.status == jobs.Status.PROCESSING and status in {JobStatus.QUEUED, JobStatus.SCHEDULED}:
+            jobs.mark_retrying(row.id, "the worker running this job stopped; it was queued again")
+            return "reset"
+        return None
+    if status == JobStatus.FAILED:
+        jobs.mark_failed(row.id, "the worker running this job died and no retries were left")
+        return "failed"
+    if row.attempts > settings.task_max_retries:
+        jobs.mark_failed(row.id, f"gave up after {row.attempts} attempts")
+        return "failed"
+    if rq_job is not None:
+        rq_job.delete()
+    if row.status == jobs.Status.PROCESSING:
+        jobs.mark_retrying(row.id, "the job was lost by the queue; it was queued again")
+    enqueue_describe(queue, settings, row.id)
+    return "requeued"
+
+
+@click.command("reap")
+def reap_command() -> None:
+    """Reconcile stale job rows with RQ now (workers also do this periodically)."""
+    settings: Settings = current_app.config["IMGSVC"]
+    counts = reconcile(settings, current_app.task_queue)
+    click.echo(", ".join(f"{n} {action}" for action, n in counts.items()))

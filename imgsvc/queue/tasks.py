@@ -1,0 +1,113 @@
+"""The job functions RQ runs inside an :class:`~imgsvc.queue.worker.ImgsvcWorker`.
+
+The worker pushes its Flask app context around every job, so a task finds the
+loaded describer and the settings on ``current_app`` and never loads anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from flask import current_app
+from rq import get_current_job
+
+from imgsvc.config import Settings
+from imgsvc.errors import ImageTooLarge, UnsupportedImage
+from imgsvc.images import load_for_model
+from imgsvc.metrics import RedisMetrics
+from imgsvc.storage import jobs
+from imgsvc.storage.uploads import UploadStore
+from imgsvc.vision.base import Describer, Description
+
+log = logging.getLogger("imgsvc.jobs")
+
+
+@dataclass
+class WorkerRuntime:
+    """What a worker process holds for its whole life; stored in ``app.extensions``."""
+
+    settings: Settings
+    describer: Describer
+    uploads: UploadStore
+    metrics: RedisMetrics
+    #: Results computed ahead of time by a batched forward pass, keyed by job id.
+    prefetched: dict[str, Description | Exception] = field(default_factory=dict)
+
+    @staticmethod
+    def current() -> WorkerRuntime:
+        return current_app.extensions["imgsvc.runtime"]
+
+
+class PermanentJobError(Exception):
+    """An input no retry can fix (the image does not decode)."""
+
+
+def describe_job(job_id: str) -> dict[str, object]:
+    """Describe one uploaded image and record the outcome in its row."""
+    runtime = WorkerRuntime.current()
+    if not jobs.mark_processing(job_id):
+        # Deleted, or already finished by an earlier run: nothing to do, nothing to undo.
+        log.info("job skipped", extra={"job_id": job_id, "reason": "not claimable"})
+        return {"job_id": job_id, "status": "skipped"}
+    log.info("job processing", extra={"job_id": job_id, "status": jobs.Status.PROCESSING})
+    started = time.perf_counter()
+    try:
+        result = runtime.prefetched.pop(job_id, None)
+        if result is None:
+            image = load_image(runtime, job_id)
+            model_started = time.perf_counter()
+            result = runtime.describer.describe_full([image])[0]
+            runtime.metrics.observe("inference_seconds", time.perf_counter() - model_started)
+        if isinstance(result, Exception):
+            raise result
+    except PermanentJobError as exc:
+        jobs.mark_failed(job_id, str(exc))
+        runtime.metrics.count("failed")
+        log.warning("job failed", extra={"job_id": job_id, "status": "failed", "error": str(exc)})
+        return {"job_id": job_id, "status": "failed"}
+    except Exception as exc:
+        _record_failure(runtime, job_id, exc)
+        raise
+    elapsed = time.perf_counter() - started
+    jobs.mark_done(job_id, result, runtime.describer.name, round(elapsed * 1000))
+    runtime.metrics.count("done")
+    runtime.metrics.observe("job_duration_seconds", elapsed)
+    log.info("job done", extra={"job_id": job_id, "status": "done", "duration_ms": round(elapsed * 1000)})
+    return {"job_id": job_id, "status": "done"}
+
+
+def load_image(runtime: WorkerRuntime, job_id: str):
+    row = jobs.get_job(job_id)
+    if row is None:
+        raise PermanentJobError("the job row disappeared")
+    path = runtime.uploads.path_of(row.upload_name)
+    try:
+        return load_for_model(path, runtime.settings.max_image_pixels, runtime.settings.max_image_side)
+    except (UnsupportedImage, ImageTooLarge) as exc:
+        raise PermanentJobError(exc.message) from exc
+    except FileNotFoundError as exc:
+        raise PermanentJobError("the uploaded file is missing") from exc
+
+
+def _record_failure(runtime: WorkerRuntime, job_id: str, exc: BaseException) -> None:
+    """Mirror RQ's retry decision in the row: queued again with the error, or failed for good."""
+    rq_job = get_current_job()
+    reason = f"{type(exc).__name__}: {exc}"
+    if rq_job is not None and rq_job.should_retry:
+        jobs.mark_retrying(job_id, reason)
+        runtime.metrics.count("retried")
+        log.warning(
+            "job retrying",
+            extra={
+                "job_id": job_id,
+                "status": "queued",
+                "error": reason,
+                "retries_left": rq_job.retries_left,
+            },
+        )
+    else:
+        jobs.mark_failed(job_id, reason)
+        runtime.metrics.count("failed")
+        log.error("job failed", extra={"job_id": job_id, "status": "failed", "error": reason})

@@ -1,0 +1,168 @@
+"""The RQ worker that loads the model once and then describes images for its whole life.
+
+It is a :class:`rq.SimpleWorker` (no fork per job): the model stays in this process,
+and CUDA, which cannot be re-initialised in a forked child, keeps working.
+Start it with ``python worker.py`` or ``rq worker -w imgsvc.queue.worker.ImgsvcWorker imgsvc``.
+
+Dynamic batching: when BATCH_SIZE > 1, after taking one job the worker drains up to
+BATCH_SIZE-1 more that are already waiting (or arrive within BATCH_WAIT_MS), registers
+them all as started, runs ONE forward pass over their images, then lets RQ perform each
+job as usual; each job finds its result ready. A failure in one image only fails that job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any
+
+from flask import Flask
+from rq import Queue, SimpleWorker
+from rq.job import Job as RQJob
+from rq.worker import WorkerStatus
+
+from imgsvc.config import Settings
+from imgsvc.metrics import RedisMetrics
+from imgsvc.queue import reaper
+from imgsvc.queue.connection import job_queue, redis_connection
+from imgsvc.queue.tasks import PermanentJobError, WorkerRuntime, load_image
+from imgsvc.storage.uploads import UploadStore
+from imgsvc.vision import load_describer
+from imgsvc.vision.base import Describer, ModelLoadError
+
+log = logging.getLogger("imgsvc.worker")
+
+
+class ImgsvcWorker(SimpleWorker):
+    def __init__(
+        self, *args: Any, app: Flask | None = None, describer: Describer | None = None, **kwargs: Any
+    ) -> None:
+        """``describer`` lets a caller that already loaded the model (tests, CLI) hand it over."""
+        super().__init__(*args, **kwargs)
+        self.app = app
+        self.describer = describer
+        self.runtime: WorkerRuntime | None = None
+
+    # -- start-up ---------------------------------------------------------------
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        """Load the model before registering: a registered worker is a ready worker."""
+        self.load_runtime()
+        super().bootstrap(*args, **kwargs)
+        with self.app.app_context():
+            reaper.reconcile(self.runtime.settings, job_queue(self.runtime.settings, self.connection))
+
+    def load_runtime(self) -> WorkerRuntime:
+        if self.runtime is not None:
+            return self.runtime
+        if self.app is None:
+            from imgsvc import create_app
+
+            self.app = create_app()
+        settings: Settings = self.app.config["IMGSVC"]
+        started = time.perf_counter()
+        describer = self.describer or load_describer(settings)
+        log.info(
+            "model loaded",
+            extra={"model": describer.name, "load_s": round(time.perf_counter() - started, 2)},
+        )
+        self.runtime = WorkerRuntime(
+            settings,
+            describer,
+            UploadStore(settings.upload_dir, settings.max_file_size),
+            RedisMetrics(self.connection, settings.queue_name),
+        )
+        self.app.extensions["imgsvc.runtime"] = self.runtime
+        return self.runtime
+
+    # -- the loop ------------------------------------------------------------------
+    def execute_job(self, job: RQJob, queue: Queue) -> None:
+        assert self.app is not None and self.runtime is not None
+        with self.app.app_context():
+            batch = [job, *self._drain(queue)]
+            executions = [self.prepare_execution(j) for j in batch]
+            if len(batch) > 1:
+                self._prefetch(batch)
+            for member, execution in zip(batch, executions, strict=True):
+                self.perform_job(member, queue, execution)
+            self.runtime.prefetched.clear()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _drain(self, queue: Queue) -> list[RQJob]:
+        """Take jobs that are already waiting, up to the batch size, within BATCH_WAIT_MS."""
+        settings = self.runtime.settings
+        wanted = settings.batch_size - 1
+        deadline = time.monotonic() + settings.batch_wait_ms / 1000
+        taken: list[RQJob] = []
+        while len(taken) < wanted:
+            result = queue.dequeue_any([queue], None, connection=self.connection, job_class=self.job_class)
+            if result is not None:
+                taken.append(result[0])
+                continue
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.002)
+        return taken
+
+    def _prefetch(self, batch: list[RQJob]) -> None:
+        """One forward pass for every image of the batch that decodes; errors stay per job."""
+        runtime = self.runtime
+        images, ids = [], []
+        for member in batch:
+            job_id = member.args[0]
+            try:
+                images.append(load_image(runtime, job_id))
+                ids.append(job_id)
+            except PermanentJobError as exc:
+                runtime.prefetched[job_id] = exc
+        if not images:
+            return
+        started = time.perf_counter()
+        try:
+            results = runtime.describer.describe_full(images)
+        except Exception:
+            log.exception("batched forward pass failed; falling back to one image at a time")
+            return
+        per_image = (time.perf_counter() - started) / len(images)
+        for _ in images:
+            runtime.metrics.observe("inference_seconds", per_image)
+        runtime.prefetched.update(zip(ids, results, strict=True))
+
+    def run_maintenance_tasks(self) -> None:
+        super().run_maintenance_tasks()
+        if self.app is not None and self.runtime is not None:
+            with self.app.app_context():
+                reaper.reconcile(self.runtime.settings, job_queue(self.runtime.settings, self.connection))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run an imgsvc worker: load the model once, then take jobs.")
+    parser.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+    parser.add_argument("--max-jobs", type=int, default=None, help="quit after this many jobs")
+    parser.add_argument("--name", default=None, help="worker name shown in rq-dashboard")
+    args = parser.parse_args(argv)
+
+    from imgsvc import create_app
+
+    app = create_app()
+    settings: Settings = app.config["IMGSVC"]
+    connection = redis_connection(settings)
+    worker = ImgsvcWorker(
+        [job_queue(settings, connection)],
+        connection=connection,
+        name=args.name,
+        app=app,
+        maintenance_interval=min(600, max(10, settings.stale_after // 2)),
+    )
+    try:
+        worker.load_runtime()
+    except ModelLoadError as exc:
+        log.critical("cannot load the model, worker not started: %s", exc)
+        return 2
+    worker.work(
+        burst=args.burst,
+        max_jobs=args.max_jobs,
+        with_scheduler=True,
+        logging_level=settings.log_level,
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""The storage side: job rows in SQL (the authoritative state) and uploaded files on disk."""

@@ -1,0 +1,179 @@
+"""The job row: one per submitted image, the source of truth for status and result.
+
+RQ's own job hashes expire and vanish with Redis; the API answers from these rows,
+and every state change goes through the small functions below.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, select, update
+from sqlalchemy.orm import Mapped, mapped_column
+
+from imgsvc.storage.db import db
+from imgsvc.vision.base import Description
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+def utcnow() -> datetime:
+    """Naive UTC: SQLite drops tzinfo anyway, so store it the same on every backend."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def isoformat(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.isoformat(timespec="milliseconds") + "Z"
+
+
+def parse_job_id(raw: str) -> str | None:
+    """Canonical UUID string, or None for anything that is not one."""
+    try:
+        return str(uuid.UUID(raw))
+    except (ValueError, AttributeError, TypeError):
+        return None
+
+
+class Job(db.Model):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=Status.QUEUED)
+    upload_name: Mapped[str] = mapped_column(String(64))
+    image_format: Mapped[str] = mapped_column(String(8))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    description: Mapped[str | None] = mapped_column(Text)
+    generated_by: Mapped[str | None] = mapped_column(String(255))
+    tags: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    text_lines: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    cached: Mapped[bool] = mapped_column(Boolean, default=False)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+
+    def status_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "job_id": self.id,
+            "status": self.status,
+            "created_at": isoformat(self.created_at),
+            "updated_at": isoformat(self.updated_at),
+            "attempts": self.attempts,
+        }
+        if self.started_at:
+            body["started_at"] = isoformat(self.started_at)
+        if self.completed_at:
+            body["completed_at"] = isoformat(self.completed_at)
+        if self.error and self.status in (Status.FAILED, Status.QUEUED):
+            body["error"] = self.error
+        return body
+
+    def result_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.id,
+            "status": self.status,
+            "image_description": self.description,
+            "generated_by": self.generated_by,
+            "created_at": isoformat(self.created_at),
+            "completed_at": isoformat(self.completed_at),
+            "tags": self.tags,
+            "text": self.text_lines,
+            "cached": self.cached,
+            "image": {"format": self.image_format, "width": self.width, "height": self.height},
+        }
+
+
+def get_job(job_id: str) -> Job | None:
+    return db.session.get(Job, job_id)
+
+
+def create_job(**fields: Any) -> Job:
+    job = Job(id=str(uuid.uuid4()), status=Status.QUEUED, attempts=0, cached=False, **fields)
+    db.session.add(job)
+    db.session.commit()
+    return job
+
+
+def delete_job(job: Job) -> None:
+    db.session.delete(job)
+    db.session.commit()
+
+
+def _transition(job_id: str, allowed_from: tuple[Status, ...], **values: Any) -> bool:
+    """Compare-and-set on status so two workers can never both own one job."""
+    values.setdefault("updated_at", utcnow())
+    result = db.session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(allowed_from)).values(**values)
+    )
+    db.session.commit()
+    return result.rowcount == 1
+
+
+def mark_processing(job_id: str) -> bool:
+    """Claim a queued job. A processing one may be re-claimed: its last worker died."""
+    return _transition(
+        job_id,
+        (Status.QUEUED, Status.PROCESSING),
+        status=Status.PROCESSING,
+        started_at=utcnow(),
+        attempts=Job.attempts + 1,
+    )
+
+
+def mark_done(job_id: str, result: Description, generated_by: str, duration_ms: int | None = None) -> bool:
+    return _transition(
+        job_id,
+        (Status.PROCESSING, Status.QUEUED),
+        status=Status.DONE,
+        description=result.text,
+        generated_by=generated_by,
+        tags=[{"label": t.label, "score": t.score} for t in result.tags] if result.tags is not None else None,
+        text_lines=[{"text": ln.text, "confidence": ln.confidence} for ln in result.lines]
+        if result.lines is not None
+        else None,
+        completed_at=utcnow(),
+        duration_ms=duration_ms,
+        error=None,
+    )
+
+
+def mark_retrying(job_id: str, error: str) -> bool:
+    """Back to queued with the last error visible: the user sees it is being retried."""
+    return _transition(job_id, (Status.PROCESSING,), status=Status.QUEUED, error=error)
+
+
+def mark_failed(job_id: str, error: str) -> bool:
+    return _transition(
+        job_id,
+        (Status.PROCESSING, Status.QUEUED),
+        status=Status.FAILED,
+        error=error,
+        completed_at=utcnow(),
+    )
+
+
+def unfinished_before(cutoff: datetime, limit: int = 500) -> list[Job]:
+    """Rows still queued/processing and untouched since ``cutoff``: candidates for the reaper."""
+    query = (
+        select(Job)
+        .where(Job.status.in_((Status.QUEUED, Status.PROCESSING)), Job.updated_at < cutoff)
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+    return list(db.session.scalars(query))

@@ -1,0 +1,65 @@
+"""The web side: blueprints, the one JSON error handler, and per-request logging."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from imgsvc.errors import FileTooLarge, ImgsvcError
+
+log = logging.getLogger("imgsvc.web")
+
+
+def register_web(app: Flask) -> None:
+    from imgsvc.web import api, health
+    from imgsvc.web.dashboard import mount_dashboard
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    mount_dashboard(app, app.config["IMGSVC"])
+
+    app.register_error_handler(ImgsvcError, _imgsvc_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    app.before_request(_start_timer)
+    app.after_request(_log_request)
+
+
+def _imgsvc_error(exc: ImgsvcError) -> tuple[Response, int]:
+    return jsonify(exc.to_dict()), exc.status
+
+
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    """Werkzeug's own errors (404 route, 405, 413 from MAX_CONTENT_LENGTH) as JSON too."""
+    if exc.code == 413:
+        return _imgsvc_error(FileTooLarge("the request body is larger than the upload limit"))
+    code = (exc.name or "error").lower().replace(" ", "_")
+    body = {"error": {"code": code, "message": exc.description, "status": exc.code}}
+    return jsonify(body), exc.code or 500
+
+
+def _unexpected_error(exc: Exception) -> tuple[Response, int]:
+    log.exception("unhandled error", extra={"path": request.path})
+    body = {"error": {"code": "internal_error", "message": "unexpected server error", "status": 500}}
+    return jsonify(body), 500
+
+
+def _start_timer() -> None:
+    g.started = time.perf_counter()
+
+
+def _log_request(response: Response) -> Response:
+    elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    extra = {
+        "method": request.method,
+        "path": request.path,
+        "status": response.status_code,
+        "ms": round(elapsed_ms, 2),
+    }
+    if job_id := g.get("job_id"):
+        extra["job_id"] = job_id
+    log.info("request", extra=extra)
+    return response

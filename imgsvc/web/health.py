@@ -1,0 +1,54 @@
+"""Liveness and readiness for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+from rq import Worker
+from sqlalchemy import text
+
+from imgsvc.metrics import registry_for
+from imgsvc.storage.db import db
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process answers; says nothing about its dependencies on purpose."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text format; workers' figures arrive through Redis."""
+    registry = registry_for(current_app.metrics, current_app.task_queue)
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Ready = database, Redis and at least one worker (which has its model loaded)."""
+    checks: dict[str, object] = {}
+    ok = True
+    try:
+        db.session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"error: {type(exc).__name__}"
+        ok = False
+    try:
+        current_app.redis.ping()
+        checks["redis"] = "ok"
+        workers = Worker.all(queue=current_app.task_queue)
+        checks["workers"] = len(workers)
+        checks["queue_depth"] = current_app.task_queue.count
+        if not workers:
+            ok = False
+    except RedisError as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+        checks["workers"] = 0
+        ok = False
+    body = {"status": "ready" if ok else "not ready", "checks": checks}
+    return jsonify(body), 200 if ok else 503

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Set up and run the whole service on this machine: Redis (started if none answers),
+# the database tables, WORKER_COUNT workers and gunicorn on WEB_PORT. Ctrl+C stops all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -f .env ] && set -a && . ./.env && set +a
+scripts/bootstrap.sh
+scripts/ensure-redis.sh
+. .venv/bin/activate
+flask --app imgsvc init-db
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
+for i in $(seq "${WORKER_COUNT:-1}"); do
+  python worker.py --name "imgsvc-worker-$i-$$" &
+  pids+=($!)
+done
+gunicorn -c gunicorn.conf.py wsgi:app &
+pids+=($!)
+wait -n "${pids[@]}"

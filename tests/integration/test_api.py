@@ -1,0 +1,269 @@
+"""Submit -> RQ (real Redis) -> worker (real model) -> SQL -> result, through HTTP."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imgsvc import create_app
+from imgsvc.config import PROJECT_ROOT
+from imgsvc.storage import jobs
+from imgsvc.storage.db import db
+from tests.conftest import TEST_REDIS_URL, image_bytes
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def submit(client, data: bytes, filename: str = "photo.jpg", content_type: str = "image/jpeg"):
+    return client.post(
+        "/api/v1/submit",
+        data={"file": (io.BytesIO(data), filename, content_type)},
+        content_type="multipart/form-data",
+    )
+
+
+def stored_files(settings) -> list[Path]:
+    return sorted(p for p in settings.upload_dir.glob("*") if p.is_file())
+
+
+def row_count(app) -> int:
+    with app.app_context():
+        return db.session.query(jobs.Job).count()
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_image_goes_from_submit_to_described_result(client, settings, run_worker, tiny_model_dir, fmt):
+    response = submit(client, image_bytes(fmt), filename="../../etc/passwd", content_type="text/plain")
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "queued" and body["message"] == "Job submitted successfully"
+    job_id = body["job_id"]
+    assert str(uuid.UUID(job_id)) == job_id
+    assert response.headers["Location"].endswith(f"/api/v1/status/{job_id}")
+
+    status = client.get(f"/api/v1/status/{job_id}").get_json()
+    assert status["status"] == "queued" and ISO_UTC.match(status["created_at"])
+    pending = client.get(f"/api/v1/result/{job_id}")
+    assert pending.status_code == 202 and pending.get_json()["status"] == "queued"
+
+    run_worker()
+
+    assert client.get(f"/api/v1/status/{job_id}").get_json()["status"] == "done"
+    result = client.get(f"/api/v1/result/{job_id}")
+    assert result.status_code == 200
+    data = result.get_json()
+    assert data["job_id"] == job_id and data["status"] == "done"
+    assert isinstance(data["image_description"], str)
+    assert data["generated_by"] == str(tiny_model_dir)
+    assert ISO_UTC.match(data["created_at"]) and ISO_UTC.match(data["completed_at"])
+    assert data["completed_at"] >= data["created_at"]
+    # stored under a server-chosen name, never the client's
+    (stored,) = stored_files(settings)
+    assert re.fullmatch(r"[0-9a-f]{32}\.(jpg|png|webp|gif|bmp|tiff)", stored.name)
+
+
+def test_description_comes_from_the_model(client, run_worker, tiny_describer):
+    """The stored text is exactly what the loaded model says for that image."""
+    data = image_bytes("PNG", size=(80, 60), color=(10, 120, 200))
+    job_id = submit(client, data, "a.png", "image/png").get_json()["job_id"]
+    run_worker()
+    expected = tiny_describer.describe([Image.open(io.BytesIO(data)).convert("RGB")])[0]
+    assert client.get(f"/api/v1/result/{job_id}").get_json()["image_description"] == expected
+
+
+def test_missing_file_field_is_400(client, app, settings):
+    response = client.post("/api/v1/submit", data={"other": "x"}, content_type="multipart/form-data")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "missing_file"
+    response = client.post("/api/v1/submit", json={"file": "abc"})
+    assert response.status_code == 400
+    assert row_count(app) == 0 and stored_files(settings) == []
+
+
+def test_empty_file_is_400(client, app, settings):
+    response = submit(client, b"")
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == "empty_file"
+    assert row_count(app) == 0 and stored_files(settings) == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"this is plain text, not a picture" * 10,
+        image_bytes("JPEG")[:300],  # truncated JPEG
+        b"%PDF-1.4\n" + b"0" * 500,
+        image_bytes("PNG")[:-40],  # PNG missing its tail
+    ],
+    ids=["text", "truncated-jpeg", "pdf", "truncated-png"],
+)
+def test_non_image_is_415_whatever_the_name_says(client, app, settings, payload):
+    response = submit(client, payload, filename="holiday.jpg", content_type="image/jpeg")
+    assert response.status_code == 415
+    assert response.get_json()["error"]["code"] == "unsupported_media_type"
+    assert row_count(app) == 0 and stored_files(settings) == []
+
+
+def test_disallowed_format_is_415(client, app, settings):
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buf, format="ICO")
+    assert submit(client, buf.getvalue(), "x.ico", "image/x-icon").status_code == 415
+    assert row_count(app) == 0
+
+
+def test_file_over_limit_is_413_json(settings, redis_db):
+    app = create_app(settings.with_(max_file_size=2000))
+    client = app.test_client()
+    response = submit(client, image_bytes("BMP", size=(64, 64)))  # ~12 KB, body still under the request cap
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "file_too_large"
+    huge = submit(client, b"\xff" * 200_000)  # over MAX_CONTENT_LENGTH: refused before parsing
+    assert huge.status_code == 413 and huge.is_json
+    assert row_count(app) == 0 and stored_files(settings) == []
+
+
+def test_decompression_bomb_is_refused_before_decoding(client, app, settings):
+    bomb = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(bomb, format="PNG")  # 144 Mpx in a few KB
+    assert len(bomb.getvalue()) < 100_000
+    response = submit(client, bomb.getvalue(), "bomb.png", "image/png")
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "image_too_large"
+    assert row_count(app) == 0 and stored_files(settings) == []
+
+
+@pytest.mark.parametrize("route", ["status", "result"])
+@pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid", "1' OR '1'='1", "..%2F..%2Fetc"])
+def test_unknown_or_malformed_job_id_is_404(client, route, job_id):
+    response = client.get(f"/api/v1/{route}/{job_id}")
+    assert response.status_code == 404
+    assert response.get_json()["error"]["code"] == "not_found"
+
+
+def test_redis_down_at_submit_is_503_and_leaves_nothing(settings, redis_db, jpeg_bytes):
+    app = create_app(settings.with_(redis_url="redis://127.0.0.1:1/0"))
+    response = submit(app.test_client(), jpeg_bytes)
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "queue_unavailable"
+    assert row_count(app) == 0 and stored_files(settings) == []
+
+
+def test_unknown_route_and_method_are_json(client):
+    assert client.get("/api/v1/nope").get_json()["error"]["status"] == 404
+    response = client.get("/api/v1/submit")
+    assert response.status_code == 405 and response.is_json
+
+
+class ExplodingDescriber:
+    """A model whose forward pass raises, as an out-of-memory or a driver error would."""
+
+    name = "exploding"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def describe_full(self, images):
+        self.calls += 1
+        raise RuntimeError("CUDA error: device-side assert")
+
+
+def test_model_error_is_retried_then_failed(settings, redis_db, jpeg_bytes):
+    app = create_app(settings.with_(task_max_retries=2))
+    client = app.test_client()
+    job_id = submit(client, jpeg_bytes).get_json()["job_id"]
+    from imgsvc.queue.worker import ImgsvcWorker
+
+    describer = ExplodingDescriber()
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=describer).work(burst=True)
+
+    assert describer.calls == 3  # the first try and TASK_MAX_RETRIES retries
+    status = client.get(f"/api/v1/status/{job_id}").get_json()
+    assert status["status"] == "failed" and status["attempts"] == 3
+    assert "device-side assert" in status["error"]
+    result = client.get(f"/api/v1/result/{job_id}")
+    assert result.status_code == 422 and result.get_json()["status"] == "failed"
+
+
+def test_image_that_stops_decoding_fails_at_once_without_retries(
+    client, app, settings, run_worker, jpeg_bytes
+):
+    job_id = submit(client, jpeg_bytes).get_json()["job_id"]
+    (stored,) = stored_files(settings)
+    stored.write_bytes(b"garbage now")  # disk corruption between submit and work
+    run_worker()
+    status = client.get(f"/api/v1/status/{job_id}").get_json()
+    assert status["status"] == "failed" and status["attempts"] == 1
+    assert "decode" in status["error"]
+
+
+def test_postgresql_database_url_works(settings, redis_db, run_worker, tiny_describer, png_bytes):
+    pg_url = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    app = create_app(settings.with_(database_url=pg_url))
+    client = app.test_client()
+    try:
+        job_id = submit(client, png_bytes, "a.png", "image/png").get_json()["job_id"]
+        from imgsvc.queue.worker import ImgsvcWorker
+
+        ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(
+            burst=True
+        )
+        result = client.get(f"/api/v1/result/{job_id}").get_json()
+        assert result["status"] == "done" and result["image_description"] is not None
+        with app.app_context():
+            assert db.engine.dialect.name == "postgresql"
+    finally:
+        with app.app_context():
+            db.drop_all()
+            db.engine.dispose()
+
+
+def test_worker_script_runs_jobs_in_a_subprocess(client, settings, tiny_model_dir, jpeg_bytes):
+    job_id = submit(client, jpeg_bytes).get_json()["job_id"]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_OFFLINE": "1",
+        "REDIS_URL": TEST_REDIS_URL,
+        "DATABASE_URL": settings.database_url,
+        "UPLOAD_DIR": str(settings.upload_dir),
+        "VISION_MODEL": str(tiny_model_dir),
+        "MAX_NEW_TOKENS": "5",
+    }
+    proc = subprocess.run(
+        [sys.executable, "worker.py", "--burst"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '"event": "model loaded"' in proc.stderr
+    result = client.get(f"/api/v1/result/{job_id}").get_json()
+    assert result["status"] == "done" and result["generated_by"] == str(tiny_model_dir)
+
+
+def test_worker_with_unloadable_model_exits_at_start(settings, tmp_path):
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_OFFLINE": "1",
+        "REDIS_URL": TEST_REDIS_URL,
+        "DATABASE_URL": settings.database_url,
+        "VISION_MODEL": str(tmp_path / "no-such-model"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "worker.py", "--burst"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "cannot load the model" in proc.stderr
