@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from flask import Flask
+from typing import TYPE_CHECKING, Any
 
 from imgsvc.config import Settings
+
+if TYPE_CHECKING:  # the vision side imports this package too, and must not pull in Flask
+    from flask import Flask
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -16,6 +17,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     Nothing connects at build time: Redis and the database are reached on first use,
     so the app starts even while they are still coming up.
     """
+    from flask import Flask
+
     from imgsvc import logs
     from imgsvc.metrics import RedisMetrics
     from imgsvc.queue.connection import job_queue, redis_connection
@@ -23,6 +26,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from imgsvc.storage import db
     from imgsvc.storage.uploads import UploadStore
     from imgsvc.web import register_web
+    from imgsvc.web.auth import init_rate_limits
 
     settings = settings or Settings.from_env()
     if overrides:
@@ -47,6 +51,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.metrics = RedisMetrics(app.redis, settings.queue_name)
 
     db.init_app(app)
+    init_rate_limits(app, settings)
     app.cli.add_command(reap_command)
     register_web(app)
     return app

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Retry
@@ -47,3 +50,20 @@ def enqueue_describe(queue: Queue, settings: Settings, job_id: str, *, at_front:
         )
     except RedisError as exc:
         raise QueueUnavailable(f"the job queue is unavailable: {exc}") from exc
+
+
+def _model_key(settings: Settings) -> str:
+    return f"imgsvc:model:{settings.queue_name}"
+
+
+def publish_model(connection: Redis, settings: Settings, name: str, options: list[str]) -> None:
+    """What the workers run, so the web side can dedupe and check options without loading it."""
+    connection.set(_model_key(settings), json.dumps({"name": name, "options": sorted(options)}))
+
+
+def running_model(connection: Redis, settings: Settings) -> dict[str, Any] | None:
+    try:
+        raw = connection.get(_model_key(settings))
+    except RedisError:
+        return None  # enqueueing will report the outage
+    return json.loads(raw) if raw else None

@@ -9,17 +9,21 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from flask import current_app
+from redis import Redis
+from redis.exceptions import RedisError
 from rq import get_current_job
 
 from imgsvc.config import Settings
 from imgsvc.errors import ImageTooLarge, UnsupportedImage
 from imgsvc.images import load_for_model
 from imgsvc.metrics import RedisMetrics
+from imgsvc.queue.webhooks import enqueue_delivery
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import UploadStore
-from imgsvc.vision.base import Describer, Description
+from imgsvc.vision.base import Describer, Description, UnsupportedOption
 
 log = logging.getLogger("imgsvc.jobs")
 
@@ -32,6 +36,7 @@ class WorkerRuntime:
     describer: Describer
     uploads: UploadStore
     metrics: RedisMetrics
+    connection: Redis
     #: Results computed ahead of time by a batched forward pass, keyed by job id.
     prefetched: dict[str, Description | Exception] = field(default_factory=dict)
 
@@ -48,7 +53,7 @@ def describe_job(job_id: str) -> dict[str, object]:
     """Describe one uploaded image and record the outcome in its row."""
     runtime = WorkerRuntime.current()
     if not jobs.mark_processing(job_id):
-        # Deleted, or already finished by an earlier run: nothing to do, nothing to undo.
+        # Deleted, cancelled or already finished by an earlier run: nothing to do, nothing to undo.
         log.info("job skipped", extra={"job_id": job_id, "reason": "not claimable"})
         return {"job_id": job_id, "status": "skipped"}
     log.info("job processing", extra={"job_id": job_id, "status": jobs.Status.PROCESSING})
@@ -56,26 +61,62 @@ def describe_job(job_id: str) -> dict[str, object]:
     try:
         result = runtime.prefetched.pop(job_id, None)
         if result is None:
+            options = job_options(job_id)
+            runtime.describer.check_options(options)
             image = load_image(runtime, job_id)
             model_started = time.perf_counter()
-            result = runtime.describer.describe_full([image])[0]
+            result = runtime.describer.describe_full([image], options)[0]
             runtime.metrics.observe("inference_seconds", time.perf_counter() - model_started)
         if isinstance(result, Exception):
             raise result
-    except PermanentJobError as exc:
-        jobs.mark_failed(job_id, str(exc))
-        runtime.metrics.count("failed")
-        log.warning("job failed", extra={"job_id": job_id, "status": "failed", "error": str(exc)})
+    except (PermanentJobError, UnsupportedOption) as exc:
+        _finish_failed(runtime, job_id, str(exc))
         return {"job_id": job_id, "status": "failed"}
     except Exception as exc:
         _record_failure(runtime, job_id, exc)
         raise
     elapsed = time.perf_counter() - started
-    jobs.mark_done(job_id, result, runtime.describer.name, round(elapsed * 1000))
+    if not jobs.mark_done(job_id, result, runtime.describer.name, round(elapsed * 1000)):
+        _discard_upload(runtime, job_id)
+        log.info("job result discarded", extra={"job_id": job_id, "reason": "cancelled while processing"})
+        return {"job_id": job_id, "status": "cancelled"}
     runtime.metrics.count("done")
     runtime.metrics.observe("job_duration_seconds", elapsed)
     log.info("job done", extra={"job_id": job_id, "status": "done", "duration_ms": round(elapsed * 1000)})
+    notify(runtime, job_id)
     return {"job_id": job_id, "status": "done"}
+
+
+def job_options(job_id: str) -> dict[str, Any]:
+    row = jobs.get_job(job_id)
+    return dict(row.options or {}) if row is not None else {}
+
+
+def notify(runtime: WorkerRuntime, job_id: str) -> None:
+    """Queue the webhook of a finished job, if it asked for one; never fails the job."""
+    row = jobs.get_job(job_id)
+    if row is None or not row.callback_url:
+        return
+    payload = row.result_dict() if row.status == jobs.Status.DONE else row.status_dict()
+    try:
+        enqueue_delivery(runtime.connection, runtime.settings, row.callback_url, payload)
+    except RedisError:
+        log.exception("webhook not queued", extra={"job_id": job_id})
+
+
+def _discard_upload(runtime: WorkerRuntime, job_id: str) -> None:
+    row = jobs.get_job(job_id)
+    if row is not None and row.upload_name:
+        runtime.uploads.delete(row.upload_name)
+
+
+def _finish_failed(runtime: WorkerRuntime, job_id: str, reason: str) -> None:
+    """Failed for good: the row says why, the upload is deleted, the webhook fires."""
+    jobs.mark_failed(job_id, reason)
+    _discard_upload(runtime, job_id)
+    runtime.metrics.count("failed")
+    log.warning("job failed", extra={"job_id": job_id, "status": "failed", "error": reason})
+    notify(runtime, job_id)
 
 
 def load_image(runtime: WorkerRuntime, job_id: str):
@@ -108,6 +149,4 @@ def _record_failure(runtime: WorkerRuntime, job_id: str, exc: BaseException) -> 
             },
         )
     else:
-        jobs.mark_failed(job_id, reason)
-        runtime.metrics.count("failed")
-        log.error("job failed", extra={"job_id": job_id, "status": "failed", "error": reason})
+        _finish_failed(runtime, job_id, reason)

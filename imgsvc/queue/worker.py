@@ -13,6 +13,7 @@ job as usual; each job finds its result ready. A failure in one image only fails
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from typing import Any
@@ -25,11 +26,11 @@ from rq.worker import WorkerStatus
 from imgsvc.config import Settings
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue import reaper
-from imgsvc.queue.connection import job_queue, redis_connection
-from imgsvc.queue.tasks import PermanentJobError, WorkerRuntime, load_image
+from imgsvc.queue.connection import job_queue, publish_model, redis_connection
+from imgsvc.queue.tasks import PermanentJobError, WorkerRuntime, job_options, load_image
 from imgsvc.storage.uploads import UploadStore
 from imgsvc.vision import load_describer
-from imgsvc.vision.base import Describer, ModelLoadError
+from imgsvc.vision.base import Describer, ModelLoadError, UnsupportedOption
 
 log = logging.getLogger("imgsvc.worker")
 
@@ -71,8 +72,10 @@ class ImgsvcWorker(SimpleWorker):
             describer,
             UploadStore(settings.upload_dir, settings.max_file_size),
             RedisMetrics(self.connection, settings.queue_name),
+            self.connection,
         )
         self.app.extensions["imgsvc.runtime"] = self.runtime
+        publish_model(self.connection, settings, describer.name, sorted(describer.supported_options))
         return self.runtime
 
     # -- the loop ------------------------------------------------------------------
@@ -105,28 +108,32 @@ class ImgsvcWorker(SimpleWorker):
         return taken
 
     def _prefetch(self, batch: list[RQJob]) -> None:
-        """One forward pass for every image of the batch that decodes; errors stay per job."""
+        """One forward pass per group of equal options; errors stay with their own job."""
         runtime = self.runtime
-        images, ids = [], []
+        groups: dict[str, tuple[dict[str, Any], list[str], list[Any]]] = {}
         for member in batch:
             job_id = member.args[0]
+            options = job_options(job_id)
             try:
-                images.append(load_image(runtime, job_id))
-                ids.append(job_id)
-            except PermanentJobError as exc:
+                runtime.describer.check_options(options)
+                image = load_image(runtime, job_id)
+            except (PermanentJobError, UnsupportedOption) as exc:
                 runtime.prefetched[job_id] = exc
-        if not images:
-            return
-        started = time.perf_counter()
-        try:
-            results = runtime.describer.describe_full(images)
-        except Exception:
-            log.exception("batched forward pass failed; falling back to one image at a time")
-            return
-        per_image = (time.perf_counter() - started) / len(images)
-        for _ in images:
-            runtime.metrics.observe("inference_seconds", per_image)
-        runtime.prefetched.update(zip(ids, results, strict=True))
+                continue
+            group = groups.setdefault(json.dumps(options, sort_keys=True), (options, [], []))
+            group[1].append(job_id)
+            group[2].append(image)
+        for options, ids, images in groups.values():
+            started = time.perf_counter()
+            try:
+                results = runtime.describer.describe_full(images, options)
+            except Exception:
+                log.exception("batched forward pass failed; falling back to one image at a time")
+                continue
+            per_image = (time.perf_counter() - started) / len(images)
+            for _ in images:
+                runtime.metrics.observe("inference_seconds", per_image)
+            runtime.prefetched.update(zip(ids, results, strict=True))
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()

@@ -23,6 +23,10 @@ class Status(StrEnum):
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = (Status.DONE, Status.FAILED, Status.CANCELLED)
 
 
 def utcnow() -> datetime:
@@ -34,6 +38,10 @@ def isoformat(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.isoformat(timespec="milliseconds") + "Z"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
 
 
 def parse_job_id(raw: str) -> str | None:
@@ -49,7 +57,7 @@ class Job(db.Model):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), index=True, default=Status.QUEUED)
-    upload_name: Mapped[str] = mapped_column(String(64))
+    upload_name: Mapped[str | None] = mapped_column(String(64))
     image_format: Mapped[str] = mapped_column(String(8))
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
@@ -67,6 +75,10 @@ class Job(db.Model):
     error: Mapped[str | None] = mapped_column(Text)
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    callback_url: Mapped[str | None] = mapped_column(String(2048))
+    batch_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)
 
     def status_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -82,6 +94,8 @@ class Job(db.Model):
             body["completed_at"] = isoformat(self.completed_at)
         if self.error and self.status in (Status.FAILED, Status.QUEUED):
             body["error"] = self.error
+        if self.batch_id:
+            body["batch_id"] = self.batch_id
         return body
 
     def result_dict(self) -> dict[str, Any]:
@@ -95,6 +109,7 @@ class Job(db.Model):
             "tags": self.tags,
             "text": self.text_lines,
             "cached": self.cached,
+            "options": self.options or {},
             "image": {"format": self.image_format, "width": self.width, "height": self.height},
         }
 
@@ -104,7 +119,8 @@ def get_job(job_id: str) -> Job | None:
 
 
 def create_job(**fields: Any) -> Job:
-    job = Job(id=str(uuid.uuid4()), status=Status.QUEUED, attempts=0, cached=False, **fields)
+    fields = {"status": Status.QUEUED, "attempts": 0, "cached": False} | fields
+    job = Job(id=new_id(), **fields)
     db.session.add(job)
     db.session.commit()
     return job
@@ -156,6 +172,60 @@ def mark_done(job_id: str, result: Description, generated_by: str, duration_ms: 
 def mark_retrying(job_id: str, error: str) -> bool:
     """Back to queued with the last error visible: the user sees it is being retried."""
     return _transition(job_id, (Status.PROCESSING,), status=Status.QUEUED, error=error)
+
+
+def mark_cancelled(job_id: str) -> bool:
+    return _transition(
+        job_id,
+        (Status.QUEUED, Status.PROCESSING),
+        status=Status.CANCELLED,
+        completed_at=utcnow(),
+        error="cancelled by the user",
+    )
+
+
+def find_cached(sha256: str, options: dict[str, Any] | None, generated_by: str) -> Job | None:
+    """The newest finished description of the same bytes, by the same model, with the same options."""
+    query = (
+        select(Job)
+        .where(Job.sha256 == sha256, Job.status == Status.DONE, Job.generated_by == generated_by)
+        .order_by(Job.completed_at.desc())
+        .limit(20)
+    )
+    wanted = options or {}
+    return next((job for job in db.session.scalars(query) if (job.options or {}) == wanted), None)
+
+
+def list_jobs(
+    *, status: str | None, owner: str | None, limit: int, before: tuple[datetime, str] | None
+) -> list[Job]:
+    """Newest first; ``before`` is the (created_at, id) of the last row of the previous page."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if status:
+        query = query.where(Job.status == status)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    if before is not None:
+        created, job_id = before
+        query = query.where((Job.created_at < created) | ((Job.created_at == created) & (Job.id < job_id)))
+    return list(db.session.scalars(query))
+
+
+def batch_members(batch_id: str, owner: str | None) -> list[Job]:
+    query = select(Job).where(Job.batch_id == batch_id).order_by(Job.created_at, Job.id)
+    if owner is not None:
+        query = query.where(Job.owner == owner)
+    return list(db.session.scalars(query))
+
+
+def finished_before(cutoff: datetime, limit: int = 1000) -> list[Job]:
+    query = (
+        select(Job)
+        .where(Job.status.in_(FINISHED), Job.completed_at < cutoff)
+        .order_by(Job.completed_at)
+        .limit(limit)
+    )
+    return list(db.session.scalars(query))
 
 
 def mark_failed(job_id: str, error: str) -> bool:

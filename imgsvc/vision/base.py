@@ -7,14 +7,19 @@ PIL images to a :class:`Describer` and store what comes back.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
 
 
 class ModelLoadError(RuntimeError):
     """The configured model cannot be loaded (missing weights, unknown family...)."""
+
+
+class UnsupportedOption(ValueError):
+    """A job asked for an option this model cannot honour; retrying will not help."""
 
 
 @dataclass(frozen=True)
@@ -43,10 +48,22 @@ class Describer(ABC):
 
     #: What ``generated_by`` reports: the model that really ran.
     name: str
+    #: Per-job options this backend honours (``max_length``, ``prompt``); others are refused.
+    supported_options: frozenset[str] = frozenset()
 
     @abstractmethod
-    def describe_full(self, images: Sequence[Image.Image]) -> list[Description]:
-        """Describe a batch of RGB images, one :class:`Description` each, same order."""
+    def describe_full(
+        self, images: Sequence[Image.Image], options: Mapping[str, Any] | None = None
+    ) -> list[Description]:
+        """Describe a batch of RGB images, one :class:`Description` each, same order.
 
-    def describe(self, images: Sequence[Image.Image]) -> list[str]:
-        return [d.text for d in self.describe_full(images)]
+        ``options`` apply to the whole batch; callers batch only jobs with equal options.
+        """
+
+    def describe(self, images: Sequence[Image.Image], options: Mapping[str, Any] | None = None) -> list[str]:
+        return [d.text for d in self.describe_full(images, options)]
+
+    def check_options(self, options: Mapping[str, Any] | None) -> None:
+        unsupported = sorted(set(options or ()) - self.supported_options)
+        if unsupported:
+            raise UnsupportedOption(f"option(s) {', '.join(unsupported)} not supported by {self.name}")

@@ -14,11 +14,13 @@ log = logging.getLogger("imgsvc.web")
 
 
 def register_web(app: Flask) -> None:
-    from imgsvc.web import api, health
+    from imgsvc.web import api, docs, health, pages
     from imgsvc.web.dashboard import mount_dashboard
 
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(docs.bp)
+    app.register_blueprint(pages.bp)
     mount_dashboard(app, app.config["IMGSVC"])
 
     app.register_error_handler(ImgsvcError, _imgsvc_error)
@@ -38,7 +40,9 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
         return _imgsvc_error(FileTooLarge("the request body is larger than the upload limit"))
     code = (exc.name or "error").lower().replace(" ", "_")
     body = {"error": {"code": code, "message": exc.description, "status": exc.code}}
-    return jsonify(body), exc.code or 500
+    # Keep the exception's own headers (Allow on a 405, WWW-Authenticate ...), not its HTML type.
+    headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+    return jsonify(body), exc.code or 500, headers
 
 
 def _unexpected_error(exc: Exception) -> tuple[Response, int]:

@@ -1,50 +1,136 @@
-"""The public JSON API under /api/v1: submit an image, poll its status, fetch its result."""
+"""The public JSON API under /api/v1: submit images, follow and list jobs, fetch results."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, BinaryIO
+
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+from werkzeug.datastructures import FileStorage, MultiDict
 
 from imgsvc.config import Settings
-from imgsvc.errors import ImgsvcError, MissingFile, NotFound
+from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound
 from imgsvc.images import inspect_image
-from imgsvc.queue.connection import enqueue_describe
+from imgsvc.queue.connection import enqueue_describe, running_model
+from imgsvc.queue.webhooks import check_callback_url, enqueue_delivery
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import UploadStore
+from imgsvc.web.auth import require_api_key
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+bp.before_request(require_api_key)
+
+#: Per-job options: name -> (type, min, max). Which ones a model honours is its own business.
+OPTION_SPECS: dict[str, tuple[type, int, int]] = {"max_length": (int, 1, 200), "prompt": (str, 1, 300)}
+FORM_FIELDS = {"file", "callback_url", "options", *OPTION_SPECS}
 
 
-@bp.post("/submit")
-def submit() -> tuple[Response, int, dict[str, str]]:
-    settings: Settings = current_app.config["IMGSVC"]
-    upload = request.files.get("file")
-    if upload is None:
-        raise MissingFile("send the image as the multipart form field 'file'")
-    job = accept_upload(settings, current_app.uploads, upload.stream)
-    g.job_id = job.id
-    status_url = url_for("api.status", job_id=job.id)
-    body = {"job_id": job.id, "status": job.status, "message": "Job submitted successfully"}
-    return jsonify(body), 202, {"Location": status_url}
+@dataclass(frozen=True)
+class Submission:
+    options: dict[str, Any] = field(default_factory=dict)
+    callback_url: str | None = None
 
 
-def accept_upload(settings: Settings, store: UploadStore, stream) -> jobs.Job:
-    """Stage, check, store, record, enqueue; on any failure undo what was done so far."""
+def parse_submission(form: MultiDict, settings: Settings) -> Submission:
+    """Options come as fields (``-F max_length=20``) or one JSON ``options`` field; unknown names are 400."""
+    unknown = sorted(set(form) - FORM_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}", allowed=sorted(FORM_FIELDS))
+    raw: dict[str, Any] = {}
+    if "options" in form:
+        try:
+            raw = json.loads(form["options"])
+        except ValueError as exc:
+            raise BadRequest("options must be a JSON object") from exc
+        if not isinstance(raw, dict):
+            raise BadRequest("options must be a JSON object")
+    raw |= {name: form[name] for name in OPTION_SPECS if name in form}
+    options = {name: _option(name, value) for name, value in raw.items()}
+    callback_url = form.get("callback_url") or None
+    if callback_url:
+        check_callback_url(callback_url, settings.webhook_allow_private)
+    return Submission(options, callback_url)
+
+
+def _option(name: str, value: Any) -> Any:
+    if name not in OPTION_SPECS:
+        raise BadRequest(f"unknown option {name!r}", allowed=sorted(OPTION_SPECS))
+    kind, low, high = OPTION_SPECS[name]
+    try:
+        converted = kind(value)
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"option {name} must be of type {kind.__name__}") from exc
+    size = converted if kind is int else len(converted)
+    if not low <= size <= high:
+        raise BadRequest(
+            f"option {name} must be between {low} and {high}" + (" characters" if kind is str else "")
+        )
+    return converted
+
+
+def accept_upload(
+    settings: Settings,
+    store: UploadStore,
+    stream: BinaryIO,
+    submission: Submission,
+    batch_id: str | None = None,
+) -> jobs.Job:
+    """Stage, check, store, record, enqueue; on any failure undo what was done so far.
+
+    Identical bytes already described by the running model with the same options are
+    answered from the stored result (``cached: true``) without running the model again.
+    """
     staged = store.stage(stream)
     try:
         info = inspect_image(staged.path, settings.max_image_pixels)
+        model = running_model(current_app.redis, settings)
+        _check_supported(model, submission.options)
     except BaseException:
         store.discard(staged)
         raise
+    common = {
+        "image_format": info.format,
+        "width": info.width,
+        "height": info.height,
+        "size_bytes": staged.size,
+        "sha256": staged.sha256,
+        "options": submission.options or None,
+        "callback_url": submission.callback_url,
+        "batch_id": batch_id,
+        "owner": g.get("owner"),
+    }
+    hit = jobs.find_cached(staged.sha256, submission.options, model["name"]) if model else None
+    if hit is not None:
+        store.discard(staged)
+        job = jobs.create_job(
+            **common,
+            upload_name=None,
+            status=jobs.Status.DONE,
+            cached=True,
+            description=hit.description,
+            generated_by=hit.generated_by,
+            tags=hit.tags,
+            text_lines=hit.text_lines,
+            started_at=jobs.utcnow(),
+            completed_at=jobs.utcnow(),
+            duration_ms=0,
+        )
+        current_app.metrics.count("cached")
+        if job.callback_url:
+            enqueue_delivery(current_app.redis, settings, job.callback_url, job.result_dict())
+        return job
     name = store.commit(staged, info.extension)
     try:
-        job = jobs.create_job(
-            upload_name=name,
-            image_format=info.format,
-            width=info.width,
-            height=info.height,
-            size_bytes=staged.size,
-            sha256=staged.sha256,
-        )
+        job = jobs.create_job(**common, upload_name=name)
     except BaseException:
         store.delete(name)
         raise
@@ -58,10 +144,93 @@ def accept_upload(settings: Settings, store: UploadStore, stream) -> jobs.Job:
     return job
 
 
+def _check_supported(model: dict[str, Any] | None, options: dict[str, Any]) -> None:
+    if model is None:
+        return  # no worker has said what it runs yet; the worker checks again
+    unsupported = sorted(set(options) - set(model.get("options", ())))
+    if unsupported:
+        raise BadRequest(
+            f"option(s) {', '.join(unsupported)} not supported by the running model {model['name']}"
+        )
+
+
+def _settings() -> Settings:
+    return current_app.config["IMGSVC"]
+
+
+@bp.post("/submit")
+def submit() -> tuple[Response, int, dict[str, str]]:
+    settings = _settings()
+    upload = request.files.get("file")
+    if upload is None:
+        raise MissingFile("send the image as the multipart form field 'file'")
+    job = accept_upload(
+        settings, current_app.uploads, upload.stream, parse_submission(request.form, settings)
+    )
+    g.job_id = job.id
+    body = {"job_id": job.id, "status": job.status, "message": "Job submitted successfully"}
+    if job.cached:
+        body |= {"cached": True, "message": "Identical image already described; result is ready"}
+    return jsonify(body), 202, {"Location": url_for("api.status", job_id=job.id)}
+
+
+@bp.post("/batch")
+def submit_batch() -> tuple[Response, int]:
+    """Several ``file`` fields; each is checked on its own, so one bad file spoils nothing."""
+    settings = _settings()
+    request.max_content_length = settings.max_file_size * settings.max_batch_files + 64 * 1024
+    uploads: list[FileStorage] = request.files.getlist("file")
+    if not uploads:
+        raise MissingFile("send the images as repeated multipart form fields 'file'")
+    if len(uploads) > settings.max_batch_files:
+        raise BadRequest(f"at most {settings.max_batch_files} files per batch")
+    submission = parse_submission(request.form, settings)
+    batch_id = jobs.new_id()
+    entries: list[dict[str, Any]] = []
+    for index, upload in enumerate(uploads):
+        entry: dict[str, Any] = {"index": index, "filename": upload.filename}
+        try:
+            job = accept_upload(settings, current_app.uploads, upload.stream, submission, batch_id)
+            entry |= {"job_id": job.id, "status": job.status}
+        except ImgsvcError as exc:
+            entry |= exc.to_dict()
+        entries.append(entry)
+    accepted = sum("job_id" in e for e in entries)
+    body = {"batch_id": batch_id, "accepted": accepted, "rejected": len(entries) - accepted, "jobs": entries}
+    if not accepted:
+        body["error"] = {
+            "code": "no_valid_files",
+            "message": "no file in the batch was accepted",
+            "status": 400,
+        }
+        return jsonify(body), 400
+    return jsonify(body), 202
+
+
+@bp.get("/batch/<batch_id>")
+def batch_status(batch_id: str) -> Response:
+    canonical = jobs.parse_job_id(batch_id)
+    members = jobs.batch_members(canonical, g.get("owner")) if canonical else []
+    if not members:
+        raise NotFound(f"no batch with id {batch_id!r}")
+    counts = Counter(job.status for job in members)
+    finished = all(job.status in jobs.FINISHED for job in members)
+    return jsonify(
+        {
+            "batch_id": canonical,
+            "finished": finished,
+            "counts": counts,
+            "jobs": [
+                job.result_dict() if job.status == jobs.Status.DONE else job.status_dict() for job in members
+            ],
+        }
+    )
+
+
 def _find(job_id: str) -> jobs.Job:
     canonical = jobs.parse_job_id(job_id)
     job = jobs.get_job(canonical) if canonical else None
-    if job is None:
+    if job is None or (g.get("owner") is not None and job.owner != g.owner):
         raise NotFound(f"no job with id {job_id!r}")
     g.job_id = job.id
     return job
@@ -77,8 +246,57 @@ def result(job_id: str) -> tuple[Response, int]:
     job = _find(job_id)
     if job.status == jobs.Status.DONE:
         return jsonify(job.result_dict()), 200
-    if job.status == jobs.Status.FAILED:
-        body = job.status_dict() | {"message": "the job failed; see error"}
-        return jsonify(body), 422
-    body = job.status_dict() | {"message": f"the job is {job.status}; try again shortly"}
-    return jsonify(body), 202
+    if job.status in (jobs.Status.FAILED, jobs.Status.CANCELLED):
+        return jsonify(job.status_dict() | {"message": f"the job {job.status}; see error"}), 422
+    return jsonify(job.status_dict() | {"message": f"the job is {job.status}; try again shortly"}), 202
+
+
+@bp.get("/jobs")
+def list_jobs() -> Response:
+    """Newest first, with an opaque cursor for the next page."""
+    status_filter = request.args.get("status") or None
+    if status_filter and status_filter not in set(jobs.Status):
+        raise BadRequest(f"status must be one of {', '.join(jobs.Status)}")
+    try:
+        limit = int(request.args.get("limit", 20))
+    except ValueError as exc:
+        raise BadRequest("limit must be an integer") from exc
+    if not 1 <= limit <= 100:
+        raise BadRequest("limit must be between 1 and 100")
+    before = _decode_cursor(request.args["cursor"]) if request.args.get("cursor") else None
+    page = jobs.list_jobs(status=status_filter, owner=g.get("owner"), limit=limit + 1, before=before)
+    more, page = len(page) > limit, page[:limit]
+    next_cursor = _encode_cursor(page[-1]) if more else None
+    return jsonify({"jobs": [job.status_dict() for job in page], "next_cursor": next_cursor})
+
+
+def _encode_cursor(job: jobs.Job) -> str:
+    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(created), job_id
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise BadRequest("invalid cursor") from exc
+
+
+@bp.delete("/jobs/<job_id>")
+def delete_job(job_id: str) -> Response:
+    """Queued: cancelled and dropped from RQ. Processing: its result will be discarded. Finished: deleted."""
+    job = _find(job_id)
+    if job.status in jobs.FINISHED:
+        if job.upload_name:
+            current_app.uploads.delete(job.upload_name)
+        jobs.delete_job(job)
+        return jsonify({"job_id": job_id, "status": "deleted"})
+    was = job.status
+    jobs.mark_cancelled(job.id)
+    if was == jobs.Status.QUEUED:
+        # If RQ cannot be told, the worker still finds the row cancelled and skips it.
+        with contextlib.suppress(NoSuchJobError, RedisError):
+            RQJob.fetch(job.id, connection=current_app.redis).cancel()
+        if job.upload_name:
+            current_app.uploads.delete(job.upload_name)
+    return jsonify({"job_id": job.id, "status": "cancelled", "was": was})

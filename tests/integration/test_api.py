@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from imgsvc import create_app
 from imgsvc.config import PROJECT_ROOT
 from imgsvc.storage import jobs
 from imgsvc.storage.db import db
+from imgsvc.vision.base import Describer
 from tests.conftest import TEST_REDIS_URL, image_bytes
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -161,7 +163,7 @@ def test_unknown_route_and_method_are_json(client):
     assert response.status_code == 405 and response.is_json
 
 
-class ExplodingDescriber:
+class ExplodingDescriber(Describer):
     """A model whose forward pass raises, as an out-of-memory or a driver error would."""
 
     name = "exploding"
@@ -169,7 +171,7 @@ class ExplodingDescriber:
     def __init__(self) -> None:
         self.calls = 0
 
-    def describe_full(self, images):
+    def describe_full(self, images, options=None):
         self.calls += 1
         raise RuntimeError("CUDA error: device-side assert")
 
@@ -204,7 +206,7 @@ def test_image_that_stops_decoding_fails_at_once_without_retries(
 
 
 def test_postgresql_database_url_works(settings, redis_db, run_worker, tiny_describer, png_bytes):
-    pg_url = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    pg_url = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
     app = create_app(settings.with_(database_url=pg_url))
     client = app.test_client()
     try:

@@ -1,0 +1,80 @@
+"""Compare describer backends side by side, in one process, on scikit-image's sample photos.
+
+    python -m bench.backends [--repeat 5] [--backends builtin:efficientnet-lite0,builtin:efficientnet-lite2]
+
+For each photo it prints every backend's description and its median time per image (after a
+warm-up call), plus each backend's time relative to the first. Runs are interleaved across
+backends so that load from elsewhere on the machine hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+from PIL import Image
+from skimage import data
+
+from imgsvc.config import Settings
+from imgsvc.vision import Describer, load_describer
+
+DEFAULT_BACKENDS = "builtin:efficientnet-lite0,builtin:efficientnet-lite2"
+PHOTOS: dict[str, Callable[[], Image.Image]] = {
+    "astronaut": lambda: Image.fromarray(data.astronaut()),
+    "chelsea": lambda: Image.fromarray(data.chelsea()),
+    "coffee": lambda: Image.fromarray(data.coffee()),
+    "rocket": lambda: Image.fromarray(data.rocket()),
+    "page": lambda: Image.fromarray(data.page()).convert("RGB"),
+    "motorcycle_left": lambda: Image.fromarray(data.stereo_motorcycle()[0]),
+}
+
+
+def timed(describer: Describer, image: Image.Image) -> tuple[str, float]:
+    start = time.perf_counter()
+    (text,) = describer.describe([image])
+    return text, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="timed runs per image and backend (median kept)"
+    )
+    parser.add_argument("--backends", default=DEFAULT_BACKENDS, help="comma-separated VISION_MODEL specs")
+    parser.add_argument("--ocr", default="auto", choices=["auto", "on", "off"])
+    args = parser.parse_args(argv)
+
+    describers = []
+    for spec in (s.strip() for s in args.backends.split(",") if s.strip()):
+        start = time.perf_counter()
+        describers.append(load_describer(Settings.from_env(vision_model=spec, ocr=args.ocr)))
+        print(f"loaded {describers[-1].name} in {time.perf_counter() - start:.2f} s")
+    width = max(len(d.name) for d in describers)
+    totals = [0.0] * len(describers)
+
+    for photo, load in PHOTOS.items():
+        image = load()
+        texts = [timed(d, image)[0] for d in describers]  # warm-up, and the text we print
+        runs: list[list[float]] = [[] for _ in describers]
+        for _ in range(max(1, args.repeat)):
+            for i, describer in enumerate(describers):
+                runs[i].append(timed(describer, image)[1])
+        medians = [statistics.median(r) for r in runs]
+        print(f"\n{photo} ({image.width}x{image.height})")
+        for i, describer in enumerate(describers):
+            totals[i] += medians[i]
+            ratio = f"  ({medians[i] / medians[0]:.2f}x)" if i else ""
+            print(f"  {describer.name:<{width}}  {medians[i] * 1000:7.1f} ms{ratio:9}  {texts[i]}")
+
+    print(f"\ntotal over the photos (sum of medians; ratio to {describers[0].name}):")
+    for i, describer in enumerate(describers):
+        ratio = f"  ({totals[i] / totals[0]:.2f}x)" if i else ""
+        print(f"  {describer.name:<{width}}  {totals[i] * 1000:7.1f} ms{ratio}")
+
+
+if __name__ == "__main__":
+    main()

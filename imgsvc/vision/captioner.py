@@ -1,0 +1,304 @@
+"""Captions from a Hugging Face transformers model: BLIP, ViT-GPT2-style encoder-decoders, GIT.
+
+The checkpoint (Hub id or local directory) is loaded once; its family comes from its
+``config.json``, never from its name. Loading never waits on the network: weights come
+from the directory or the local Hugging Face cache, or a download that fails within seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from imgsvc.vision.base import Describer, Description, ModelLoadError
+
+log = logging.getLogger("imgsvc.vision.captioner")
+
+FAMILIES = ("blip", "vision-encoder-decoder", "git")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: Seconds to wait for the Hub before saying it is unreachable.
+HUB_TIMEOUT = 5.0
+# Weight formats transformers' PyTorch loader never reads: not worth downloading.
+_FOREIGN_WEIGHTS = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "*.tflite", "onnx/*", "coreml/*"]
+_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
+
+
+class TransformersCaptioner(Describer):
+    """One loaded captioning model; the pipeline steps below each take a whole batch."""
+
+    supported_options = frozenset({"max_length", "prompt"})
+
+    def __init__(
+        self,
+        name: str,
+        family: str,
+        model: Any,
+        image_processor: Any,
+        tokenizer: Any,
+        *,
+        device: str,
+        dtype: torch.dtype = torch.float32,
+        max_new_tokens: int = 30,
+        min_new_tokens: int | None = None,
+    ) -> None:
+        self.name = name
+        self.family = family
+        self.model = model
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dtype = dtype
+        self.max_new_tokens = max_new_tokens
+        self.min_new_tokens = min_new_tokens
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str,
+        device: str = "auto",
+        max_new_tokens: int = 30,
+        min_new_tokens: int | None = None,
+        dtype: str | None = None,
+        quantize: str | None = None,
+        local_files_only: bool | None = None,
+    ) -> TransformersCaptioner:
+        """Load a checkpoint with ``from_pretrained``; any failure is a :class:`ModelLoadError`.
+
+        ``local_files_only``: None uses local weights when present and downloads them
+        otherwise; True never touches the network; False refreshes from the Hub first.
+        """
+        started = time.perf_counter()
+        source = _local_source(name_or_path, local_files_only)
+        device = resolve_device(device)
+        torch_dtype = _resolve_dtype(dtype, device)
+        try:
+            family = _family(source, name_or_path)
+            model, image_processor, tokenizer = _LOADERS[family](source, torch_dtype)
+            model.to(device).eval()
+            if quantize is not None:
+                model = _quantize(model, quantize, device)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # transformers raises OSError, ValueError, KeyError... alike
+            raise ModelLoadError(f"cannot load captioning model {name_or_path!r}: {exc}") from exc
+        log.info(
+            "loaded %s captioner %s on %s (%s%s) in %.1fs",
+            family,
+            name_or_path,
+            device,
+            str(torch_dtype).removeprefix("torch."),
+            f", {quantize}" if quantize else "",
+            time.perf_counter() - started,
+        )
+        return cls(
+            name_or_path,
+            family,
+            model,
+            image_processor,
+            tokenizer,
+            device=device,
+            dtype=torch_dtype,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+        )
+
+    def preprocess(self, images: Sequence[Image.Image], prompt: str | None = None) -> dict[str, torch.Tensor]:
+        """A batch as model inputs: ``pixel_values``, plus the prompt's token ids when there is one."""
+        rgb = [image if image.mode == "RGB" else image.convert("RGB") for image in images]
+        pixel_values = self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        inputs = {"pixel_values": pixel_values.to(self.device, self.dtype)}
+        if prompt:
+            inputs |= self._prompt_inputs(prompt, len(rgb))
+        return inputs
+
+    def generate(self, inputs: Mapping[str, torch.Tensor], max_new_tokens: int | None = None) -> torch.Tensor:
+        """Token ids, one row per image; decoding settings are the checkpoint's own."""
+        limits = {"max_new_tokens": max_new_tokens or self.max_new_tokens}
+        if self.min_new_tokens is not None:
+            limits["min_new_tokens"] = min(self.min_new_tokens, limits["max_new_tokens"])
+        with torch.inference_mode():
+            return self.model.generate(**inputs, **limits)
+
+    def decode(self, token_ids: torch.Tensor) -> list[str]:
+        return [text.strip() for text in self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
+
+    def describe_full(
+        self, images: Sequence[Image.Image], options: Mapping[str, Any] | None = None
+    ) -> list[Description]:
+        """Options: ``max_length`` (new tokens) and ``prompt``, which the caption then starts with."""
+        options = options or {}
+        self.check_options(options)
+        if not images:
+            return []
+        token_ids = self.generate(self.preprocess(images, options.get("prompt")), options.get("max_length"))
+        return [Description(text=text) for text in self.decode(token_ids)]
+
+    def _prompt_inputs(self, prompt: str, batch_size: int) -> dict[str, torch.Tensor]:
+        """The prompt laid out the way each family's generate() expects its text to begin."""
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if self.family == "blip":  # BLIP swaps the first id for its [DEC] bos and drops the last
+            key, ids = "input_ids", [self.tokenizer.cls_token_id, *ids, self.tokenizer.sep_token_id]
+        elif self.family == "git":
+            key, ids = "input_ids", [self.tokenizer.cls_token_id, *ids]
+        else:
+            key, ids = "decoder_input_ids", [self.model.generation_config.decoder_start_token_id, *ids]
+        return {key: torch.tensor([ids] * batch_size, device=self.device)}
+
+
+def weights_available(name_or_path: str) -> bool:
+    """True when the model can be loaded without the network: a local directory or the HF cache."""
+    return _cached_snapshot(name_or_path) is not None
+
+
+def download_model(name: str, cache_dir: str | None = None, timeout: float = HUB_TIMEOUT) -> str:
+    """Fetch a Hub model into the cache for later offline loading; returns its snapshot directory.
+
+    Asks the Hub about the model first, with a short timeout, so that an unreachable Hub
+    is reported in seconds instead of after a long stall.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if _offline():
+        raise ModelLoadError(f"cannot download {name!r}: offline mode is on (HF_HUB_OFFLINE)")
+    try:
+        info = HfApi().model_info(name, timeout=timeout)
+    except GatedRepoError as exc:
+        raise ModelLoadError(f"model {name!r} is gated: accept its terms, then `hf auth login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelLoadError(f"no model {name!r} on the Hugging Face Hub (or it is private)") from exc
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot reach the Hugging Face Hub to download {name!r} ({type(exc).__name__}: {exc}); "
+            "download it where the Hub is reachable and copy the cache or the model directory here"
+        ) from exc
+    files = [sibling.rfilename for sibling in info.siblings or []]
+    # Checkpoints often carry the same weights twice; safetensors is enough when present.
+    ignore = _FOREIGN_WEIGHTS + (["*.bin"] if any(f.endswith(".safetensors") for f in files) else [])
+    try:
+        return snapshot_download(
+            name, revision=info.sha, cache_dir=cache_dir, etag_timeout=timeout, ignore_patterns=ignore
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"download of {name!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` means the GPU when there is one."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _local_source(name_or_path: str, local_files_only: bool | None) -> str:
+    """Where ``from_pretrained`` should read from, made local first so it never waits on the network."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path)
+    if name_or_path.startswith(("/", ".", "~")):
+        raise ModelLoadError(f"cannot load captioning model {name_or_path!r}: no such directory")
+    snapshot = None if local_files_only is False else _cached_snapshot(name_or_path)
+    if snapshot is not None:
+        return str(snapshot)
+    if local_files_only or (local_files_only is None and _offline()):
+        raise ModelLoadError(
+            f"captioning model {name_or_path!r} is not on this machine (no such directory, not in the "
+            "Hugging Face cache) and downloads are off; run `imgsvc download-model` with Hub access"
+        )
+    return download_model(name_or_path)
+
+
+def _cached_snapshot(name_or_path: str) -> Path | None:
+    """The directory holding config and weights for ``name_or_path``, without any network access."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(name_or_path, local_files_only=True))
+        except Exception:  # not cached, or not even a valid repo id
+            return None
+    has_weights = any(next(path.glob(pattern), None) for pattern in _WEIGHT_GLOBS)
+    return path if (path / "config.json").is_file() and has_weights else None
+
+
+def _offline() -> bool:
+    """Offline mode, also when the variable was set after huggingface_hub was imported."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(var, "").strip().upper() for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return constants.HF_HUB_OFFLINE or any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
+def _family(source: str, name: str) -> str:
+    """The ``model_type`` in config.json: names of directories and repos can lie."""
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(source, local_files_only=True).model_type
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the config of captioning model {name!r}: {exc}") from exc
+    if model_type not in FAMILIES:
+        raise ModelLoadError(
+            f"model {name!r} is a {model_type!r}, not a supported captioner ({', '.join(FAMILIES)})"
+        )
+    return model_type
+
+
+def _resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    if DTYPES[dtype] != torch.float32 and not device.startswith("cuda"):
+        log.warning("dtype %s is for CUDA only (slow or unsupported on %s): using float32", dtype, device)
+        return torch.float32
+    return DTYPES[dtype]
+
+
+def _quantize(model: Any, quantize: str, device: str) -> Any:
+    """int8 dynamic quantization of the Linear layers: smaller and faster on CPU only."""
+    if quantize != "int8":
+        raise ModelLoadError(f"unknown quantization {quantize!r}; expected 'int8'")
+    if device != "cpu":
+        log.warning("int8 dynamic quantization runs on CPU only: not applied on %s", device)
+        return model
+    with warnings.catch_warnings():  # torch.ao is deprecated in favour of torchao but still works
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _load_blip(source: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    processor = BlipProcessor.from_pretrained(source, local_files_only=True)
+    model = BlipForConditionalGeneration.from_pretrained(source, dtype=dtype, local_files_only=True)
+    return model, processor.image_processor, processor.tokenizer
+
+
+def _load_vision_encoder_decoder(source: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
+    from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+
+    image_processor = AutoImageProcessor.from_pretrained(source, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+    model = VisionEncoderDecoderModel.from_pretrained(source, dtype=dtype, local_files_only=True)
+    return model, image_processor, tokenizer
+
+
+def _load_git(source: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
+    from transformers import GitForCausalLM, GitProcessor
+
+    processor = GitProcessor.from_pretrained(source, local_files_only=True)
+    model = GitForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True)
+    return model, processor.image_processor, processor.tokenizer
+
+
+_LOADERS = {"blip": _load_blip, "vision-encoder-decoder": _load_vision_encoder_decoder, "git": _load_git}

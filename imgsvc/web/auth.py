@@ -1,0 +1,62 @@
+"""Optional API keys and per-key rate limits for the /api routes.
+
+With API_KEYS set, every /api request needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``,
+and a job is only visible to the key that submitted it (rows store a hash, never the key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import Flask, current_app, g, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+
+from imgsvc.config import Settings
+from imgsvc.errors import Unauthorized
+
+
+def owner_of(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def presented_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip() or None
+    return request.headers.get("X-API-Key") or None
+
+
+def require_api_key() -> None:
+    """before_request for the api blueprint: sets ``g.owner`` (None when keys are off)."""
+    settings: Settings = current_app.config["IMGSVC"]
+    g.owner = None
+    if not settings.api_keys:
+        return
+    key = presented_key()
+    if key is None or not any(hmac.compare_digest(key, k) for k in settings.api_keys):
+        raise Unauthorized("a valid API key is required (Authorization: Bearer KEY or X-API-Key: KEY)")
+    g.owner = owner_of(key)
+
+
+def _rate_key() -> str:
+    key = presented_key()
+    return f"key:{owner_of(key)}" if key else f"ip:{get_remote_address()}"
+
+
+def init_rate_limits(app: Flask, settings: Settings) -> None:
+    """Flask-Limiter on the same Redis; only the /api routes count, health checks never do."""
+    if not settings.rate_limit:
+        return
+    app.config.update(RATELIMIT_HEADERS_ENABLED=True, RATELIMIT_SWALLOW_ERRORS=True)
+    Limiter(
+        _rate_key,
+        app=app,
+        application_limits=[settings.rate_limit],
+        application_limits_exempt_when=lambda: request.blueprint != "api",
+        storage_uri=settings.redis_url,
+        storage_options={"socket_connect_timeout": 2, "socket_timeout": 2},
+        key_prefix=f"imgsvc:limits:{settings.queue_name}",
+        strategy="fixed-window",
+    )

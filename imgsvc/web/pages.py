@@ -1,0 +1,40 @@
+"""The human side of the web room: one page at ``/`` that uploads images and shows their descriptions.
+
+The page is plain HTML plus a small script that talks only to the public API, so it needs no
+build step and no CDN, and it can do nothing a ``curl`` user could not.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, render_template
+
+from imgsvc.config import Settings
+
+# Flask's app-level /static route would shadow a blueprint's, so the page's assets live under /assets.
+bp = Blueprint(
+    "pages", __name__, template_folder="templates", static_folder="static", static_url_path="/assets"
+)
+
+# Everything comes from this origin; blob: is the local preview of the picked file.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+@bp.get("/")
+def index() -> Response:
+    settings: Settings = current_app.config["IMGSVC"]
+    limit = settings.max_file_size
+    page = render_template("index.html", max_file_size=limit, max_file_size_text=human_size(limit))
+    return Response(page, mimetype="text/html", headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})
+
+
+def human_size(size: int) -> str:
+    """10485760 -> "10 MB": the limit as the page states it (binary units, as the server counts)."""
+    value, unit = float(size), "bytes"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            break
+        value /= 1024
+    return f"{size} bytes" if unit == "bytes" else f"{value:.1f}".removesuffix(".0") + f" {unit}"

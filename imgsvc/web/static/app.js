@@ -1,0 +1,302 @@
+// The upload page: every picked or dropped image becomes a card that follows its job through
+// the public API (submit -> status -> result). No framework, no build step, same origin only.
+"use strict";
+
+(function () {
+  const form = document.getElementById("upload-form");
+  const input = document.getElementById("file-input");
+  const list = document.getElementById("jobs");
+  const emptyNote = document.getElementById("empty-note");
+  const template = document.getElementById("job-template");
+
+  const maxFileSize = Number(form.dataset.maxFileSize);
+  const submitUrl = form.getAttribute("action");
+  const statusUrl = (id) => form.dataset.statusUrl.replace("JOB_ID", encodeURIComponent(id));
+  const resultUrl = (id) => form.dataset.resultUrl.replace("JOB_ID", encodeURIComponent(id));
+
+  // Polling backs off from fast (short jobs feel instant) to a steady pace (long queues stay cheap).
+  const POLL_FIRST_MS = 400;
+  const POLL_MAX_MS = 3000;
+  // While the server cannot be reached, keep retrying this long before giving the card up.
+  const GIVE_UP_AFTER_MS = 2 * 60 * 1000;
+
+  // Where the bar stands in each state; the upload itself fills 0..UPLOADED.
+  const UPLOADED = 30;
+  const STATES = {
+    uploading: { label: "Uploading", progress: 0 },
+    queued: { label: "Queued", progress: 45 },
+    processing: { label: "Processing", progress: 75 },
+    done: { label: "Done", progress: 100 },
+    failed: { label: "Failed", progress: 100 },
+  };
+
+  // Words for each HTTP error; the server's own message follows them.
+  const ERROR_TITLES = {
+    400: "The upload was refused",
+    404: "The job was not found",
+    413: "Too large",
+    415: "Not a supported image",
+    503: "The service is unavailable right now",
+  };
+
+  function formatSize(bytes) {
+    const units = ["bytes", "KB", "MB", "GB"];
+    let value = bytes;
+    let unit = 0;
+    while (value >= 1024 && unit < units.length - 1) {
+      value /= 1024;
+      unit += 1;
+    }
+    return unit === 0 ? `${bytes} bytes` : `${value.toFixed(1).replace(/\.0$/, "")} ${units[unit]}`;
+  }
+
+  // "a: b" with exactly one full stop, whatever the server's message ends with.
+  function sentence(title, message) {
+    const text = message ? `${title}: ${String(message).replace(/[.\s]+$/, "")}` : title;
+    return `${text}.`;
+  }
+
+  // A server answer (parsed JSON or null) as one sentence a person can act on.
+  function errorText(httpStatus, body) {
+    const title = ERROR_TITLES[httpStatus] || `The server answered with an error (HTTP ${httpStatus})`;
+    return sentence(title, body && body.error && body.error.message);
+  }
+
+  const MODEL_FAILED = "The model could not describe this image";
+
+  function parseJson(text) {
+    try {
+      return JSON.parse(text);
+    } catch (_) {
+      return null;
+    }
+  }
+
+  class JobCard {
+    constructor(file) {
+      this.file = file;
+      this.root = template.content.firstElementChild.cloneNode(true);
+      this.el = (selector) => this.root.querySelector(selector);
+      this.el(".card-title").textContent = file.name || "pasted image";
+      this.el(".card-title").title = file.name || "";
+      const img = this.el(".card-image");
+      img.alt = `Preview of ${file.name || "the pasted image"}`;
+      this.previewUrl = URL.createObjectURL(file);
+      img.addEventListener("error", () => this.el(".card-media").classList.add("no-preview"), { once: true });
+      img.src = this.previewUrl;
+      this.el(".copy").addEventListener("click", () => this.copy());
+      this.setState("uploading");
+      list.prepend(this.root);
+      emptyNote.hidden = true;
+    }
+
+    setState(state, detail = "") {
+      this.root.dataset.state = state;
+      this.el(".badge").textContent = STATES[state].label;
+      this.el(".status-detail").textContent = detail;
+      this.setProgress(STATES[state].progress);
+    }
+
+    setProgress(percent) {
+      const bar = this.el(".progress");
+      bar.setAttribute("aria-valuenow", String(Math.round(percent)));
+      bar.setAttribute("aria-label", `${this.file.name || "image"}: ${this.el(".badge").textContent}`);
+      this.el(".progress-bar").style.width = `${percent}%`;
+    }
+
+    fail(message) {
+      this.setState("failed");
+      const error = this.el(".error");
+      error.textContent = message;
+      error.hidden = false;
+    }
+
+    showResult(result) {
+      this.setState("done", result.cached ? "Described before; the stored answer was reused." : "");
+      this.el(".description").textContent = result.image_description;
+      this.el(".model").textContent = result.generated_by;
+      this.el(".result").hidden = false;
+    }
+
+    async copy() {
+      const text = this.el(".description").textContent;
+      const feedback = this.el(".copy-feedback");
+      let copied = false;
+      // The Clipboard API needs a secure context (https or localhost); execCommand covers plain http.
+      if (navigator.clipboard && window.isSecureContext) {
+        copied = await navigator.clipboard.writeText(text).then(() => true, () => false);
+      }
+      if (!copied) {
+        const area = document.createElement("textarea");
+        area.value = text;
+        area.setAttribute("readonly", "");
+        area.className = "visually-hidden";
+        document.body.append(area);
+        area.select();
+        try {
+          copied = document.execCommand("copy");
+        } catch (_) {
+          copied = false;
+        }
+        area.remove();
+      }
+      feedback.textContent = copied ? "Copied" : "Could not copy; select the text instead";
+      clearTimeout(this.feedbackTimer);
+      this.feedbackTimer = setTimeout(() => (feedback.textContent = ""), 2500);
+    }
+
+    async start() {
+      if (this.file.size > maxFileSize) {
+        this.fail(
+          `Too large: this file is ${formatSize(this.file.size)}; the limit is ${formatSize(maxFileSize)}.`
+        );
+        return;
+      }
+      let submitted;
+      try {
+        submitted = await this.upload();
+      } catch (message) {
+        this.fail(message);
+        return;
+      }
+      this.jobId = submitted.job_id;
+      this.root.dataset.jobId = this.jobId;
+      this.setState("queued");
+      this.poll();
+    }
+
+    // XMLHttpRequest rather than fetch: only it reports upload progress.
+    upload() {
+      return new Promise((resolve, reject) => {
+        const xhr = new XMLHttpRequest();
+        const data = new FormData();
+        data.append("file", this.file, this.file.name || "pasted-image");
+        xhr.open("POST", submitUrl);
+        xhr.setRequestHeader("Accept", "application/json");
+        xhr.upload.addEventListener("progress", (event) => {
+          if (event.lengthComputable) this.setProgress((event.loaded / event.total) * UPLOADED);
+        });
+        xhr.addEventListener("load", () => {
+          const body = parseJson(xhr.responseText);
+          if (xhr.status === 202 && body && body.job_id) resolve(body);
+          else reject(errorText(xhr.status, body));
+        });
+        xhr.addEventListener("error", () =>
+          reject("Cannot reach the server: check the connection and try again.")
+        );
+        xhr.send(data);
+      });
+    }
+
+    async poll() {
+      let delay = POLL_FIRST_MS;
+      let unreachableSince = null;
+      for (;;) {
+        await new Promise((resolve) => setTimeout(resolve, delay));
+        delay = Math.min(delay * 1.5, POLL_MAX_MS);
+        let response;
+        let body;
+        try {
+          response = await fetch(statusUrl(this.jobId), { headers: { Accept: "application/json" } });
+          body = parseJson(await response.text());
+        } catch (_) {
+          unreachableSince = unreachableSince || Date.now();
+          if (Date.now() - unreachableSince > GIVE_UP_AFTER_MS) {
+            this.fail("Cannot reach the server, so this image's status is unknown. Reload the page later.");
+            return;
+          }
+          this.el(".status-detail").textContent = "Cannot reach the server; still trying…";
+          continue;
+        }
+        unreachableSince = null;
+        if (!response.ok || !body) {
+          this.fail(errorText(response.status, body));
+          return;
+        }
+        if (body.status === "failed") {
+          this.fail(sentence(MODEL_FAILED, body.error));
+          return;
+        }
+        if (body.status === "done") {
+          if (await this.fetchResult()) return;
+          continue;
+        }
+        const retrying = body.status === "queued" && body.error;
+        this.setState(body.status, retrying ? `Retrying after an error: ${body.error}` : "");
+      }
+    }
+
+    // True when the card reached a final state; false to keep polling (a race with the worker).
+    async fetchResult() {
+      let response;
+      let body;
+      try {
+        response = await fetch(resultUrl(this.jobId), { headers: { Accept: "application/json" } });
+        body = parseJson(await response.text());
+      } catch (_) {
+        return false;
+      }
+      if (response.status === 200 && body) {
+        this.showResult(body);
+        return true;
+      }
+      if (response.status === 202) return false;
+      if (response.status === 422 && body) {
+        this.fail(sentence(MODEL_FAILED, body.error));
+      } else {
+        this.fail(errorText(response.status, body));
+      }
+      return true;
+    }
+  }
+
+  function handleFiles(files) {
+    for (const file of files) new JobCard(file).start();
+  }
+
+  input.addEventListener("change", () => {
+    handleFiles(Array.from(input.files));
+    input.value = ""; // so picking the same file again is a new upload
+  });
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    handleFiles(Array.from(input.files));
+    input.value = "";
+  });
+
+  // A drop anywhere on the page counts; without this the browser would open the file instead.
+  let dragDepth = 0;
+  const hasFiles = (event) => event.dataTransfer && Array.from(event.dataTransfer.types).includes("Files");
+  document.addEventListener("dragenter", (event) => {
+    if (!hasFiles(event)) return;
+    dragDepth += 1;
+    form.classList.add("dragging");
+  });
+  document.addEventListener("dragleave", (event) => {
+    if (!hasFiles(event)) return;
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (dragDepth === 0) form.classList.remove("dragging");
+  });
+  document.addEventListener("dragover", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  document.addEventListener("drop", (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    dragDepth = 0;
+    form.classList.remove("dragging");
+    handleFiles(Array.from(event.dataTransfer.files));
+  });
+
+  // Pasting an image (e.g. a screenshot) uploads it too.
+  document.addEventListener("paste", (event) => {
+    const files = event.clipboardData ? Array.from(event.clipboardData.files) : [];
+    if (files.length) {
+      event.preventDefault();
+      handleFiles(files);
+    }
+  });
+})();

@@ -1,0 +1,235 @@
+"""Beyond submit/status/result: batches, listing, cancel, options, dedupe, webhooks, keys, limits."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from rq import Queue, SimpleWorker
+
+from imgsvc import create_app
+from imgsvc.queue.webhooks import SIGNATURE_HEADER, sign
+from tests.conftest import image_bytes
+from tests.integration.test_api import row_count, stored_files, submit
+
+
+def files(*payloads: tuple[bytes, str]) -> dict:
+    return {"file": [(io.BytesIO(data), name) for data, name in payloads]}
+
+
+# -- batch -----------------------------------------------------------------------------
+def test_batch_accepts_good_files_and_reports_bad_ones(client, run_worker):
+    response = client.post(
+        "/api/v1/batch",
+        data=files((image_bytes("JPEG"), "a.jpg"), (b"not an image", "b.jpg"), (image_bytes("PNG"), "c.png")),
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202
+    body = response.get_json()
+    assert (body["accepted"], body["rejected"]) == (2, 1)
+    good, bad, other = body["jobs"]
+    assert good["status"] == "queued" and other["status"] == "queued"
+    assert bad["error"]["code"] == "unsupported_media_type" and bad["filename"] == "b.jpg"
+
+    run_worker()
+
+    summary = client.get(f"/api/v1/batch/{body['batch_id']}").get_json()
+    assert summary["finished"] is True and summary["counts"] == {"done": 2}
+    assert {j["job_id"] for j in summary["jobs"]} == {good["job_id"], other["job_id"]}
+    assert all(isinstance(j["image_description"], str) for j in summary["jobs"])
+
+
+def test_batch_of_only_bad_files_is_400(client, app):
+    response = client.post(
+        "/api/v1/batch", data=files((b"", "a.jpg"), (b"text", "b.txt")), content_type="multipart/form-data"
+    )
+    assert response.status_code == 400 and response.get_json()["accepted"] == 0
+    assert row_count(app) == 0
+    assert client.get("/api/v1/batch/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+# -- listing and cancel ------------------------------------------------------------------
+def test_jobs_are_listed_newest_first_with_a_cursor(client):
+    ids = [submit(client, image_bytes("PNG", color=(i, 9, 9))).get_json()["job_id"] for i in range(5)]
+    first = client.get("/api/v1/jobs?limit=2").get_json()
+    second = client.get(f"/api/v1/jobs?limit=2&cursor={first['next_cursor']}").get_json()
+    third = client.get(f"/api/v1/jobs?limit=2&cursor={second['next_cursor']}").get_json()
+    listed = [j["job_id"] for page in (first, second, third) for j in page["jobs"]]
+    assert listed == ids[::-1] and third["next_cursor"] is None
+    assert client.get("/api/v1/jobs?status=done").get_json()["jobs"] == []
+    for bad in ("status=weird", "limit=0", "limit=abc", "cursor=%%%"):
+        assert client.get(f"/api/v1/jobs?{bad}").status_code == 400
+
+
+def test_cancelling_a_queued_job_removes_it_from_rq_and_disk(client, settings, run_worker, jpeg_bytes):
+    job_id = submit(client, jpeg_bytes).get_json()["job_id"]
+    response = client.delete(f"/api/v1/jobs/{job_id}")
+    assert response.get_json() == {"job_id": job_id, "status": "cancelled", "was": "queued"}
+    assert stored_files(settings) == []
+    run_worker()
+    status = client.get(f"/api/v1/status/{job_id}").get_json()
+    assert status["status"] == "cancelled"
+    assert client.get(f"/api/v1/result/{job_id}").status_code == 422
+    # a finished job is deleted outright
+    assert client.delete(f"/api/v1/jobs/{job_id}").get_json()["status"] == "deleted"
+    assert client.get(f"/api/v1/status/{job_id}").status_code == 404
+
+
+# -- options -------------------------------------------------------------------------------
+def test_unknown_or_invalid_options_are_400(client, app):
+    data = image_bytes("PNG")
+    for form in ({"temperature": "2"}, {"max_length": "0"}, {"max_length": "many"}, {"options": "[1]"}):
+        response = client.post(
+            "/api/v1/submit",
+            data={"file": (io.BytesIO(data), "x.png"), **form},
+            content_type="multipart/form-data",
+        )
+        assert response.status_code == 400, form
+    assert row_count(app) == 0
+
+
+def test_max_length_option_reaches_the_model(client, run_worker, tiny_describer):
+    data = image_bytes("PNG")
+    short = client.post(
+        "/api/v1/submit",
+        data={"file": (io.BytesIO(data), "x.png"), "max_length": "2"},
+        content_type="multipart/form-data",
+    ).get_json()["job_id"]
+    long = client.post(
+        "/api/v1/submit",
+        data={"file": (io.BytesIO(data), "x.png"), "options": json.dumps({"max_length": 12})},
+        content_type="multipart/form-data",
+    ).get_json()["job_id"]
+    run_worker()
+    short_text = client.get(f"/api/v1/result/{short}").get_json()
+    long_text = client.get(f"/api/v1/result/{long}").get_json()
+    assert short_text["options"] == {"max_length": 2} and long_text["options"] == {"max_length": 12}
+    assert len(short_text["image_description"]) < len(long_text["image_description"])
+
+
+# -- dedupe --------------------------------------------------------------------------------
+def test_identical_image_is_answered_from_the_stored_result(client, settings, run_worker, jpeg_bytes):
+    first = submit(client, jpeg_bytes).get_json()["job_id"]
+    run_worker()  # also publishes which model the workers run
+    again = submit(client, jpeg_bytes)
+    body = again.get_json()
+    assert again.status_code == 202 and body["status"] == "done" and body["cached"] is True
+    original = client.get(f"/api/v1/result/{first}").get_json()
+    cached = client.get(f"/api/v1/result/{body['job_id']}").get_json()
+    assert cached["cached"] is True and original["cached"] is False
+    assert cached["image_description"] == original["image_description"]
+    assert cached["generated_by"] == original["generated_by"]
+    assert len(stored_files(settings)) == 1  # the duplicate was not stored again
+    # different options are a different request
+    other = client.post(
+        "/api/v1/submit",
+        data={"file": (io.BytesIO(jpeg_bytes), "x.jpg"), "max_length": "3"},
+        content_type="multipart/form-data",
+    ).get_json()
+    assert other["status"] == "queued"
+
+
+# -- webhooks ------------------------------------------------------------------------------
+class Receiver(BaseHTTPRequestHandler):
+    calls: list[tuple[dict, bytes]] = []
+    fail_first = 0
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Receiver.fail_first > 0:
+            Receiver.fail_first -= 1
+            self.send_response(503)
+        else:
+            Receiver.calls.append((dict(self.headers), body))
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture()
+def receiver():
+    Receiver.calls, Receiver.fail_first = [], 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+
+
+def test_webhook_is_signed_and_retried_until_delivered(
+    settings, redis_db, tiny_describer, receiver, jpeg_bytes
+):
+    app = create_app(settings.with_(webhook_allow_private=True, webhook_secret="s3cret"))
+    client = app.test_client()
+    job_id = client.post(
+        "/api/v1/submit",
+        data={"file": (io.BytesIO(jpeg_bytes), "x.jpg"), "callback_url": receiver},
+        content_type="multipart/form-data",
+    ).get_json()["job_id"]
+    from imgsvc.queue.worker import ImgsvcWorker
+
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
+    Receiver.fail_first = 1  # the receiver is down for the first attempt
+    hooks = Queue(settings.webhook_queue_name, connection=app.redis)
+    for _ in range(3):  # burst runs; the retry is scheduled, a scheduler-enabled burst worker moves it
+        SimpleWorker([hooks], connection=app.redis).work(burst=True, with_scheduler=True)
+        if Receiver.calls:
+            break
+        time.sleep(2.1)
+    (headers, body), *_ = Receiver.calls
+    assert headers[SIGNATURE_HEADER] == sign(body, "s3cret")
+    payload = json.loads(body)
+    assert payload["job_id"] == job_id and payload["status"] == "done"
+    assert (
+        payload["image_description"] == client.get(f"/api/v1/result/{job_id}").get_json()["image_description"]
+    )
+
+
+def test_callback_url_must_be_public_http_unless_allowed(client, app):
+    for url in ("ftp://example.com/x", "http://127.0.0.1:9/x", "http://10.0.0.1/x", "not a url"):
+        response = client.post(
+            "/api/v1/submit",
+            data={"file": (io.BytesIO(image_bytes("PNG")), "x.png"), "callback_url": url},
+            content_type="multipart/form-data",
+        )
+        assert response.status_code == 400, url
+        assert response.get_json()["error"]["code"] == "invalid_callback_url"
+    assert row_count(app) == 0
+
+
+# -- API keys and rate limits ------------------------------------------------------------
+def test_api_keys_guard_every_route_and_scope_jobs(settings, redis_db, jpeg_bytes):
+    app = create_app(settings.with_(api_keys=("alpha", "beta")))
+    client = app.test_client()
+    assert submit(client, jpeg_bytes).status_code == 401
+    assert client.get("/api/v1/jobs", headers={"X-API-Key": "wrong"}).status_code == 401
+    alpha = {"Authorization": "Bearer alpha"}
+    beta = {"X-API-Key": "beta"}
+    job_id = client.post(
+        "/api/v1/submit",
+        data={"file": (io.BytesIO(jpeg_bytes), "x.jpg")},
+        headers=alpha,
+        content_type="multipart/form-data",
+    ).get_json()["job_id"]
+    assert client.get(f"/api/v1/status/{job_id}", headers=alpha).status_code == 200
+    assert client.get(f"/api/v1/status/{job_id}", headers=beta).status_code == 404
+    assert client.get("/api/v1/jobs", headers=beta).get_json()["jobs"] == []
+    assert client.get("/healthz").status_code == 200  # health stays open for probes
+
+
+def test_rate_limit_answers_429_with_retry_after(settings, redis_db):
+    app = create_app(settings.with_(rate_limit="3/minute"))
+    client = app.test_client()
+    codes = [client.get("/api/v1/status/00000000-0000-0000-0000-000000000000").status_code for _ in range(4)]
+    assert codes == [404, 404, 404, 429]
+    limited = client.get("/api/v1/jobs")
+    assert limited.status_code == 429 and limited.is_json
+    assert int(limited.headers["Retry-After"]) > 0
+    other_key = client.get("/api/v1/jobs", headers={"X-API-Key": "someone-else"})
+    assert other_key.status_code == 200  # limits are per key (or IP)
