@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from imgsvc.queue.connection import job_queue, redis_connection
     from imgsvc.queue.reaper import reap_command
     from imgsvc.storage import db
+    from imgsvc.storage.retention import prune_command
     from imgsvc.storage.uploads import UploadStore
     from imgsvc.web import register_web
     from imgsvc.web.auth import init_rate_limits
@@ -53,5 +54,6 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     db.init_app(app)
     init_rate_limits(app, settings)
     app.cli.add_command(reap_command)
+    app.cli.add_command(prune_command)
     register_web(app)
     return app

@@ -18,6 +18,7 @@ from datetime import timedelta
 
 import click
 from flask import current_app
+from flask.cli import with_appcontext
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Worker
@@ -128,6 +129,7 @@ def _abandon(queue: Queue, rq_job: RQJob) -> JobStatus | None:
 
 
 @click.command("reap")
+@with_appcontext
 def reap_command() -> None:
     """Reconcile stale job rows with RQ now (workers also do this periodically)."""
     settings: Settings = current_app.config["IMGSVC"]

@@ -218,16 +218,6 @@ def batch_members(batch_id: str, owner: str | None) -> list[Job]:
     return list(db.session.scalars(query))
 
 
-def finished_before(cutoff: datetime, limit: int = 1000) -> list[Job]:
-    query = (
-        select(Job)
-        .where(Job.status.in_(FINISHED), Job.completed_at < cutoff)
-        .order_by(Job.completed_at)
-        .limit(limit)
-    )
-    return list(db.session.scalars(query))
-
-
 def mark_failed(job_id: str, error: str) -> bool:
     return _transition(
         job_id,

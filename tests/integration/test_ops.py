@@ -1,0 +1,103 @@
+"""What an operator sees: health, readiness, metrics, the dashboard, retention, the CLI."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from imgsvc import create_app
+from imgsvc.queue.worker import ImgsvcWorker
+from imgsvc.storage import jobs
+from imgsvc.storage.db import db
+from imgsvc.storage.retention import prune
+from tests.integration.test_api import stored_files, submit
+
+
+def test_healthz_and_readyz_name_the_missing_part(client, app, tiny_describer):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    not_ready = client.get("/readyz")
+    assert not_ready.status_code == 503
+    assert not_ready.get_json()["checks"] | {} == {
+        "database": "ok",
+        "redis": "ok",
+        "workers": 0,
+        "queue_depth": 0,
+    }
+    worker = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer)
+    worker.register_birth()
+    try:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.get_json()["checks"]["workers"] == 1
+    finally:
+        worker.register_death()
+
+
+def test_readyz_is_503_when_redis_is_down(settings, redis_db):
+    app = create_app(settings.with_(redis_url="redis://127.0.0.1:1/0"))
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["checks"]["redis"].startswith("error")
+
+
+def test_metrics_count_jobs_and_time_the_model(client, run_worker, jpeg_bytes, png_bytes):
+    submit(client, jpeg_bytes)
+    submit(client, png_bytes, "b.png", "image/png")
+    submit(client, b"not an image")
+    run_worker()
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'imgsvc_jobs_total{outcome="submitted"} 2.0' in text
+    assert 'imgsvc_jobs_total{outcome="done"} 2.0' in text
+    assert "imgsvc_queue_depth 0.0" in text
+    assert "imgsvc_job_duration_seconds_count 2.0" in text
+    assert "imgsvc_inference_seconds_count 2.0" in text
+
+
+def test_dashboard_is_mounted_behind_basic_auth(settings, redis_db, jpeg_bytes):
+    app = create_app(settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw"))
+    client = app.test_client()
+    submit(client, jpeg_bytes)
+    assert client.get("/rq/").status_code == 401
+    assert client.get("/rq/", auth=("ops", "wrong")).status_code == 401
+    page = client.get("/rq/", auth=("ops", "pw"))
+    assert page.status_code == 200 and b"RQ" in page.data
+    queues = client.get("/rq/0/data/queues.json", auth=("ops", "pw")).get_json()
+    assert {"name": "imgsvc", "count": 1} in [
+        {"name": q["name"], "count": q["count"]} for q in queues["queues"]
+    ]
+    assert client.get("/api/v1/jobs").status_code == 200  # the API is not behind the dashboard's auth
+
+
+def test_prune_deletes_old_uploads_then_old_rows(client, app, settings, run_worker, jpeg_bytes, png_bytes):
+    old = submit(client, jpeg_bytes).get_json()["job_id"]
+    recent = submit(client, png_bytes, "b.png", "image/png").get_json()["job_id"]
+    run_worker()
+    with app.app_context():
+        db.session.get(jobs.Job, old).completed_at = jobs.utcnow() - timedelta(days=30)
+        db.session.commit()
+        assert prune(settings.with_(upload_retention=86400, result_ttl=90 * 86400), app.uploads) == {
+            "files_deleted": 1,
+            "rows_deleted": 0,
+        }
+        assert len(stored_files(settings)) == 1
+        assert client.get(f"/api/v1/result/{old}").get_json()["image_description"] is not None
+        assert (
+            prune(settings.with_(upload_retention=86400, result_ttl=7 * 86400), app.uploads)["rows_deleted"]
+            == 1
+        )
+    assert client.get(f"/api/v1/status/{old}").status_code == 404
+    assert client.get(f"/api/v1/status/{recent}").get_json()["status"] == "done"
+
+
+def test_failed_job_upload_is_removed(client, settings, run_worker, jpeg_bytes):
+    job_id = submit(client, jpeg_bytes).get_json()["job_id"]
+    (stored,) = stored_files(settings)
+    stored.write_bytes(b"corrupted")
+    run_worker()
+    assert client.get(f"/api/v1/status/{job_id}").get_json()["status"] == "failed"
+    assert stored_files(settings) == []
+
+
+def test_flask_cli_commands(app):
+    runner = app.test_cli_runner()
+    assert "Initialised the database" in runner.invoke(args=["init-db"]).output
+    assert "requeued" in runner.invoke(args=["reap"]).output
+    assert "files deleted" in runner.invoke(args=["prune"]).output
