@@ -59,11 +59,11 @@ def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
         except (ImageTooLarge, UnsupportedImage):
             raise
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise ImageTooLarge(f"image refused as a decompression bomb: {exc}") from exc
+            raise ImageTooLarge(f"image refused as a decompression bomb: {_reason(exc, path)}") from exc
         except Exception as exc:  # Pillow raises many types for bad input
             raise UnsupportedImage(
                 "the file is not an image we can read "
-                f"(allowed: {', '.join(sorted(ALLOWED_FORMATS))}); {type(exc).__name__}: {exc}",
+                f"(allowed: {', '.join(sorted(ALLOWED_FORMATS))}); {_reason(exc, path)}",
             ) from exc
     if info.format not in ALLOWED_FORMATS:
         raise UnsupportedImage(f"image format {info.format} is not allowed")
@@ -90,7 +90,7 @@ def load_for_model(path: Path, max_pixels: int, max_side: int) -> Image.Image:
         except ImageTooLarge:
             raise
         except Exception as exc:
-            raise UnsupportedImage(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
+            raise UnsupportedImage(f"cannot decode image: {_reason(exc, path)}") from exc
     rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     rgb.info.clear()
     return rgb
@@ -104,3 +104,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return img.convert("RGB")
+
+
+def _reason(exc: BaseException, path: Path) -> str:
+    """Pillow's message, minus our file path: server paths are nobody's business."""
+    return f"{type(exc).__name__}: {str(exc).replace(str(path), 'upload')}"

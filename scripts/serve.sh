@@ -14,6 +14,10 @@ for i in $(seq "${WORKER_COUNT:-1}"); do
   python worker.py --name "imgsvc-worker-$i-$$" &
   pids+=($!)
 done
+# webhook deliveries: a plain RQ worker (forking is fine, it loads no model)
+rq worker --url "${REDIS_URL:-redis://localhost:6379/0}" --with-scheduler --name "imgsvc-webhooks-$$" \
+  "${WEBHOOK_QUEUE:-imgsvc-webhooks}" &
+pids+=($!)
 gunicorn -c gunicorn.conf.py wsgi:app &
 pids+=($!)
 wait -n "${pids[@]}"

@@ -109,7 +109,9 @@ def test_empty_file_is_400(client, app, settings):
 def test_non_image_is_415_whatever_the_name_says(client, app, settings, payload):
     response = submit(client, payload, filename="holiday.jpg", content_type="image/jpeg")
     assert response.status_code == 415
-    assert response.get_json()["error"]["code"] == "unsupported_media_type"
+    error = response.get_json()["error"]
+    assert error["code"] == "unsupported_media_type"
+    assert str(settings.upload_dir) not in error["message"]  # no server paths in errors
     assert row_count(app) == 0 and stored_files(settings) == []
 
 

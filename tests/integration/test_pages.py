@@ -1,0 +1,225 @@
+"""The page at /: served as plain HTML, then driven end to end in a real headless Chromium.
+
+The browser test runs the real app on a real port and a real worker process, so what it checks
+is what a person sees: a picked image goes queued -> processing -> done and shows the model's text.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+from werkzeug.serving import make_server
+
+from imgsvc.config import PROJECT_ROOT
+from imgsvc.web.pages import human_size
+from tests.conftest import TEST_REDIS_URL
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT = PROJECT_ROOT / "tests" / "artifacts" / "browser.png"
+# Headless, and nothing that phones home: the test must pass with no network at all.
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--window-size=1100,1200",
+]
+JOB_DEADLINE_S = 60
+RECORD_STATES = """
+window.cardStates = {};
+const record = (card) => {
+  const seen = (window.cardStates[card.querySelector("h3").textContent] ||= []);
+  if (seen[seen.length - 1] !== card.dataset.state) seen.push(card.dataset.state);
+};
+new MutationObserver((mutations) => {
+  for (const m of mutations) {
+    if (m.type === "attributes") record(m.target);
+    else m.addedNodes.forEach((node) => node.matches && node.matches("li.card") && record(node));
+  }
+}).observe(
+  document.getElementById("jobs"),
+  {subtree: true, childList: true, attributeFilter: ["data-state"]}
+);
+"""
+
+
+def test_index_serves_the_upload_form_and_its_assets(client, settings):
+    response = client.get("/")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    html = response.get_data(as_text=True)
+    assert re.search(r'<form id="upload-form"[^>]* action="/api/v1/submit"', html)
+    assert re.search(r'<input id="file-input"[^>]* type="file" name="file" multiple', html)
+    assert f'data-max-file-size="{settings.max_file_size}"' in html and "up to 10 MB each" in html
+
+    assets = re.findall(r'(?:href|src)="(/assets/[^"]+)"', html)
+    assert sorted(assets) == ["/assets/app.css", "/assets/app.js", "/assets/favicon.svg"]
+    for url in assets:
+        asset = client.get(url)
+        assert asset.status_code == 200 and asset.data
+        assert asset.mimetype in {"text/css", "text/javascript", "image/svg+xml"}
+        asset.close()
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [(0, "0 bytes"), (1000, "1000 bytes"), (2048, "2 KB"), (1536 * 1024, "1.5 MB"), (10 * 1024**2, "10 MB")],
+)
+def test_the_page_states_the_limit_in_readable_units(size, text):
+    assert human_size(size) == text
+
+
+@pytest.fixture()
+def live_url(app) -> Iterator[str]:
+    """The real app on a free port, served by werkzeug in a background thread."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=10)
+    server.server_close()
+
+
+@pytest.fixture()
+def worker_process(settings, tiny_model_dir, tmp_path) -> Iterator[Path]:
+    """``python worker.py`` as deployed: RQ's signal handling needs a main thread of its own."""
+    log_path = tmp_path / "worker.log"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_OFFLINE": "1",
+        "REDIS_URL": TEST_REDIS_URL,
+        "DATABASE_URL": settings.database_url,
+        "UPLOAD_DIR": str(settings.upload_dir),
+        "VISION_MODEL": str(tiny_model_dir),
+        "MAX_NEW_TOKENS": "8",
+    }
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "worker.py"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    yield log_path
+    proc.terminate()  # SIGTERM: RQ's warm shutdown
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture()
+def browser(tmp_path) -> Iterator[webdriver.Chrome]:
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
+    if missing:
+        pytest.skip(f"needs Debian's chromium and chromium-driver; missing {', '.join(missing)}")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # An explicit driver path keeps Selenium Manager from looking for (or downloading) one.
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def card_for(driver: webdriver.Chrome, file_name: str) -> WebElement:
+    return driver.find_element(By.XPATH, f'//li[@data-state][.//h3[text()="{file_name}"]]')
+
+
+def wait_until_settled(driver: webdriver.Chrome, file_name: str, worker_log: Path) -> WebElement:
+    """The card once it is done or failed; on a timeout, say where it got stuck and why."""
+
+    def settled(d: webdriver.Chrome) -> WebElement | bool:
+        cards = d.find_elements(By.XPATH, f'//li[@data-state][.//h3[text()="{file_name}"]]')
+        return bool(cards) and cards[0].get_attribute("data-state") in {"done", "failed"} and cards[0]
+
+    try:
+        return WebDriverWait(driver, JOB_DEADLINE_S, poll_frequency=0.2).until(settled)
+    except Exception:
+        state = [c.get_attribute("data-state") for c in driver.find_elements(By.CSS_SELECTOR, "li.card")]
+        log = worker_log.read_text(errors="replace")[-3000:] if worker_log.exists() else "(no worker log)"
+        pytest.fail(f"{file_name} never finished in {JOB_DEADLINE_S}s; cards: {state}\nworker log:\n{log}")
+
+
+def text_of(card: WebElement, selector: str) -> str:
+    return card.find_element(By.CSS_SELECTOR, selector).get_attribute("textContent")
+
+
+def test_browser_uploads_images_and_shows_descriptions_and_errors(
+    browser, live_url, worker_process, client, settings, tmp_path
+):
+    from skimage import data
+
+    photo = tmp_path / "chelsea-the-cat.jpg"
+    Image.fromarray(data.chelsea()).save(photo, quality=90)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a shopping list, not a picture\n" * 20)
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\0" * (settings.max_file_size + 512 * 1024))
+
+    browser.get(f"{live_url}/")
+    assert browser.title.startswith("imgsvc")
+    # Record every state each card passes through, however briefly it stays in it.
+    browser.execute_script(RECORD_STATES)
+    file_input = browser.find_element(By.ID, "file-input")
+    file_input.send_keys(f"{notes}\n{photo}")  # two at once: the input takes several files
+
+    # The image: queued -> processing -> done, and the card shows what the API says.
+    card = wait_until_settled(browser, photo.name, worker_process)
+    job_id = card.get_attribute("data-job-id")
+    result = client.get(f"/api/v1/result/{job_id}").get_json()
+    assert result["status"] == "done"
+    assert card.get_attribute("data-state") == "done" and text_of(card, ".badge") == "Done"
+    states = browser.execute_script("return window.cardStates[arguments[0]]", photo.name)
+    assert states[:2] == ["uploading", "queued"] and states[-1] == "done"
+    assert set(states) <= {"uploading", "queued", "processing", "done"}
+    assert card.find_element(By.CSS_SELECTOR, ".progress").get_attribute("aria-valuenow") == "100"
+    assert text_of(card, ".description") == result["image_description"]
+    assert text_of(card, ".model") == result["generated_by"] == settings.vision_model
+    assert card.find_element(By.CSS_SELECTOR, ".copy").is_displayed()
+    assert card.find_element(By.CSS_SELECTOR, ".card-image").get_attribute("src").startswith("blob:")
+    assert card.find_element(By.CSS_SELECTOR, ".card-image").get_property("naturalWidth") == 451
+
+    # Not an image: the server refuses it (415) and the card says so in words.
+    card = wait_until_settled(browser, notes.name, worker_process)
+    error = card.find_element(By.CSS_SELECTOR, ".error")
+    assert card.get_attribute("data-state") == "failed" and error.is_displayed()
+    assert error.text.startswith("Not a supported image: the file is not an image we can read")
+    assert card.get_attribute("data-job-id") is None
+
+    # Too big: refused in the browser before a byte is sent.
+    file_input.send_keys(str(huge))
+    card = wait_until_settled(browser, huge.name, worker_process)
+    assert card.find_element(By.CSS_SELECTOR, ".error").text == (
+        "Too large: this file is 10.5 MB; the limit is 10 MB."
+    )
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOT))
+
+    # No script errors and no Content-Security-Policy violations; the 415 is the one expected failure.
+    problems = [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if entry["level"] == "SEVERE" and "the server responded with a status of 415" not in entry["message"]
+    ]
+    assert problems == []
