@@ -126,3 +126,7 @@ def download_model(name: str | None) -> None:
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{name} is in the local cache at {path}; VISION_MODEL=auto will now use it.")
+
+
+if __name__ == "__main__":
+    main()

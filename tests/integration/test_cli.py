@@ -1,0 +1,85 @@
+"""The ``imgsvc`` command: local describe, submit to a running server, and the failure modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+from werkzeug.serving import make_server
+
+from imgsvc.cli import main
+from tests.conftest import image_bytes
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    paths = []
+    for i, fmt in enumerate(("JPEG", "PNG", "WEBP", "PNG")):
+        path = tmp_path / f"p{i}.{fmt.lower()}"
+        path.write_bytes(image_bytes(fmt, color=(i * 50, 40, 90)))
+        paths.append(path)
+    return paths
+
+
+def test_help_everywhere():
+    runner = CliRunner()
+    for args in ([], ["describe"], ["submit"], ["worker"], ["web"], ["download-model"]):
+        result = runner.invoke(main, [*args, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, args
+
+
+def test_describe_runs_the_model_locally(photos, tiny_model_dir, tiny_describer, monkeypatch):
+    monkeypatch.setenv("MAX_NEW_TOKENS", "8")
+    result = CliRunner().invoke(
+        main, ["describe", "--json", "--model", str(tiny_model_dir), *map(str, photos)]
+    )
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["file"] for r in records] == [str(p) for p in photos]
+    assert {r["generated_by"] for r in records} == {str(tiny_model_dir)}
+    from PIL import Image
+
+    expected = tiny_describer.describe([Image.open(photos[0]).convert("RGB")])[0]
+    assert records[0]["image_description"] == expected
+    text = CliRunner().invoke(main, ["describe", "--model", str(tiny_model_dir), str(photos[1])])
+    assert text.stdout.startswith(f"{photos[1]}: ")
+
+
+def test_submit_talks_to_a_running_server(app, photos, run_worker):
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        queued = CliRunner().invoke(main, ["submit", "--no-wait", "--url", url, str(photos[0])])
+        assert json.loads(queued.stdout)["status"] == "queued"
+        run_worker()
+        # the same bytes again: answered from the stored result, so --wait returns at once
+        done = CliRunner().invoke(main, ["submit", "--url", url, "--timeout", "20", str(photos[0])])
+        record = json.loads(done.stdout)
+        assert done.exit_code == 0 and record["status"] == "done" and record["cached"] is True
+        bad = CliRunner().invoke(main, ["submit", "--url", url, __file__])
+        assert json.loads(bad.stdout)["http_status"] == 415
+    finally:
+        server.shutdown()
+
+
+def test_download_model_fails_fast_without_the_hub():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_OFFLINE")}
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgsvc.cli", "download-model", "Salesforce/blip-image-captioning-base"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "Hugging Face Hub" in proc.stderr
+    assert time.monotonic() - started < 30
