@@ -42,10 +42,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
         # Multipart framing adds a little; the exact file limit is enforced while streaming.
         MAX_CONTENT_LENGTH=settings.max_file_size + 64 * 1024,
-        JSON_SORT_KEYS=False,
     )
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
 
+    app.json.sort_keys = False  # keep each response in the order its code builds it
     app.redis = redis_connection(settings)
     app.task_queue = job_queue(settings, app.redis)
     app.uploads = UploadStore(settings.upload_dir, settings.max_file_size)

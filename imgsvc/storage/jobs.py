@@ -92,7 +92,7 @@ class Job(db.Model):
             body["started_at"] = isoformat(self.started_at)
         if self.completed_at:
             body["completed_at"] = isoformat(self.completed_at)
-        if self.error and self.status in (Status.FAILED, Status.QUEUED):
+        if self.error and self.status in (Status.FAILED, Status.QUEUED, Status.CANCELLED):
             body["error"] = self.error
         if self.batch_id:
             body["batch_id"] = self.batch_id

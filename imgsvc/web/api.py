@@ -290,7 +290,7 @@ def delete_job(job_id: str) -> Response:
         if job.upload_name:
             current_app.uploads.delete(job.upload_name)
         jobs.delete_job(job)
-        return jsonify({"job_id": job_id, "status": "deleted"})
+        return jsonify({"job_id": job.id, "status": "deleted"})
     was = job.status
     jobs.mark_cancelled(job.id)
     if was == jobs.Status.QUEUED:

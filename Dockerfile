@@ -1,0 +1,70 @@
+# syntax=docker/dockerfile:1
+# imgsvc image: one image for the web app, the workers and rq-dashboard (compose.yaml picks the command).
+#
+#   docker build -t imgsvc .
+#   docker build -t imgsvc --build-arg PRELOAD_MODEL=Salesforce/blip-image-captioning-base .
+#
+# PRELOAD_MODEL bakes those Hub weights into /models at build time, so workers start offline.
+# Without it the worker uses whatever the /models volume holds, else the built-in describer.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+# --- builder: every dependency into a virtual environment that the runtime copies whole ---------
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /app
+# Dependencies first: this layer is rebuilt only when requirements.txt changes.
+COPY requirements.txt ./
+# PyPI's Linux torch wheels bundle CUDA (gigabytes); PyTorch's own index has the CPU-only build.
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.txt
+COPY pyproject.toml README.md wsgi.py worker.py gunicorn.conf.py ./
+COPY imgsvc ./imgsvc
+# Editable, like a checkout: PROJECT_ROOT stays /app, where gunicorn.conf.py and wsgi.py live.
+RUN pip install --no-deps -e .
+
+# --- test: the builder plus dev tools and the whole tree (compose's test profile) ----------------
+FROM builder AS test
+# The fault tests start throw-away redis-server processes of their own.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends redis-server \
+    && rm -rf /var/lib/apt/lists/*
+COPY requirements-dev.txt ./
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements-dev.txt
+COPY . .
+ENV HF_HUB_OFFLINE=1
+CMD ["python", "-m", "pytest", "-q"]
+
+# --- runtime: the venv and the app, no compilers, not root ----------------------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HOME=/models \
+    UPLOAD_DIR=/data/uploads \
+    DATABASE_URL=sqlite:////data/instance/imgsvc.sqlite \
+    WEB_PORT=8000
+RUN useradd --system --create-home --uid 10001 --user-group imgsvc \
+    && mkdir -p /data/uploads /data/instance /models \
+    && chown -R imgsvc:imgsvc /data /models
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /app /app
+WORKDIR /app
+# Flask's instance folder (app.instance_path) is /app/instance: keep it on the data volume too.
+RUN ln -s /data/instance /app/instance
+USER imgsvc
+
+ARG PRELOAD_MODEL=""
+RUN if [ -n "$PRELOAD_MODEL" ]; then imgsvc download-model "$PRELOAD_MODEL"; fi
+# Declared after the download: a build step's writes under a declared volume would be discarded.
+# A new named volume starts as a copy of what the image has here.
+VOLUME ["/models", "/data"]
+
+EXPOSE 8000
+# The slim image has no curl; Python is there anyway. Worker containers disable this (compose.yaml).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('WEB_PORT', '8000'), timeout=4)"
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]

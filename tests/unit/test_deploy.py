@@ -1,0 +1,270 @@
+"""The deployment files agree with the code: compose.yaml's profiles, the Dockerfile, gunicorn.conf.py.
+
+No Docker engine is needed: the files are read as data and checked against the repository.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import runpy
+import shlex
+from dataclasses import fields
+
+import pytest
+import yaml
+
+from imgsvc.config import PROJECT_ROOT, Settings
+
+COMPOSE = yaml.safe_load((PROJECT_ROOT / "compose.yaml").read_text())
+SERVICES: dict[str, dict] = COMPOSE["services"]
+DOCKERFILE = (PROJECT_ROOT / "Dockerfile").read_text()
+
+PROFILES = {
+    "production": {"web", "worker", "redis", "dashboard", "webhooks"},
+    "development": {"web-dev", "worker-dev", "redis"},
+    "test": {"tests", "test-redis", "postgres"},
+}
+APP_SERVICES = {"web", "worker", "web-dev", "worker-dev"}
+SHARED_MOUNTS = {"/data/uploads", "/data/instance", "/models"}
+
+
+def in_profile(profile: str) -> dict[str, dict]:
+    return {name: svc for name, svc in SERVICES.items() if profile in svc.get("profiles", [])}
+
+
+def command_of(service: dict) -> list[str]:
+    command = service["command"]
+    return shlex.split(command) if isinstance(command, str) else list(command)
+
+
+def mounts(service: dict) -> dict[str, str]:
+    """target -> source, for the short "source:target[:mode]" syntax this file uses."""
+    return {entry.split(":")[1]: entry.split(":")[0] for entry in service.get("volumes", [])}
+
+
+def depends_on(service: dict) -> dict[str, dict]:
+    deps = service.get("depends_on", {})
+    return {name: {} for name in deps} if isinstance(deps, list) else deps
+
+
+# --- compose.yaml -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_each_profile_has_its_services_and_what_they_depend_on(profile):
+    services = in_profile(profile)
+    assert PROFILES[profile] <= set(services)
+    for name, service in services.items():
+        missing = set(depends_on(service)) - set(services)
+        assert not missing, f"{name} in {profile} depends on {missing}, which that profile lacks"
+
+
+def test_every_service_is_in_some_profile():
+    # A service without profiles would start with every profile, e.g. a worker during the tests.
+    for name, service in SERVICES.items():
+        assert service.get("profiles"), name
+
+
+def test_web_runs_gunicorn_with_its_config_and_publishes_the_port():
+    web = SERVICES["web"]
+    assert command_of(web) == ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+    assert any(str(port).endswith(":8000") for port in web["ports"])
+    assert web["environment"]["WEB_PORT"] == "8000"  # what gunicorn binds inside the container
+
+
+def test_workers_run_worker_py_and_scale_with_worker_count():
+    for name in ("worker", "worker-dev"):
+        assert command_of(SERVICES[name])[-1] == "worker.py"
+    assert SERVICES["worker"]["deploy"]["replicas"] == "${WORKER_COUNT:-2}"
+    assert "deploy" not in SERVICES["worker-dev"]  # one is enough while developing
+
+
+def test_development_web_reloads_from_the_mounted_source():
+    web_dev = SERVICES["web-dev"]
+    command = command_of(web_dev)
+    assert command[:3] == ["flask", "--app", "imgsvc"] and "run" in command and "--debug" in command
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert mounts(web_dev)["/app"] == "."
+
+
+def test_redis_persists_queued_jobs_and_reports_health():
+    redis = SERVICES["redis"]
+    command = " ".join(command_of(redis))
+    assert "--appendonly yes" in command and "--appendfsync everysec" in command
+    assert mounts(redis)["/data"] in COMPOSE["volumes"]
+    assert "redis-cli" in redis["healthcheck"]["test"]
+
+
+def test_whoever_needs_redis_waits_until_it_is_healthy():
+    for name, service in SERVICES.items():
+        for dependency, condition in depends_on(service).items():
+            if dependency in {"redis", "test-redis", "postgres"}:
+                assert condition.get("condition") == "service_healthy", (name, dependency)
+                assert "healthcheck" in SERVICES[dependency]
+
+
+def test_app_services_share_uploads_database_and_model_cache():
+    sources = {name: mounts(SERVICES[name]) for name in APP_SERVICES}
+    for name, by_target in sources.items():
+        assert by_target.keys() >= SHARED_MOUNTS, name
+        assert {by_target[t] for t in SHARED_MOUNTS} == {"uploads", "instance", "models"}, name
+    env = SERVICES["web"]["environment"]
+    assert env["UPLOAD_DIR"] == "/data/uploads" and env["HF_HOME"] == "/models"
+    assert "sqlite:////data/instance/" in env["DATABASE_URL"]
+    assert env["REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_every_volume_is_declared_and_every_bind_mount_exists():
+    for name, service in SERVICES.items():
+        for source in mounts(service).values():
+            if source.startswith((".", "/")):
+                assert (PROJECT_ROOT / source).exists(), (name, source)
+            else:
+                assert source in COMPOSE["volumes"], f"{name} mounts undeclared volume {source}"
+
+
+def test_env_file_is_optional_and_app_variables_are_real_settings():
+    known = {f.metadata["env"] for f in fields(Settings)} | {"HF_HOME", "HF_HUB_OFFLINE"}
+    for name, service in SERVICES.items():
+        for entry in service.get("env_file", []):
+            assert entry == {"path": ".env", "required": False}, name
+        if name in APP_SERVICES:
+            assert set(service["environment"]) <= known, name
+
+
+def test_dashboard_is_its_own_service_on_the_same_redis_with_basic_auth():
+    dashboard = SERVICES["dashboard"]
+    command = " ".join(command_of(dashboard))
+    assert "rq-dashboard" in command and "--redis-url redis://redis:6379/0" in command
+    assert "--username" in command and "$$RQ_DASHBOARD_USERNAME" in command
+    assert "$$RQ_DASHBOARD_PASSWORD" in command
+    assert "9181:9181" in dashboard["ports"]
+
+
+def test_test_profile_points_the_suite_at_its_own_services():
+    env = SERVICES["tests"]["environment"]
+    assert env["TEST_REDIS_URL"].startswith("redis://test-redis:")
+    assert "@postgres:5432/test" in env["TEST_POSTGRES_URL"]
+    postgres = SERVICES["postgres"]["environment"]
+    assert postgres == {"POSTGRES_HOST_AUTH_METHOD": "trust", "POSTGRES_DB": "test"}
+    assert SERVICES["tests"]["build"]["target"] in stages()
+
+
+# --- Dockerfile ---------------------------------------------------------------------------------
+
+
+def instructions(text: str = DOCKERFILE) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    result = []
+    for line in code.replace("\\\n", " ").splitlines():
+        instruction, _, args = line.strip().partition(" ")
+        if instruction:
+            result.append((instruction.upper(), " ".join(args.split())))
+    return result
+
+
+def stages() -> dict[str, list[tuple[str, str]]]:
+    result: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for instruction, args in instructions():
+        if instruction == "FROM":
+            current = []
+            result[args.split()[-1]] = current
+        current.append((instruction, args))
+    return result
+
+
+def runtime_stage() -> list[tuple[str, str]]:
+    return list(stages().values())[-1]  # the stage `docker build .` produces
+
+
+def dockerignored(path: str) -> bool:
+    patterns = [
+        line.strip()
+        for line in (PROJECT_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    return any(fnmatch.fnmatch(path, p) or path.startswith(p.rstrip("/") + "/") for p in patterns)
+
+
+def test_every_file_the_dockerfile_copies_exists_and_reaches_the_build():
+    copied = []
+    for instruction, args in instructions():
+        if instruction in {"COPY", "ADD"} and "--from=" not in args:
+            *sources, _destination = [a for a in args.split() if not a.startswith("--")]
+            copied += sources
+    assert {"requirements.txt", "wsgi.py", "worker.py", "gunicorn.conf.py", "imgsvc"} <= set(copied)
+    for source in copied:
+        if source != ".":
+            assert (PROJECT_ROOT / source).exists(), source
+            assert not dockerignored(source), f"{source} is excluded by .dockerignore"
+
+
+def test_files_named_by_run_and_cmd_exist():
+    for instruction, args in instructions():
+        if instruction == "RUN":
+            for name in re.findall(r"-r\s+(\S+)", args):
+                assert (PROJECT_ROOT / name).exists(), name
+    cmd = json.loads(dict(runtime_stage())["CMD"])
+    assert cmd == ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+    for name in ("gunicorn.conf.py", "wsgi.py", "worker.py", "README.md", "pyproject.toml"):
+        assert (PROJECT_ROOT / name).is_file(), name
+
+
+def test_runtime_image_is_slim_unprivileged_and_keeps_data_in_volumes():
+    stage = runtime_stage()
+    text = "\n".join(f"{i} {a}" for i, a in stage)
+    assert "python:3.11-slim" in DOCKERFILE and stage[0][1].startswith("${PYTHON_IMAGE}")
+    assert ("USER", "imgsvc") in stage
+    assert "COPY --from=builder /opt/venv /opt/venv" in text
+    assert not re.search(r"apt-get install|build-essential|gcc", text)  # no compilers at run time
+    for setting in ("HF_HOME=/models", "UPLOAD_DIR=/data/uploads", "DATABASE_URL=sqlite:////data/instance/"):
+        assert setting in text
+    volumes = json.loads(dict(stage)["VOLUME"])
+    assert "/models" in volumes and "/data" in volumes
+    assert ("EXPOSE", "8000") in stage
+    assert "/healthz" in dict(stage)["HEALTHCHECK"]
+
+
+def test_preload_model_is_optional_and_downloads_before_the_volume_is_declared():
+    stage = runtime_stage()
+    assert ("ARG", 'PRELOAD_MODEL=""') in stage
+    download = next(i for i, (ins, args) in enumerate(stage) if "imgsvc download-model" in args)
+    assert '[ -n "$PRELOAD_MODEL" ]' in stage[download][1]
+    volume = next(i for i, (ins, _) in enumerate(stage) if ins == "VOLUME")
+    assert download < volume  # writes under a declared VOLUME during the build are discarded
+
+
+def test_torch_comes_from_the_cpu_index_in_the_image_only():
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in DOCKERFILE
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        assert "download.pytorch.org" not in (PROJECT_ROOT / name).read_text()
+
+
+# --- gunicorn.conf.py ---------------------------------------------------------------------------
+
+
+def test_gunicorn_conf_reads_port_and_workers_from_the_environment(monkeypatch):
+    monkeypatch.setenv("WEB_PORT", "9123")
+    monkeypatch.setenv("WEB_WORKERS", "3")
+    conf = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+    assert conf["bind"] == "0.0.0.0:9123"
+    assert conf["workers"] == 3
+
+
+def test_gunicorn_conf_defaults_match_settings(monkeypatch):
+    monkeypatch.delenv("WEB_PORT", raising=False)
+    monkeypatch.delenv("WEB_WORKERS", raising=False)
+    conf = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+    defaults = Settings()
+    assert conf["bind"] == f"0.0.0.0:{defaults.web_port}"
+    assert conf["workers"] == defaults.web_workers
+
+
+def test_webhook_deliveries_have_a_worker_with_a_scheduler():
+    command = command_of(SERVICES["webhooks"])
+    assert command[:2] == ["rq", "worker"] and "--with-scheduler" in command
+    assert command[-1] == "imgsvc-webhooks"
