@@ -9,6 +9,7 @@ from rq import Worker
 from sqlalchemy import text
 
 from imgsvc.metrics import registry_for
+from imgsvc.queue.connection import running_model
 from imgsvc.storage.db import db
 
 bp = Blueprint("health", __name__)
@@ -44,6 +45,8 @@ def readyz() -> tuple[Response, int]:
         workers = Worker.all(queue=current_app.task_queue)
         checks["workers"] = len(workers)
         checks["queue_depth"] = current_app.task_queue.count
+        model = running_model(current_app.redis, current_app.config["IMGSVC"])
+        checks["model"] = model["name"] if model else None
         if not workers:
             ok = False
     except RedisError as exc:

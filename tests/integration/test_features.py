@@ -233,3 +233,16 @@ def test_rate_limit_answers_429_with_retry_after(settings, redis_db):
     assert int(limited.headers["Retry-After"]) > 0
     other_key = client.get("/api/v1/jobs", headers={"X-API-Key": "someone-else"})
     assert other_key.status_code == 200  # limits are per key (or IP)
+
+
+def test_prompt_option_conditions_the_caption(client, run_worker, tiny_describer):
+    data = image_bytes("PNG")
+    job_id = client.post(
+        "/api/v1/submit",
+        data={"file": (io.BytesIO(data), "x.png"), "prompt": "a picture of", "max_length": "4"},
+        content_type="multipart/form-data",
+    ).get_json()["job_id"]
+    run_worker()
+    result = client.get(f"/api/v1/result/{job_id}").get_json()
+    assert result["status"] == "done"
+    assert result["image_description"].startswith("a picture of")  # words of the tiny vocabulary

@@ -16,17 +16,20 @@ def test_healthz_and_readyz_name_the_missing_part(client, app, tiny_describer):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     not_ready = client.get("/readyz")
     assert not_ready.status_code == 503
-    assert not_ready.get_json()["checks"] | {} == {
+    assert not_ready.get_json()["checks"] == {
         "database": "ok",
         "redis": "ok",
         "workers": 0,
         "queue_depth": 0,
+        "model": None,
     }
     worker = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer)
+    worker.load_runtime()  # publishes which model the workers run
     worker.register_birth()
     try:
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.get_json()["checks"]["workers"] == 1
+        assert ready.get_json()["checks"]["model"] == tiny_describer.name
     finally:
         worker.register_death()
 

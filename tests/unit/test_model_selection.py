@@ -1,0 +1,41 @@
+"""VISION_MODEL: ``auto`` picks what can run here; explicit values are obeyed or fail."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from imgsvc.config import Settings
+from imgsvc.vision import DEFAULT_BUILTIN, load_describer, resolve_model
+from imgsvc.vision.base import ModelLoadError
+
+
+def test_auto_falls_back_to_builtin_loudly_when_the_captioner_is_absent(caplog, tmp_path):
+    settings = Settings(vision_model="auto", caption_model=str(tmp_path / "no-such-checkpoint"))
+    with caplog.at_level(logging.WARNING, logger="imgsvc.vision"):
+        assert resolve_model(settings) == DEFAULT_BUILTIN
+    assert "built-in offline describer" in caplog.text and "no-such-checkpoint" in caplog.text
+
+
+def test_auto_falls_back_when_a_hub_id_is_not_cached():
+    assert resolve_model(Settings(caption_model="Salesforce/blip-image-captioning-base")) == DEFAULT_BUILTIN
+
+
+def test_auto_picks_the_captioner_when_its_directory_is_there(tiny_model_dir):
+    settings = Settings(vision_model="auto", caption_model=str(tiny_model_dir), max_new_tokens=4)
+    assert resolve_model(settings) == str(tiny_model_dir)
+    describer = load_describer(settings)
+    assert describer.name == str(tiny_model_dir) and type(describer).__name__ == "TransformersCaptioner"
+
+
+@pytest.mark.parametrize("spec", ["builtin", "builtin:efficientnet-lite0"])
+def test_builtin_shorthands(spec):
+    assert resolve_model(Settings(vision_model=spec)) == DEFAULT_BUILTIN
+
+
+@pytest.mark.parametrize("spec", ["/nonexistent/model/dir", "builtin:efficientnet-b7", "someone/not-a-model"])
+def test_explicit_values_never_fall_back(spec, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError):
+        load_describer(Settings(vision_model=spec))
