@@ -149,7 +149,9 @@ class TransformersCaptioner(Describer):
         elif self.family == "git":
             key, ids = "input_ids", [self.tokenizer.cls_token_id, *ids]
         else:
-            key, ids = "decoder_input_ids", [self.model.generation_config.decoder_start_token_id, *ids]
+            model = self.model
+            start = model.generation_config.decoder_start_token_id or model.config.decoder_start_token_id
+            key, ids = "decoder_input_ids", [start, *ids]
         return {key: torch.tensor([ids] * batch_size, device=self.device)}
 
 
@@ -162,7 +164,9 @@ def download_model(name: str, cache_dir: str | None = None, timeout: float = HUB
     """Fetch a Hub model into the cache for later offline loading; returns its snapshot directory.
 
     Asks the Hub about the model first, with a short timeout, so that an unreachable Hub
-    is reported in seconds instead of after a long stall.
+    is reported in seconds instead of after a long stall: at once when DNS or the
+    connection fails, after about ``timeout`` + 3 s when packets are silently dropped
+    (huggingface_hub first probes its own agent registry with a 3 s timeout).
     """
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError

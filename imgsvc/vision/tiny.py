@@ -58,7 +58,7 @@ def build_tiny_model(family: str, path: str | Path, *, size: str = "tiny") -> Pa
     """Build a random-weight captioner of ``family`` and save model + processor under ``path``.
 
     ``size="blip-base"`` gives the architecture of Salesforce/blip-image-captioning-base
-    (~250M parameters, 384 px): the same compute as the real model, for benchmarks, with
+    (~225M parameters, 384 px, ~900 MB on disk): the same compute as the real model, for benchmarks, with
     nonsense output. Seeded, so the same call always saves the same weights.
     """
     if family not in FAMILIES:
@@ -112,6 +112,7 @@ def _blip(size: str) -> tuple[Any, list[Any]]:
     if base:  # Values from Salesforce/blip-image-captioning-base's config.json.
         image_size = 384
         vision = {**_layers(768, 12, 12, 3072), "image_size": 384, "patch_size": 16, "layer_norm_eps": 1e-5}
+        vision["initializer_range"] = 0.02  # not the config's 1e-10: trained-like magnitudes, no denormals
         text = {**_layers(768, 12, 12, 3072), "max_position_embeddings": 512, "projection_dim": 768}
         projection_dim = 512
     else:
