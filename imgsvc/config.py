@@ -71,6 +71,7 @@ class Settings:
     caption_model: str = field(default=DEFAULT_CAPTION_MODEL, metadata={"env": "CAPTION_MODEL"})
     device: str = field(default="auto", metadata={"env": "DEVICE"})
     max_new_tokens: int = field(default=30, metadata={"env": "MAX_NEW_TOKENS"})
+    quantize: str = field(default="", metadata={"env": "QUANTIZE"})
     max_image_side: int = field(default=1024, metadata={"env": "MAX_IMAGE_SIDE"})
     ocr: str = field(default="auto", metadata={"env": "OCR"})
     torch_threads: int = field(default=0, metadata={"env": "TORCH_THREADS"})
@@ -100,6 +101,8 @@ class Settings:
             raise ConfigError("TASK_MAX_RETRIES and TASK_RETRY_DELAY must be >= 0")
         if self.ocr not in {"auto", "on", "off"}:
             raise ConfigError("OCR must be auto, on or off")
+        if self.quantize not in {"", "int8"}:
+            raise ConfigError("QUANTIZE must be empty or int8")
         return self
 
     @property

@@ -56,7 +56,12 @@ def load_describer(settings: Settings) -> Describer:
         )
     from imgsvc.vision.captioner import TransformersCaptioner
 
-    return TransformersCaptioner.load(spec, device=settings.device, max_new_tokens=settings.max_new_tokens)
+    return TransformersCaptioner.load(
+        spec,
+        device=settings.device,
+        max_new_tokens=settings.max_new_tokens,
+        quantize=settings.quantize or None,
+    )
 
 
 def _configure_torch(settings: Settings) -> None:

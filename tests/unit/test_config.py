@@ -40,7 +40,14 @@ def test_environment_overrides_and_types():
 
 @pytest.mark.parametrize(
     "env",
-    [{"WEB_PORT": "eighty"}, {"MAX_FILE_SIZE": "0"}, {"TASK_RETRY_DELAY": "-1"}, {"OCR": "sometimes"}],
+    [
+        {"WEB_PORT": "eighty"},
+        {"MAX_FILE_SIZE": "0"},
+        {"TASK_RETRY_DELAY": "-1"},
+        {"OCR": "sometimes"},
+        {"QUANTIZE": "int4"},
+        {"WEBHOOK_ALLOW_PRIVATE": "maybe"},
+    ],
 )
 def test_bad_values_fail_loudly(env):
     with pytest.raises(ConfigError):
