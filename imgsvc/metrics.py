@@ -27,16 +27,22 @@ class RedisMetrics:
         self.connection = connection
         self.prefix = f"imgsvc:metrics:{namespace}"
 
-    def count(self, outcome: str, amount: int = 1) -> None:
-        self.connection.hincrby(f"{self.prefix}:jobs", outcome, amount)
+    def count(self, outcome: str) -> None:
+        self.record(outcome)
 
     def observe(self, histogram: str, seconds: float) -> None:
-        index = bisect.bisect_left(BUCKETS, seconds)
-        bucket = str(BUCKETS[index]) if index < len(BUCKETS) else "+Inf"
-        key = f"{self.prefix}:{histogram}"
+        self.record(None, **{histogram: seconds})
+
+    def record(self, outcome: str | None, **observations: float) -> None:
+        """A count and any histogram observations in one round trip: this runs once per job."""
         with self.connection.pipeline(transaction=False) as pipe:
-            pipe.hincrby(key, bucket, 1)
-            pipe.hincrbyfloat(key, "sum", seconds)
+            if outcome:
+                pipe.hincrby(f"{self.prefix}:jobs", outcome, 1)
+            for histogram, seconds in observations.items():
+                index = bisect.bisect_left(BUCKETS, seconds)
+                bucket = str(BUCKETS[index]) if index < len(BUCKETS) else "+Inf"
+                pipe.hincrby(f"{self.prefix}:{histogram}", bucket, 1)
+                pipe.hincrbyfloat(f"{self.prefix}:{histogram}", "sum", seconds)
             pipe.execute()
 
     def read(self) -> tuple[dict[str, int], dict[str, dict[str, float]]]:

@@ -58,15 +58,18 @@ def describe_job(job_id: str) -> dict[str, object]:
         return {"job_id": job_id, "status": "skipped"}
     log.info("job processing", extra={"job_id": job_id, "status": jobs.Status.PROCESSING})
     started = time.perf_counter()
+    row = jobs.get_job(job_id)
+    wants_callback = bool(row and row.callback_url)
+    observations: dict[str, float] = {}
     try:
         result = runtime.prefetched.pop(job_id, None)
         if result is None:
-            options = job_options(job_id)
+            options = dict(row.options or {}) if row else {}
             runtime.describer.check_options(options)
             image = load_image(runtime, job_id)
             model_started = time.perf_counter()
             result = runtime.describer.describe_full([image], options)[0]
-            runtime.metrics.observe("inference_seconds", time.perf_counter() - model_started)
+            observations["inference_seconds"] = time.perf_counter() - model_started
         if isinstance(result, Exception):
             raise result
     except (PermanentJobError, UnsupportedOption) as exc:
@@ -80,10 +83,10 @@ def describe_job(job_id: str) -> dict[str, object]:
         _discard_upload(runtime, job_id)
         log.info("job result discarded", extra={"job_id": job_id, "reason": "cancelled while processing"})
         return {"job_id": job_id, "status": "cancelled"}
-    runtime.metrics.count("done")
-    runtime.metrics.observe("job_duration_seconds", elapsed)
+    runtime.metrics.record("done", job_duration_seconds=elapsed, **observations)
     log.info("job done", extra={"job_id": job_id, "status": "done", "duration_ms": round(elapsed * 1000)})
-    notify(runtime, job_id)
+    if wants_callback:
+        notify(runtime, job_id)
     return {"job_id": job_id, "status": "done"}
 
 

@@ -36,6 +36,9 @@ log = logging.getLogger("imgsvc.worker")
 
 
 class ImgsvcWorker(SimpleWorker):
+    #: "job ... job OK / result kept for" are already said by imgsvc's own per-job JSON lines.
+    log_result_lifespan = False
+
     def __init__(
         self, *args: Any, app: Flask | None = None, describer: Describer | None = None, **kwargs: Any
     ) -> None:
