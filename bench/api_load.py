@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import http.client
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import harness
-from bench.harness import goal, percentile, table
+from bench.harness import goal, percentile, stop_group, table
 from imgsvc.config import PROJECT_ROOT
 
 TIMEOUT = 10.0
@@ -108,13 +107,7 @@ def gunicorn(app: str, env: dict[str, str], log: Path, ready_path: str) -> Itera
             time.sleep(0.1)
         yield port, process.pid
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
 
 
 def open_loop(port: int, master: int, jpeg: bytes, rate: float, seconds: float) -> LoadResult:

@@ -281,6 +281,17 @@ class Service:
         }
 
 
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group (gunicorn's or RQ's warm shutdown), SIGKILL after 30 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 @contextmanager
 def worker_process(service: Service) -> Iterator[subprocess.Popen]:
     """``python worker.py`` for ``service``, as in production; yields once it waits on the queue."""
@@ -304,13 +315,7 @@ def worker_process(service: Service) -> Iterator[subprocess.Popen]:
             time.sleep(0.05)
         yield process
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process)
 
 
 @contextmanager

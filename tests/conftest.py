@@ -90,6 +90,20 @@ def run_worker(app, tiny_describer):
     return run
 
 
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The test's settings, as the environment of a ``python worker.py`` subprocess."""
+    return {
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_OFFLINE": "1",
+        "REDIS_URL": settings.redis_url,
+        "DATABASE_URL": settings.database_url,
+        "UPLOAD_DIR": str(settings.upload_dir),
+        "VISION_MODEL": settings.vision_model,
+        "MAX_NEW_TOKENS": "5",
+        "TORCH_THREADS": "2",
+    } | extra
+
+
 def image_bytes(
     fmt: str = "JPEG", size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 40)
 ) -> bytes:

@@ -18,7 +18,7 @@ from imgsvc.config import PROJECT_ROOT
 from imgsvc.storage import jobs
 from imgsvc.storage.db import db
 from imgsvc.vision.base import Describer
-from tests.conftest import TEST_REDIS_URL, image_bytes
+from tests.conftest import image_bytes, worker_env
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -228,18 +228,8 @@ def test_postgresql_database_url_works(settings, redis_db, run_worker, tiny_desc
             db.engine.dispose()
 
 
-def test_worker_script_runs_jobs_in_a_subprocess(client, settings, tiny_model_dir, jpeg_bytes):
-    job_id = submit(client, jpeg_bytes).get_json()["job_id"]
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HF_HUB_OFFLINE": "1",
-        "REDIS_URL": TEST_REDIS_URL,
-        "DATABASE_URL": settings.database_url,
-        "UPLOAD_DIR": str(settings.upload_dir),
-        "VISION_MODEL": str(tiny_model_dir),
-        "MAX_NEW_TOKENS": "5",
-    }
-    proc = subprocess.run(
+def run_worker_script(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [sys.executable, "worker.py", "--burst"],
         cwd=PROJECT_ROOT,
         env=env,
@@ -247,6 +237,12 @@ def test_worker_script_runs_jobs_in_a_subprocess(client, settings, tiny_model_di
         text=True,
         timeout=120,
     )
+
+
+def test_worker_script_runs_jobs_in_a_subprocess(client, settings, tiny_model_dir, jpeg_bytes):
+    job_id = submit(client, jpeg_bytes).get_json()["job_id"]
+    env = worker_env(settings)
+    proc = run_worker_script(env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert '"event": "model loaded"' in proc.stderr
     result = client.get(f"/api/v1/result/{job_id}").get_json()
@@ -254,20 +250,7 @@ def test_worker_script_runs_jobs_in_a_subprocess(client, settings, tiny_model_di
 
 
 def test_worker_with_unloadable_model_exits_at_start(settings, tmp_path):
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HF_HUB_OFFLINE": "1",
-        "REDIS_URL": TEST_REDIS_URL,
-        "DATABASE_URL": settings.database_url,
-        "VISION_MODEL": str(tmp_path / "no-such-model"),
-    }
-    proc = subprocess.run(
-        [sys.executable, "worker.py", "--burst"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = worker_env(settings, VISION_MODEL=str(tmp_path / "no-such-model"))
+    proc = run_worker_script(env)
     assert proc.returncode == 2
     assert "cannot load the model" in proc.stderr

@@ -25,7 +25,7 @@ from imgsvc.queue.worker import ImgsvcWorker
 from imgsvc.storage import jobs
 from imgsvc.storage.db import db
 from imgsvc.vision.base import Describer
-from tests.conftest import image_bytes
+from tests.conftest import image_bytes, worker_env
 from tests.integration.procs import RedisServer, kill_group, start_worker, wait_until
 
 JOB_COUNT = 20
@@ -57,20 +57,6 @@ def rows(app) -> dict[str, jobs.Job]:
 
 def statuses(app) -> Counter:
     return Counter(row.status for row in rows(app).values())
-
-
-def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The test's settings, as the environment of a ``python worker.py`` subprocess."""
-    return {
-        "PATH": "/usr/bin:/bin",
-        "HF_HUB_OFFLINE": "1",
-        "REDIS_URL": settings.redis_url,
-        "DATABASE_URL": settings.database_url,
-        "UPLOAD_DIR": str(settings.upload_dir),
-        "VISION_MODEL": settings.vision_model,
-        "MAX_NEW_TOKENS": "5",
-        "TORCH_THREADS": "2",
-    } | extra
 
 
 def in_flight(app) -> dict[str, int]:

@@ -24,7 +24,7 @@ from werkzeug.serving import make_server
 
 from imgsvc.config import PROJECT_ROOT
 from imgsvc.web.pages import human_size
-from tests.conftest import TEST_REDIS_URL
+from tests.conftest import worker_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -103,15 +103,7 @@ def live_url(app) -> Iterator[str]:
 def worker_process(settings, tiny_model_dir, tmp_path) -> Iterator[Path]:
     """``python worker.py`` as deployed: RQ's signal handling needs a main thread of its own."""
     log_path = tmp_path / "worker.log"
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "HF_HUB_OFFLINE": "1",
-        "REDIS_URL": TEST_REDIS_URL,
-        "DATABASE_URL": settings.database_url,
-        "UPLOAD_DIR": str(settings.upload_dir),
-        "VISION_MODEL": str(tiny_model_dir),
-        "MAX_NEW_TOKENS": "8",
-    }
+    env = worker_env(settings, MAX_NEW_TOKENS="8")
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "worker.py"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
