@@ -246,3 +246,23 @@ def test_prompt_option_conditions_the_caption(client, run_worker, tiny_describer
     result = client.get(f"/api/v1/result/{job_id}").get_json()
     assert result["status"] == "done"
     assert result["image_description"].startswith("a picture of")  # words of the tiny vocabulary
+
+
+def test_cancel_while_running_discards_the_result(client, settings, run_worker, tiny_describer, png_bytes):
+    job_id = submit(client, png_bytes, "a.png", "image/png").get_json()["job_id"]
+
+    class CancelledMidway(type(tiny_describer)):
+        """The user presses cancel while the model is running."""
+
+        def describe_full(self, images, options=None):
+            response = client.delete(f"/api/v1/jobs/{job_id}")
+            assert response.get_json() == {"job_id": job_id, "status": "cancelled", "was": "processing"}
+            return super().describe_full(images, options)
+
+    midway = CancelledMidway.__new__(CancelledMidway)
+    midway.__dict__.update(tiny_describer.__dict__)
+    run_worker(describer=midway)
+    status = client.get(f"/api/v1/status/{job_id}").get_json()
+    assert status["status"] == "cancelled"
+    assert client.get(f"/api/v1/result/{job_id}").status_code == 422
+    assert stored_files(settings) == []
