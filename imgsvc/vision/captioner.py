@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from imgsvc.vision.base import Describer, Description, ModelLoadError
+from imgsvc.vision.devices import resolve_device
 
 log = logging.getLogger("imgsvc.vision.captioner")
 
@@ -44,7 +45,7 @@ class TransformersCaptioner(Describer):
         image_processor: Any,
         tokenizer: Any,
         *,
-        device: str,
+        device: torch.device,
         dtype: torch.dtype = torch.float32,
         max_new_tokens: int = 30,
         min_new_tokens: int | None = None,
@@ -195,13 +196,6 @@ def download_model(name: str, cache_dir: str | None = None, timeout: float = HUB
         raise ModelLoadError(f"download of {name!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` means the GPU when there is one."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def _local_source(name_or_path: str, local_files_only: bool | None) -> str:
     """Where ``from_pretrained`` should read from, made local first so it never waits on the network."""
     path = Path(name_or_path).expanduser()
@@ -257,22 +251,22 @@ def _family(source: str, name: str) -> str:
     return model_type
 
 
-def _resolve_dtype(dtype: str | None, device: str) -> torch.dtype:
+def _resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     if dtype is None:
         return torch.float32
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-    if DTYPES[dtype] != torch.float32 and not device.startswith("cuda"):
+    if DTYPES[dtype] != torch.float32 and device.type != "cuda":
         log.warning("dtype %s is for CUDA only (slow or unsupported on %s): using float32", dtype, device)
         return torch.float32
     return DTYPES[dtype]
 
 
-def _quantize(model: Any, quantize: str, device: str) -> Any:
+def _quantize(model: Any, quantize: str, device: torch.device) -> Any:
     """int8 dynamic quantization of the Linear layers: smaller and faster on CPU only."""
     if quantize != "int8":
         raise ModelLoadError(f"unknown quantization {quantize!r}; expected 'int8'")
-    if device != "cpu":
+    if device.type != "cpu":
         log.warning("int8 dynamic quantization runs on CPU only: not applied on %s", device)
         return model
     with warnings.catch_warnings():  # torch.ao is deprecated in favour of torchao but still works
