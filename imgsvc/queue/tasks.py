@@ -64,7 +64,7 @@ def describe_job(job_id: str) -> dict[str, object]:
     try:
         result = runtime.prefetched.pop(job_id, None)
         if result is None:
-            options = dict(row.options or {}) if row else {}
+            options = job_options(job_id)
             runtime.describer.check_options(options)
             image = load_image(runtime, job_id)
             model_started = time.perf_counter()
@@ -109,7 +109,7 @@ def notify(runtime: WorkerRuntime, job_id: str) -> None:
 
 def _discard_upload(runtime: WorkerRuntime, job_id: str) -> None:
     row = jobs.get_job(job_id)
-    if row is not None and row.upload_name:
+    if row is not None:
         runtime.uploads.delete(row.upload_name)
 
 

@@ -53,8 +53,7 @@ class ImgsvcWorker(SimpleWorker):
         """Load the model before registering: a registered worker is a ready worker."""
         self.load_runtime()
         super().bootstrap(*args, **kwargs)
-        with self.app.app_context():
-            reaper.reconcile(self.runtime.settings, job_queue(self.runtime.settings, self.connection))
+        self._reconcile()
 
     def load_runtime(self) -> WorkerRuntime:
         if self.runtime is not None:
@@ -140,9 +139,13 @@ class ImgsvcWorker(SimpleWorker):
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
-        if self.app is not None and self.runtime is not None:
-            with self.app.app_context():
-                reaper.reconcile(self.runtime.settings, job_queue(self.runtime.settings, self.connection))
+        if self.runtime is not None:
+            self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Rows left behind by dead workers or a lost Redis: at start-up and every maintenance round."""
+        with self.app.app_context():
+            reaper.reconcile(self.runtime.settings, job_queue(self.runtime.settings, self.connection))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,8 +68,10 @@ class UploadStore:
             raise ValueError(f"not an upload name: {name!r}")
         return self.root / name
 
-    def delete(self, name: str) -> None:
-        self.path_of(name).unlink(missing_ok=True)
+    def delete(self, name: str | None) -> None:
+        """None is a job with no file of its own (answered from the dedupe cache): nothing to do."""
+        if name is not None:
+            self.path_of(name).unlink(missing_ok=True)
 
     @staticmethod
     def discard(staged: StagedUpload) -> None:

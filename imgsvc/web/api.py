@@ -42,7 +42,8 @@ class Submission:
 
 def parse_submission(form: MultiDict, settings: Settings) -> Submission:
     """Options come as fields (``-F max_length=20``) or one JSON ``options`` field; unknown names are 400."""
-    unknown = sorted(set(form) - FORM_FIELDS)
+    # str(): a multipart part without a name arrives as the key None
+    unknown = sorted(str(name) for name in set(form) - FORM_FIELDS)
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}", allowed=sorted(FORM_FIELDS))
     raw: dict[str, Any] = {}
@@ -287,16 +288,15 @@ def delete_job(job_id: str) -> Response:
     """Queued: cancelled and dropped from RQ. Processing: its result will be discarded. Finished: deleted."""
     job = _find(job_id)
     if job.status in jobs.FINISHED:
-        if job.upload_name:
-            current_app.uploads.delete(job.upload_name)
+        canonical = job.id  # read before the row is gone
+        current_app.uploads.delete(job.upload_name)
         jobs.delete_job(job)
-        return jsonify({"job_id": job.id, "status": "deleted"})
+        return jsonify({"job_id": canonical, "status": "deleted"})
     was = job.status
     jobs.mark_cancelled(job.id)
     if was == jobs.Status.QUEUED:
         # If RQ cannot be told, the worker still finds the row cancelled and skips it.
         with contextlib.suppress(NoSuchJobError, RedisError):
             RQJob.fetch(job.id, connection=current_app.redis).cancel()
-        if job.upload_name:
-            current_app.uploads.delete(job.upload_name)
+        current_app.uploads.delete(job.upload_name)
     return jsonify({"job_id": job.id, "status": "cancelled", "was": was})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from tests.conftest import image_bytes
 COUNTS: Counter[str] = Counter()
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 FUZZ = settings(
-    max_examples=150,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "150")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
