@@ -74,6 +74,7 @@ class Settings:
     quantize: str = field(default="", metadata={"env": "QUANTIZE"})
     max_image_side: int = field(default=1024, metadata={"env": "MAX_IMAGE_SIDE"})
     ocr: str = field(default="auto", metadata={"env": "OCR"})
+    models_dir: Path = field(default=PROJECT_ROOT / "instance" / "models", metadata={"env": "MODELS_DIR"})
     torch_threads: int = field(default=0, metadata={"env": "TORCH_THREADS"})
     log_level: str = field(default="INFO", metadata={"env": "LOG_LEVEL"})
 

@@ -35,12 +35,60 @@ class TextLine:
 
 
 @dataclass(frozen=True)
+class Box:
+    """A rectangle in coordinates normalised to the image: 0 is the left/top edge, 1 the right/bottom."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.x2 - self.x1) * max(0.0, self.y2 - self.y1)
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (self.x1 + self.x2) / 2, (self.y1 + self.y2) / 2
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One thing a detector found: a COCO-style label (``person``, ``cup``, ``face``), its score and box."""
+
+    label: str
+    score: float
+    box: Box
+
+
+@dataclass(frozen=True)
+class Face:
+    """A face inside a person, with the emotion model's verdict when it ran (``happy``, 0.97)."""
+
+    score: float
+    box: Box
+    emotion: str | None = None
+    emotion_score: float | None = None
+
+
+@dataclass(frozen=True)
+class People:
+    """Who is in the picture: how many people, their faces, and how many of those are smiling."""
+
+    count: int
+    faces: list[Face] = field(default_factory=list)
+    smiling: int = 0
+
+
+@dataclass(frozen=True)
 class Description:
-    """One image's result; ``tags``/``text`` stay None where a backend has none."""
+    """One image's result; the optional fields stay None where a backend has nothing to say."""
 
     text: str
     tags: list[Tag] | None = field(default=None)
     lines: list[TextLine] | None = field(default=None)
+    objects: list[Detection] | None = field(default=None)
+    people: People | None = field(default=None)
 
 
 class Describer(ABC):
