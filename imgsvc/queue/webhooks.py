@@ -103,7 +103,10 @@ def parse_callback_url(url: str) -> CallbackURL:
             "callback_url may only contain URL characters (RFC 3986): no spaces, backslashes, "
             "quotes, angle brackets, control or non-ASCII characters"
         )
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # it validates bracketed hosts itself: http://[::1::2]/
+        raise UnsafeCallbackURL("callback_url has a malformed host") from None
     scheme = parts.scheme.lower()
     if scheme not in {"http", "https"} or not parts.netloc:
         raise UnsafeCallbackURL("callback_url must be an absolute http:// or https:// URL")
