@@ -255,6 +255,8 @@ def test_gunicorn_conf_reads_port_and_workers_from_the_environment(monkeypatch):
     conf = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
     assert conf["bind"] == "0.0.0.0:9123"
     assert conf["workers"] == 3
+    # one control socket per instance, not gunicorn's one-per-user default
+    assert conf["control_socket"] == str(PROJECT_ROOT / "instance" / "gunicorn-9123.ctl")
 
 
 def test_gunicorn_conf_defaults_match_settings(monkeypatch):
