@@ -211,7 +211,7 @@ def sign(body: bytes, secret: str) -> str:
 def json_body(payload: dict[str, Any]) -> bytes:
     """JSON that is also inert in HTML: job arguments (this body) are shown by rq-dashboard."""
     text = json.dumps(payload, sort_keys=True)
-    for char in "<>&'":  # outside strings JSON never has these; inside, \\u00XX means the same
+    for char in "<>&'":  # outside strings JSON never has these; inside, \u00XX means the same
         text = text.replace(char, f"\\u{ord(char):04x}")
     return text.encode()
 

@@ -36,9 +36,8 @@ def valid_key() -> str | None:
     key = presented_key()
     if key is None or not settings.api_keys:
         return None
-    # Headers arrive as latin-1 text; compare bytes, since compare_digest refuses non-ASCII str.
-    given = key.encode("utf-8", "surrogateescape")
-    matches = [hmac.compare_digest(given, k.encode()) for k in settings.api_keys]
+    # Compare bytes: compare_digest refuses str with non-ASCII characters (a 500 before).
+    matches = [hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_keys]
     return key if any(matches) else None
 
 

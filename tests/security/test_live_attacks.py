@@ -198,21 +198,12 @@ def test_a_failed_delivery_shows_only_fixed_text_on_the_dashboard_job_page(at_de
 
 def render_in_chromium(url: str, tmp_path: Path) -> dict:
     """rq-dashboard renders the job client-side (underscore's raw ``<%= %>``): so look in a browser."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from tests.integration.test_pages import CHROMEDRIVER, CHROMIUM, CHROMIUM_FLAGS
+    from tests.integration.test_pages import start_chromium
 
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
-    if missing:
-        pytest.skip(f"needs Debian's chromium and chromium-driver; missing {', '.join(missing)}")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = start_chromium(tmp_path / "chromium-profile")
     try:
         credentials = base64.b64encode(":".join(DASHBOARD_AUTH).encode()).decode()
         driver.execute_cdp_cmd("Network.enable", {})
