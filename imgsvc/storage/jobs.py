@@ -184,14 +184,22 @@ def mark_cancelled(job_id: str) -> bool:
     )
 
 
-def find_cached(sha256: str, options: dict[str, Any] | None, generated_by: str) -> Job | None:
-    """The newest finished description of the same bytes, by the same model, with the same options."""
+def find_cached(
+    sha256: str, options: dict[str, Any] | None, generated_by: str, *, owner: str | None
+) -> Job | None:
+    """The newest finished description of the same bytes, by the same model, with the same options.
+
+    With API keys (``owner`` set) only that owner's jobs count: a hit would tell another key
+    that these exact bytes were uploaded before.
+    """
     query = (
         select(Job)
         .where(Job.sha256 == sha256, Job.status == Status.DONE, Job.generated_by == generated_by)
         .order_by(Job.completed_at.desc())
         .limit(20)
     )
+    if owner is not None:
+        query = query.where(Job.owner == owner)
     wanted = options or {}
     return next((job for job in db.session.scalars(query) if (job.options or {}) == wanted), None)
 

@@ -117,18 +117,23 @@ def worker_process(settings, tiny_model_dir, tmp_path) -> Iterator[Path]:
         proc.wait()
 
 
-@pytest.fixture()
-def browser(tmp_path) -> Iterator[webdriver.Chrome]:
+def start_chromium(profile: Path) -> webdriver.Chrome:
+    """Debian's headless Chromium with its console log kept; skips the test where it is missing."""
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
     if missing:
         pytest.skip(f"needs Debian's chromium and chromium-driver; missing {', '.join(missing)}")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path keeps Selenium Manager from looking for (or downloading) one.
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+@pytest.fixture()
+def browser(tmp_path) -> Iterator[webdriver.Chrome]:
+    driver = start_chromium(tmp_path / "chromium-profile")
     yield driver
     driver.quit()
 
