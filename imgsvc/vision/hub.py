@@ -1,0 +1,197 @@
+"""The captioner's weights and the Hugging Face Hub: are they here, can the Hub be reached, fetch them.
+
+Kept apart from inference and free of torch, so that ``imgsvc fetch-captioner`` (run by ``make run``
+before the workers start) answers quickly. Every network call has a short timeout: a machine that
+cannot reach the Hub learns so in seconds and runs the offline describer instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from imgsvc.vision.base import ModelLoadError
+
+if TYPE_CHECKING:
+    from imgsvc.config import Settings
+
+log = logging.getLogger("imgsvc.vision.hub")
+
+#: Seconds to wait for the Hub before saying it is unreachable.
+HUB_TIMEOUT = 5.0
+# Weight formats transformers' PyTorch loader never reads: not worth downloading.
+_FOREIGN_WEIGHTS = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "*.tflite", "onnx/*", "coreml/*"]
+_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
+
+
+class HubUnreachable(ModelLoadError):
+    """The Hub did not answer (no route, refused, timed out); not a verdict about the model."""
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """What the Hub says about a model before anything is downloaded."""
+
+    name: str
+    sha: str | None
+    #: The files a download fetches (other frameworks' weights and duplicates left out).
+    files: tuple[str, ...]
+    ignore_patterns: tuple[str, ...]
+    #: Bytes of ``files``; None when the Hub did not report sizes.
+    size: int | None
+
+
+def weights_available(name_or_path: str) -> bool:
+    """True when the model can be loaded without the network: a local directory or the HF cache."""
+    return cached_snapshot(name_or_path) is not None
+
+
+def cached_snapshot(name_or_path: str) -> Path | None:
+    """The directory holding config and weights for ``name_or_path``, without any network access."""
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(name_or_path, local_files_only=True))
+        except Exception:  # not cached, or not even a valid repo id
+            return None
+    has_weights = any(next(path.glob(pattern), None) for pattern in _WEIGHT_GLOBS)
+    return path if (path / "config.json").is_file() and has_weights else None
+
+
+def offline() -> bool:
+    """Offline mode, also when the variable was set after huggingface_hub was imported."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(var, "").strip().upper() for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return constants.HF_HUB_OFFLINE or any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
+def looks_like_path(name_or_path: str) -> bool:
+    """A local directory (existing or not) rather than a Hub id."""
+    return name_or_path.startswith(("/", ".", "~")) or Path(name_or_path).expanduser().is_dir()
+
+
+def probe_model(name: str, timeout: float = HUB_TIMEOUT) -> HubModel:
+    """Ask the Hub about a model, with a short timeout; nothing is downloaded.
+
+    An unreachable Hub is reported in seconds instead of after a long stall: at once when DNS
+    or the connection fails, after about ``timeout`` + 3 s when packets are silently dropped
+    (huggingface_hub first probes its own agent registry with a 3 s timeout).
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.utils import filter_repo_objects
+
+    if offline():
+        raise ModelLoadError(f"cannot download {name!r}: offline mode is on (HF_HUB_OFFLINE)")
+    try:
+        info = HfApi().model_info(name, timeout=timeout, files_metadata=True)
+    except GatedRepoError as exc:
+        raise ModelLoadError(f"model {name!r} is gated: accept its terms, then `hf auth login`") from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelLoadError(f"no model {name!r} on the Hugging Face Hub (or it is private)") from exc
+    except Exception as exc:
+        raise HubUnreachable(
+            f"cannot reach the Hugging Face Hub to download {name!r} ({type(exc).__name__}: {exc}); "
+            "download it where the Hub is reachable and copy the cache or the model directory here"
+        ) from exc
+    siblings = {sibling.rfilename: sibling.size for sibling in info.siblings or []}
+    # Checkpoints often carry the same weights twice; safetensors is enough when present.
+    ignore = _FOREIGN_WEIGHTS + (["*.bin"] if any(f.endswith(".safetensors") for f in siblings) else [])
+    files = tuple(filter_repo_objects(list(siblings), ignore_patterns=ignore))
+    sizes = [siblings[f] for f in files]
+    size = None if any(s is None for s in sizes) else sum(sizes)
+    return HubModel(name, info.sha, files, tuple(ignore), size)
+
+
+def download_model(
+    name: str, cache_dir: str | None = None, timeout: float = HUB_TIMEOUT, model: HubModel | None = None
+) -> str:
+    """Fetch a Hub model into the cache for later offline loading; returns its snapshot directory.
+
+    ``model`` is the answer of an earlier :func:`probe_model`; without it the Hub is probed first.
+    huggingface_hub draws its own progress bars while the files arrive.
+    """
+    from huggingface_hub import snapshot_download
+
+    model = model or probe_model(name, timeout)
+    try:
+        return snapshot_download(
+            name,
+            revision=model.sha,
+            cache_dir=cache_dir,
+            etag_timeout=timeout,
+            ignore_patterns=list(model.ignore_patterns),
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"download of {name!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class FetchOutcome(StrEnum):
+    """What ``fetch_captioner`` did; only FETCHED and PRESENT mean the captioner will run."""
+
+    OFF = "off"
+    NOT_NEEDED = "not needed"
+    PRESENT = "present"
+    OFFLINE = "offline"
+    UNAVAILABLE = "unavailable"
+    FETCHED = "fetched"
+
+
+def fetch_captioner(
+    settings: Settings, say: Callable[[str], None] = print, timeout: float = HUB_TIMEOUT
+) -> FetchOutcome:
+    """Set-up step: get ``CAPTION_MODEL``'s weights when ``VISION_MODEL=auto`` would want them.
+
+    Asks the Hub only when it may (FETCH_CAPTIONER=auto, HF_HUB_OFFLINE unset) and the weights
+    are not here yet; states the size before downloading; never raises: when the weights cannot
+    be had, ``auto`` runs the offline describer and ``say`` tells the user so in one line.
+    """
+    from tqdm import tqdm
+
+    from imgsvc.vision import DEFAULT_BUILTIN
+
+    name = settings.caption_model
+    fallback = f"VISION_MODEL=auto will use the offline describer {DEFAULT_BUILTIN}"
+    if settings.fetch_captioner == "off":
+        return FetchOutcome.OFF
+    if settings.vision_model.strip() != "auto":
+        return FetchOutcome.NOT_NEEDED  # an explicit model is loaded (or refused) as it is
+    if weights_available(name):
+        return FetchOutcome.PRESENT
+    if looks_like_path(name):
+        say(f"Captioner {name} is not a model directory; {fallback}.")
+        return FetchOutcome.UNAVAILABLE
+    if offline():
+        say(f"HF_HUB_OFFLINE is set, so the Hub was not asked for the captioner {name}; {fallback}.")
+        return FetchOutcome.OFFLINE
+    try:
+        model = probe_model(name, timeout)
+    except HubUnreachable as exc:
+        say(
+            f"The Hugging Face Hub did not answer ({type(exc.__cause__).__name__}, {timeout:g} s timeout); "
+            f"{fallback}. FETCH_CAPTIONER=off skips this check."
+        )
+        return FetchOutcome.UNAVAILABLE
+    except ModelLoadError as exc:
+        say(f"Not fetching the captioner: {exc}; {fallback}.")
+        return FetchOutcome.UNAVAILABLE
+    size = "size unknown" if model.size is None else tqdm.format_sizeof(model.size, "B")
+    say(
+        f"Downloading the captioner {name} ({size} in {len(model.files)} files) into the Hugging Face "
+        "cache, once; FETCH_CAPTIONER=off skips this."
+    )
+    try:
+        path = download_model(name, timeout=timeout, model=model)
+    except ModelLoadError as exc:
+        say(f"{exc}; {fallback}. The next start resumes the download.")
+        return FetchOutcome.UNAVAILABLE
+    say(f"Captioner {name} is ready at {path}; VISION_MODEL=auto will use it.")
+    return FetchOutcome.FETCHED
