@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imgsvc.vision.base import ModelLoadError
 
@@ -38,7 +38,6 @@ class HubModel:
     """What the Hub says about a model before anything is downloaded."""
 
     name: str
-    sha: str | None
     #: The files a download fetches (other frameworks' weights and duplicates left out).
     files: tuple[str, ...]
     ignore_patterns: tuple[str, ...]
@@ -108,7 +107,7 @@ def probe_model(name: str, timeout: float = HUB_TIMEOUT) -> HubModel:
     files = tuple(filter_repo_objects(list(siblings), ignore_patterns=ignore))
     sizes = [siblings[f] for f in files]
     size = None if any(s is None for s in sizes) else sum(sizes)
-    return HubModel(name, info.sha, files, tuple(ignore), size)
+    return HubModel(name, files, tuple(ignore), size)
 
 
 def download_model(
@@ -117,21 +116,37 @@ def download_model(
     """Fetch a Hub model into the cache for later offline loading; returns its snapshot directory.
 
     ``model`` is the answer of an earlier :func:`probe_model`; without it the Hub is probed first.
-    huggingface_hub draws its own progress bars while the files arrive.
+    huggingface_hub draws its own progress bars while the files arrive. The default revision, not
+    the probed commit, is asked for: only then does the cache record it as ``main``, where
+    :func:`cached_snapshot` (and every offline ``from_pretrained``) looks.
     """
     from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import tqdm
+
+    bars: list[tqdm] = []
+
+    class Bar(tqdm):
+        """huggingface_hub's own bar, remembered: it leaves its byte counters open when it returns,
+        and their final redraw at exit would land below whatever is printed next."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            bars.append(self)
 
     model = model or probe_model(name, timeout)
     try:
         return snapshot_download(
             name,
-            revision=model.sha,
             cache_dir=cache_dir,
             etag_timeout=timeout,
             ignore_patterns=list(model.ignore_patterns),
+            tqdm_class=Bar,
         )
     except Exception as exc:
         raise ModelLoadError(f"download of {name!r} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 class FetchOutcome(StrEnum):
