@@ -85,7 +85,7 @@ def probe_model(name: str, timeout: float = HUB_TIMEOUT) -> HubModel:
     (huggingface_hub first probes its own agent registry with a 3 s timeout).
     """
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
     from huggingface_hub.utils import filter_repo_objects
 
     if offline():
@@ -96,6 +96,9 @@ def probe_model(name: str, timeout: float = HUB_TIMEOUT) -> HubModel:
         raise ModelLoadError(f"model {name!r} is gated: accept its terms, then `hf auth login`") from exc
     except RepositoryNotFoundError as exc:
         raise ModelLoadError(f"no model {name!r} on the Hugging Face Hub (or it is private)") from exc
+    except HfHubHTTPError as exc:  # it answered, with an error: say which, do not call it unreachable
+        status = exc.response.status_code if exc.response is not None else "an error"
+        raise ModelLoadError(f"the Hugging Face Hub answered {status} about {name!r}") from exc
     except Exception as exc:
         raise HubUnreachable(
             f"cannot reach the Hugging Face Hub to download {name!r} ({type(exc).__name__}: {exc}); "

@@ -33,7 +33,7 @@ import pytest
 from tqdm import tqdm
 
 from imgsvc.config import PROJECT_ROOT, Settings
-from imgsvc.vision import resolve_model
+from imgsvc.vision import DEFAULT_BUILTIN, resolve_model
 
 REPO = "imgsvc-tests/tiny-blip"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -82,8 +82,9 @@ def handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             elif path.startswith(prefix := f"/{REPO}/resolve/{COMMIT}/") and path[len(prefix) :] in hub.files:
                 body, status = hub.files[path[len(prefix) :]], 200
                 headers["ETag"] = f'"{blob(body)}"'
-            else:
-                body, status = b'{"error": "not found"}', 404
+            else:  # as huggingface.co answers for a repo it does not have
+                body, status = b'{"error": "Repository not found"}', 404
+                headers["X-Error-Code"] = "RepoNotFound"
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
@@ -240,7 +241,19 @@ def test_a_silent_hub_is_given_up_on_with_one_line(silent_hub, elsewhere, tmp_pa
     assert run.returncode == 0
     (line,) = run.lines
     assert line.startswith(f"The Hugging Face Hub did not answer (ReadTimeout, {TIMEOUT_S} s timeout);")
-    assert "VISION_MODEL=auto will use the offline describer builtin:" in line
+    assert f"VISION_MODEL=auto will use the offline describer {DEFAULT_BUILTIN}." in line
+    assert elsewhere.attempts == []
+
+
+def test_a_model_the_hub_does_not_have_is_reported_as_such(hub, elsewhere, tmp_path):
+    fake, url = hub
+    run = fetch_captioner(tmp_path, url, elsewhere, CAPTION_MODEL="imgsvc-tests/no-such-model")
+    assert run.returncode == 0
+    assert run.lines == [
+        "Not fetching the captioner: no model 'imgsvc-tests/no-such-model' on the Hugging Face Hub (or it is "
+        f"private); VISION_MODEL=auto will use the offline describer {DEFAULT_BUILTIN}."
+    ]
+    assert fake.requests[-1] == "GET /api/models/imgsvc-tests/no-such-model"  # asked once, then nothing
     assert elsewhere.attempts == []
 
 
@@ -249,6 +262,7 @@ def test_a_silent_hub_is_given_up_on_with_one_line(silent_hub, elsewhere, tmp_pa
     [
         ({"HF_HUB_OFFLINE": "1"}, ["HF_HUB_OFFLINE is set, so the Hub was not asked for the captioner"]),
         ({"FETCH_CAPTIONER": "off"}, []),
+        ({"CAPTION_MODEL": "/nowhere/blip"}, ["Captioner /nowhere/blip is not a model directory"]),
         ({"VISION_MODEL": "builtin"}, []),
     ],
 )
