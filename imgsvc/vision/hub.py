@@ -7,11 +7,9 @@ cannot reach the Hub learns so in seconds and runs the offline describer instead
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,8 +17,6 @@ from imgsvc.vision.base import ModelLoadError
 
 if TYPE_CHECKING:
     from imgsvc.config import Settings
-
-log = logging.getLogger("imgsvc.vision.hub")
 
 #: Seconds to wait for the Hub before saying it is unreachable.
 HUB_TIMEOUT = 5.0
@@ -152,44 +148,34 @@ def download_model(
             bar.close()
 
 
-class FetchOutcome(StrEnum):
-    """What ``fetch_captioner`` did; only FETCHED and PRESENT mean the captioner will run."""
-
-    OFF = "off"
-    NOT_NEEDED = "not needed"
-    PRESENT = "present"
-    OFFLINE = "offline"
-    UNAVAILABLE = "unavailable"
-    FETCHED = "fetched"
-
-
 def fetch_captioner(
     settings: Settings, say: Callable[[str], None] = print, timeout: float = HUB_TIMEOUT
-) -> FetchOutcome:
+) -> bool:
     """Set-up step: get ``CAPTION_MODEL``'s weights when ``VISION_MODEL=auto`` would want them.
 
     Asks the Hub only when it may (FETCH_CAPTIONER=auto, HF_HUB_OFFLINE unset) and the weights
     are not here yet; states the size before downloading; never raises: when the weights cannot
     be had, ``auto`` runs the offline describer and ``say`` tells the user so in one line.
+    Returns True when it found the weights here or fetched them.
     """
-    from tqdm import tqdm
+    from huggingface_hub.utils import tqdm
 
     from imgsvc.vision import DEFAULT_BUILTIN
 
     name = settings.caption_model
     fallback = f"VISION_MODEL=auto will use the offline describer {DEFAULT_BUILTIN}"
     if settings.fetch_captioner == "off":
-        return FetchOutcome.OFF
+        return False
     if settings.vision_model.strip() != "auto":
-        return FetchOutcome.NOT_NEEDED  # an explicit model is loaded (or refused) as it is
+        return False  # an explicit model is loaded (or refused) as it is
     if weights_available(name):
-        return FetchOutcome.PRESENT
+        return True
     if looks_like_path(name):
         say(f"Captioner {name} is not a model directory; {fallback}.")
-        return FetchOutcome.UNAVAILABLE
+        return False
     if offline():
         say(f"HF_HUB_OFFLINE is set, so the Hub was not asked for the captioner {name}; {fallback}.")
-        return FetchOutcome.OFFLINE
+        return False
     try:
         model = probe_model(name, timeout)
     except HubUnreachable as exc:
@@ -197,10 +183,10 @@ def fetch_captioner(
             f"The Hugging Face Hub did not answer ({type(exc.__cause__).__name__}, {timeout:g} s timeout); "
             f"{fallback}. FETCH_CAPTIONER=off skips this check."
         )
-        return FetchOutcome.UNAVAILABLE
+        return False
     except ModelLoadError as exc:
         say(f"Not fetching the captioner: {exc}; {fallback}.")
-        return FetchOutcome.UNAVAILABLE
+        return False
     size = "size unknown" if model.size is None else tqdm.format_sizeof(model.size, "B")
     say(
         f"Downloading the captioner {name} ({size} in {len(model.files)} files) into the Hugging Face "
@@ -210,6 +196,6 @@ def fetch_captioner(
         path = download_model(name, timeout=timeout, model=model)
     except ModelLoadError as exc:
         say(f"{exc}; {fallback}. The next start resumes the download.")
-        return FetchOutcome.UNAVAILABLE
+        return False
     say(f"Captioner {name} is ready at {path}; VISION_MODEL=auto will use it.")
-    return FetchOutcome.FETCHED
+    return True
