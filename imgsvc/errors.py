@@ -67,3 +67,10 @@ class Unauthorized(ImgsvcError):
 class QueueUnavailable(ImgsvcError):
     status = 503
     code = "queue_unavailable"
+
+
+class StoreUnavailable(ImgsvcError):
+    """The upload store (object storage) cannot be reached; the worker retries, the client may too."""
+
+    status = 503
+    code = "storage_unavailable"

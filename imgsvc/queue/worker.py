@@ -24,11 +24,12 @@ from rq.job import Job as RQJob
 from rq.worker import WorkerStatus
 
 from imgsvc.config import Settings
+from imgsvc.errors import StoreUnavailable
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue import reaper
 from imgsvc.queue.connection import job_queue, publish_model, redis_connection
 from imgsvc.queue.tasks import PermanentJobError, WorkerRuntime, job_options, load_image
-from imgsvc.storage.uploads import UploadStore
+from imgsvc.storage.uploads import open_upload_store
 from imgsvc.vision import load_describer
 from imgsvc.vision.base import Describer, ModelLoadError, UnsupportedOption
 
@@ -72,7 +73,7 @@ class ImgsvcWorker(SimpleWorker):
         self.runtime = WorkerRuntime(
             settings,
             describer,
-            UploadStore(settings.upload_dir, settings.max_file_size),
+            open_upload_store(settings),
             RedisMetrics(self.connection, settings.queue_name),
             self.connection,
         )
@@ -122,6 +123,8 @@ class ImgsvcWorker(SimpleWorker):
             except (PermanentJobError, UnsupportedOption) as exc:
                 runtime.prefetched[job_id] = exc
                 continue
+            except StoreUnavailable:
+                continue  # not prefetched: the job runs alone, where RQ retries it
             group = groups.setdefault(json.dumps(options, sort_keys=True), (options, [], []))
             group[1].append(job_id)
             group[2].append(image)
