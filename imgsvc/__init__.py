@@ -25,7 +25,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from imgsvc.queue.reaper import reap_command
     from imgsvc.storage import db
     from imgsvc.storage.retention import prune_command
-    from imgsvc.storage.uploads import open_upload_store
+    from imgsvc.storage.uploads import init_uploads_command, open_upload_store
     from imgsvc.web import register_web
     from imgsvc.web.auth import init_rate_limits
 
@@ -55,5 +55,6 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     init_rate_limits(app, settings)
     app.cli.add_command(reap_command)
     app.cli.add_command(prune_command)
+    app.cli.add_command(init_uploads_command)
     register_web(app)
     return app

@@ -61,6 +61,21 @@ class S3UploadStore(UploadStore):
                     self._client = boto3.session.Session().client("s3", config=config)
         return self._client
 
+    def create(self) -> None:
+        with _reachable("create", self.bucket):
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+                return
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) not in MISSING:
+                    raise
+            region = self.client.meta.region_name
+            if region in (None, "us-east-1"):
+                self.client.create_bucket(Bucket=self.bucket)
+            else:  # AWS wants the region named everywhere but in us-east-1
+                location = {"LocationConstraint": region}
+                self.client.create_bucket(Bucket=self.bucket, CreateBucketConfiguration=location)
+
     def key(self, name: str) -> str:
         return self.prefix + check_name(name)
 

@@ -22,6 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
 from imgsvc.config import Settings
 from imgsvc.errors import EmptyFile, FileTooLarge
 
@@ -113,6 +117,10 @@ class UploadStore(ABC):
         return removed
 
     @abstractmethod
+    def create(self) -> None:
+        """Make the directory or bucket if it does not exist yet (``flask init-uploads``); safe to repeat."""
+
+    @abstractmethod
     def local_copy(self, name: str) -> AbstractContextManager[Path]:
         """The upload as a local file for as long as the ``with`` block runs.
 
@@ -139,6 +147,9 @@ class LocalUploadStore(UploadStore):
         super().__init__(max_bytes, staging_dir=root)
         self.root = root
 
+    def create(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
     def path_of(self, name: str) -> Path:
         return self.root / check_name(name)
 
@@ -163,6 +174,14 @@ class LocalUploadStore(UploadStore):
 
 def _mtime(path: Path) -> datetime:
     return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
+@click.command("init-uploads")
+@with_appcontext
+def init_uploads_command() -> None:
+    """Create the upload directory or bucket named by UPLOAD_DIR (safe to repeat)."""
+    current_app.uploads.create()
+    click.echo(f"Uploads go to {current_app.config['IMGSVC'].upload_dir}")
 
 
 def open_upload_store(settings: Settings) -> UploadStore:

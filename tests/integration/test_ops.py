@@ -142,3 +142,4 @@ def test_flask_cli_commands(app):
     assert "Initialised the database" in runner.invoke(args=["init-db"]).output
     assert "requeued" in runner.invoke(args=["reap"]).output
     assert "files deleted" in runner.invoke(args=["prune"]).output
+    assert "Uploads go to" in runner.invoke(args=["init-uploads"]).output

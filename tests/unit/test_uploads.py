@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -86,6 +87,17 @@ def test_the_sweep_sees_only_old_uploads_of_its_own(store):
         (store.root / "notes.txt").write_text("hi")
     assert list(store.names_older_than(datetime.now(UTC) - timedelta(minutes=5))) == []
     assert list(store.names_older_than(FAR_FUTURE)) == [name]
+
+
+def test_create_makes_the_bucket_once(s3_upload_dir, s3_server):
+    bucket = f"fresh-{uuid.uuid4().hex[:12]}"
+    store = S3UploadStore(f"s3://{bucket}/uploads", max_bytes=10)
+    store.create()
+    store.create()  # already there: nothing to do, no error
+    name = store.commit(store.stage(io.BytesIO(b"img")), ".png")
+    assert stored(store) == {name}
+    store.delete(name)
+    s3_server.client().delete_bucket(Bucket=bucket)
 
 
 def test_an_unreachable_object_store_is_store_unavailable_and_leaves_nothing(tmp_path, monkeypatch):
