@@ -320,18 +320,18 @@ def worker_process(service: Service) -> Iterator[subprocess.Popen]:
 
 @contextmanager
 def scratch_service(describer: Describer | None = None, **settings: Any) -> Iterator[Service]:
-    """A service on the benches' Redis DB and a temporary SQLite file and upload dir."""
+    """A service on the benches' Redis DB and a temporary SQLite file and upload dir (or the
+    ``upload_dir`` given, e.g. an s3:// URL)."""
     from imgsvc import create_app
     from imgsvc.storage.db import db
 
     with scratch_redis(), tempfile.TemporaryDirectory(prefix="imgsvc-bench-") as tmp:
+        defaults: dict[str, Any] = {"upload_dir": Path(tmp) / "uploads", "task_retry_delay": 0}
         config = Settings(
             redis_url=REDIS_URL,
             database_url=f"sqlite:///{Path(tmp) / 'bench.sqlite'}",
-            upload_dir=Path(tmp) / "uploads",
             queue_name=f"bench-{uuid.uuid4().hex[:8]}",
-            task_retry_delay=0,
-            **settings,
+            **(defaults | settings),
         )
         app = create_app(config)
         quiet_logs()
