@@ -99,9 +99,9 @@ class S3UploadStore(UploadStore):
             path.unlink(missing_ok=True)
 
     def names_older_than(self, cutoff: datetime) -> Iterator[str]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
         with _reachable("list", self.prefix):
-            for page in pages:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
                 for entry in page.get("Contents", ()):
                     name = entry["Key"][len(self.prefix) :]
                     if UPLOAD_NAME.fullmatch(name) and entry["LastModified"] < cutoff:

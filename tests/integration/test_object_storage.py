@@ -215,23 +215,27 @@ def test_store_or_queue_down_at_submit_is_503_and_leaves_no_row_and_no_object(
     assert list((tmp_path / "staging").iterdir()) == []  # no staged file left behind either
 
 
-def test_store_down_in_the_worker_is_retried_not_failed(deployed, s3_server, tiny_describer, monkeypatch):
-    app = create_app(deployed.with_(task_max_retries=2))
-    job_id = submit_ok(app.test_client(), 1)
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_store_down_in_the_worker_is_retried_not_failed(
+    deployed, s3_server, tiny_describer, monkeypatch, batch_size
+):
+    """One job at a time, and a batch, whose images are read before its one forward pass."""
+    settings = deployed.with_(task_max_retries=2, batch_size=batch_size)
+    app = create_app(settings)
+    ids = [submit_ok(app.test_client(), n) for n in range(batch_size)]
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # the worker's view
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    cut_off = create_app(deployed.with_(task_max_retries=2))
+    cut_off = create_app(settings)
     ImgsvcWorker([cut_off.task_queue], connection=cut_off.redis, app=cut_off, describer=tiny_describer).work(
         burst=True, max_jobs=1
     )
-    row = rows(app)[job_id]
-    assert row.status == jobs.Status.QUEUED and row.attempts == 1 and "StoreUnavailable" in row.error
-    assert app.task_queue.get_job_ids() == [job_id]  # back on the queue for the next try
+    for row in rows(app).values():
+        assert row.status == jobs.Status.QUEUED and row.attempts == 1 and "StoreUnavailable" in row.error
+    assert sorted(app.task_queue.get_job_ids()) == sorted(ids)  # back on the queue for the next try
 
     for name, value in s3_server.env().items():  # the store is back (never unset: boto3 would go to AWS)
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_MAX_ATTEMPTS")
     ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
-    row = rows(app)[job_id]
-    assert row.status == jobs.Status.DONE and row.attempts == 2
+    assert {(row.status, row.attempts) for row in rows(app).values()} == {(jobs.Status.DONE, 2)}
