@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
@@ -29,7 +30,7 @@ from imgsvc.metrics import RedisMetrics
 from imgsvc.queue import reaper
 from imgsvc.queue.connection import job_queue, publish_model, redis_connection
 from imgsvc.queue.tasks import PermanentJobError, WorkerRuntime, job_options, load_image
-from imgsvc.storage.uploads import open_upload_store
+from imgsvc.storage.uploads import ORPHAN_AGE, open_upload_store
 from imgsvc.vision import load_describer
 from imgsvc.vision.base import Describer, ModelLoadError, UnsupportedOption
 
@@ -146,9 +147,11 @@ class ImgsvcWorker(SimpleWorker):
             self._reconcile()
 
     def _reconcile(self) -> None:
-        """Rows left behind by dead workers or a lost Redis: at start-up and every maintenance round."""
+        """Rows left behind by dead workers or a lost Redis, and the temp files of killed workers
+        on this host: at start-up and every maintenance round."""
         with self.app.app_context():
             reaper.reconcile(self.runtime.settings, job_queue(self.runtime.settings, self.connection))
+        self.runtime.uploads.remove_stale_temp_files(datetime.now(UTC) - ORPHAN_AGE)
 
 
 def main(argv: list[str] | None = None) -> int:

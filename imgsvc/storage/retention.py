@@ -2,8 +2,9 @@
 
 Uploads of finished jobs go after UPLOAD_RETENTION seconds (results stay readable);
 the rows themselves after RESULT_TTL. Orphans, uploads that no row names (a web process
-died between storing a file and writing its row), go once they are ORPHAN_AGE old, so an
-upload still on its way to its row is never touched. Run ``flask --app imgsvc prune`` from cron.
+died between storing a file and writing its row), and temp files of killed processes, go once
+they are ORPHAN_AGE old, so an upload still on its way to its row is never touched.
+Run ``flask --app imgsvc prune`` from cron.
 """
 
 from __future__ import annotations
@@ -19,10 +20,7 @@ from sqlalchemy import delete, select, update
 from imgsvc.config import Settings
 from imgsvc.storage import jobs
 from imgsvc.storage.db import db
-from imgsvc.storage.uploads import UploadStore
-
-#: Far longer than any upload takes from commit to its row (milliseconds, a few seconds under load).
-ORPHAN_AGE = timedelta(hours=1)
+from imgsvc.storage.uploads import ORPHAN_AGE, UploadStore
 
 
 def prune(settings: Settings, store: UploadStore, orphan_age: timedelta = ORPHAN_AGE) -> dict[str, int]:
@@ -49,8 +47,8 @@ def prune(settings: Settings, store: UploadStore, orphan_age: timedelta = ORPHAN
 
 
 def sweep_orphans(store: UploadStore, cutoff: datetime) -> int:
-    """Delete stored uploads older than ``cutoff`` that no row names, and stale staging files."""
-    deleted = store.remove_stale_staging(cutoff)
+    """Delete stored uploads older than ``cutoff`` that no row names, and stale temp files."""
+    deleted = store.remove_stale_temp_files(cutoff)
     candidates = store.names_older_than(cutoff)
     while names := set(islice(candidates, 500)):  # one query per 500 names
         named = set(db.session.scalars(select(jobs.Job.upload_name).where(jobs.Job.upload_name.in_(names))))

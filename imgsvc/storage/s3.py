@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from imgsvc.config import parse_s3_url
 from imgsvc.errors import StoreUnavailable
-from imgsvc.storage.uploads import CHUNK, UPLOAD_NAME, UploadStore, check_name
+from imgsvc.storage.uploads import CHUNK, DOWNLOAD_PREFIX, UPLOAD_NAME, UploadStore, check_name
 
 log = logging.getLogger("imgsvc.storage")
 
@@ -87,7 +87,7 @@ class S3UploadStore(UploadStore):
     def local_copy(self, name: str) -> Iterator[Path]:
         """Downloaded once into a temp file of this host, removed when the block ends."""
         key = self.key(name)
-        fd, tmp = tempfile.mkstemp(prefix=".download-", suffix=Path(name).suffix, dir=self.staging_dir)
+        fd, tmp = tempfile.mkstemp(prefix=DOWNLOAD_PREFIX, suffix=Path(name).suffix, dir=self.staging_dir)
         path = Path(tmp)
         try:
             with os.fdopen(fd, "wb") as out, _reachable("read", name):

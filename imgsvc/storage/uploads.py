@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,7 +32,11 @@ from imgsvc.errors import EmptyFile, FileTooLarge
 CHUNK = 64 * 1024
 #: What :meth:`UploadStore.commit` names an upload: nothing else is ever read, deleted or swept.
 UPLOAD_NAME = re.compile(r"[0-9a-f]{32}\.[a-z0-9]{2,5}")
-STAGING_PREFIX = ".upload-"
+#: Temp files: an upload being received (web) and a stored upload being read (worker, object storage).
+STAGING_PREFIX, DOWNLOAD_PREFIX = ".upload-", ".download-"
+#: An upload, temp or stored, that nothing references after this long is garbage: far longer than
+#: any upload takes from its first byte to its row, or a worker from its download to its decode.
+ORPHAN_AGE = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -104,16 +108,18 @@ class UploadStore(ABC):
     def discard(staged: StagedUpload) -> None:
         staged.path.unlink(missing_ok=True)
 
-    def remove_stale_staging(self, cutoff: datetime) -> int:
-        """Temp files of uploads whose web process died mid-transfer (SIGKILL skips every cleanup)."""
+    def remove_stale_temp_files(self, cutoff: datetime) -> int:
+        """Temp files last written before ``cutoff`` by a process killed mid-upload or mid-read
+        (SIGKILL and OOM skip every cleanup); run by ``flask prune`` and by workers."""
         removed = 0
-        for path in self.staging_dir.glob(f"{STAGING_PREFIX}*"):
-            try:
-                if _mtime(path) < cutoff:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue  # finished meanwhile
+        for prefix in (STAGING_PREFIX, DOWNLOAD_PREFIX):
+            for path in self.staging_dir.glob(f"{prefix}*"):
+                try:
+                    if _mtime(path) < cutoff:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    continue  # finished meanwhile
         return removed
 
     @abstractmethod

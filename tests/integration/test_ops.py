@@ -128,6 +128,16 @@ def test_prune_removes_uploads_a_killed_web_process_was_still_receiving(client, 
     assert not staged.exists()
 
 
+def test_a_starting_worker_removes_temp_files_a_killed_process_left(app, settings, run_worker):
+    stale, receiving = settings.upload_dir / ".download-killed.jpg", settings.upload_dir / ".upload-now"
+    for path in (stale, receiving):
+        path.write_bytes(b"part of an image")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    run_worker()
+    assert not stale.exists() and receiving.exists()
+
+
 def test_failed_job_upload_is_removed(client, settings, run_worker, jpeg_bytes):
     job_id = submit(client, jpeg_bytes).get_json()["job_id"]
     (stored,) = stored_files(settings)
