@@ -243,6 +243,15 @@ class Service:
         response = (client or self.client).get(f"/api/v1/result/{job_id}")
         return response.status_code, response.get_json()
 
+    def wait_result(self, job_id: str, client: Any = None, timeout: float = 60) -> dict[str, Any]:
+        """Poll every 5 ms until the job's result is there (a worker process is running it)."""
+        started = time.perf_counter()
+        while (answer := self.result(job_id, client))[0] != 200:
+            if time.perf_counter() - started > timeout:
+                raise TimeoutError(f"job {job_id} not done within {timeout:.0f} s: {answer}")
+            time.sleep(0.005)
+        return answer[1]
+
     def worker(self, **settings_changes: Any) -> ImgsvcWorker:
         """An in-process worker holding the preloaded describer; ``settings_changes`` e.g. batch_size."""
         from imgsvc.queue.worker import ImgsvcWorker
