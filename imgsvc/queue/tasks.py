@@ -9,16 +9,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flask import current_app
+from PIL import Image
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import get_current_job
 
 from imgsvc.config import Settings
-from imgsvc.errors import ImageTooLarge, UnsupportedImage
-from imgsvc.images import load_for_model
+from imgsvc.decoding import DecodeError, Decoder
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue.webhooks import enqueue_delivery
 from imgsvc.storage import jobs
@@ -37,6 +38,8 @@ class WorkerRuntime:
     uploads: UploadStore
     metrics: RedisMetrics
     connection: Redis
+    #: The decoder child: images are decoded under DECODE_TIMEOUT and DECODE_MEMORY_MB.
+    decoder: Decoder
     #: Results computed ahead of time by a batched forward pass, keyed by job id.
     prefetched: dict[str, Description | Exception] = field(default_factory=dict)
 
@@ -122,17 +125,34 @@ def _finish_failed(runtime: WorkerRuntime, job_id: str, reason: str) -> None:
     notify(runtime, job_id)
 
 
-def load_image(runtime: WorkerRuntime, job_id: str):
+def load_image(runtime: WorkerRuntime, job_id: str) -> Image.Image:
+    """The job's image, decoded in the decoder child; one that does not decode fails for good."""
+    (image,) = load_images(runtime, [job_id])
+    if isinstance(image, PermanentJobError):
+        raise image
+    return image
+
+
+def load_images(runtime: WorkerRuntime, job_ids: list[str]) -> list[Image.Image | PermanentJobError]:
+    """Several jobs' images in one call to the decoder child, in order; errors stay with their job."""
+    results: dict[str, Image.Image | PermanentJobError] = {}
+    paths: dict[str, Path] = {}
+    for job_id in job_ids:
+        try:
+            paths[job_id] = upload_path(runtime, job_id)
+        except PermanentJobError as exc:
+            results[job_id] = exc
+    for job_id, image in zip(paths, runtime.decoder.decode_many(list(paths.values())), strict=True):
+        results[job_id] = PermanentJobError(str(image)) if isinstance(image, DecodeError) else image
+    return [results[job_id] for job_id in job_ids]
+
+
+def upload_path(runtime: WorkerRuntime, job_id: str) -> Path:
+    """Where the worker reads the job's upload."""
     row = jobs.get_job(job_id)
     if row is None:
         raise PermanentJobError("the job row disappeared")
-    path = runtime.uploads.path_of(row.upload_name)
-    try:
-        return load_for_model(path, runtime.settings.max_image_pixels, runtime.settings.max_image_side)
-    except (UnsupportedImage, ImageTooLarge) as exc:
-        raise PermanentJobError(exc.message) from exc
-    except FileNotFoundError as exc:
-        raise PermanentJobError("the uploaded file is missing") from exc
+    return runtime.uploads.path_of(row.upload_name)
 
 
 def _record_failure(runtime: WorkerRuntime, job_id: str, exc: BaseException) -> None:
