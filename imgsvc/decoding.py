@@ -68,11 +68,11 @@ def load_for_model(path: Path, max_pixels: int, max_side: int) -> Image.Image:
             with Image.open(path, formats=list(ALLOWED_FORMATS)) as img:
                 if img.width * img.height > max_pixels:
                     raise DecodeError(f"image has {img.width}x{img.height} pixels; the limit is {max_pixels}")
-                orientation = _orientation(img)
                 if img.format == "JPEG" and max(img.size) > 2 * max_side:
                     img.draft("RGB", (max_side, max_side))
                 img.seek(0)  # GIF/TIFF/WebP/APNG: the first frame
                 img.load()
+                orientation = _orientation(img)  # after load: PNG reads its EXIF chunk by loading
                 scalable = img if img.mode in {"RGB", "RGBA", "L", "LA"} else _convert_for_scaling(img)
                 scalable.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
                 rgb = _to_rgb(scalable)
