@@ -215,8 +215,8 @@ def measure(mode: str, path: Path, cap: float) -> dict[str, object]:
 
 
 def figure(value: object, cap: float, unit: str) -> str:
-    if value is None:
-        return f">{cap:.0f}{unit}"
+    if value is None:  # stopped at the cap: time is known to exceed it, memory is not known
+        return f">{cap:.0f}{unit}" if unit == " s" else "?"
     return f"{value:.2f}{unit}" if unit == " s" else f"{value:.0f}{unit}"
 
 
@@ -251,8 +251,7 @@ def server_phase(files: dict[str, Path], cap: float) -> None:
         for label, app in (("before", "bench.bombs:legacy_app()"), ("after", "wsgi:app")):
             for path, count in ((jpeg, 8), (webp, 16)):
                 with gunicorn(app, Path(tmp), REDIS_URL) as (port, server):
-                    result = storm(port, path, count, cap)
-                    result["rss_mb"] = web_peak_rss_mb(server)
+                    result = storm(port, server, path, count, cap)
                 rows.append(
                     [
                         f"{count} x {path.name} · {label}",
@@ -263,7 +262,7 @@ def server_phase(files: dict[str, Path], cap: float) -> None:
                     ]
                 )
                 print(f"  measured {rows[-1][0]}", flush=True)
-    table(["uploads · code", "answers", "all uploads answered", "/healthz worst", "web peak RSS"], rows)
+    table(["uploads · code", "answers", "all uploads answered", "/healthz worst", "web RSS (peak)"], rows)
 
 
 @contextlib.contextmanager
@@ -321,42 +320,55 @@ def upload(port: int, data: bytes, timeout: float) -> int | str:
             "POST", "/api/v1/submit", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
         )
         return connection.getresponse().status
-    except OSError:
-        return "timeout"
+    except OSError as exc:  # timed out, or the connection was dropped
+        return type(exc).__name__
 
 
-def storm(port: int, path: str | Path, count: int, cap: float) -> dict[str, object]:
-    """``count`` concurrent uploads; /healthz probed every 0.5 s until they are all answered or cap."""
-    data = Path(path).read_bytes()
+def storm(port: int, server: subprocess.Popen, path: Path, count: int, cap: float) -> dict[str, object]:
+    """``count`` concurrent uploads; /healthz probed and the web processes' RSS sampled meanwhile."""
+    data = path.read_bytes()
     codes: list[int | str] = []
     started = time.perf_counter()
     threads = [threading.Thread(target=lambda: codes.append(upload(port, data, cap))) for _ in range(count)]
     for thread in threads:
         thread.start()
-    worst = 0.0
+    worst, rss = 0.0, 0.0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal rss
+        while not stop.wait(0.1):
+            rss = max(rss, web_rss_mb(server))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     while len(codes) < count and time.perf_counter() - started < cap:
         probe = time.perf_counter()
         status = get(port, "/healthz", max(0.1, cap - (probe - started)))
         worst = max(worst, time.perf_counter() - probe if status == 200 else cap)
         time.sleep(0.5)
+    stop.set()
+    sampler.join()
     uploads_s = time.perf_counter() - started if len(codes) == count else None
     for thread in threads:
         thread.join(timeout=1)
     tally: dict[str, int] = {}
     for code in codes + ["unanswered"] * (count - len(codes)):
         tally[str(code)] = tally.get(str(code), 0) + 1
-    return {"codes": tally, "uploads_s": uploads_s, "healthz_max_s": None if worst >= cap else worst}
+    healthz = None if worst >= cap else worst
+    return {"codes": tally, "uploads_s": uploads_s, "healthz_max_s": healthz, "rss_mb": rss}
 
 
-def web_peak_rss_mb(server: subprocess.Popen) -> float:
-    """The peak RSS (VmHWM) of gunicorn's worker processes, summed."""
+def web_rss_mb(server: subprocess.Popen) -> float:
+    """The RSS of gunicorn's worker processes now, summed (they are restarted if killed)."""
     total = 0
-    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
-    for pid in children:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
+    with contextlib.suppress(OSError):
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        for pid in children:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
     return total / 1024
 
 

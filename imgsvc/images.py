@@ -155,9 +155,10 @@ class _Walker:
 # -- JPEG ---------------------------------------------------------------------------------------
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7 carry no length
-#: The end of a scan's entropy-coded data: 0xFF (plus fill 0xFFs) then a marker code
-#: other than a stuffed 0x00 or a restart marker.
-_SCAN_END = re.compile(rb"\xff+[^\x00\xff\xd0-\xd7]")
+#: The end of a scan's entropy-coded data: 0xFF followed by neither a stuffed 0x00 nor a
+#: restart marker (a second 0xFF is a fill byte before the marker). Written so that the
+#: regex engine can skip to each 0xFF at C speed: ``\xff+`` made it 50x slower.
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 
 
 def _jpeg(w: _Walker) -> ImageInfo:
