@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import select
 import signal
@@ -174,8 +175,10 @@ class Decoder:
             if length > _MAX_HEADER:
                 raise _ChildBroke("sent a malformed answer")
             header = json.loads(_read_exact(child.stdout, length, deadline))
+            if not isinstance(header, dict):
+                raise _ChildBroke("sent a malformed answer")
             if not header.get("ok"):
-                return DecodeError(str(header.get("error", "cannot decode image")))
+                return DecodeError(_printable(str(header.get("error", "cannot decode image"))))
             width, height = int(header["width"]), int(header["height"])
             if not (0 < width <= self.max_side and 0 < height <= self.max_side):
                 raise _ChildBroke("sent an image of an impossible size")
@@ -214,6 +217,11 @@ class Decoder:
         for stream in (child.stdin, child.stdout):
             with contextlib.suppress(OSError):
                 stream.close()
+
+
+def _printable(text: str) -> str:
+    """The child's words reach job rows, logs and pages: plain printable text, no markup, bounded."""
+    return re.sub(r"[^\x20-\x7e]|[<>&]", "?", text)[:300]
 
 
 class _ChildBroke(Exception):

@@ -355,7 +355,7 @@ def _bmp(w: _Walker) -> ImageInfo:
 
 
 # -- TIFF ---------------------------------------------------------------------------------------
-_TIFF_TYPES = {1: "B", 3: "H", 4: "I", 16: "Q", 13: "I", 18: "Q"}  # BYTE SHORT LONG LONG8 IFD IFD8
+_TIFF_TYPES = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8 (BigTIFF): sizes and offsets
 
 
 def _tiff(w: _Walker) -> ImageInfo:

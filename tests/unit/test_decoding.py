@@ -179,3 +179,13 @@ def test_pillow_output_buffer_round_trips(tmp_path):
     path = save(tmp_path, img, "PNG")
     with Decoder(10**7, 1024, timeout=30, memory_mb=512) as decoder:
         assert decoder.decode(path).tobytes() == img.tobytes()
+
+
+def test_what_the_child_says_is_reduced_to_plain_text():
+    """A child's error can quote bytes from a hostile file; it reaches job rows, logs and pages."""
+    from imgsvc.decoding import _printable
+
+    assert _printable("broken PNG file (chunk b'<img src=x onerror=alert(1)>')\x00\x1b[31m") == (
+        "broken PNG file (chunk b'?img src=x onerror=alert(1)?')??[31m"
+    )
+    assert len(_printable("x" * 10_000)) == 300
