@@ -50,10 +50,16 @@ _ORIENTATION = {
 }
 _HEADER = struct.Struct(">I")
 _MAX_HEADER = 64 * 1024
+#: Python plus Pillow start in well under a second; a loaded host may take a few.
+_START_TIMEOUT = 60.0
 
 
 class DecodeError(Exception):
     """This image cannot be decoded within the budget or at all: retrying will not help."""
+
+
+class DecoderUnavailable(RuntimeError):
+    """The decoder process does not start: a fault of this host, not of the image (jobs are retried)."""
 
 
 def load_for_model(path: Path, max_pixels: int, max_side: int) -> Image.Image:
@@ -141,6 +147,11 @@ class Decoder:
         s = settings
         return cls(s.max_image_pixels, s.max_image_side, s.decode_timeout, s.decode_memory_mb)
 
+    def start(self) -> None:
+        """Start the child now, so the first image does not wait for it (raises DecoderUnavailable)."""
+        with self._lock:
+            self._running_child()
+
     def decode(self, path: Path) -> Image.Image:
         (result,) = self.decode_many([path])
         if isinstance(result, DecodeError):
@@ -171,12 +182,7 @@ class Decoder:
             assert child.stdin is not None and child.stdout is not None
             child.stdin.write(json.dumps(str(path)).encode() + b"\n")
             child.stdin.flush()
-            (length,) = _HEADER.unpack(_read_exact(child.stdout, _HEADER.size, deadline))
-            if length > _MAX_HEADER:
-                raise _ChildBroke("sent a malformed answer")
-            header = json.loads(_read_exact(child.stdout, length, deadline))
-            if not isinstance(header, dict):
-                raise _ChildBroke("sent a malformed answer")
+            header = _read_header(child.stdout, deadline)
             if not header.get("ok"):
                 return DecodeError(_printable(str(header.get("error", "cannot decode image"))))
             width, height = int(header["width"]), int(header["height"])
@@ -205,6 +211,13 @@ class Decoder:
         # stderr is shared: Pillow's and the child's own complaints land in the worker's log.
         self._child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         self.starts += 1
+        try:  # it says so once it is ready: a child that cannot start must not fail an image
+            assert self._child.stdout is not None
+            if _read_header(self._child.stdout, time.monotonic() + _START_TIMEOUT) != {"ready": True}:
+                raise _ChildBroke("it did not say it was ready")
+        except (TimeoutError, _ChildBroke, ValueError) as exc:
+            self._stop()
+            raise DecoderUnavailable(f"the decoder process did not start: {exc or 'timed out'}") from exc
         return self._child
 
     def _stop(self) -> None:
@@ -226,6 +239,17 @@ def _printable(text: str) -> str:
 
 class _ChildBroke(Exception):
     """The child died or said something that does not parse: its answer cannot be trusted."""
+
+
+def _read_header(stream: BinaryIO, deadline: float) -> dict[str, object]:
+    """One answer's JSON header: a length, then that many bytes of JSON object."""
+    (length,) = _HEADER.unpack(_read_exact(stream, _HEADER.size, deadline))
+    if length > _MAX_HEADER:
+        raise _ChildBroke("sent a malformed answer")
+    header = json.loads(_read_exact(stream, length, deadline))
+    if not isinstance(header, dict):
+        raise _ChildBroke("sent a malformed answer")
+    return header
 
 
 def _read_exact(stream: BinaryIO, size: int, deadline: float) -> bytes:
@@ -262,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     limit = args.memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     trim = _malloc_trim()
+    _answer(answers, {"ready": True})
     for line in sys.stdin.buffer:
         _answer_one(answers, Path(json.loads(line)), args.max_pixels, args.max_side, args.memory_mb)
         trim()  # after answering: an idle worker should not sit on the last image's canvas

@@ -26,7 +26,7 @@ from rq.job import Job as RQJob
 from rq.worker import WorkerStatus
 
 from imgsvc.config import Settings
-from imgsvc.decoding import Decoder
+from imgsvc.decoding import Decoder, DecoderUnavailable
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue import reaper
 from imgsvc.queue.connection import job_queue, publish_model, redis_connection
@@ -89,6 +89,7 @@ class ImgsvcWorker(SimpleWorker):
             self.connection,
             Decoder.from_settings(settings),
         )
+        self.runtime.decoder.start()
         self.app.extensions["imgsvc.runtime"] = self.runtime
         publish_model(self.connection, settings, describer.name, sorted(describer.supported_options))
         return self.runtime
@@ -136,7 +137,12 @@ class ImgsvcWorker(SimpleWorker):
                 runtime.prefetched[job_id] = exc
                 continue
             wanted[job_id] = options
-        for (job_id, options), image in zip(wanted.items(), load_images(runtime, list(wanted)), strict=True):
+        try:
+            images = load_images(runtime, list(wanted))
+        except Exception:  # the decoder itself failed (not an image): each job will retry on its own
+            log.exception("decoding the batch failed; each job decodes on its own")
+            return
+        for (job_id, options), image in zip(wanted.items(), images, strict=True):
             if isinstance(image, PermanentJobError):
                 runtime.prefetched[job_id] = image
                 continue
@@ -213,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         worker.load_runtime()
     except ModelLoadError as exc:
         log.critical("cannot load the model, worker not started: %s", exc)
+        return 2
+    except DecoderUnavailable as exc:
+        log.critical("cannot start the decoder, worker not started: %s", exc)
         return 2
     worker.work(
         burst=args.burst,

@@ -114,3 +114,24 @@ def test_an_image_over_the_decode_deadline_fails_its_job_only(settings, tiny_des
     assert final[slow].status == jobs.Status.FAILED and final[slow].attempts == 1
     assert "DECODE_TIMEOUT=1 s" in final[slow].error
     assert worker.runtime.decoder.starts == 2
+
+
+def test_a_decoder_that_cannot_start_retries_the_job_instead_of_failing_it(
+    settings, tiny_describer, monkeypatch
+):
+    import os
+    import signal
+    import sys
+
+    app = create_app(settings.with_(task_max_retries=1, task_retry_delay=0))
+    job_id = submit(app.test_client(), image_bytes("PNG")).get_json()["job_id"]
+    worker = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer)
+    runtime = worker.load_runtime()  # the child starts here
+    os.kill(runtime.decoder._child.pid, signal.SIGKILL)
+    runtime.decoder._child.wait()
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # and cannot be started again
+    worker.work(burst=True)
+
+    row = rows(app)[job_id]
+    assert row.status == jobs.Status.FAILED and row.attempts == 2  # both tries, as for any fault
+    assert "DecoderUnavailable" in row.error and "cannot decode" not in row.error

@@ -189,3 +189,12 @@ def test_what_the_child_says_is_reduced_to_plain_text():
         "broken PNG file (chunk b'?img src=x onerror=alert(1)?')??[31m"
     )
     assert len(_printable("x" * 10_000)) == 300
+
+
+def test_a_child_that_cannot_start_is_the_hosts_fault_not_the_images(monkeypatch, good):
+    from imgsvc.decoding import DecoderUnavailable
+
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    decoder = Decoder(10**7, 64, timeout=30, memory_mb=512)
+    with pytest.raises(DecoderUnavailable, match="did not start"):
+        decoder.decode_many([good[0]])
