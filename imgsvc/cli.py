@@ -30,8 +30,12 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
 @click.option("--batch-size", default=8, show_default=True, help="Images per forward pass.")
 def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_size: int) -> None:
-    """Describe image files locally, without a server."""
-    from imgsvc.images import load_for_model
+    """Describe image files locally, without a server.
+
+    Files are decoded like the worker does, in a child process under DECODE_TIMEOUT and
+    DECODE_MEMORY_MB; one that fails is reported on its own line and the rest go on.
+    """
+    from imgsvc.decoding import DecodeError, Decoder
     from imgsvc.vision import load_describer
     from imgsvc.vision.records import description_record
 
@@ -39,13 +43,25 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
     if model:
         settings = settings.with_(vision_model=model)
     describer = load_describer(settings)
-    with click.progressbar(
-        length=len(paths), label="describing", file=sys.stderr, hidden=len(paths) < 4 or as_json
-    ) as bar:
+    failed = 0
+    with (
+        Decoder.from_settings(settings) as decoder,
+        click.progressbar(
+            length=len(paths), label="describing", file=sys.stderr, hidden=len(paths) < 4 or as_json
+        ) as bar,
+    ):
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            images = [load_for_model(p, settings.max_image_pixels, settings.max_image_side) for p in chunk]
-            for path, result in zip(chunk, describer.describe_full(images), strict=True):
+            images = decoder.decode_many(chunk)
+            good = [image for image in images if not isinstance(image, DecodeError)]
+            results = iter(describer.describe_full(good) if good else [])
+            for path, image in zip(chunk, images, strict=True):
+                if isinstance(image, DecodeError):
+                    failed += 1
+                    record: dict[str, object] = {"file": str(path), "error": str(image)}
+                    click.echo(json.dumps(record) if as_json else f"{path}: error: {image}")
+                    continue
+                result = next(results)
                 if as_json:
                     record = {
                         "file": str(path),
@@ -56,6 +72,8 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
                 else:
                     click.echo(f"{path}: {result.text}")
             bar.update(len(chunk))
+    if failed:
+        raise click.ClickException(f"{failed} of {len(paths)} file(s) could not be decoded")
 
 
 @main.command()

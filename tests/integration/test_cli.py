@@ -51,6 +51,24 @@ def test_describe_runs_the_model_locally(photos, tiny_model_dir, tiny_describer,
     assert text.stdout.startswith(f"{photos[1]}: ")
 
 
+def test_describe_decodes_like_the_worker_and_reports_a_bad_file_alone(
+    photos, tmp_path, tiny_model_dir, monkeypatch
+):
+    monkeypatch.setenv("MAX_NEW_TOKENS", "4")
+    monkeypatch.setenv("DECODE_TIMEOUT", "5")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(photos[1].read_bytes()[:200])  # the header, then nothing
+    result = CliRunner().invoke(
+        main,
+        ["describe", "--json", "--model", str(tiny_model_dir), str(photos[0]), str(broken), str(photos[3])],
+    )
+    assert result.exit_code == 1 and "1 of 3 file(s) could not be decoded" in result.output
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["file"] for r in records] == [str(photos[0]), str(broken), str(photos[3])]
+    assert "image_description" in records[0] and "image_description" in records[2]
+    assert records[1]["error"].startswith("cannot decode image")
+
+
 def test_submit_talks_to_a_running_server(app, photos, run_worker):
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
