@@ -199,7 +199,8 @@ def bud(*args: str) -> list[str]:
     build only (nothing of it is committed), so pip reaches PyPI through a TLS-inspecting egress proxy.
     """
     trust = ["-v", f"{HOST_CA}:{HOST_CA}:ro"] if Path(HOST_CA).is_file() else []
-    return buildah("bud", "--isolation", "chroot", "--layers", "--format", "docker", *trust, *args)
+    layers = ["--layers", "--force-rm"]  # cache each step; no working container left by a failed one
+    return buildah("bud", "--isolation", "chroot", *layers, "--format", "docker", *trust, *args)
 
 
 def build_app_image(image: str, build: dict, base: str) -> None:
@@ -450,6 +451,24 @@ def service_ports(config: dict, project: Path) -> dict[str, set[int]]:
     return ports
 
 
+def start_order(services: dict[str, dict]) -> list[str]:
+    """Every service after what it depends on (compose's order), alphabetical otherwise."""
+    done: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in done:
+            return
+        if name in path:
+            raise CheckFailed(f"dependency cycle: {' -> '.join((*path, name))}")
+        for dependency in services[name].get("depends_on") or {}:
+            visit(dependency, (*path, name))
+        done.append(name)
+
+    for name in sorted(services):
+        visit(name, ())
+    return done
+
+
 def main_pid(process: subprocess.Popen) -> int | None:
     """The container's main process: the child of buildah's chroot exec helper (PID 1's role)."""
     children: dict[int, list[int]] = {}
@@ -492,22 +511,6 @@ class Deployment:
                 Instance(name, i, spec, images[spec["image"]]) for i in range(1, replicas + 1)
             ]
         self.started: list[Instance] = []
-
-    def order(self) -> list[str]:
-        done: list[str] = []
-
-        def visit(name: str, path: tuple[str, ...]) -> None:
-            if name in done:
-                return
-            if name in path:
-                raise CheckFailed(f"dependency cycle: {' -> '.join((*path, name))}")
-            for dependency in self.config["services"][name].get("depends_on") or {}:
-                visit(dependency, (*path, name))
-            done.append(name)
-
-        for name in sorted(self.config["services"]):
-            visit(name, ())
-        return done
 
     # -- one instance --
 
@@ -559,11 +562,10 @@ class Deployment:
         if spec.get("working_dir"):
             args += ["--workingdir", spec["working_dir"]]
         if mount_for_volumes:
+            # Left mounted until `buildah rm`: an unmount just before `buildah run` mounts it again
+            # raced here once (run found an empty rootfs: "open .../run/.containerenv").
             mount = Path(run(buildah("mount", instance.container), capture_output=True).stdout.strip())
-            try:
-                args += self.volume_args(instance, mount)
-            finally:
-                run(buildah("umount", instance.container), capture_output=True)
+            args += self.volume_args(instance, mount)
         else:
             args += self.volume_args(instance, None)
         return args
@@ -657,7 +659,7 @@ class Deployment:
                 time.sleep(1)
 
     def up(self) -> None:
-        for name in self.order():
+        for name in start_order(self.config["services"]):
             for dependency, rule in (self.config["services"][name].get("depends_on") or {}).items():
                 condition = rule.get("condition", "service_started")
                 start = time.monotonic()
@@ -699,7 +701,10 @@ class Deployment:
                 os.kill(pid or instance.process.pid, sig)
             try:
                 instance.exit_code = instance.process.wait(grace)
-                say(f"stopped {instance.name}: exit {instance.exit_code} in {time.monotonic() - start:.1f} s")
+                # buildah's own status: 1 when the process died of the signal, and buildah 1.28
+                # sometimes panics (exit 2) after a clean exit; the service's log has its own word.
+                took = time.monotonic() - start
+                say(f"stopped {instance.name} in {took:.1f} s (buildah run exit {instance.exit_code})")
             except subprocess.TimeoutExpired:
                 os.killpg(instance.process.pid, signal.SIGKILL)
                 instance.exit_code = instance.process.wait()
@@ -879,6 +884,7 @@ def main() -> int:
                 say(f"kept {tmp} and the containers {RUN_ID}-* (CHECK_KEEP=1)")
             else:
                 shutil.rmtree(tmp, ignore_errors=True)
+    say(f"image storage in {STATE}: {run(['du', '-sh', str(STATE)], capture_output=True).stdout.split()[0]}")
     say("times: " + ", ".join(f"{name} {elapsed:.0f} s" for name, elapsed in TIMES))
     say(f"{'PASSED' if ok else 'FAILED'} in {time.monotonic() - total:.0f} s")
     return 0 if ok else 1

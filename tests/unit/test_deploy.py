@@ -257,6 +257,16 @@ def test_torch_comes_from_the_cpu_index_in_the_image_only():
         assert "download.pytorch.org" not in (PROJECT_ROOT / name).read_text()
 
 
+def test_images_carry_the_headless_opencv_build():
+    # rapidocr-onnxruntime asks for the desktop opencv-python, whose cv2 needs X11/OpenGL libraries
+    # that a slim image lacks: `make container-check` saw workers exit at start without OCR.
+    for stage, steps in stages().items():
+        for _, args in steps:
+            if "pip install" in args and "-r requirements" in args:
+                assert "pip uninstall -y opencv-python" in args, stage
+                assert 'opencv-python-headless==$opencv"' in args, stage
+
+
 # --- gunicorn.conf.py ---------------------------------------------------------------------------
 
 
