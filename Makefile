@@ -12,5 +12,5 @@ bench:  ## run every benchmark with its default (full) settings
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
-container-check:  ## build the image and run compose's production profile for real (root; ~N min, cached ~M min)
+container-check:  ## build the image and run compose's production profile for real (root; ~13 min, cached ~2 min)
 	scripts/container-check.sh

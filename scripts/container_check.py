@@ -431,7 +431,10 @@ def service_ports(config: dict, project: Path) -> dict[str, set[int]]:
     """
     services = config["services"]
     ports: dict[str, set[int]] = {name: set() for name in services}
-    texts = [json.dumps(config)]
+    # Image names are left out: a tag like postgres:16 is no port.
+    texts = [
+        json.dumps({name: {k: v for k, v in spec.items() if k != "image"} for name, spec in services.items()})
+    ]
     for name, spec in services.items():
         for entry in spec.get("ports") or []:
             ports[name].add(int(entry["target"]))

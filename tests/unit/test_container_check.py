@@ -25,6 +25,7 @@ def test_ports_come_from_published_exposed_and_service_urls(tmp_path):
     config = {
         "services": {
             "redis": {"image": "redis:7"},
+            "db": {"image": "postgres:16"},
             "web": {"environment": {"REDIS_URL": "redis://redis:6379/0"}, "ports": [{"target": 8000}]},
             "proxy": {
                 "ports": [{"target": 80, "published": "8080"}],
@@ -34,7 +35,7 @@ def test_ports_come_from_published_exposed_and_service_urls(tmp_path):
         }
     }
     ports = check.service_ports(config, tmp_path)
-    assert ports == {"redis": {6379}, "web": {8000}, "proxy": {80}, "s3": {8333}}
+    assert ports == {"redis": {6379}, "db": set(), "web": {8000}, "proxy": {80}, "s3": {8333}}
 
 
 def test_services_start_after_what_they_depend_on():
