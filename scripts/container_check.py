@@ -219,7 +219,11 @@ def build_app_image(image: str, build: dict, base: str) -> None:
         cmd += ["-v", f"{wheels}:/wheels:ro", "--build-arg", "PIP_FIND_LINKS=/wheels"]
         cmd += ["--build-arg", "PIP_EXTRA_INDEX_URL="]
     cmd += ["-t", image, context]
+    before = inspect_image(image)["FromImageID"] if image_exists(image) else None
     run(cmd)
+    if before and before != inspect_image(image)["FromImageID"]:
+        # The image this build replaced, with the layers no other image uses: storage stays one build.
+        subprocess.run(buildah("rmi", before), capture_output=True)
 
 
 def standin_image(image: str, base: str) -> str:
