@@ -23,6 +23,7 @@ CHECK_KEEP=1 (leave containers and the temp dir for a look), DEBIAN_MIRROR, COMP
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -825,7 +826,7 @@ def exercise(deployment: Deployment, env: dict[str, str]) -> None:
 
     # Every other published port answers HTTP (the dashboard with the logins from .env).
     token = f"{env.get('RQ_DASHBOARD_USERNAME', '')}:{env.get('RQ_DASHBOARD_PASSWORD', '')}"
-    auth = {"Authorization": "Basic " + __import__("base64").b64encode(token.encode()).decode()}
+    auth = {"Authorization": "Basic " + base64.b64encode(token.encode()).decode()}
     for instances in deployment.instances.values():
         for other in instances:
             for target, host_port in other.published.items():
