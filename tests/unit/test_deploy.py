@@ -119,8 +119,16 @@ def test_the_proxy_body_limits_follow_the_apps(env):
 def test_workers_run_worker_py_and_scale_with_worker_count():
     for name in ("worker", "worker-dev"):
         assert command_of(SERVICES[name])[-1] == "worker.py"
-    assert SERVICES["worker"]["deploy"]["replicas"] == "${WORKER_COUNT:-2}"
+    assert SERVICES["worker"]["deploy"]["replicas"] == "${WORKER_COUNT:-1}"
     assert "deploy" not in SERVICES["worker-dev"]  # one is enough while developing
+
+
+def test_workers_know_how_many_replicas_share_the_cores():
+    # torch threads = cores ÷ WORKER_COUNT: a replica that does not know the count takes every core.
+    default = str(Settings().worker_count)
+    assert SERVICES["worker"]["deploy"]["replicas"] == f"${{WORKER_COUNT:-{default}}}"
+    for name in ("worker", "worker-dev"):
+        assert SERVICES[name]["environment"]["WORKER_COUNT"] == f"${{WORKER_COUNT:-{default}}}", name
 
 
 def test_development_web_reloads_from_the_mounted_source():
@@ -307,9 +315,24 @@ def test_preload_model_is_optional_and_downloads_before_the_volume_is_declared()
 
 
 def test_torch_comes_from_the_cpu_index_in_the_image_only():
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in DOCKERFILE
+    # pip reads PIP_EXTRA_INDEX_URL from the environment, where the build argument puts it.
+    assert "ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu" in DOCKERFILE
+    for stage, steps in stages().items():
+        if any("pip install" in args and "-r requirements" in args for _, args in steps):
+            assert ("ARG", "PIP_EXTRA_INDEX_URL") in steps, stage
+            assert ("ARG", "PIP_FIND_LINKS") in steps, stage
     for name in ("requirements.txt", "requirements-dev.txt"):
         assert "download.pytorch.org" not in (PROJECT_ROOT / name).read_text()
+
+
+def test_images_carry_the_headless_opencv_build():
+    # rapidocr-onnxruntime asks for the desktop opencv-python, whose cv2 needs X11/OpenGL libraries
+    # that a slim image lacks: `make container-check` saw workers exit at start without OCR.
+    for stage, steps in stages().items():
+        for _, args in steps:
+            if "pip install" in args and "-r requirements" in args:
+                assert "pip uninstall -y opencv-python" in args, stage
+                assert 'opencv-python-headless==$opencv"' in args, stage
 
 
 # --- gunicorn.conf.py ---------------------------------------------------------------------------
