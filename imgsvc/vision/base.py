@@ -98,6 +98,10 @@ class Describer(ABC):
     name: str
     #: Per-job options this backend honours (``max_length``, ``prompt``); others are refused.
     supported_options: frozenset[str] = frozenset()
+    #: The models that really run inside a composed describer, and those it wanted but runs without
+    #: (weights missing); the worker publishes both for /readyz.
+    components: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
 
     @abstractmethod
     def describe_full(

@@ -210,7 +210,7 @@ def install(archive: Archive, archive_path: Path, models_dir: Path) -> None:
 
 
 def fetch_models(
-    models_dir: Path, archives: tuple[Archive, ...] = ARCHIVES, say: Callable[[str], None] = print
+    models_dir: Path, archives: tuple[Archive, ...] | None = None, say: Callable[[str], None] = print
 ) -> list[str]:
     """Bring every archive's files into ``models_dir``; returns the specs that could not be fetched.
 
@@ -218,7 +218,7 @@ def fetch_models(
     runs with what there is.
     """
     failed = []
-    for archive in archives:
+    for archive in ARCHIVES if archives is None else archives:
         if in_place(models_dir, archive):
             say(f"{archive.spec}: already in {models_dir} (sha256 checked)")
             continue
