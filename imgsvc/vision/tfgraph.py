@@ -1,0 +1,772 @@
+"""A small TensorFlow graph executor in torch: the ops our detector graphs use, compiled once.
+
+Why an interpreter rather than the architectures written out in code: the four models we run
+(SSDLite-MobileNetV2, CenterNet-MobileNetV3, BlazeFace, the mini-Xception emotion net) are four
+different networks, each already fully described by its graph; re-typing them would be four chances
+to get a stride or a padding wrong, while about thirty ops cover all of them. Both file formats
+(protobuf ``GraphDef``, TF.js JSON) decode to the same :class:`Graph`, and :func:`compile_graph`
+turns the part between the chosen inputs and outputs into a flat list of steps:
+
+* constants become torch tensors once; convolution weights are transposed to torch's layout and
+  BiasAdd / FusedBatchNorm / Relu / Relu6 that directly follow a convolution are folded into it,
+  so per image there is one torch call per convolution;
+* activations stay in TensorFlow's NHWC order, so every axis, reshape and concat attribute means
+  what the graph says. Convolutions see ``x.permute(0, 3, 1, 2)``, which for an NHWC-contiguous
+  tensor is torch's channels-last memory format: no copy either way;
+* "SAME" padding is TensorFlow's (the extra pixel goes right/bottom), resizes follow TF's
+  ``align_corners`` / ``half_pixel_centers`` rules, so outputs match the original framework.
+
+Anything outside the op table fails at compile time with the op's name, not mid-inference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# TensorFlow's DataType enum (types.proto): number, TF name, numpy name.
+_DT = [
+    (1, "DT_FLOAT", "float32"),
+    (2, "DT_DOUBLE", "float64"),
+    (3, "DT_INT32", "int32"),
+    (4, "DT_UINT8", "uint8"),
+    (5, "DT_INT16", "int16"),
+    (6, "DT_INT8", "int8"),
+    (9, "DT_INT64", "int64"),
+    (10, "DT_BOOL", "bool"),
+    (19, "DT_HALF", "float16"),
+]
+DTYPES = {number: name for number, _, name in _DT}
+DTYPE_NAMES = {tf_name: name for _, tf_name, name in _DT}
+_TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float32,  # no double maths in these graphs: keep everything float32
+    "float16": torch.float32,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "uint8": torch.uint8,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "bool": torch.bool,
+}
+
+
+class GraphError(ValueError):
+    """The graph uses an op or a form of an op this executor does not implement, or is malformed."""
+
+
+@dataclass
+class Node:
+    """One NodeDef: ``inputs`` are ``name``, ``name:k`` (k-th output) or ``^name`` (control edge)."""
+
+    name: str
+    op: str
+    inputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Graph:
+    """A decoded graph: its nodes in file order and the values of its ``Const`` nodes."""
+
+    nodes: list[Node]
+    constants: dict[str, np.ndarray]
+
+    def unbatch_reshapes(self) -> None:
+        """Let a graph exported for batch 1 take any batch: constant Reshape targets ``[1, a, b]``
+        become ``[-1, a, b]``. Only for graphs whose reshapes all keep the batch as the first axis."""
+        by_name = {node.name: node for node in self.nodes}
+        for node in self.nodes:
+            if node.op != "Reshape":
+                continue
+            source = _split(node.inputs[1])[0]
+            shape = self.constants.get(source)
+            if shape is not None and shape.ndim == 1 and shape.size > 1 and shape[0] == 1 and -1 not in shape:
+                self.constants[source] = np.concatenate([[-1], shape[1:]]).astype(shape.dtype)
+            elif shape is None and by_name.get(source) is not None:
+                raise GraphError(f"reshape {node.name} has a computed shape; cannot unbatch it")
+
+
+def _split(ref: str) -> tuple[str, int]:
+    """``"a/b:1"`` -> ``("a/b", 1)``; ``"a/b"`` -> ``("a/b", 0)``."""
+    name, _, index = ref.partition(":")
+    return name, int(index) if index else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks shared with the detectors (preprocessing uses the same resize as the graphs).
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TensorFlow "SAME": output ceil(size / stride); odd totals put the extra pixel after."""
+    effective = (kernel - 1) * dilation + 1
+    total = max((math.ceil(size / stride) - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+@lru_cache(maxsize=64)
+def _resize_weights(
+    size_in: int, size_out: int, align_corners: bool, half_pixel: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lower index, upper index and weight of the upper one for each output row/column (TF's rules)."""
+    scale = (size_in - 1) / (size_out - 1) if align_corners and size_out > 1 else size_in / size_out
+    out = torch.arange(size_out, dtype=torch.float64)
+    source = (out + 0.5) * scale - 0.5 if half_pixel else out * scale
+    floor = torch.floor(source)
+    lower = floor.clamp(0, size_in - 1).long()
+    upper = torch.ceil(source).clamp(0, size_in - 1).long()
+    return lower, upper, (source - floor).float()
+
+
+def resize_bilinear(
+    x: torch.Tensor, size: Sequence[int], align_corners: bool = False, half_pixel_centers: bool = False
+) -> torch.Tensor:
+    """Bilinear resize of an NHWC tensor exactly as TF's ``ResizeBilinear`` does it.
+
+    The defaults are TF1's and TF.js's ``tf.image.resizeBilinear`` defaults (no half-pixel offset),
+    which ``torch.nn.functional.interpolate`` cannot express: the models were trained on that.
+    """
+    height, width = int(size[0]), int(size[1])
+    top, bottom, wy = _resize_weights(x.shape[1], height, align_corners, half_pixel_centers)
+    left, right, wx = _resize_weights(x.shape[2], width, align_corners, half_pixel_centers)
+    x = x.float()
+    rows_top, rows_bottom = x[:, top], x[:, bottom]
+    wx = wx.view(1, 1, -1, 1)
+    upper = rows_top[:, :, left] + (rows_top[:, :, right] - rows_top[:, :, left]) * wx
+    lower = rows_bottom[:, :, left] + (rows_bottom[:, :, right] - rows_bottom[:, :, left]) * wx
+    return upper + (lower - upper) * wy.view(1, -1, 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled steps.
+
+Step = Callable[..., Any]
+
+
+@dataclass
+class _Conv:
+    """A 2-D convolution with its folded bias and activation; called on NHWC, returns NHWC."""
+
+    weight: torch.Tensor  # torch layout (out, in / groups, kh, kw)
+    bias: torch.Tensor | None
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: str  # "SAME" | "VALID" | "EXPLICIT"
+    explicit: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, bottom, left, right
+    groups: int = 1
+    activation: str | None = None
+    alpha: torch.Tensor | None = None  # Prelu slopes / LeakyRelu slope
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        nchw = x.permute(0, 3, 1, 2)
+        kh, kw = self.weight.shape[2:]
+        if self.padding == "SAME":
+            top, bottom = same_padding(x.shape[1], kh, self.stride[0], self.dilation[0])
+            left, right = same_padding(x.shape[2], kw, self.stride[1], self.dilation[1])
+        elif self.padding == "EXPLICIT":
+            top, bottom, left, right = self.explicit
+        else:
+            top = bottom = left = right = 0
+        if top == bottom and left == right:
+            # Symmetric: let the convolution pad, an explicit F.pad would copy the whole input.
+            out = F.conv2d(nchw, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
+        else:
+            nchw = F.pad(nchw, (left, right, top, bottom))
+            out = F.conv2d(nchw, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return _activate(out, self.activation, self.alpha, channel_axis=1).permute(0, 2, 3, 1)
+
+
+def _activate(
+    x: torch.Tensor, kind: str | None, alpha: torch.Tensor | None, channel_axis: int
+) -> torch.Tensor:
+    if kind is None:
+        return x
+    if kind == "Relu":
+        return F.relu(x)
+    if kind == "Relu6":
+        return F.hardtanh(x, 0.0, 6.0)
+    if kind == "Elu":
+        return F.elu(x)
+    if kind == "Sigmoid":
+        return torch.sigmoid(x)
+    if kind in ("Prelu", "LeakyRelu"):
+        assert alpha is not None
+        if alpha.numel() > 1 and channel_axis == 1:
+            alpha = alpha.view(1, -1, *([1] * (x.dim() - 2)))
+        return torch.where(x >= 0, x, x * alpha)
+    raise GraphError(f"unsupported activation {kind}")
+
+
+_ACTIVATIONS = {"Relu", "Relu6", "Elu", "Sigmoid", "Prelu", "LeakyRelu"}
+_CONV_OPS = {"Conv2D", "DepthwiseConv2dNative", "_FusedConv2D", "FusedDepthwiseConv2dNative"}
+
+
+def _pool(kind: str, attrs: dict[str, Any]) -> Step:
+    _, kh, kw, _ = attrs["ksize"]
+    _, sh, sw, _ = attrs["strides"]
+    padding = attrs["padding"]
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        nchw = x.permute(0, 3, 1, 2)
+        if padding == "SAME":
+            top, bottom = same_padding(x.shape[1], kh, sh)
+            left, right = same_padding(x.shape[2], kw, sw)
+            if kind == "max":
+                nchw = F.pad(nchw, (left, right, top, bottom), value=-math.inf)
+                out = F.max_pool2d(nchw, (kh, kw), (sh, sw))
+            else:
+                # TF averages over the real pixels only: divide by the count of unpadded ones.
+                padded = F.pad(nchw, (left, right, top, bottom))
+                ones = F.pad(torch.ones_like(nchw[:1, :1]), (left, right, top, bottom))
+                out = F.avg_pool2d(padded, (kh, kw), (sh, sw)) / F.avg_pool2d(ones, (kh, kw), (sh, sw))
+        elif kind == "max":
+            out = F.max_pool2d(nchw, (kh, kw), (sh, sw))
+        else:
+            out = F.avg_pool2d(nchw, (kh, kw), (sh, sw))
+        return out.permute(0, 2, 3, 1)
+
+    return run
+
+
+def _strided_slice(attrs: dict[str, Any], begin: list[int], end: list[int], strides: list[int]) -> Step:
+    """TF StridedSlice with its five bit masks, resolved once into a Python index tuple."""
+    begin_mask, end_mask = attrs.get("begin_mask", 0), attrs.get("end_mask", 0)
+    shrink, new_axis = attrs.get("shrink_axis_mask", 0), attrs.get("new_axis_mask", 0)
+    ellipsis = attrs.get("ellipsis_mask", 0)
+    index: list[Any] = []
+    negative_steps = []
+    for i, (b, e, s) in enumerate(zip(begin, end, strides, strict=True)):
+        bit = 1 << i
+        if ellipsis & bit:
+            index.append(Ellipsis)
+        elif new_axis & bit:
+            index.append(None)
+        elif shrink & bit:
+            index.append(b)
+        else:
+            if s < 0:
+                negative_steps.append(i)
+            index.append(slice(None if begin_mask & bit else b, None if end_mask & bit else e, s))
+    if negative_steps:
+        raise GraphError("StridedSlice with a negative stride is not supported")
+    key = tuple(index)
+    return lambda x: x[key]
+
+
+def _binary(op: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    table: dict[str, Callable[[Any, Any], torch.Tensor]] = {
+        "Add": torch.add,
+        "AddV2": torch.add,
+        "BiasAdd": torch.add,
+        "Sub": torch.sub,
+        "Mul": torch.mul,
+        "RealDiv": torch.div,
+        "Div": torch.div,
+        "Maximum": torch.maximum,
+        "Minimum": torch.minimum,
+        "Pow": torch.pow,
+        "SquaredDifference": lambda a, b: (a - b) * (a - b),
+        "FloorDiv": lambda a, b: torch.div(a, b, rounding_mode="floor"),
+        "FloorMod": torch.remainder,
+        "Equal": torch.eq,
+        "NotEqual": torch.ne,
+        "Greater": torch.gt,
+        "GreaterEqual": torch.ge,
+        "Less": torch.lt,
+        "LessEqual": torch.le,
+        "LogicalAnd": torch.logical_and,
+        "LogicalOr": torch.logical_or,
+    }
+    return table[op]
+
+
+_UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "Identity": lambda x: x,
+    "StopGradient": lambda x: x,
+    "Relu": F.relu,
+    "Relu6": lambda x: F.hardtanh(x, 0.0, 6.0),
+    "Elu": F.elu,
+    "Sigmoid": torch.sigmoid,
+    "Tanh": torch.tanh,
+    "Exp": torch.exp,
+    "Log": torch.log,
+    "Sqrt": torch.sqrt,
+    "Rsqrt": torch.rsqrt,
+    "Square": torch.square,
+    "Neg": torch.neg,
+    "Abs": torch.abs,
+    "Floor": torch.floor,
+    "Softmax": lambda x: torch.softmax(x, dim=-1),
+}
+_BINARY = {
+    "Add", "AddV2", "BiasAdd", "Sub", "Mul", "RealDiv", "Div", "Maximum", "Minimum", "Pow",
+    "SquaredDifference", "FloorDiv", "FloorMod", "Equal", "NotEqual", "Greater", "GreaterEqual",
+    "Less", "LessEqual", "LogicalAnd", "LogicalOr",
+}  # fmt: skip
+
+
+@dataclass
+class _Instruction:
+    run: Step
+    inputs: list[int]  # slots read
+    outputs: list[int]  # slots written (one per output of the op)
+
+
+class Program:
+    """A compiled slice of a graph: call it with the input tensors, get the output tensors back."""
+
+    def __init__(self, instructions: list[_Instruction], inputs: list[int], outputs: list[int], slots: int):
+        self._instructions = instructions
+        self._inputs = inputs
+        self._outputs = outputs
+        self._slots = slots
+
+    @property
+    def steps(self) -> int:
+        return len(self._instructions)
+
+    def __call__(self, *feeds: torch.Tensor) -> list[torch.Tensor]:
+        if len(feeds) != len(self._inputs):
+            raise GraphError(f"expected {len(self._inputs)} input(s), got {len(feeds)}")
+        values: list[Any] = [None] * self._slots
+        for slot, value in zip(self._inputs, feeds, strict=True):
+            values[slot] = value
+        for instruction in self._instructions:
+            result = instruction.run(*(values[i] for i in instruction.inputs))
+            if len(instruction.outputs) == 1:
+                values[instruction.outputs[0]] = result
+            else:
+                for slot, value in zip(instruction.outputs, result, strict=True):
+                    values[slot] = value
+        return [values[i] for i in self._outputs]
+
+
+class _Compiler:
+    """Walks the nodes between ``inputs`` and ``outputs`` in dependency order and emits steps."""
+
+    def __init__(self, graph: Graph, inputs: Sequence[str], outputs: Sequence[str]):
+        self.graph = graph
+        self.by_name = {node.name: node for node in graph.nodes}
+        self.input_names = [_ref(name) for name in inputs]
+        self.output_names = [_ref(name) for name in outputs]
+        self.slot_of: dict[str, int] = {}  # "node:k" -> slot
+        self.constants: dict[str, Any] = {}  # "node:k" -> value known at compile time
+        self.instructions: list[_Instruction] = []
+        self.producer: dict[int, _Instruction] = {}
+        self.consumers: dict[str, int] = {}
+        self.slots = 0
+
+    # --- graph walking
+    def needed(self) -> list[Node]:
+        """Nodes the outputs depend on, stopping at the fed inputs, in an order that respects edges."""
+        stop = {_split(name)[0] for name in self.input_names}
+        order: list[Node] = []
+        state: dict[str, int] = {}  # 1 visiting, 2 done
+        for root in self.output_names:
+            stack: list[tuple[str, bool]] = [(_split(root)[0], False)]
+            while stack:
+                name, expanded = stack.pop()
+                if expanded:
+                    state[name] = 2
+                    order.append(self.by_name[name])
+                    continue
+                if state.get(name):
+                    continue
+                if name not in self.by_name:
+                    raise GraphError(f"no node named {name!r} in the graph")
+                state[name] = 1
+                stack.append((name, True))
+                if name in stop:
+                    continue
+                for ref in self.by_name[name].inputs:
+                    if ref.startswith("^"):
+                        continue
+                    source = _split(ref)[0]
+                    if not state.get(source):
+                        stack.append((source, False))
+                    elif state[source] == 1:
+                        raise GraphError(f"cycle through {source}: cut the graph before its loops")
+        for node in order:
+            for ref in node.inputs:
+                if not ref.startswith("^"):
+                    self.consumers[_ref(ref)] = self.consumers.get(_ref(ref), 0) + 1
+        return order
+
+    def new_slot(self, ref: str) -> int:
+        self.slot_of[ref] = self.slots
+        self.slots += 1
+        return self.slots - 1
+
+    def const(self, ref: str) -> Any:
+        if ref not in self.constants:
+            raise GraphError(f"{ref} must be a constant here")
+        return self.constants[ref]
+
+    def emit(self, node: Node, run: Step, inputs: list[str], n_outputs: int = 1) -> _Instruction:
+        instruction = _Instruction(
+            run,
+            [self.slot_of[r] for r in inputs],
+            [self.new_slot(f"{node.name}:{k}") for k in range(n_outputs)],
+        )
+        self.instructions.append(instruction)
+        for slot in instruction.outputs:
+            self.producer[slot] = instruction
+        return instruction
+
+    # --- compilation
+    def compile(self) -> Program:
+        order = self.needed()
+        input_slots = [self.new_slot(name) for name in self.input_names]
+        fed = {_split(name)[0] for name in self.input_names}
+        for node in order:
+            if node.name in fed:
+                continue
+            self.compile_node(node)
+        missing = [
+            name for name in self.output_names if name not in self.slot_of and name not in self.constants
+        ]
+        if missing:
+            raise GraphError(f"outputs not computed: {missing}")
+        output_slots = []
+        for name in self.output_names:
+            if name not in self.slot_of:  # an output that folded to a constant
+                value = self.constants[name]
+                self.instructions.append(_Instruction(lambda v=value: v, [], [self.new_slot(name)]))
+            output_slots.append(self.slot_of[name])
+        return Program(self.instructions, input_slots, output_slots, self.slots)
+
+    def compile_node(self, node: Node) -> None:
+        refs = [_ref(r) for r in node.inputs if not r.startswith("^")]
+        if node.op == "Const":
+            self.constants[f"{node.name}:0"] = _to_torch(self.graph.constants[node.name])
+            return
+        if node.op == "Placeholder":
+            raise GraphError(f"placeholder {node.name} is needed but not fed")
+        static = _static_inputs(node.op, refs)
+        dynamic = [r for i, r in enumerate(refs) if i not in static]
+        if all(r in self.constants for r in dynamic) and node.op not in _CONV_OPS:
+            # Constant folding: run the op once now (anchor grids, shape arithmetic...).
+            run, n_out = self.make_step(node, refs)
+            result = run(*(self.constants[r] for r in dynamic))
+            for k, value in enumerate(result if n_out > 1 else [result]):
+                self.constants[f"{node.name}:{k}"] = value
+            return
+        for r in dynamic:
+            if r not in self.slot_of:
+                value = self.const(r)
+                self.instructions.append(_Instruction(lambda v=value: v, [], [self.new_slot(r)]))
+        if self.fold_into_conv(node, refs):
+            return
+        run, n_out = self.make_step(node, refs)
+        self.emit(node, run, dynamic, n_out)
+
+    def fold_into_conv(self, node: Node, refs: list[str]) -> bool:
+        """BiasAdd / FusedBatchNorm / an activation right after a convolution joins that convolution."""
+        if node.op not in {"BiasAdd", "FusedBatchNorm", "FusedBatchNormV3", *_ACTIVATIONS} or not refs:
+            return False
+        source = refs[0]
+        slot = self.slot_of.get(source)
+        instruction = self.producer.get(slot) if slot is not None else None
+        if (
+            instruction is None
+            or not isinstance(instruction.run, _Conv)
+            or self.consumers.get(source, 0) != 1
+        ):
+            return False
+        if source in self.output_names:
+            return False
+        conv = instruction.run
+        if node.op in _ACTIVATIONS:
+            if conv.activation is not None or node.op in ("Prelu",):
+                return False
+            if node.op == "LeakyRelu":
+                conv.alpha = torch.tensor(float(node.attrs.get("alpha", 0.2)))
+            conv.activation = node.op
+        elif conv.activation is not None:
+            return False
+        elif node.op == "BiasAdd":
+            if refs[1] not in self.constants:
+                return False
+            bias = self.const(refs[1]).float()
+            conv.bias = bias if conv.bias is None else conv.bias + bias
+        else:
+            if not all(r in self.constants for r in refs[1:5]):
+                return False
+            scale, offset, mean, variance = (self.const(r).float() for r in refs[1:5])
+            factor = scale / torch.sqrt(variance + float(node.attrs.get("epsilon", 1e-3)))
+            conv.weight = conv.weight * factor.view(-1, 1, 1, 1)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+            conv.bias = (bias - mean) * factor + offset
+        self.slot_of[f"{node.name}:0"] = slot
+        return True
+
+    def make_step(self, node: Node, refs: list[str]) -> tuple[Step, int]:
+        op, attrs = node.op, node.attrs
+        if op in _CONV_OPS:
+            return self.conv(node, refs), 1
+        if op in ("_FusedMatMul", "MatMul"):
+            return self.matmul(node, refs), 1
+        if op in _UNARY:
+            return _UNARY[op], 1
+        if op in _BINARY:
+            return _binary(op), 1
+        if op == "Prelu":
+            return lambda x, a: torch.where(x >= 0, x, x * a), 1
+        if op == "LeakyRelu":
+            alpha = float(attrs.get("alpha", 0.2))
+            return lambda x: F.leaky_relu(x, alpha), 1
+        if op in ("FusedBatchNorm", "FusedBatchNormV3"):
+            epsilon = float(attrs.get("epsilon", 1e-3))
+            return (lambda x, s, o, m, v: (x - m) * (s / torch.sqrt(v + epsilon)) + o), 1
+        if op in ("MaxPool", "AvgPool"):
+            return _pool("max" if op == "MaxPool" else "avg", attrs), 1
+        if op in ("Mean", "Max", "Sum", "Min", "Prod", "All", "Any"):
+            axes = [int(a) for a in np.atleast_1d(self.const(refs[1]).numpy())]
+            keep = bool(attrs.get("keep_dims", False))
+            reduce = {"Mean": torch.mean, "Sum": torch.sum}.get(op)
+            if reduce is not None:
+                return (lambda x: reduce(x, dim=axes, keepdim=keep)), 1
+            other = {"Max": torch.amax, "Min": torch.amin}.get(op)
+            if other is not None:
+                return (lambda x: other(x, dim=axes, keepdim=keep)), 1
+            raise GraphError(f"unsupported reduction {op} in {node.name}")
+        if op == "Reshape":
+            return (lambda x, s: x.reshape([int(v) for v in s.reshape(-1).tolist()])), 1
+        if op == "Squeeze":
+            dims = attrs.get("squeeze_dims") or []
+            if not dims:
+                return (lambda x: x.squeeze()), 1
+            return (lambda x: x.squeeze(tuple(dims))), 1
+        if op == "ExpandDims":
+            axis = int(self.const(refs[1]))
+            return (lambda x: x.unsqueeze(axis if axis >= 0 else x.dim() + axis + 1)), 1
+        if op == "ConcatV2":
+            axis = int(self.const(refs[-1]))
+            return (lambda *xs: torch.cat(xs, dim=axis)), 1
+        if op == "Pack":
+            axis = int(attrs.get("axis", 0))
+            return (lambda *xs: torch.stack([torch.as_tensor(x) for x in xs], dim=axis)), 1
+        if op == "Unpack":
+            axis, num = int(attrs.get("axis", 0)), int(attrs["num"])
+            return (lambda x: torch.unbind(x, dim=axis)), num
+        if op == "Cast":
+            dtype = _TORCH_DTYPES[attrs["DstT"]]
+            return (lambda x: x.to(dtype)), 1
+        if op == "Shape":
+            dtype = _TORCH_DTYPES[attrs.get("out_type", "int32")]
+            return (lambda x: torch.tensor(list(x.shape), dtype=dtype)), 1
+        if op == "StridedSlice":
+            begin, end, strides = (self.const(r).reshape(-1).tolist() for r in refs[1:4])
+            return _strided_slice(attrs, begin, end, strides), 1
+        if op == "Slice":
+            begin, size = (self.const(r).reshape(-1).tolist() for r in refs[1:3])
+            key = tuple(slice(b, None if s == -1 else b + s) for b, s in zip(begin, size, strict=True))
+            return (lambda x: x[key]), 1
+        if op in ("Pad", "PadV2", "MirrorPad"):
+            pads = self.const(refs[1]).reshape(-1, 2).tolist()
+            flat = [int(v) for pair in reversed(pads) for v in pair]  # F.pad wants last axis first
+            value = float(self.const(refs[2])) if op == "PadV2" else 0.0
+            if op == "MirrorPad":
+                raise GraphError("MirrorPad is not supported")
+            return (lambda x: F.pad(x, flat, value=value)), 1
+        if op in ("ResizeBilinear", "ResizeNearestNeighbor"):
+            size = [int(s) for s in self.const(refs[1]).tolist()]
+            align, half = bool(attrs.get("align_corners")), bool(attrs.get("half_pixel_centers"))
+            if op == "ResizeBilinear":
+                return (lambda x: resize_bilinear(x, size, align, half)), 1
+            if align or half:
+                raise GraphError("ResizeNearestNeighbor with align_corners/half_pixel_centers")
+            return (lambda x: _resize_nearest(x, size)), 1
+        if op == "Transpose":
+            perm = [int(p) for p in self.const(refs[1]).tolist()]
+            return (lambda x: x.permute(perm)), 1
+        if op == "Fill":
+            return (
+                lambda shape, value: torch.full(
+                    [int(s) for s in shape.tolist()], value.item(), dtype=value.dtype
+                )
+            ), 1
+        if op == "Tile":
+            return (lambda x, reps: x.repeat(*[int(r) for r in reps.tolist()])), 1
+        if op == "Range":
+            return (lambda a, b, d: torch.arange(a.item(), b.item(), d.item(), dtype=a.dtype)), 1
+        if op == "GatherV2":
+            axis = int(self.const(refs[2]))
+            if int(attrs.get("batch_dims", 0)):
+                raise GraphError("GatherV2 with batch_dims is not supported")
+            return (lambda x, i: _gather(x, i.long(), axis)), 1
+        if op == "TopKV2":
+            k = int(self.const(refs[1]))
+            return (lambda x: _topk(x, k)), 2
+        if op == "Split":
+            axis, num = int(self.const(refs[0])), int(attrs["num_split"])
+            return (lambda x: torch.chunk(x, num, dim=axis)), num
+        if op == "Rank":
+            return (lambda x: torch.tensor(x.dim(), dtype=torch.int32)), 1
+        if op == "Size":
+            return (lambda x: torch.tensor(x.numel(), dtype=torch.int32)), 1
+        if op == "Select":
+            return torch.where, 1
+        if op == "ZerosLike":
+            return torch.zeros_like, 1
+        raise GraphError(f"op {op} (node {node.name}) is not supported by this executor")
+
+    def conv(self, node: Node, refs: list[str]) -> _Conv:
+        attrs = node.attrs
+        if attrs.get("data_format", "NHWC") != "NHWC":
+            raise GraphError(f"{node.name}: only NHWC graphs are supported")
+        weight = self.const(refs[1]).float()  # TF layout (kh, kw, in, out) / (kh, kw, in, multiplier)
+        depthwise = "Depthwise" in node.op
+        if depthwise:
+            kh, kw, channels, multiplier = weight.shape
+            torch_weight = weight.permute(2, 3, 0, 1).reshape(channels * multiplier, 1, kh, kw).contiguous()
+            groups = channels
+        else:
+            torch_weight = weight.permute(3, 2, 0, 1).contiguous()
+            groups = 1
+        strides, dilations = attrs.get("strides") or [1, 1, 1, 1], attrs.get("dilations") or [1, 1, 1, 1]
+        padding = attrs.get("padding", "VALID")
+        explicit = (0, 0, 0, 0)
+        if padding == "EXPLICIT":
+            pads = attrs.get("explicit_paddings") or []
+            explicit = (pads[2], pads[3], pads[4], pads[5])
+        conv = _Conv(
+            torch_weight,
+            None,
+            (strides[1], strides[2]),
+            (dilations[1], dilations[2]),
+            padding,
+            explicit,
+            groups,
+        )
+        fused = attrs.get("fused_ops") or []
+        extra = [self.const(r).float() for r in refs[2:]]
+        for kind in fused:
+            if kind == "BiasAdd":
+                conv.bias = extra.pop(0)
+            elif kind == "FusedBatchNorm":
+                scale, offset, mean, variance = extra[:4]
+                del extra[:4]
+                factor = scale / torch.sqrt(variance + float(attrs.get("epsilon", 1e-3)))
+                conv.weight = conv.weight * factor.view(-1, 1, 1, 1)
+                conv.bias = offset - mean * factor
+            elif kind in ("Prelu",):
+                conv.activation, conv.alpha = kind, extra.pop(0)
+            elif kind == "LeakyRelu":
+                conv.activation, conv.alpha = kind, torch.tensor(float(attrs.get("leakyrelu_alpha", 0.2)))
+            elif kind in _ACTIVATIONS:
+                conv.activation = kind
+            else:
+                raise GraphError(f"{node.name}: unsupported fused op {kind}")
+        return conv
+
+    def matmul(self, node: Node, refs: list[str]) -> Step:
+        attrs = node.attrs
+        b = self.const(refs[1]).float()
+        if attrs.get("transpose_b"):
+            b = b.t()
+        transpose_a = bool(attrs.get("transpose_a"))
+        bias, activation, alpha = None, None, None
+        extra = [self.const(r).float() for r in refs[2:]]
+        for kind in attrs.get("fused_ops") or []:
+            if kind == "BiasAdd":
+                bias = extra.pop(0)
+            elif kind == "Prelu":
+                activation, alpha = kind, extra.pop(0)
+            elif kind in _ACTIVATIONS:
+                activation = kind
+            else:
+                raise GraphError(f"{node.name}: unsupported fused op {kind}")
+
+        def run(a: torch.Tensor) -> torch.Tensor:
+            out = (a.t() if transpose_a else a) @ b
+            if bias is not None:
+                out = out + bias
+            return _activate(out, activation, alpha, channel_axis=-1)
+
+        return run
+
+
+# Ops whose inputs from this position on are read at compile time (axes, shapes, sizes, weights).
+_STATIC_FROM = {
+    "Mean": 1, "Max": 1, "Sum": 1, "Min": 1, "Prod": 1, "All": 1, "Any": 1, "ExpandDims": 1,
+    "StridedSlice": 1, "Slice": 1, "Pad": 1, "PadV2": 1, "ResizeBilinear": 1, "ResizeNearestNeighbor": 1,
+    "Transpose": 1, "TopKV2": 1, "GatherV2": 2, "MatMul": 1, "_FusedMatMul": 1,
+    **{op: 1 for op in _CONV_OPS},
+}  # fmt: skip
+
+
+def _static_inputs(op: str, refs: list[str]) -> set[int]:
+    """Positions of the inputs a step takes in at compile time rather than per call."""
+    if op in _STATIC_FROM:
+        return set(range(_STATIC_FROM[op], len(refs)))
+    if op == "ConcatV2":
+        return {len(refs) - 1}
+    if op == "Split":
+        return {0}
+    return set()
+
+
+def _ref(name: str) -> str:
+    base, index = _split(name)
+    return f"{base}:{index}"
+
+
+def _to_torch(value: np.ndarray) -> Any:
+    if value.dtype == object:
+        return value  # strings: only ever reach Assert-like nodes we never run
+    array = value.astype(np.float32) if value.dtype.kind == "f" else value
+    return torch.from_numpy(array.copy())  # copy: 0-d stays 0-d (ascontiguousarray makes it 1-d)
+
+
+def _resize_nearest(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    rows = torch.clamp((torch.arange(size[0]) * (x.shape[1] / size[0])).floor().long(), max=x.shape[1] - 1)
+    cols = torch.clamp((torch.arange(size[1]) * (x.shape[2] / size[1])).floor().long(), max=x.shape[2] - 1)
+    return x[:, rows][:, :, cols]
+
+
+def _gather(x: torch.Tensor, indices: torch.Tensor, axis: int) -> torch.Tensor:
+    moved = x.movedim(axis, 0)
+    out = moved[indices.reshape(-1)].reshape(*indices.shape, *moved.shape[1:])
+    return out.movedim(list(range(indices.dim())), list(range(axis, axis + indices.dim()))) if axis else out
+
+
+def _topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    values, indices = torch.topk(x, k, dim=-1, largest=True, sorted=True)
+    return values, indices.int()
+
+
+def compile_graph(graph: Graph, inputs: Iterable[str], outputs: Iterable[str]) -> Program:
+    """Compile the part of ``graph`` that computes ``outputs`` from ``inputs`` (tensor names,
+    ``node`` or ``node:k``). Nodes upstream of the inputs, and everything the outputs do not need
+    (a detector's post-processing loops), are left out."""
+    return _Compiler(graph, list(inputs), list(outputs)).compile()
+
+
+def resized(image: Any, size: int | tuple[int, int]) -> Any:
+    """``image`` (PIL) as RGB of ``size`` pixels (``(width, height)`` or a square side).
+
+    Pillow's bicubic filter, antialiased: the detectors shrink photos a lot (512 -> 300 and more),
+    and TF's ``ResizeBilinear`` would sample only 4 pixels per output pixel and skip the rest.
+    Bicubic is Pillow's default resize, as used in the hand check of these models (astronaut
+    person 0.95: 0.91 with plain bilinear).
+    """
+    from PIL import Image
+
+    target = (size, size) if isinstance(size, int) else size
+    image = image.convert("RGB")
+    return image if image.size == target else image.resize(target, Image.Resampling.BICUBIC)
+
+
+def image_batch(images: Sequence[Any]) -> torch.Tensor:
+    """Same-size PIL images as one ``(N, H, W, 3)`` float tensor of 0-255 RGB values."""
+    return torch.from_numpy(
+        np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
+    )
