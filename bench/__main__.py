@@ -22,7 +22,8 @@ BENCHES = {
     "inference": "fp32 vs inference_mode vs int8 vs thread counts",
     "api_load": "submit latency under open-loop load, imgsvc vs bare Flask, under gunicorn",
     "memory": "worker RSS over many jobs; the web process without torch",
-    "backends": "the built-in describers side by side on real photos",
+    "backends": "the built-in describers side by side on real photos; the scene describer's budget",
+    "quality": "description quality on real photos and composites: classifier alone vs scene describer",
 }
 QUICK_ARGS = {"backends": ["--repeat", "1"]}
 
