@@ -130,18 +130,20 @@ def resize_bilinear(
 ) -> torch.Tensor:
     """Bilinear resize of an NHWC tensor exactly as TF's ``ResizeBilinear`` does it.
 
-    The defaults are TF1's and TF.js's ``tf.image.resizeBilinear`` defaults (no half-pixel offset),
-    which ``torch.nn.functional.interpolate`` cannot express: the models were trained on that.
+    The defaults are TF1's and TF.js's (no half-pixel offset), which
+    ``torch.nn.functional.interpolate`` cannot express; the graphs were trained with them.
     """
-    height, width = int(size[0]), int(size[1])
-    top, bottom, wy = _resize_weights(x.shape[1], height, align_corners, half_pixel_centers)
-    left, right, wx = _resize_weights(x.shape[2], width, align_corners, half_pixel_centers)
     x = x.float()
-    rows_top, rows_bottom = x[:, top], x[:, bottom]
-    wx = wx.view(1, 1, -1, 1)
-    upper = rows_top[:, :, left] + (rows_top[:, :, right] - rows_top[:, :, left]) * wx
-    lower = rows_bottom[:, :, left] + (rows_bottom[:, :, right] - rows_bottom[:, :, left]) * wx
-    return upper + (lower - upper) * wy.view(1, -1, 1, 1)
+    for axis, size_out in ((1, int(size[0])), (2, int(size[1]))):
+        size_in = x.shape[axis]
+        if size_out == size_in:
+            continue
+        lower, upper, weight = _resize_weights(size_in, size_out, align_corners, half_pixel_centers)
+        low, high = x.index_select(axis, lower), x.index_select(axis, upper)
+        shape = [1] * x.dim()
+        shape[axis] = size_out
+        x = low + (high - low) * weight.view(shape)
+    return x
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,6 +424,7 @@ class _Compiler:
 
     # --- compilation
     def compile(self) -> Program:
+        self.by_name = _fuse_hard_swish(self.by_name, self.graph.constants)
         order = self.needed()
         input_slots = [self.new_slot(name) for name in self.input_names]
         fed = {_split(name)[0] for name in self.input_names}
@@ -458,12 +461,12 @@ class _Compiler:
             for k, value in enumerate(result if n_out > 1 else [result]):
                 self.constants[f"{node.name}:{k}"] = value
             return
+        if self.fold_into_conv(node, refs):
+            return
         for r in dynamic:
             if r not in self.slot_of:
                 value = self.const(r)
                 self.instructions.append(_Instruction(lambda v=value: v, [], [self.new_slot(r)]))
-        if self.fold_into_conv(node, refs):
-            return
         run, n_out = self.make_step(node, refs)
         self.emit(node, run, dynamic, n_out)
 
@@ -519,6 +522,9 @@ class _Compiler:
             return _binary(op), 1
         if op == "Prelu":
             return lambda x, a: torch.where(x >= 0, x, x * a), 1
+        if op == HARD_SWISH:
+            scale = float(attrs["scale"])
+            return (lambda x: F.hardswish(x) * scale), 1
         if op == "LeakyRelu":
             alpha = float(attrs.get("alpha", 0.2))
             return lambda x: F.leaky_relu(x, alpha), 1
@@ -741,6 +747,43 @@ def _gather(x: torch.Tensor, indices: torch.Tensor, axis: int) -> torch.Tensor:
 def _topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     values, indices = torch.topk(x, k, dim=-1, largest=True, sorted=True)
     return values, indices.int()
+
+
+HARD_SWISH = "imgsvc.HardSwish"  # not a TF op: what _fuse_hard_swish turns four nodes into
+
+
+def _fuse_hard_swish(by_name: dict[str, Node], constants: dict[str, np.ndarray]) -> dict[str, Node]:
+    """MobileNetV3's ``(c * x) * Relu6(x + 3)`` (c = 1/6 in float16), four passes over a large
+    activation, as one ``hardswish(x) * 6c`` step: a third of CenterNet's time went to these."""
+    consumers: dict[str, int] = {}
+    for node in by_name.values():
+        for ref in node.inputs:
+            consumers[_split(ref)[0]] = consumers.get(_split(ref)[0], 0) + 1
+
+    def constant(ref: str) -> float | None:
+        value = constants.get(_split(ref)[0])
+        return float(value) if value is not None and value.size == 1 else None
+
+    def only_use(ref: str, *ops: str) -> Node | None:
+        node = by_name.get(_split(ref)[0])
+        return node if node is not None and node.op in ops and consumers.get(node.name) == 1 else None
+
+    fused = dict(by_name)
+    for node in by_name.values():
+        if node.op != "Mul" or len(node.inputs) != 2:
+            continue
+        for scaled_ref, relu_ref in (node.inputs, node.inputs[::-1]):
+            scaled, relu6 = only_use(scaled_ref, "Mul"), only_use(relu_ref, "Relu6")
+            add = only_use(relu6.inputs[0], "Add", "AddV2") if relu6 else None
+            if scaled is None or add is None or len(scaled.inputs) != 2 or len(add.inputs) != 2:
+                continue
+            c, x = (scaled.inputs if constant(scaled.inputs[0]) is not None else scaled.inputs[::-1])
+            three, y = (add.inputs if constant(add.inputs[0]) is not None else add.inputs[::-1])
+            if constant(c) is None or constant(three) != 3.0 or _ref(x) != _ref(y):
+                continue
+            fused[node.name] = Node(node.name, HARD_SWISH, [x], {"scale": 6 * constant(c)})
+            break
+    return fused
 
 
 def compile_graph(graph: Graph, inputs: Iterable[str], outputs: Iterable[str]) -> Program:
