@@ -23,6 +23,7 @@ BENCHES = {
     "api_load": "submit latency under open-loop load, imgsvc vs bare Flask, under gunicorn",
     "memory": "worker RSS over many jobs; the web process without torch",
     "backends": "the built-in describers side by side on real photos; the scene describer's budget",
+    "detectors": "person / object / face / emotion models, ms per photo vs the classifier",
     "quality": "description quality on real photos and composites: classifier alone vs scene describer",
 }
 QUICK_ARGS = {"backends": ["--repeat", "1"]}

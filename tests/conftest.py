@@ -35,6 +35,31 @@ def tiny_describer(tiny_model_dir: Path):
     return load_describer(Settings(vision_model=str(tiny_model_dir), max_new_tokens=8))
 
 
+#: The detector weights our loaders read, as ``imgsvc fetch-models`` lays them out under MODELS_DIR.
+DETECTOR_FILES = (
+    "ssdlite-person/frozen_inference_graph.pb",
+    *(f"human/{name}.{ext}" for name in ("centernet", "blazeface", "emotion") for ext in ("json", "bin")),
+)
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """MODELS_DIR (else the default ``instance/models``) with the detector weights in it.
+
+    Fails rather than skips when they are missing: the detector tests are real tests, and CI runs
+    ``imgsvc fetch-models`` before the suite.
+    """
+    path = Path(os.environ.get("MODELS_DIR") or Settings().models_dir)
+    missing = [name for name in DETECTOR_FILES if not (path / name).is_file()]
+    if missing:
+        pytest.fail(
+            f"detector weights missing from {path}: {', '.join(missing)}. "
+            "Run `imgsvc fetch-models` (or set MODELS_DIR to where they are).",
+            pytrace=False,
+        )
+    return path
+
+
 @pytest.fixture()
 def redis_db() -> Iterator[Redis]:
     """The real Redis, on a DB index of its own, emptied before and after each test."""
