@@ -27,8 +27,11 @@ from imgsvc.vision.blazeface import letterboxed
 from imgsvc.vision.boxes import normalised_box
 from imgsvc.vision.builtin import BuiltinDescriber
 from imgsvc.vision.scene_sentences import (
+    COCO_NOUNS,
     FACE_INSIDE,
     OBJECT_SCORE,
+    RENAMEABLE_KINDS,
+    SURE_OBJECT,
     Evidence,
     compose_scene,
     inside,
@@ -44,6 +47,8 @@ CLASSIFIER = "efficientnet-lite0"
 MAX_CROPS = 4
 #: Context kept around a box before classifying its crop: the classifier was trained on loose framings.
 CROP_MARGIN = 0.1
+#: A box covering this much of the photo is judged on the whole photo's tags, without a crop.
+WHOLE_IMAGE = 0.6
 #: Faces looked at per image by the emotion model (only those inside a person).
 MAX_FACES = 8
 #: A photo is black-and-white when no pixel's channels differ by more than this (out of 255).
@@ -156,6 +161,19 @@ def on_square(detector: Detector, images: Sequence[Image.Image]) -> list[list[De
     return result
 
 
+def needs_crop(detection: Detection) -> bool:
+    """Whether the classifier's view of this box could change what we say about it.
+
+    Not for people (the classifier has no "person"), boxes too weak to name, boxes sure enough
+    and of a kind it may not rename, or boxes covering most of the photo (the whole-image tags
+    serve: scikit-image's chelsea).
+    """
+    noun, kind = COCO_NOUNS.get(detection.label, (detection.label, "object"))
+    if noun == "person" or detection.score < OBJECT_SCORE or detection.box.area >= WHOLE_IMAGE:
+        return False
+    return kind in RENAMEABLE_KINDS or detection.score < SURE_OBJECT
+
+
 def crop(image: Image.Image, detection: Detection) -> Image.Image:
     """The detection's box with a margin of context, in pixels of ``image``."""
     box, w, h = detection.box, image.width, image.height
@@ -228,20 +246,17 @@ class SceneDescriber(Describer):
         """Every model's raw output for the batch, one :class:`Evidence` per image."""
         n = len(images)
         d = self.detectors
-        tags = self.classifier.classify(images)
         people = d.person.detect(images) if d.person else [None] * n
         objects = on_square(d.objects, images) if d.objects else [[] for _ in images]
         faces = d.faces.detect(images) if d.faces else [[] for _ in images]
 
-        # The classifier on the surest boxes' crops, all images in one batch.
-        wanted = [
-            [i for i, o in enumerate(found) if o.label != "person" and o.score >= OBJECT_SCORE][:MAX_CROPS]
-            for found in objects
-        ]
+        # One classifier pass over the whole images and the crops worth a second opinion.
+        wanted = [[i for i, o in enumerate(found) if needs_crop(o)][:MAX_CROPS] for found in objects]
         crops = [crop(images[k], objects[k][i]) for k in range(n) for i in wanted[k]]
-        crop_tags = iter(self.classifier.classify(crops) if crops else [])
+        classified = self.classifier.classify([*images, *crops])
+        tags, crop_tags = classified[:n], iter(classified[n:])
         object_tags = [
-            [next(crop_tags) if i in wanted[k] else [] for i in range(len(objects[k]))] for k in range(n)
+            [next(crop_tags) if i in wanted[k] else tags[k] for i in range(len(objects[k]))] for k in range(n)
         ]
 
         face_lists = self._faces_with_emotions(images, people, objects, faces)
