@@ -21,6 +21,7 @@ from itertools import pairwise
 from typing import Any
 
 from imgsvc.vision.base import Box, Detection, Face, Tag, TextLine
+from imgsvc.vision.boxes import overlap
 from imgsvc.vision.sentences import DOCUMENT_CHARS, display_name, quote, with_article
 
 #: A person box counts from this score, whichever detector gave it.
@@ -236,19 +237,15 @@ def kind_of(noun: str) -> str | None:
 # --- geometry ----------------------------------------------------------------------------------
 
 
-def intersection(a: Box, b: Box) -> float:
-    return max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1)) * max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
-
-
 def iou(a: Box, b: Box) -> float:
-    inter = intersection(a, b)
+    inter = overlap(a, b)
     union = a.area + b.area - inter
     return inter / union if union > 0 else 0.0
 
 
 def inside(a: Box, b: Box) -> float:
     """The fraction of ``a`` that lies inside ``b``."""
-    return intersection(a, b) / a.area if a.area > 0 else 0.0
+    return overlap(a, b) / a.area if a.area > 0 else 0.0
 
 
 def relation(subject: Box, other: Box) -> str | None:
