@@ -17,7 +17,7 @@ from PIL import Image
 
 from imgsvc.vision.base import Detection, model_file
 from imgsvc.vision.boxes import nms, normalised_box
-from imgsvc.vision.tfgraph import Program, compile_graph, image_batch, resized
+from imgsvc.vision.tfgraph import Program, compile_graph, image_batch, letterboxed, resized
 from imgsvc.vision.tfjs import load_tfjs
 
 MODEL_FILE = "human/blazeface.json"
@@ -45,16 +45,6 @@ def face_anchors() -> torch.Tensor:
         grid = torch.stack([x, y], dim=-1)[:, :, None, :].expand(cells, cells, per_cell, 2)
         centres.append(grid.reshape(-1, 2))
     return torch.cat(centres)
-
-
-def letterboxed(image: Image.Image) -> Image.Image:
-    """The photo on a black square canvas (right/bottom padded), so faces keep their shape."""
-    side = max(image.size)
-    if image.width == image.height:
-        return image.convert("RGB")
-    canvas = Image.new("RGB", (side, side))
-    canvas.paste(image.convert("RGB"), (0, 0))
-    return canvas
 
 
 class FaceDetector:
