@@ -27,9 +27,9 @@ OUTPUTS = ("Identity", "Identity_1", "Identity_2", "Identity_3")
 INPUT_SIZE = 256
 #: (stride, anchors per cell): 16x16 cells x 2 + 8x8 cells x 6 = 896 anchors, centred in each cell.
 ANCHOR_LAYOUT = ((16, 2), (32, 6))
-#: Face probability from which we report a face (human's default for this model, 0.6: the hand
-#: check found astronaut 0.88 and camera 0.77 above it, but also the cat's face 0.80 and the coffee
-#: cup 0.67, so the describer keeps only faces inside a person box).
+#: Face probability from which we report a face (human's default for this model). On scikit-image
+#: photos: astronaut 0.88, camera 0.77, but also chelsea's (cat) face 0.67, so the describer
+#: should count only faces inside a person box.
 SCORE_THRESHOLD = 0.6
 #: Overlap above which a weaker box is the same face (human's default for this model).
 NMS_IOU = 0.3
