@@ -1,6 +1,6 @@
 """The scene describer's detectors, each timed next to the EfficientNet-Lite0 classifier.
 
-    python -m bench.detectors [--repeat 5] [--batch 4] [--quick]
+    python -m bench.detectors [--repeat 5] [--batch 4] [--threads N] [--quick]
 
 For each model: the median milliseconds per photo at batch 1 (preprocessing + graph +
 decoding, as the describer calls it) over scikit-image photos, its ratio to the classifier's
@@ -18,6 +18,7 @@ import argparse
 import time
 from collections.abc import Callable, Sequence
 
+import torch
 from PIL import Image
 from skimage import data
 
@@ -47,8 +48,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per photo and model (median kept)")
     parser.add_argument("--batch", type=int, default=4, help="photos per call for the batched figure")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (default: torch's, one per core); 1 is steadiest under load",
+    )
     parser.add_argument("--quick", action="store_true", help="CI smoke run: two photos, one repeat")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeat, photos = (1, ["astronaut", "coffee"]) if args.quick else (args.repeat, list(PHOTOS))
 
     models_dir = Settings.from_env().models_dir
@@ -84,7 +93,10 @@ def main(argv: list[str] | None = None) -> None:
                 cpu[name].append(time.process_time() - started)
 
     batch = [images[photos[i % len(photos)]] for i in range(args.batch)]
-    batched = {name: timed(lambda run=run: run(batch)) / len(batch) for name, run in runs.items()}
+    batched = {
+        name: median([timed(lambda run=run: run(batch)) for _ in range(repeat)]) / len(batch)
+        for name, run in runs.items()
+    }
     baseline = median(times["efficientnet-lite0 (baseline)"])
     rows = []
     for name, values in times.items():
