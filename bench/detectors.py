@@ -1,10 +1,12 @@
 """The scene describer's detectors, each timed next to the EfficientNet-Lite0 classifier.
 
-    python -m bench.detectors [--repeat 5] [--batch 4] [--quick]
+    python -m bench.detectors [--repeat 5] [--batch 4] [--threads N] [--quick]
 
 For each model: the median milliseconds per photo at batch 1 (preprocessing + graph +
 decoding, as the describer calls it) over scikit-image photos, its ratio to the classifier's
-time measured in the same run, and the per-photo time when ``--batch`` photos go in one call.
+time measured in the same run, the CPU time of the process for the same calls (steadier than
+wall time on a shared machine; with 2 threads it counts both), and the per-photo time when
+``--batch`` photos go in one call.
 The emotion classifier is timed per face (the astronaut's). Calls are interleaved across
 models so that load from elsewhere on the machine hits them alike. Needs the weights in
 MODELS_DIR (``imgsvc fetch-models``).
@@ -13,8 +15,10 @@ MODELS_DIR (``imgsvc fetch-models``).
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable, Sequence
 
+import torch
 from PIL import Image
 from skimage import data
 
@@ -44,8 +48,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--repeat", type=int, default=5, help="timed calls per photo and model (median kept)")
     parser.add_argument("--batch", type=int, default=4, help="photos per call for the batched figure")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (default: torch's, one per core); 1 is steadiest under load",
+    )
     parser.add_argument("--quick", action="store_true", help="CI smoke run: two photos, one repeat")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeat, photos = (1, ["astronaut", "coffee"]) if args.quick else (args.repeat, list(PHOTOS))
 
     models_dir = Settings.from_env().models_dir
@@ -67,26 +79,33 @@ def main(argv: list[str] | None = None) -> None:
         "centernet objects": objects.detect,
         "blazeface faces": faces.detect,
     }
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    times["emotion, per face"] = []
+    times: dict[str, list[float]] = {name: [] for name in [*runs, "emotion, per face"]}
+    cpu: dict[str, list[float]] = {name: [] for name in times}
     for run in runs.values():  # warm-up: first calls allocate
         run([astronaut])
     for _ in range(repeat):
         for image in images.values():
-            for name, run in runs.items():
-                times[name].append(timed(lambda run=run, image=image: run([image])))
-            times["emotion, per face"].append(timed(lambda: emotion.classify(astronaut, face_box)))
+            calls = {name: (lambda run=run, image=image: run([image])) for name, run in runs.items()}
+            calls["emotion, per face"] = lambda: emotion.classify(astronaut, face_box)
+            for name, call in calls.items():
+                started = time.process_time()
+                times[name].append(timed(call))
+                cpu[name].append(time.process_time() - started)
 
     batch = [images[photos[i % len(photos)]] for i in range(args.batch)]
-    batched = {name: timed(lambda run=run: run(batch)) / len(batch) for name, run in runs.items()}
+    batched = {
+        name: median([timed(lambda run=run: run(batch)) for _ in range(repeat)]) / len(batch)
+        for name, run in runs.items()
+    }
     baseline = median(times["efficientnet-lite0 (baseline)"])
     rows = []
     for name, values in times.items():
         ms = median(values) * 1000
         per_image_batched = f"{batched[name] * 1000:.1f}" if name in batched else "-"
-        rows.append([name, f"{ms:.1f}", f"{ms / (baseline * 1000):.2f}x", per_image_batched])
+        cpu_ms = median(cpu[name]) * 1000
+        rows.append([name, f"{ms:.1f}", f"{ms / (baseline * 1000):.2f}x", f"{cpu_ms:.1f}", per_image_batched])
     print()
-    table(["model", "ms/photo (batch 1)", "vs classifier", f"ms/photo (batch {args.batch})"], rows)
+    table(["model", "ms/photo (batch 1)", "vs classifier", "cpu ms", f"ms/photo (batch {args.batch})"], rows)
     detectors = sum(median(times[name]) for name in BUDGET_MS) * 1000
     print(f"\nthe three detectors together: {detectors:.1f} ms/photo (+ classifier {baseline * 1000:.1f} ms)")
     for name, budget in BUDGET_MS.items():

@@ -17,7 +17,7 @@ from PIL import Image
 
 from imgsvc.vision.base import Detection, model_file
 from imgsvc.vision.boxes import nms, normalised_box
-from imgsvc.vision.tfgraph import Program, compile_graph, image_batch, resized
+from imgsvc.vision.tfgraph import Program, compile_graph, image_batch, letterboxed, resized
 from imgsvc.vision.tfjs import load_tfjs
 
 MODEL_FILE = "human/blazeface.json"
@@ -27,9 +27,9 @@ OUTPUTS = ("Identity", "Identity_1", "Identity_2", "Identity_3")
 INPUT_SIZE = 256
 #: (stride, anchors per cell): 16x16 cells x 2 + 8x8 cells x 6 = 896 anchors, centred in each cell.
 ANCHOR_LAYOUT = ((16, 2), (32, 6))
-#: Face probability from which we report a face (human's default for this model, 0.6: the hand
-#: check found astronaut 0.88 and camera 0.77 above it, but also the cat's face 0.80 and the coffee
-#: cup 0.67, so the describer keeps only faces inside a person box).
+#: Face probability from which we report a face (human's default for this model). On scikit-image
+#: photos: astronaut 0.88, camera 0.77, but also chelsea's (cat) face 0.67, so the describer
+#: should count only faces inside a person box.
 SCORE_THRESHOLD = 0.6
 #: Overlap above which a weaker box is the same face (human's default for this model).
 NMS_IOU = 0.3
@@ -45,16 +45,6 @@ def face_anchors() -> torch.Tensor:
         grid = torch.stack([x, y], dim=-1)[:, :, None, :].expand(cells, cells, per_cell, 2)
         centres.append(grid.reshape(-1, 2))
     return torch.cat(centres)
-
-
-def letterboxed(image: Image.Image) -> Image.Image:
-    """The photo on a black square canvas (right/bottom padded), so faces keep their shape."""
-    side = max(image.size)
-    if image.width == image.height:
-        return image.convert("RGB")
-    canvas = Image.new("RGB", (side, side))
-    canvas.paste(image.convert("RGB"), (0, 0))
-    return canvas
 
 
 class FaceDetector:

@@ -19,13 +19,16 @@ from PIL import Image
 
 from imgsvc.vision.base import Detection, ModelLoadError, model_file
 from imgsvc.vision.boxes import batched_nms, normalised_box
-from imgsvc.vision.tfgraph import Program, compile_graph, image_batch, resized
+from imgsvc.vision.tfgraph import Program, compile_graph, image_batch, letterboxed, resized
 from imgsvc.vision.tfjs import load_tfjs
 
 MODEL_FILE = "human/centernet.json"
 INPUT_NODE = "tower_0/images"
 HEATMAP, SIZES = "tower_0/keypoints", "tower_0/wh"
-#: The graph's input: 512x512 RGB, values 0-255, no normalisation.
+#: The graph's input: 512x512 RGB, values 0-255, no normalisation. Photos are letterboxed into it
+#: (padded to a square, not squeezed): on scikit-image's photos that turns chelsea's "dog 0.47"
+#: into "cat 0.47", lifts motorcycle 0.50 -> 0.71 and horse 0.35 -> 0.47, drops the rocket's
+#: "clock", and finds the people of a two-astronaut composite that squeezing hid.
 INPUT_SIZE = 512
 #: Output stride of the heads (``tower_0/mul_3/y``..``mul_6/y`` in the graph's own decoder).
 STRIDE = 4
@@ -96,7 +99,7 @@ class ObjectDetector:
 
     def raw(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
         """The heads for a batch: heat map ``(N, 128, 128, 80)`` and edge distances ``(N, 128, 128, 4)``."""
-        batch = image_batch([resized(image, INPUT_SIZE) for image in images])
+        batch = image_batch([resized(letterboxed(image), INPUT_SIZE) for image in images])
         with torch.inference_mode():
             heatmap, sizes = self.program(batch)
         return heatmap, sizes
@@ -105,15 +108,17 @@ class ObjectDetector:
         if not images:
             return []
         results = []
-        for found in decode(*self.raw(images)):
+        for image, found in zip(images, decode(*self.raw(images)), strict=True):
             found = found[found[:, 4] >= self.threshold]
             keep = batched_nms(found[:, :4], found[:, 4], found[:, 5].long(), NMS_IOU)
+            # Input pixels -> pixels of the letterboxed square (= the photo's) -> normalised.
+            to_photo = max(image.size) / INPUT_SIZE
             results.append(
                 [
                     Detection(
                         self.labels[int(found[i, 5])],
                         float(found[i, 4]),
-                        normalised_box(*found[i, :4].tolist(), INPUT_SIZE, INPUT_SIZE),
+                        normalised_box(*(found[i, :4] * to_photo).tolist(), image.width, image.height),
                     )
                     for i in keep.tolist()
                 ]

@@ -25,7 +25,7 @@ INPUT_SIZE = 64
 #: The crop is the face box enlarged this much around its centre (human's setting for this model:
 #: the detector's box is tight, the classifier was trained on looser crops with some hair and chin).
 CROP_SCALE = 1.2
-#: ITU-R BT.601 luma weights, as the model's training pipeline converted to grey.
+#: ITU-R BT.601 luma weights: how human turns the crop grey for this model (FER-2013 is grey).
 GREY = (0.2989, 0.5870, 0.1140)
 
 

@@ -134,8 +134,8 @@ class PersonDetector:
         return cls(compile_graph(graph, [INPUT_NODE], [BOX_ENCODINGS, CLASS_LOGITS]))
 
     def raw(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The graph's outputs for same-size inputs: box encodings ``(N, 1917, 4)`` and person
-        probabilities ``(N, 1917)``."""
+        """The graph's outputs, each image squeezed to 300x300: box encodings ``(N, 1917, 4)`` and
+        person probabilities ``(N, 1917)``."""
         batch = image_batch([resized(image, INPUT_SIZE) for image in images])
         with torch.inference_mode():
             encodings, logits = self.program(batch)

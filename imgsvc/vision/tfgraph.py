@@ -629,6 +629,19 @@ def resized(image: Any, size: int | tuple[int, int]) -> Any:
     return image if image.size == target else image.resize(target, Image.Resampling.BICUBIC)
 
 
+def letterboxed(image: Any) -> Any:
+    """``image`` (PIL) on a black square canvas, top-left aligned, so things keep their shape when
+    a model squeezes it to its square input; a box's pixels on the canvas are the photo's pixels."""
+    from PIL import Image
+
+    image = image.convert("RGB")
+    if image.width == image.height:
+        return image
+    canvas = Image.new("RGB", (max(image.size),) * 2)
+    canvas.paste(image, (0, 0))
+    return canvas
+
+
 def image_batch(images: Sequence[Any]) -> torch.Tensor:
     """Same-size PIL images as one ``(N, H, W, 3)`` float tensor of 0-255 RGB values."""
     return torch.from_numpy(

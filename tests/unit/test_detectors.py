@@ -163,13 +163,21 @@ def test_centernet_heads_and_decoder_match_tfjs(object_detector: ObjectDetector,
 
 
 def test_object_detector_names_what_is_in_photos(object_detector: ObjectDetector) -> None:
-    names = ["astronaut", "camera", "coffee", "motorcycle", "horse", "two_astronauts"]
+    names = ["astronaut", "camera", "chelsea", "coffee", "motorcycle", "horse", "rocket", "two_astronauts"]
     found = dict(zip(names, object_detector.detect([photo(n) for n in names]), strict=True))
-    assert labels(found["astronaut"])[:1] == ["person"]
-    assert labels(found["camera"])[:1] == ["person"]
+    assert labels(found["astronaut"]) == ["person"]
+    assert labels(found["camera"]) == ["person"]
+    assert labels(found["chelsea"]) == ["cat"]  # squeezed instead of letterboxed it said "dog"
     assert "cup" in labels(found["coffee"])
-    assert labels(found["motorcycle"])[:1] == ["motorcycle"]
-    assert labels(found["horse"])[:1] == ["horse"]
+    assert labels(found["motorcycle"]) == ["motorcycle"]
+    assert labels(found["horse"]) == ["horse"]
+    assert found["rocket"] == []
+    # Letterboxed, the 2:1 composite keeps both people (squeezed, it found nobody).
+    people = sorted((d.box for d in found["two_astronauts"] if d.label == "person"), key=lambda b: b.x1)
+    assert len(people) == 2 and people[0].center[0] < 0.5 < people[1].center[0]
+    assert all(box.y2 > 0.9 for box in people)  # boxes mapped back from the padded square to the photo
+    (astronaut,) = found["astronaut"]
+    assert astronaut.box.x1 < 0.1 and 0.6 < astronaut.box.x2 < 0.8 and astronaut.box.y2 > 0.95
     for detections in found.values():
         assert all(d.score >= 0.3 for d in detections)
         assert all(0 <= v <= 1 for d in detections for v in (d.box.x1, d.box.y1, d.box.x2, d.box.y2))
