@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from imgsvc.vision.base import Box, Describer, Description, Detection, Face, ModelLoadError, People
+from imgsvc.vision.base import Box, Describer, Description, Detection, Face, ModelLoadError, People, Tag
 from imgsvc.vision.blazeface import letterboxed
 from imgsvc.vision.boxes import normalised_box
 from imgsvc.vision.builtin import BuiltinDescriber
@@ -30,20 +30,19 @@ from imgsvc.vision.scene_sentences import (
     COCO_NOUNS,
     FACE_INSIDE,
     OBJECT_SCORE,
-    RENAMEABLE_KINDS,
-    SURE_OBJECT,
     Evidence,
     compose_scene,
     inside,
     merge_people,
     read_scene,
+    weigh_object,
 )
 from imgsvc.vision.weights import missing_components
 
 log = logging.getLogger("imgsvc.vision")
 
 CLASSIFIER = "efficientnet-lite0"
-#: Crops the classifier checks per image (the largest, surest boxes); each costs one small forward pass.
+#: Crops the classifier checks per image (the surest boxes first); each costs one more classifier pass.
 MAX_CROPS = 4
 #: Context kept around a box before classifying its crop: the classifier was trained on loose framings.
 CROP_MARGIN = 0.1
@@ -161,17 +160,18 @@ def on_square(detector: Detector, images: Sequence[Image.Image]) -> list[list[De
     return result
 
 
-def needs_crop(detection: Detection) -> bool:
+def needs_crop(detection: Detection, whole: Sequence[Tag]) -> bool:
     """Whether the classifier's view of this box could change what we say about it.
 
-    Not for people (the classifier has no "person"), boxes too weak to name, boxes sure enough
-    and of a kind it may not rename, or boxes covering most of the photo (the whole-image tags
-    serve: scikit-image's chelsea).
+    Not for people (the classifier has no "person"), boxes too weak to name, boxes covering most
+    of the photo (scikit-image's chelsea), nor boxes the whole photo's tags already confirm under
+    their own name (the motorcycle, the cup of espresso): each crop is one more classifier pass.
     """
-    noun, kind = COCO_NOUNS.get(detection.label, (detection.label, "object"))
+    noun = COCO_NOUNS.get(detection.label, (detection.label, "object"))[0]
     if noun == "person" or detection.score < OBJECT_SCORE or detection.box.area >= WHOLE_IMAGE:
         return False
-    return kind in RENAMEABLE_KINDS or detection.score < SURE_OBJECT
+    confirmed = weigh_object(detection, whole)
+    return confirmed is None or not confirmed.sure or confirmed.noun != noun
 
 
 def crop(image: Image.Image, detection: Detection) -> Image.Image:
@@ -250,11 +250,13 @@ class SceneDescriber(Describer):
         objects = on_square(d.objects, images) if d.objects else [[] for _ in images]
         faces = d.faces.detect(images) if d.faces else [[] for _ in images]
 
-        # One classifier pass over the whole images and the crops worth a second opinion.
-        wanted = [[i for i, o in enumerate(found) if needs_crop(o)][:MAX_CROPS] for found in objects]
+        # The classifier on the whole photos, then on the crops that are worth a second opinion.
+        tags = self.classifier.classify(images)
+        wanted = [
+            [i for i, o in enumerate(objects[k]) if needs_crop(o, tags[k])][:MAX_CROPS] for k in range(n)
+        ]
         crops = [crop(images[k], objects[k][i]) for k in range(n) for i in wanted[k]]
-        classified = self.classifier.classify([*images, *crops])
-        tags, crop_tags = classified[:n], iter(classified[n:])
+        crop_tags = iter(self.classifier.classify(crops) if crops else [])
         object_tags = [
             [next(crop_tags) if i in wanted[k] else tags[k] for i in range(len(objects[k]))] for k in range(n)
         ]

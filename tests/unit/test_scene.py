@@ -124,3 +124,17 @@ def test_the_object_detector_sees_a_padded_square_and_boxes_come_back_in_photo_c
     assert detector.sizes == [(400, 400)]
     # The square's bottom-right quarter is x 200-400, y 200-400: right half, and below the photo.
     assert found == [Detection("cat", 0.9, Box(0.5, 1.0, 1.0, 1.0))]
+
+
+def test_crops_only_where_the_classifier_could_change_the_wording():
+    from imgsvc.vision.base import Tag
+    from imgsvc.vision.scene import needs_crop
+
+    small = Box(0.1, 0.1, 0.4, 0.5)
+    moped = [Tag("moped", 0.46), Tag("motor scooter", 0.33)]
+    assert not needs_crop(Detection("motorcycle", 0.5, small), moped)  # the whole photo confirms it
+    assert not needs_crop(Detection("person", 0.9, small), moped)
+    assert not needs_crop(Detection("dog", 0.47, Box(0, 0, 1, 0.95)), [Tag("Egyptian cat", 0.8)])  # ~ whole
+    # A small "dog" in a photo the classifier calls a cat: the crop decides, not the whole photo.
+    assert needs_crop(Detection("dog", 0.7, small), [Tag("Egyptian cat", 0.8)])
+    assert needs_crop(Detection("umbrella", 0.51, small), [Tag("lampshade", 0.22)])
