@@ -14,7 +14,7 @@ is left out: the describer runs with the rest, says so in one log line and in it
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,9 +23,11 @@ import numpy as np
 from PIL import Image
 
 from imgsvc.vision.base import Box, Describer, Description, Detection, Face, ModelLoadError, People, Tag
-from imgsvc.vision.blazeface import letterboxed
+from imgsvc.vision.blazeface import FaceDetector, letterboxed
 from imgsvc.vision.boxes import normalised_box
 from imgsvc.vision.builtin import BuiltinDescriber
+from imgsvc.vision.centernet import ObjectDetector
+from imgsvc.vision.emotion import EmotionClassifier
 from imgsvc.vision.scene_sentences import (
     COCO_NOUNS,
     FACE_INSIDE,
@@ -37,6 +39,7 @@ from imgsvc.vision.scene_sentences import (
     read_scene,
     weigh_object,
 )
+from imgsvc.vision.ssd_person import PersonDetector
 from imgsvc.vision.weights import missing_components
 
 log = logging.getLogger("imgsvc.vision")
@@ -60,7 +63,7 @@ class Detector(Protocol):
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]: ...
 
 
-class EmotionClassifier(Protocol):
+class EmotionModel(Protocol):
     """A loaded emotion model: for each face box in an image, its verdict, e.g. ``("happy", 0.98)``."""
 
     def classify(self, image: Image.Image, boxes: Sequence[Box]) -> list[tuple[str, float]]: ...
@@ -73,39 +76,15 @@ class Detectors:
     person: Detector | None = None
     objects: Detector | None = None
     faces: Detector | None = None
-    emotion: EmotionClassifier | None = None
+    emotion: EmotionModel | None = None
 
 
-def _load_person(models_dir: Path) -> Detector:
-    from imgsvc.vision.ssd_person import PersonDetector
-
-    return PersonDetector.load(models_dir)
-
-
-def _load_objects(models_dir: Path) -> Detector:
-    from imgsvc.vision.centernet import ObjectDetector
-
-    return ObjectDetector.load(models_dir)
-
-
-def _load_faces(models_dir: Path) -> Detector:
-    from imgsvc.vision.blazeface import FaceDetector
-
-    return FaceDetector.load(models_dir)
-
-
-def _load_emotion(models_dir: Path) -> EmotionClassifier:
-    from imgsvc.vision.emotion import EmotionClassifier as Model
-
-    return Model.load(models_dir)
-
-
-#: Component name (as in ``generated_by`` and /readyz) -> (Detectors field, loader).
-LOADERS: dict[str, tuple[str, Callable[[Path], Any]]] = {
-    "ssdlite-person": ("person", _load_person),
-    "centernet": ("objects", _load_objects),
-    "blazeface": ("faces", _load_faces),
-    "emotion": ("emotion", _load_emotion),
+#: Component name (as in ``generated_by`` and /readyz) -> (Detectors field, model class).
+LOADERS: dict[str, tuple[str, Any]] = {
+    "ssdlite-person": ("person", PersonDetector),
+    "centernet": ("objects", ObjectDetector),
+    "blazeface": ("faces", FaceDetector),
+    "emotion": ("emotion", EmotionClassifier),
 }
 
 
@@ -114,7 +93,7 @@ def load_detectors(models_dir: Path) -> tuple[Detectors, dict[str, str]]:
     absent = set(missing_components(models_dir))
     loaded: dict[str, Any] = {}
     missing: dict[str, str] = {}
-    for component, (slot, loader) in LOADERS.items():
+    for component, (slot, model) in LOADERS.items():
         if component in absent:
             missing[component] = "weights not fetched"
             continue
@@ -122,7 +101,7 @@ def load_detectors(models_dir: Path) -> tuple[Detectors, dict[str, str]]:
             missing[component] = "needs blazeface"
             continue
         try:
-            loaded[slot] = loader(models_dir)
+            loaded[slot] = model.load(models_dir)
         except ModelLoadError as exc:
             missing[component] = str(exc)
     return Detectors(**loaded), missing

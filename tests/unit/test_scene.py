@@ -15,8 +15,8 @@ from PIL import Image
 from bench.quality import CASES
 from imgsvc.config import Settings
 from imgsvc.vision import load_describer, resolve_model
-from imgsvc.vision.base import Box, Detection
-from imgsvc.vision.scene import SceneDescriber, is_greyscale, on_square
+from imgsvc.vision.base import Box, Detection, Tag
+from imgsvc.vision.scene import SceneDescriber, is_greyscale, needs_crop, on_square
 
 PHOTOS = {case.name: case.image for case in CASES}
 ALL = "builtin:scene(ssdlite-person,centernet,blazeface,emotion,efficientnet-lite0,rapidocr)"
@@ -127,9 +127,6 @@ def test_the_object_detector_sees_a_padded_square_and_boxes_come_back_in_photo_c
 
 
 def test_crops_only_where_the_classifier_could_change_the_wording():
-    from imgsvc.vision.base import Tag
-    from imgsvc.vision.scene import needs_crop
-
     small = Box(0.1, 0.1, 0.4, 0.5)
     moped = [Tag("moped", 0.46), Tag("motor scooter", 0.33)]
     assert not needs_crop(Detection("motorcycle", 0.5, small), moped)  # the whole photo confirms it
