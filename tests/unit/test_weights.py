@@ -21,7 +21,6 @@ import pytest
 from click.testing import CliRunner
 
 from imgsvc.cli import main as cli
-from imgsvc.config import Settings
 from imgsvc.vision import weights
 from imgsvc.vision.weights import ARCHIVES, COMPONENT_FILES, fetch_models, missing_components
 
@@ -189,9 +188,9 @@ def test_a_read_only_copy_of_the_weights_without_licences_counts_as_in_place(reg
     assert fetch_models(models, registry["archives"], say=lambda _: None) == []
 
 
-def test_the_pins_match_the_weights_the_describer_uses():
+def test_the_pins_match_the_weights_the_describer_uses(models_dir: Path):
     """MODELS_DIR (filled by `make test`'s fetch-models) holds exactly the pinned bytes."""
-    models = Settings.from_env().models_dir
+    models = models_dir
     for archive in ARCHIVES:
         assert weights.in_place(models, archive), archive.spec
         for f in archive.files:
