@@ -23,8 +23,7 @@ import numpy as np
 from PIL import Image
 
 from imgsvc.vision.base import Box, Describer, Description, Detection, Face, ModelLoadError, People, Tag
-from imgsvc.vision.blazeface import FaceDetector, letterboxed
-from imgsvc.vision.boxes import normalised_box
+from imgsvc.vision.blazeface import FaceDetector
 from imgsvc.vision.builtin import BuiltinDescriber
 from imgsvc.vision.centernet import ObjectDetector
 from imgsvc.vision.emotion import EmotionClassifier
@@ -115,30 +114,6 @@ def is_greyscale(image: Image.Image) -> bool:
     return int((pixels.max(axis=2) - pixels.min(axis=2)).max()) <= GREY_TOLERANCE
 
 
-def on_square(detector: Detector, images: Sequence[Image.Image]) -> list[list[Detection]]:
-    """Run ``detector`` on each photo padded to a square (right/bottom), boxes mapped back to the photo.
-
-    The COCO detector squashes its input to 512x512: on a wide photo that distorts every shape
-    (scikit-image's chelsea "dog" 0.47 squashed, "cat" 0.47 padded; a cat beside a motorcycle,
-    3:1, is "person" 0.35 squashed and "cat" 0.64 + "motorcycle" 0.59 padded).
-    """
-    found = detector.detect([letterboxed(image) for image in images])
-    result = []
-    for image, detections in zip(images, found, strict=True):
-        sx, sy = max(image.size) / image.width, max(image.size) / image.height
-        result.append(
-            [
-                Detection(
-                    d.label,
-                    d.score,
-                    normalised_box(d.box.x1 * sx, d.box.y1 * sy, d.box.x2 * sx, d.box.y2 * sy, 1, 1),
-                )
-                for d in detections
-            ]
-        )
-    return result
-
-
 def needs_crop(detection: Detection, whole: Sequence[Tag]) -> bool:
     """Whether the classifier's view of this box could change what we say about it.
 
@@ -226,7 +201,7 @@ class SceneDescriber(Describer):
         n = len(images)
         d = self.detectors
         people = d.person.detect(images) if d.person else [None] * n
-        objects = on_square(d.objects, images) if d.objects else [[] for _ in images]
+        objects = d.objects.detect(images) if d.objects else [[] for _ in images]
         faces = d.faces.detect(images) if d.faces else [[] for _ in images]
 
         # The classifier on the whole photos, then on the crops that are worth a second opinion.

@@ -10,13 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from bench.quality import CASES
 from imgsvc.config import Settings
 from imgsvc.vision import load_describer, resolve_model
 from imgsvc.vision.base import Box, Detection, Tag
-from imgsvc.vision.scene import SceneDescriber, is_greyscale, needs_crop, on_square
+from imgsvc.vision.scene import SceneDescriber, is_greyscale, needs_crop
 
 PHOTOS = {case.name: case.image for case in CASES}
 ALL = "builtin:scene(ssdlite-person,centernet,blazeface,emotion,efficientnet-lite0,rapidocr)"
@@ -105,25 +104,6 @@ def test_greyscale_is_told_from_colour():
     grey_with_a_red_dot.putpixel((10, 10), (255, 0, 0))
     grey_with_a_red_dot.paste((255, 0, 0), (0, 0, 40, 40))
     assert not is_greyscale(grey_with_a_red_dot)
-
-
-class Corners:
-    """A stand-in detector that reports the bottom-right quarter of whatever square it is given."""
-
-    def __init__(self) -> None:
-        self.sizes: list[tuple[int, int]] = []
-
-    def detect(self, images):
-        self.sizes += [image.size for image in images]
-        return [[Detection("cat", 0.9, Box(0.5, 0.5, 1.0, 1.0))] for _ in images]
-
-
-def test_the_object_detector_sees_a_padded_square_and_boxes_come_back_in_photo_coordinates():
-    detector = Corners()
-    (found,) = on_square(detector, [Image.new("RGB", (400, 100))])
-    assert detector.sizes == [(400, 400)]
-    # The square's bottom-right quarter is x 200-400, y 200-400: right half, and below the photo.
-    assert found == [Detection("cat", 0.9, Box(0.5, 1.0, 1.0, 1.0))]
 
 
 def test_crops_only_where_the_classifier_could_change_the_wording():
