@@ -128,7 +128,7 @@ def test_weak_person_boxes_are_not_people():
 
 
 def test_classifier_renames_a_box_within_its_kind_when_sure():
-    # CenterNet said "dog 0.47" on scikit-image's chelsea; the classifier on the crop says cat.
+    # CenterNet said "dog 0.47" on scikit-image's chelsea squeezed to its square input; the classifier: cat.
     evidence = Evidence(
         people=[], objects=[Detection("dog", 0.47, MIDDLE)], object_tags=[CAT_TAGS], tags=CAT_TAGS
     )
