@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from imgsvc.config import PROJECT_ROOT
 from imgsvc.storage import jobs
 from imgsvc.storage.db import db
 from imgsvc.vision.base import Describer
-from tests.conftest import image_bytes, worker_env
+from tests.conftest import TEST_POSTGRES_URL, image_bytes, worker_env
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -207,9 +207,41 @@ def test_image_that_stops_decoding_fails_at_once_without_retries(
     assert "decode" in status["error"]
 
 
-def test_postgresql_database_url_works(settings, redis_db, run_worker, tiny_describer, png_bytes):
-    pg_url = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-    app = create_app(settings.with_(database_url=pg_url))
+@pytest.fixture()
+def postgres_url() -> Iterator[str]:
+    """TEST_POSTGRES_URL, narrowed to a schema of the test's own, dropped afterwards.
+
+    Whatever else that database holds (even a ``jobs`` table) is never touched.
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    schema = f"imgsvc_test_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(TEST_POSTGRES_URL)
+    with engine.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        url = make_url(TEST_POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+def test_postgresql_database_url_works(settings, postgres_url, run_worker, tiny_describer, png_bytes):
+    from sqlalchemy import create_engine, inspect, text
+
+    # A table named like ours where a plain URL would put ours: it must come through untouched.
+    outside = create_engine(TEST_POSTGRES_URL)
+    with outside.begin() as connection:
+        ours = not inspect(connection).has_table("jobs", schema="public")
+        if ours:
+            connection.execute(text("CREATE TABLE public.jobs (note text)"))
+            connection.execute(text("INSERT INTO public.jobs VALUES ('not the tests')"))
+        count = "SELECT count(*) FROM public.jobs"
+        rows_before = connection.execute(text(count)).scalar()
+    app = create_app(settings.with_(database_url=postgres_url))
     client = app.test_client()
     try:
         job_id = submit(client, png_bytes, "a.png", "image/png").get_json()["job_id"]
@@ -222,10 +254,14 @@ def test_postgresql_database_url_works(settings, redis_db, run_worker, tiny_desc
         assert result["status"] == "done" and result["image_description"] is not None
         with app.app_context():
             assert db.engine.dialect.name == "postgresql"
-    finally:
-        with app.app_context():
-            db.drop_all()
             db.engine.dispose()
+        with outside.begin() as connection:
+            assert connection.execute(text(count)).scalar() == rows_before
+    finally:
+        if ours:
+            with outside.begin() as connection:
+                connection.execute(text("DROP TABLE IF EXISTS public.jobs"))
+        outside.dispose()
 
 
 def run_worker_script(env: dict[str, str]) -> subprocess.CompletedProcess:
