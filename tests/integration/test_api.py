@@ -97,20 +97,35 @@ def test_empty_file_is_400(client, app, settings):
 
 
 @pytest.mark.parametrize(
-    "payload",
+    ("payload", "detected"),
     [
-        b"this is plain text, not a picture" * 10,
-        image_bytes("JPEG")[:300],  # truncated JPEG
-        b"%PDF-1.4\n" + b"0" * 500,
-        image_bytes("PNG")[:-40],  # PNG missing its tail
+        (b"this is plain text, not a picture" * 10, "plain text"),
+        (image_bytes("JPEG")[:300], "a JPEG image"),  # truncated
+        (b"%PDF-1.4\n" + b"0" * 500, "a PDF document"),
+        (image_bytes("PNG")[:-40], "a PNG image"),  # missing its tail
+        (b"<!doctype html><title>Sign in</title>", "an HTML document"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg' width='9' height='9'/>", "an SVG image"),
+        (b"PK\x03\x04" + bytes(200), "a ZIP archive"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(100), "a HEIC image"),
+        (bytes(range(7, 256)) * 2, "unknown binary data"),
     ],
-    ids=["text", "truncated-jpeg", "pdf", "truncated-png"],
+    ids=["text", "truncated-jpeg", "pdf", "truncated-png", "html", "svg", "zip", "heic", "binary"],
 )
-def test_non_image_is_415_whatever_the_name_says(client, app, settings, payload):
+def test_non_image_is_415_whatever_the_name_says(client, app, settings, payload, detected):
     response = submit(client, payload, filename="holiday.jpg", content_type="image/jpeg")
     assert response.status_code == 415
     error = response.get_json()["error"]
-    assert error["code"] == "unsupported_media_type"
+    assert error["code"] == "unsupported_media_type" and error["detected"] == detected
+    if detected.endswith(("JPEG image", "PNG image")):
+        assert (
+            error["message"]
+            == f"the file looks like {detected} but cannot be decoded (it may be damaged or cut short)"
+        )
+    else:
+        assert (
+            error["message"]
+            == f"the file is {detected}; accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF"
+        )
     assert str(settings.upload_dir) not in error["message"]  # no server paths in errors
     assert row_count(app) == 0 and stored_files(settings) == []
 
@@ -118,7 +133,9 @@ def test_non_image_is_415_whatever_the_name_says(client, app, settings, payload)
 def test_disallowed_format_is_415(client, app, settings):
     buf = io.BytesIO()
     Image.new("RGB", (16, 16)).save(buf, format="ICO")
-    assert submit(client, buf.getvalue(), "x.ico", "image/x-icon").status_code == 415
+    response = submit(client, buf.getvalue(), "x.ico", "image/x-icon")
+    assert response.status_code == 415
+    assert response.get_json()["error"]["message"].startswith("the file is an ICO icon; accepted formats are")
     assert row_count(app) == 0
 
 

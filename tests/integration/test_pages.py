@@ -195,7 +195,9 @@ def test_browser_uploads_images_and_shows_descriptions_and_errors(
     card = wait_until_settled(browser, notes.name, worker_process)
     error = card.find_element(By.CSS_SELECTOR, ".error")
     assert card.get_attribute("data-state") == "failed" and error.is_displayed()
-    assert error.text.startswith("Not a supported image: the file is not an image we can read")
+    assert error.text == (
+        "Not a supported image: the file is plain text; accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF."
+    )
     assert card.get_attribute("data-job-id") is None
 
     # Too big: refused in the browser before a byte is sent.

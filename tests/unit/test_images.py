@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
 import io
+import zipfile
 
 import pytest
 from PIL import Image
 
 from imgsvc.errors import ImageTooLarge, UnsupportedImage
-from imgsvc.images import inspect_image, load_for_model
+from imgsvc.images import inspect_image, load_for_model, sniff_type
 
 
 def save(tmp_path, img: Image.Image, fmt: str, **kw) -> object:
@@ -64,3 +66,75 @@ def test_gif_uses_first_frame(tmp_path):
     path = tmp_path / "anim.gif"
     frames[0].save(path, save_all=True, append_images=frames[1:])
     assert load_for_model(path, max_pixels=10**7, max_side=64).size == (10, 10)
+
+
+def pillow_bytes(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 120, 200)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def zip_bytes() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.writestr("photos/cat.jpg", b"not really")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (pillow_bytes("PDF"), "a PDF document"),
+        (b"Shopping list:\n- milk\n- bread, caf\xc3\xa9 cr\xc3", "plain text"),  # UTF-8 cut mid-character
+        ("Liste de courses\n".encode("utf-16"), "plain text"),
+        (b"BMW 320d, 2019\n", "plain text"),  # starts like a BMP, reads like text
+        (b"<!DOCTYPE html>\n<html><body>404</body></html>", "an HTML document"),
+        (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', "an SVG image"),
+        (b"<svg viewBox='0 0 1 1'></svg>", "an SVG image"),
+        (b'<?xml version="1.0"?><feed/>', "an XML document"),
+        (zip_bytes(), "a ZIP archive"),
+        (gzip.compress(b"x"), "gzip-compressed data"),
+        (pillow_bytes("ICO"), "an ICO icon"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "a HEIC image"),
+        (
+            pillow_bytes("AVIF") if "AVIF" in Image.SAVE else b"\x00\x00\x00\x1cftypavif\0\0\0\0avifmif1",
+            "an AVIF image",
+        ),
+        (b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41", "an MP4 video"),
+        (pillow_bytes("JPEG")[:40], "a JPEG image"),
+        (pillow_bytes("WEBP")[:40], "a WebP image"),
+        (pillow_bytes("BMP")[:40], "a BMP image"),
+        (b"\x7fELF\x02\x01\x01", "an executable program"),
+        (bytes(range(256)), "unknown binary data"),
+        (b"", "unknown binary data"),
+    ],
+)
+def test_sniff_type_names_what_people_send_by_mistake(head, expected):
+    assert sniff_type(head) == expected
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"just some notes\n" * 30,
+            "the file is plain text; accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF",
+        ),
+        (
+            pillow_bytes("ICO"),
+            "the file is an ICO icon; accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF",
+        ),
+        (
+            pillow_bytes("PNG")[:60],
+            "the file looks like a PNG image but cannot be decoded (it may be damaged or cut short)",
+        ),
+    ],
+)
+def test_unsupported_files_are_explained_without_python_internals(tmp_path, content, message):
+    path = tmp_path / "upload"
+    path.write_bytes(content)
+    for check in (lambda: inspect_image(path, 10**7), lambda: load_for_model(path, 10**7, 512)):
+        with pytest.raises(UnsupportedImage) as refused:
+            check()
+        assert refused.value.message == message
+        assert refused.value.details["allowed"] == ["JPEG", "PNG", "WebP", "GIF", "BMP", "TIFF"]
