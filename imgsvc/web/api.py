@@ -112,6 +112,7 @@ def accept_upload(
     hit = jobs.find_cached(staged.sha256, submission.options, model["name"]) if model else None
     if hit is not None:
         store.discard(staged)
+        now = jobs.utcnow()  # one instant: a row answered at once is created, started and completed together
         job = jobs.create_job(
             **common,
             upload_name=None,
@@ -121,8 +122,10 @@ def accept_upload(
             generated_by=hit.generated_by,
             tags=hit.tags,
             text_lines=hit.text_lines,
-            started_at=jobs.utcnow(),
-            completed_at=jobs.utcnow(),
+            created_at=now,
+            updated_at=now,
+            started_at=now,
+            completed_at=now,
             duration_ms=0,
         )
         current_app.metrics.count("cached")
@@ -162,9 +165,16 @@ def _settings() -> Settings:
 @bp.post("/submit")
 def submit() -> tuple[Response, int, dict[str, str]]:
     settings = _settings()
-    upload = request.files.get("file")
-    if upload is None:
+    uploads = request.files.getlist("file")
+    if not uploads:
         raise MissingFile("send the image as the multipart form field 'file'")
+    if len(uploads) > 1:
+        raise BadRequest(
+            f"submit takes one file and this request has {len(uploads)}; "
+            "send several files to POST /api/v1/batch instead",
+            batch_url=url_for("api.submit_batch"),
+        )
+    upload = uploads[0]
     job = accept_upload(
         settings, current_app.uploads, upload.stream, parse_submission(request.form, settings)
     )
@@ -242,13 +252,20 @@ def status(job_id: str) -> Response:
     return jsonify(_find(job_id).status_dict())
 
 
+#: What /result says about a job that ended without a description.
+FINISHED_MESSAGES = {
+    jobs.Status.FAILED: "the job failed; its error says why",
+    jobs.Status.CANCELLED: "the job was cancelled",
+}
+
+
 @bp.get("/result/<job_id>")
 def result(job_id: str) -> tuple[Response, int]:
     job = _find(job_id)
     if job.status == jobs.Status.DONE:
         return jsonify(job.result_dict()), 200
-    if job.status in (jobs.Status.FAILED, jobs.Status.CANCELLED):
-        return jsonify(job.status_dict() | {"message": f"the job {job.status}; see error"}), 422
+    if job.status in FINISHED_MESSAGES:
+        return jsonify(job.status_dict() | {"message": FINISHED_MESSAGES[job.status]}), 422
     return jsonify(job.status_dict() | {"message": f"the job is {job.status}; try again shortly"}), 202
 
 

@@ -13,6 +13,7 @@ from rq import Queue, SimpleWorker
 
 from imgsvc import create_app
 from imgsvc.queue.webhooks import SIGNATURE_HEADER, sign
+from imgsvc.storage import jobs
 from tests.conftest import image_bytes
 from tests.integration.test_api import row_count, stored_files, submit
 
@@ -52,6 +53,19 @@ def test_batch_of_only_bad_files_is_400(client, app):
     assert client.get("/api/v1/batch/00000000-0000-0000-0000-000000000000").status_code == 404
 
 
+def test_submit_with_several_files_points_at_batch(client, app):
+    response = client.post(
+        "/api/v1/submit",
+        data=files((image_bytes("JPEG"), "a.jpg"), (image_bytes("PNG"), "b.png")),
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["code"] == "bad_request" and error["batch_url"] == "/api/v1/batch"
+    assert "/api/v1/batch" in error["message"] and "has 2" in error["message"]
+    assert row_count(app) == 0
+
+
 # -- listing and cancel ------------------------------------------------------------------
 def test_jobs_are_listed_newest_first_with_a_cursor(client):
     ids = [submit(client, image_bytes("PNG", color=(i, 9, 9))).get_json()["job_id"] for i in range(5)]
@@ -73,7 +87,8 @@ def test_cancelling_a_queued_job_removes_it_from_rq_and_disk(client, settings, r
     run_worker()
     status = client.get(f"/api/v1/status/{job_id}").get_json()
     assert status["status"] == "cancelled"
-    assert client.get(f"/api/v1/result/{job_id}").status_code == 422
+    result = client.get(f"/api/v1/result/{job_id}")
+    assert result.status_code == 422 and result.get_json()["message"] == "the job was cancelled"
     # a finished job is deleted outright
     assert client.delete(f"/api/v1/jobs/{job_id}").get_json()["status"] == "deleted"
     assert client.get(f"/api/v1/status/{job_id}").status_code == 404
@@ -123,6 +138,10 @@ def test_identical_image_is_answered_from_the_stored_result(client, settings, ru
     assert cached["cached"] is True and original["cached"] is False
     assert cached["image_description"] == original["image_description"]
     assert cached["generated_by"] == original["generated_by"]
+    # Answered at once: created, started and completed at one instant, never completed "before" created.
+    with client.application.app_context():
+        row = jobs.get_job(body["job_id"])
+        assert row.created_at == row.started_at == row.completed_at == row.updated_at
     assert len(stored_files(settings)) == 1  # the duplicate was not stored again
     # different options are a different request
     other = client.post(
@@ -189,6 +208,20 @@ def test_webhook_is_signed_and_retried_until_delivered(
     assert (
         payload["image_description"] == client.get(f"/api/v1/result/{job_id}").get_json()["image_description"]
     )
+
+    # The same bytes again are answered from the stored result; its webhook's times are in order too.
+    Receiver.calls.clear()
+    again = client.post(
+        "/api/v1/submit",
+        data={"file": (io.BytesIO(jpeg_bytes), "x.jpg"), "callback_url": receiver},
+        content_type="multipart/form-data",
+    ).get_json()
+    assert again["cached"] is True
+    SimpleWorker([hooks], connection=app.redis).work(burst=True, with_scheduler=True)
+    (_, body), *_ = Receiver.calls
+    cached = json.loads(body)
+    assert cached["job_id"] == again["job_id"] and cached["cached"] is True
+    assert cached["created_at"] == cached["completed_at"]
 
 
 def test_callback_url_must_be_public_http_unless_allowed(client, app):

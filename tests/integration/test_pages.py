@@ -196,7 +196,8 @@ def test_browser_uploads_images_and_shows_descriptions_and_errors(
     error = card.find_element(By.CSS_SELECTOR, ".error")
     assert card.get_attribute("data-state") == "failed" and error.is_displayed()
     assert error.text == (
-        "Not a supported image: the file is plain text; accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF."
+        "Not a supported image: the file is plain text; "
+        "accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF."
     )
     assert card.get_attribute("data-job-id") is None
 
