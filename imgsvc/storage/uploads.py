@@ -19,6 +19,29 @@ from imgsvc.errors import EmptyFile, FileTooLarge
 CHUNK = 64 * 1024
 
 
+def human_size(size: int) -> str:
+    """10485760 -> "10 MB": sizes as people read them (binary units, as the limits are counted)."""
+    value, unit = float(size), "bytes"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            break
+        value /= 1024
+    return f"{size} bytes" if unit == "bytes" else f"{value:.1f}".removesuffix(".0") + f" {unit}"
+
+
+def file_too_large(size: int | None, limit: int) -> FileTooLarge:
+    """The one wording for a file over MAX_FILE_SIZE, the same the page shows before it sends one.
+
+    ``size`` is None when nobody knows it (a chunked request cut off at the limit).
+    """
+    if size is None:
+        return FileTooLarge(f"this file is larger than the limit of {human_size(limit)}", max_bytes=limit)
+    shown, limit_shown = human_size(size), human_size(limit)
+    if shown == limit_shown:  # just over the limit: rounded, the two would read the same
+        shown, limit_shown = f"{size} bytes", f"{limit} bytes"
+    return FileTooLarge(f"this file is {shown}; the limit is {limit_shown}", size_bytes=size, max_bytes=limit)
+
+
 @dataclass(frozen=True)
 class StagedUpload:
     path: Path
@@ -43,10 +66,11 @@ class UploadStore:
                 while chunk := stream.read(CHUNK):
                     size += len(chunk)
                     if size > self.max_bytes:
-                        raise FileTooLarge(
-                            f"file is larger than the limit of {self.max_bytes} bytes",
-                            max_bytes=self.max_bytes,
-                        )
+                        # The request body was already received: counting the rest costs no more
+                        # reading from the client, and the message can say how large the file is.
+                        while rest := stream.read(CHUNK):
+                            size += len(rest)
+                        raise file_too_large(size, self.max_bytes)
                     digest.update(chunk)
                     out.write(chunk)
             if size == 0:

@@ -150,6 +150,36 @@ def test_file_over_limit_is_413_json(settings, redis_db):
     assert row_count(app) == 0 and stored_files(settings) == []
 
 
+MB = 1024 * 1024
+
+
+def test_too_large_reads_the_same_for_submit_and_batch_and_names_the_size(settings, redis_db):
+    """The page's own wording ("this file is 10.5 MB; the limit is 10 MB") wherever the check happens."""
+    app = create_app(settings.with_(max_file_size=MB))
+    client = app.test_client()
+
+    refused_before_parsing = submit(client, b"\xff" * (MB + MB // 2))  # over the whole-request cap
+    streamed_then_refused = submit(client, b"\xff" * (MB + 10 * 1024))  # under the cap, over the file limit
+    batch = client.post(
+        "/api/v1/batch",
+        data={
+            "file": [(io.BytesIO(b"\xff" * (MB + MB // 2)), "big.jpg"), (io.BytesIO(image_bytes()), "ok.jpg")]
+        },
+        content_type="multipart/form-data",
+    )
+
+    assert refused_before_parsing.status_code == 413 == streamed_then_refused.status_code
+    assert refused_before_parsing.get_json()["error"]["message"] == "this file is 1.5 MB; the limit is 1 MB"
+    # Just over: rounded to tenths the two sizes would read the same, so both are in bytes.
+    assert streamed_then_refused.get_json()["error"]["message"] == (
+        f"this file is {MB + 10 * 1024} bytes; the limit is {MB} bytes"
+    )
+    big, ok = batch.get_json()["jobs"]
+    assert big["error"]["code"] == "file_too_large" and "job_id" in ok
+    assert big["error"]["message"] == "this file is 1.5 MB; the limit is 1 MB"
+    assert big["error"]["size_bytes"] == MB + MB // 2 and big["error"]["max_bytes"] == MB
+
+
 def test_decompression_bomb_is_refused_before_decoding(client, app, settings):
     bomb = io.BytesIO()
     Image.new("1", (12_000, 12_000)).save(bomb, format="PNG")  # 144 Mpx in a few KB
