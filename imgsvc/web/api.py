@@ -151,10 +151,15 @@ def accept_upload(
 def _check_supported(model: dict[str, Any] | None, options: dict[str, Any]) -> None:
     if model is None:
         return  # no worker has said what it runs yet; the worker checks again
-    unsupported = sorted(set(options) - set(model.get("options", ())))
+    supported = model.get("options", ())
+    unsupported = sorted(set(options) - set(supported))
     if unsupported:
+        takes = f"only {', '.join(supported)}" if supported else "none"
         raise BadRequest(
-            f"option(s) {', '.join(unsupported)} not supported by the running model {model['name']}"
+            f"option(s) {', '.join(unsupported)} not supported by the running model {model['name']}, "
+            f"which takes {takes}; {' and '.join(OPTION_SPECS)} need a transformers captioner "
+            "(VISION_MODEL; see the README's 'Which model runs')",
+            supported=list(supported),
         )
 
 

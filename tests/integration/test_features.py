@@ -107,6 +107,30 @@ def test_unknown_or_invalid_options_are_400(client, app):
     assert row_count(app) == 0
 
 
+def test_an_option_the_running_model_cannot_honour_says_what_would(client, app, settings):
+    from imgsvc.queue.connection import publish_model
+
+    publish_model(app.redis, settings, "builtin:efficientnet-lite0", [])  # what the default model says
+    response = client.post(
+        "/api/v1/submit",
+        data={
+            "file": (io.BytesIO(image_bytes("PNG")), "x.png"),
+            "max_length": "12",
+            "prompt": "a picture of",
+        },
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["message"] == (
+        "option(s) max_length, prompt not supported by the running model builtin:efficientnet-lite0, "
+        "which takes none; max_length and prompt need a transformers captioner "
+        "(VISION_MODEL; see the README's 'Which model runs')"
+    )
+    assert error["supported"] == []
+    assert row_count(app) == 0
+
+
 def test_max_length_option_reaches_the_model(client, run_worker, tiny_describer):
     data = image_bytes("PNG")
     short = client.post(
