@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,24 @@ from typing import BinaryIO
 from imgsvc.errors import EmptyFile, FileTooLarge
 
 CHUNK = 64 * 1024
+MAX_FILENAME = 255
+
+
+def client_filename(raw: str | None) -> str | None:
+    """The client's name for an upload, kept only to be shown back with its job.
+
+    Untrusted text: its last path part only, without control or invisible format characters
+    (e.g. right-to-left overrides that disguise an extension), at most MAX_FILENAME characters.
+    It is never used as a path (files get server-chosen names) and never placed in HTML.
+    """
+    name = unicodedata.normalize("NFC", re.split(r"[/\\]", raw or "")[-1])
+    name = "".join(c for c in name if unicodedata.category(c) not in {"Cc", "Cf", "Cs"}).strip()
+    if name in {"", ".", ".."}:
+        return None
+    if len(name) > MAX_FILENAME:
+        suffix = Path(name).suffix if len(Path(name).suffix) <= 16 else ""
+        name = name[: MAX_FILENAME - len(suffix)] + suffix
+    return name
 
 
 def human_size(size: int) -> str:

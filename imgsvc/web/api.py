@@ -23,7 +23,7 @@ from imgsvc.images import inspect_image
 from imgsvc.queue.connection import enqueue_describe, running_model
 from imgsvc.queue.webhooks import check_callback_url, enqueue_delivery
 from imgsvc.storage import jobs
-from imgsvc.storage.uploads import UploadStore
+from imgsvc.storage.uploads import UploadStore, client_filename
 from imgsvc.web.auth import require_api_key
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -84,6 +84,7 @@ def accept_upload(
     stream: BinaryIO,
     submission: Submission,
     batch_id: str | None = None,
+    filename: str | None = None,
 ) -> jobs.Job:
     """Stage, check, store, record, enqueue; on any failure undo what was done so far.
 
@@ -108,6 +109,7 @@ def accept_upload(
         "callback_url": submission.callback_url,
         "batch_id": batch_id,
         "owner": g.get("owner"),
+        "filename": filename,
     }
     hit = jobs.find_cached(staged.sha256, submission.options, model["name"]) if model else None
     if hit is not None:
@@ -181,7 +183,11 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         )
     upload = uploads[0]
     job = accept_upload(
-        settings, current_app.uploads, upload.stream, parse_submission(request.form, settings)
+        settings,
+        current_app.uploads,
+        upload.stream,
+        parse_submission(request.form, settings),
+        filename=client_filename(upload.filename),
     )
     g.job_id = job.id
     body = {"job_id": job.id, "status": job.status, "message": "Job submitted successfully"}
@@ -204,9 +210,10 @@ def submit_batch() -> tuple[Response, int]:
     batch_id = jobs.new_id()
     entries: list[dict[str, Any]] = []
     for index, upload in enumerate(uploads):
-        entry: dict[str, Any] = {"index": index, "filename": upload.filename}
+        filename = client_filename(upload.filename)
+        entry: dict[str, Any] = {"index": index, "filename": filename}
         try:
-            job = accept_upload(settings, current_app.uploads, upload.stream, submission, batch_id)
+            job = accept_upload(settings, current_app.uploads, upload.stream, submission, batch_id, filename)
             entry |= {"job_id": job.id, "status": job.status}
         except ImgsvcError as exc:
             entry |= exc.to_dict()

@@ -42,6 +42,31 @@ def test_batch_accepts_good_files_and_reports_bad_ones(client, run_worker):
     assert summary["finished"] is True and summary["counts"] == {"done": 2}
     assert {j["job_id"] for j in summary["jobs"]} == {good["job_id"], other["job_id"]}
     assert all(isinstance(j["image_description"], str) for j in summary["jobs"])
+    # Each result carries the name its file was sent under, so results match files without the submit answer.
+    assert {j["job_id"]: j["filename"] for j in summary["jobs"]} == {
+        good["job_id"]: "a.jpg",
+        other["job_id"]: "c.png",
+    }
+
+
+def test_the_clients_file_name_comes_back_sanitised_as_plain_json_text(client):
+    hostile = "C:\\fakepath\\<img src=x onerror=alert(1)>\u202egnp.jpg\r\n"
+    job_id = submit(client, image_bytes("PNG"), filename=hostile, content_type="image/png").get_json()[
+        "job_id"
+    ]
+    queued = client.post(
+        "/api/v1/batch",
+        data=files((image_bytes("GIF"), "../../../x.gif")),
+        content_type="multipart/form-data",
+    ).get_json()["jobs"][0]
+    assert queued["filename"] == "x.gif"
+
+    listed = client.get("/api/v1/jobs")
+    assert listed.mimetype == "application/json"
+    names = {job["job_id"]: job["filename"] for job in listed.get_json()["jobs"]}
+    assert names == {job_id: "<img src=x onerror=alert(1)>gnp.jpg", queued["job_id"]: "x.gif"}
+    assert client.get(f"/api/v1/status/{job_id}").get_json()["filename"] == names[job_id]
+    assert client.get(f"/api/v1/result/{job_id}").get_json()["filename"] == names[job_id]
 
 
 def test_batch_of_only_bad_files_is_400(client, app):
