@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -30,21 +31,42 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of text.")
 @click.option("--batch-size", default=8, show_default=True, help="Images per forward pass.")
 def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_size: int) -> None:
-    """Describe image files locally, without a server."""
+    """Describe image files locally, without a server.
+
+    A file that is not an image we can read is reported under its own name and the others are
+    still described; the exit status is 1 when any file failed.
+    """
+    from imgsvc.errors import ImgsvcError
     from imgsvc.images import load_for_model
     from imgsvc.vision import load_describer
+    from imgsvc.vision.base import ModelLoadError
 
     settings = Settings.from_env()
     if model:
         settings = settings.with_(vision_model=model)
-    describer = load_describer(settings)
+    try:
+        describer = load_describer(settings)
+    except ModelLoadError as exc:
+        raise click.ClickException(str(exc)) from exc
+    failed = 0
     with click.progressbar(
         length=len(paths), label="describing", file=sys.stderr, hidden=len(paths) < 4 or as_json
     ) as bar:
         for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            images = [load_for_model(p, settings.max_image_pixels, settings.max_image_side) for p in chunk]
-            for path, result in zip(chunk, describer.describe_full(images), strict=True):
+            loaded = []
+            for path in paths[start : start + batch_size]:
+                try:
+                    loaded.append(
+                        (path, load_for_model(path, settings.max_image_pixels, settings.max_image_side))
+                    )
+                except ImgsvcError as exc:
+                    failed += 1
+                    _report_failure(path, exc.to_dict(), as_json)
+                except OSError as exc:  # unreadable: permissions, a file that vanished meanwhile
+                    failed += 1
+                    _report_failure(path, {"error": {"code": "unreadable", "message": exc.strerror}}, as_json)
+            results = describer.describe_full([image for _, image in loaded]) if loaded else []
+            for (path, _), result in zip(loaded, results, strict=True):
                 if as_json:
                     tags = [t.__dict__ for t in result.tags] if result.tags is not None else None
                     lines = [ln.__dict__ for ln in result.lines] if result.lines is not None else None
@@ -56,7 +78,22 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
                     click.echo(json.dumps(record | {"tags": tags, "text": lines}))
                 else:
                     click.echo(f"{path}: {result.text}")
-            bar.update(len(chunk))
+            bar.update(min(batch_size, len(paths) - start))
+    _exit_if_failed(failed, len(paths), "described")
+
+
+def _report_failure(path: Path, error: dict[str, Any], as_json: bool) -> None:
+    """JSON mode: a record on stdout like the good ones; text mode: one line on stderr."""
+    if as_json:
+        click.echo(json.dumps({"file": str(path)} | error))
+    else:
+        click.echo(f"{path}: error: {error['error']['message']}", err=True)
+
+
+def _exit_if_failed(failed: int, total: int, verb: str) -> None:
+    if failed:
+        click.echo(f"{failed} of {total} file(s) could not be {verb}", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -67,16 +104,37 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Poll until each job ends.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for results.")
 def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float) -> None:
-    """Submit image files to a running server and print the results as JSON lines."""
+    """Submit image files to a running server and print the results as JSON lines.
+
+    The exit status is 1 when the server refused any file or any job failed.
+    """
     import requests
 
     base = url.rstrip("/")
+    try:
+        failed = _submit_and_wait(requests.Session(), base, paths, wait, timeout)
+    except requests.ConnectionError as exc:
+        raise click.ClickException(
+            f"cannot reach the server at {base}: nothing answers there "
+            "(start one with `make run`, or pass --url)"
+        ) from exc
+    except requests.Timeout as exc:
+        raise click.ClickException(f"the server at {base} did not answer in time") from exc
+    except requests.RequestException as exc:  # a malformed --url, mostly
+        raise click.ClickException(f"cannot use the server URL {url!r}: {exc}") from exc
+    _exit_if_failed(failed, len(paths), "described")
+
+
+def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: bool, timeout: float) -> int:
+    """Print one JSON line per file (refused, queued or finished); return how many failed."""
+    failed = 0
     ids: dict[str, Path] = {}
     for path in paths:
         with path.open("rb") as fh:
-            response = requests.post(f"{base}/api/v1/submit", files={"file": (path.name, fh)}, timeout=60)
-        body = response.json()
+            response = session.post(f"{base}/api/v1/submit", files={"file": (path.name, fh)}, timeout=60)
+        body = _json_of(response)
         if response.status_code != 202:
+            failed += 1
             click.echo(json.dumps({"file": str(path), "http_status": response.status_code} | body))
             continue
         ids[body["job_id"]] = path
@@ -85,14 +143,27 @@ def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float) -> Non
     deadline = time.monotonic() + timeout
     while wait and ids and time.monotonic() < deadline:
         for job_id, path in list(ids.items()):
-            response = requests.get(f"{base}/api/v1/result/{job_id}", timeout=30)
+            response = session.get(f"{base}/api/v1/result/{job_id}", timeout=30)
             if response.status_code != 202:
-                click.echo(json.dumps({"file": str(path)} | response.json()))
+                failed += response.status_code != 200
+                click.echo(json.dumps({"file": str(path)} | _json_of(response)))
                 del ids[job_id]
         if ids:
             time.sleep(0.5)
     if wait and ids:
         raise click.ClickException(f"{len(ids)} job(s) did not finish within {timeout:.0f} s")
+    return failed
+
+
+def _json_of(response: Any) -> dict[str, Any]:
+    """The server's JSON body; a proxy's HTML error page becomes a short error record instead."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        return body
+    return {"error": {"code": "not_json", "message": response.text[:200], "status": response.status_code}}
 
 
 @main.command()
@@ -129,4 +200,4 @@ def download_model(name: str | None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="imgsvc")
