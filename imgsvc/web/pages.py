@@ -27,5 +27,10 @@ CONTENT_SECURITY_POLICY = (
 def index() -> Response:
     settings: Settings = current_app.config["IMGSVC"]
     limit = settings.max_file_size
-    page = render_template("index.html", max_file_size=limit, max_file_size_text=human_size(limit))
+    page = render_template(
+        "index.html",
+        max_file_size=limit,
+        max_file_size_text=human_size(limit),
+        api_keys_required=bool(settings.api_keys),
+    )
     return Response(page, mimetype="text/html", headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})
