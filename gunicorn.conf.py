@@ -4,8 +4,8 @@ import os
 
 # Defaults as in imgsvc.config.Settings: loopback unless WEB_HOST says otherwise (the image sets 0.0.0.0).
 _host = os.environ.get("WEB_HOST") or "127.0.0.1"
-_port = os.environ.get("WEB_PORT") or "8000"
-bind = f"[{_host}]:{_port}" if ":" in _host else f"{_host}:{_port}"
+port = os.environ.get("WEB_PORT") or "8000"
+bind = f"[{_host}]:{port}" if ":" in _host else f"{_host}:{port}"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 worker_class = "gthread"
@@ -35,3 +35,8 @@ logconfig_dict = {
 }
 # Werkzeug spools uploads over 500 KB to a temp file here instead of RAM.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# gunicorn 25.1+ opens a control socket (for gunicornc) at one path per user by default
+# ($XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl): a second instance on the host
+# would replace the first one's socket and delete it on exit. One per instance and port instead,
+# in Flask's instance folder (a volume in the image): gunicornc -s instance/gunicorn-8000.ctl
+control_socket = os.path.join(os.path.dirname(os.path.abspath(__file__)), "instance", f"gunicorn-{port}.ctl")

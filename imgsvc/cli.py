@@ -40,6 +40,7 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
     from imgsvc.images import load_for_model
     from imgsvc.vision import load_describer
     from imgsvc.vision.base import ModelLoadError
+    from imgsvc.vision.records import description_record
 
     settings = Settings.from_env()
     if model:
@@ -68,14 +69,12 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
             results = describer.describe_full([image for _, image in loaded]) if loaded else []
             for (path, _), result in zip(loaded, results, strict=True):
                 if as_json:
-                    tags = [t.__dict__ for t in result.tags] if result.tags is not None else None
-                    lines = [ln.__dict__ for ln in result.lines] if result.lines is not None else None
                     record = {
                         "file": str(path),
                         "image_description": result.text,
                         "generated_by": describer.name,
                     }
-                    click.echo(json.dumps(record | {"tags": tags, "text": lines}))
+                    click.echo(json.dumps(record | description_record(result)))
                 else:
                     click.echo(f"{path}: {result.text}")
             bar.update(min(batch_size, len(paths) - start))
@@ -213,7 +212,7 @@ def web() -> None:
 def download_model(name: str | None) -> None:
     """Fetch captioner weights into the Hugging Face cache for later offline use."""
     from imgsvc.vision.base import ModelLoadError
-    from imgsvc.vision.captioner import download_model as fetch
+    from imgsvc.vision.hub import download_model as fetch
 
     name = name or Settings.from_env().caption_model
     try:
@@ -221,6 +220,20 @@ def download_model(name: str | None) -> None:
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{name} is in the local cache at {path}; VISION_MODEL=auto will now use it.")
+
+
+@main.command("fetch-captioner")
+@click.option("--timeout", default=None, type=float, help="Seconds to wait for the Hub (default 5).")
+def fetch_captioner(timeout: float | None) -> None:
+    """Fetch CAPTION_MODEL's weights when VISION_MODEL=auto and the Hub answers (run by make run).
+
+    Shows the download size first, then progress; when the Hub does not answer (or HF_HUB_OFFLINE=1,
+    or FETCH_CAPTIONER=off) says in one line that the offline describer will run. Never fails.
+    """
+    from imgsvc.vision.hub import HUB_TIMEOUT
+    from imgsvc.vision.hub import fetch_captioner as fetch
+
+    fetch(Settings.from_env(), say=lambda line: click.echo(line, err=True), timeout=timeout or HUB_TIMEOUT)
 
 
 if __name__ == "__main__":

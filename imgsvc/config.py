@@ -71,6 +71,7 @@ class Settings:
     # vision
     vision_model: str = field(default="auto", metadata={"env": "VISION_MODEL"})
     caption_model: str = field(default=DEFAULT_CAPTION_MODEL, metadata={"env": "CAPTION_MODEL"})
+    fetch_captioner: str = field(default="auto", metadata={"env": "FETCH_CAPTIONER"})
     device: str = field(default="auto", metadata={"env": "DEVICE"})
     max_new_tokens: int = field(default=30, metadata={"env": "MAX_NEW_TOKENS"})
     quantize: str = field(default="", metadata={"env": "QUANTIZE"})
@@ -104,6 +105,8 @@ class Settings:
             raise ConfigError("TASK_MAX_RETRIES and TASK_RETRY_DELAY must be >= 0")
         if self.ocr not in {"auto", "on", "off"}:
             raise ConfigError("OCR must be auto, on or off")
+        if self.fetch_captioner not in {"auto", "off"}:
+            raise ConfigError("FETCH_CAPTIONER must be auto or off")
         if self.quantize not in {"", "int8"}:
             raise ConfigError("QUANTIZE must be empty or int8")
         return self

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 
 class ImgsvcError(Exception):
+    """``message`` is shown to clients: it must never quote untrusted input or name an address."""
+
     status = 500
     code = "internal_error"
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str, **details: object) -> None:
         super().__init__(message)
@@ -64,6 +67,38 @@ class Unauthorized(ImgsvcError):
     code = "unauthorized"
 
 
-class QueueUnavailable(ImgsvcError):
+class Forbidden(ImgsvcError):
+    status = 403
+    code = "forbidden"
+
+
+class ServiceUnavailable(ImgsvcError):
+    """An infrastructure fault (Redis, the database, the upload disk): worth retrying shortly.
+
+    The message names the part that failed, never its address; the details go to the log.
+    """
+
     status = 503
+    code = "service_unavailable"
+    headers = {"Retry-After": "5"}
+    what = "a service this request needs"
+
+    def __init__(self, message: str | None = None, **details: object) -> None:
+        super().__init__(message or f"{self.what} is unavailable; retry shortly", **details)
+
+
+class QueueUnavailable(ServiceUnavailable):
     code = "queue_unavailable"
+    what = "the job queue"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
+    what = "the database"
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """The upload directory is full, read-only or not writable."""
+
+    code = "storage_unavailable"
+    what = "the upload storage"

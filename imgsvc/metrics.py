@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, Worker
 
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -64,15 +65,20 @@ class _QueueCollector(Collector):
         self.queue = queue
 
     def collect(self) -> Iterable:
-        counters, histograms = self.metrics.read()
+        """With Redis down, say so (``imgsvc_redis_up 0``) instead of failing the scrape."""
+        try:
+            counters, histograms = self.metrics.read()
+            depth, workers = self.queue.count, len(Worker.all(queue=self.queue))
+        except RedisError:
+            yield GaugeMetricFamily("imgsvc_redis_up", "Whether Redis answered this scrape.", value=0)
+            return
+        yield GaugeMetricFamily("imgsvc_redis_up", "Whether Redis answered this scrape.", value=1)
         jobs = CounterMetricFamily("imgsvc_jobs", "Jobs by outcome.", labels=["outcome"])
         for outcome in ("submitted", "done", "failed", "retried", "cached"):
             jobs.add_metric([outcome], counters.get(outcome, 0))
         yield jobs
-        yield GaugeMetricFamily("imgsvc_queue_depth", "Jobs waiting in the queue.", value=self.queue.count)
-        yield GaugeMetricFamily(
-            "imgsvc_workers", "Workers registered on the queue.", value=len(Worker.all(queue=self.queue))
-        )
+        yield GaugeMetricFamily("imgsvc_queue_depth", "Jobs waiting in the queue.", value=depth)
+        yield GaugeMetricFamily("imgsvc_workers", "Workers registered on the queue.", value=workers)
         for name, doc in HISTOGRAMS.items():
             raw = histograms[name]
             cumulative, running = [], 0.0

@@ -12,6 +12,7 @@ export FLASK_SKIP_DOTENV=1
 scripts/bootstrap.sh
 scripts/ensure-redis.sh
 . .venv/bin/activate
+imgsvc fetch-captioner   # the captioner's weights, when the Hub answers (FETCH_CAPTIONER=off skips)
 initialised=$(flask --app imgsvc init-db)
 note "$initialised"
 

@@ -13,8 +13,10 @@ from redis import Redis
 
 from imgsvc import create_app
 from imgsvc.config import Settings
+from tests import loopback
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+loopback.install()  # no test may open a connection to anything but loopback
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 #: The tests create a schema of their own in this database and drop only that.

@@ -49,7 +49,7 @@ def enqueue_describe(queue: Queue, settings: Settings, job_id: str, *, at_front:
             at_front=at_front,
         )
     except RedisError as exc:
-        raise QueueUnavailable(f"the job queue is unavailable: {exc}") from exc
+        raise QueueUnavailable() from exc
 
 
 def _model_key(settings: Settings) -> str:

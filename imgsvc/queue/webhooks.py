@@ -4,23 +4,48 @@ Delivery is its own RQ job on WEBHOOK_QUEUE, retried with backoff, so a slow or 
 receiver never holds up the model. The body is signed with HMAC-SHA256 (WEBHOOK_SECRET)
 in ``X-Imgsvc-Signature: sha256=<hex>``. The delivery function needs no app or database,
 so a plain ``rq worker imgsvc-webhooks`` runs it.
+
+Why it is built this way (server-side request forgery):
+
+- **One parser.** :func:`parse_callback_url` is the only code that reads a callback URL, at
+  submit and at delivery; the HTTP client is handed its result (address, port, host name,
+  path), never the URL. Its grammar is narrow on purpose: http(s), a plain host (a DNS name
+  of letters, digits and hyphens, a dotted-quad IPv4 or a bracketed IPv6), no userinfo, and
+  only RFC 3986 characters, so no backslash, quote, angle bracket, space or control
+  character that two parsers could read differently (``http://127.0.0.1:1\\@1.2.3.4/``).
+- **Resolve once, connect to what was vetted.** At delivery the host is resolved exactly
+  once, every address is judged, and the socket connects to a judged address, while the
+  HTTP ``Host`` header, TLS SNI and the certificate check use the original host name. A DNS
+  answer that changes between the check and the connection (rebinding) changes nothing.
+- **Embedded IPv4.** IPv6 forms that reach IPv4 (mapped, compatible, NAT64, 6to4, Teredo)
+  are judged by the IPv4 address they carry.
+- **Redirects are never followed**; a 3xx is a failed delivery.
+- **Nothing untrusted in an exception.** rq-dashboard renders a failed job's exception as
+  HTML, so a failed delivery raises a fixed text (the status code or the error's class) and
+  logs the details as JSON; the body is JSON with ``<>&'`` escaped, since RQ shows job
+  arguments too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import ipaddress
 import json
 import logging
+import re
 import socket
+import ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
 from redis import Redis
-from rq import Queue, Retry
+from rq import Queue, Retry, get_current_job
 
+from imgsvc import logs
 from imgsvc.config import Settings
 from imgsvc.errors import BadRequest
 
@@ -28,29 +53,154 @@ log = logging.getLogger("imgsvc.webhooks")
 
 DELIVERY_BACKOFF = [2, 10, 60, 300, 1800]
 SIGNATURE_HEADER = "X-Imgsvc-Signature"
+MAX_URL_LENGTH = 2048
+TIMEOUT_S = 10
+#: A host name with many addresses is tried on at most this many (each is vetted first).
+MAX_ADDRESSES_TRIED = 3
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: host, port -> the addresses it resolves to (injectable: tests never use real DNS)
+Resolver = Callable[[str, int], list[str]]
+
+# RFC 3986's unreserved, reserved and percent characters; nothing else, in any part.
+_URL_CHARACTERS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+_NETLOC = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(?P<port>[0-9]{1,5}))?")
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+# WHATWG URL and inet_aton read a numeric last label as IPv4 (127.1, 2130706433, 0x7f.1).
+_NUMERIC_LABEL = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)", re.IGNORECASE)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: site-local translators
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 
 
 class UnsafeCallbackURL(BadRequest):
     code = "invalid_callback_url"
 
 
-def check_callback_url(url: str, allow_private: bool) -> str:
-    """http(s) only; unless allowed, refuse hosts that resolve to private or loopback addresses (SSRF)."""
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise UnsafeCallbackURL("callback_url must be an absolute http:// or https:// URL")
-    if len(url) > 2048:
-        raise UnsafeCallbackURL("callback_url is longer than 2048 characters")
-    if allow_private:
-        return url
+class WebhookDeliveryFailed(Exception):
+    """Raised to make RQ retry; its text is fixed, never a URL, host or a receiver's words."""
+
+
+@dataclass(frozen=True)
+class CallbackURL:
+    """A callback URL as the one parser read it; the HTTP client gets these parts, not the URL."""
+
+    scheme: str
+    host: str  # lower-case DNS name, or an IP address without brackets
+    port: int
+    target: str  # path and query, as sent in the request line
+    address: IPAddress | None  # set when the host is an IP literal: nothing to resolve
+
+
+def parse_callback_url(url: str) -> CallbackURL:
+    """Read a callback URL, or refuse it with a message that does not quote it."""
+    if len(url) > MAX_URL_LENGTH:
+        raise UnsafeCallbackURL(f"callback_url is longer than {MAX_URL_LENGTH} characters")
+    if not _URL_CHARACTERS.fullmatch(url):
+        raise UnsafeCallbackURL(
+            "callback_url may only contain URL characters (RFC 3986): no spaces, backslashes, "
+            "quotes, angle brackets, control or non-ASCII characters"
+        )
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 80, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise UnsafeCallbackURL(f"callback_url host does not resolve: {parts.hostname}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise UnsafeCallbackURL(f"callback_url resolves to a non-public address ({address})")
+        parts = urlsplit(url)
+    except ValueError:  # it validates bracketed hosts itself: http://[::1::2]/
+        raise UnsafeCallbackURL("callback_url has a malformed host") from None
+    scheme = parts.scheme.lower()
+    if scheme not in {"http", "https"} or not parts.netloc:
+        raise UnsafeCallbackURL("callback_url must be an absolute http:// or https:// URL")
+    if "@" in parts.netloc:
+        raise UnsafeCallbackURL("callback_url must not carry a user name or password")
+    netloc = _NETLOC.fullmatch(parts.netloc)
+    if netloc is None:
+        raise UnsafeCallbackURL("callback_url has a malformed host or port")
+    host, address = _parse_host(netloc["host"])
+    port = int(netloc["port"]) if netloc["port"] else (443 if scheme == "https" else 80)
+    if not 1 <= port <= 65535:
+        raise UnsafeCallbackURL("callback_url has a port outside 1-65535")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return CallbackURL(scheme, host, port, target, address)
+
+
+def _parse_host(raw: str) -> tuple[str, IPAddress | None]:
+    if raw.startswith("["):
+        try:
+            address = ipaddress.IPv6Address(raw[1:-1])
+        except ValueError:
+            raise UnsafeCallbackURL("callback_url has a malformed IPv6 address") from None
+        return str(address), address
+    host = raw.lower()
+    if not _HOSTNAME.fullmatch(host):
+        raise UnsafeCallbackURL("callback_url host must be a DNS name or an IP address")
+    if _NUMERIC_LABEL.fullmatch(host.rstrip(".").rsplit(".", 1)[-1]):
+        try:  # only the plain dotted quad: no octal, hex, short or integer forms
+            address = ipaddress.IPv4Address(host)
+        except ValueError:
+            raise UnsafeCallbackURL("callback_url has a malformed IPv4 address") from None
+        return str(address), address
+    return host, None
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches through (mapped, NAT64, 6to4, Teredo ...)."""
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address in _IPV4_COMPATIBLE or address in _IPV4_TRANSLATED or address in _NAT64:
+        return [low32]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)  # (server, client)
+    return []
+
+
+def is_public(address: IPAddress) -> bool:
+    """Globally routable unicast, judged by the IPv4 inside for IPv6 forms that carry one."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id or address in _LOCAL_NAT64 or address.is_site_local:
+            return False
+        if embedded := embedded_ipv4(address):
+            return all(is_public(inner) for inner in embedded)
+    return address.is_global and not (
+        address.is_multicast
+        or address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_unspecified
+    )
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def vetted_addresses(
+    url: CallbackURL, allow_private: bool, resolve: Resolver = resolve_host
+) -> list[IPAddress]:
+    """Resolve once; every address must be public unless ``allow_private`` (development)."""
+    if url.address is not None:
+        addresses: list[IPAddress] = [url.address]
+    else:
+        try:
+            addresses = [ipaddress.ip_address(a) for a in resolve(url.host, url.port)]
+        except (OSError, UnicodeError, ValueError):
+            raise UnsafeCallbackURL("callback_url host does not resolve") from None
+        if not addresses:
+            raise UnsafeCallbackURL("callback_url host does not resolve")
+    if not allow_private and not all(is_public(a) for a in addresses):
+        raise UnsafeCallbackURL("callback_url resolves to an address that is not public")
+    return addresses
+
+
+def check_callback_url(url: str, allow_private: bool, resolve: Resolver = resolve_host) -> str:
+    """At submit: refuse now what delivery would refuse (it checks again: DNS may change)."""
+    parsed = parse_callback_url(url)
+    if not allow_private:
+        vetted_addresses(parsed, allow_private, resolve)
     return url
 
 
@@ -58,8 +208,16 @@ def sign(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def json_body(payload: dict[str, Any]) -> bytes:
+    """JSON that is also inert in HTML: job arguments (this body) are shown by rq-dashboard."""
+    text = json.dumps(payload, sort_keys=True)
+    for char in "<>&'":  # outside strings JSON never has these; inside, \u00XX means the same
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text.encode()
+
+
 def enqueue_delivery(connection: Redis, settings: Settings, url: str, payload: dict[str, Any]) -> None:
-    body = json.dumps(payload, sort_keys=True).encode()
+    body = json_body(payload)
     queue = Queue(settings.webhook_queue_name, connection=connection)
     queue.enqueue(
         deliver,
@@ -74,19 +232,114 @@ def enqueue_delivery(connection: Redis, settings: Settings, url: str, payload: d
 
 
 def deliver(url: str, body: bytes, signature: str, allow_private: bool) -> int:
-    """Raises on any non-2xx so RQ retries with backoff. Re-checks the URL: DNS may have changed."""
-    check_callback_url(url, allow_private)
-    response = requests.post(
-        url,
-        data=body,
-        headers={
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: signature,
-            "User-Agent": "imgsvc-webhook",
-        },
-        timeout=10,
-        allow_redirects=False,
-    )
-    response.raise_for_status()
-    log.info("webhook delivered", extra={"url": url, "status": response.status_code})
-    return response.status_code
+    """The RQ job: raises on anything but a 2xx so RQ retries with backoff."""
+    logs.configure()  # a plain ``rq worker`` has not set up imgsvc's JSON log lines
+    return post_signed(parse_callback_url(url), body, signature, allow_private)
+
+
+def post_signed(
+    url: CallbackURL,
+    body: bytes,
+    signature: str,
+    allow_private: bool,
+    *,
+    resolve: Resolver = resolve_host,
+    tls: ssl.SSLContext | None = None,
+) -> int:
+    """POST ``body`` to a vetted address of ``url``'s host; the host name goes in Host and SNI."""
+    where = {"host": url.host, "port": url.port}
+    try:
+        addresses = vetted_addresses(url, allow_private, resolve)
+    except UnsafeCallbackURL as exc:
+        log.warning("webhook refused", extra=where | {"error": exc.message})
+        _give_up()  # the same answer every time: retrying would only repeat it
+        raise WebhookDeliveryFailed("webhook refused: the callback address is not allowed") from None
+    headers = {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: signature,
+        "User-Agent": "imgsvc-webhook",
+    }
+    status = _post(url, addresses[:MAX_ADDRESSES_TRIED], body, headers, tls, where)
+    if not 200 <= status < 300:
+        log.warning("webhook rejected", extra=where | {"status": status})
+        raise WebhookDeliveryFailed(f"webhook receiver answered HTTP {status}")
+    log.info("webhook delivered", extra=where | {"status": status})
+    return status
+
+
+def _post(
+    url: CallbackURL,
+    addresses: Iterable[IPAddress],
+    body: bytes,
+    headers: dict[str, str],
+    tls: ssl.SSLContext | None,
+    where: dict[str, object],
+) -> int:
+    """The status from the first vetted address that takes the connection.
+
+    Only a failed *connection* moves on to the next address; once a request may have been
+    sent, a failure is final for this attempt (RQ's retry decides), so nothing is POSTed twice.
+    """
+    failure: Exception | None = None
+    for address in addresses:
+        connection = _connection_to(url, address, tls)
+        try:
+            connection.connect()
+        except OSError as exc:
+            log.warning("webhook connect failed", extra=where | {"address": str(address), "error": repr(exc)})
+            failure = exc
+            connection.close()
+            continue
+        try:
+            connection.request("POST", url.target, body=body, headers=headers)
+            return connection.getresponse().status
+        except (OSError, http.client.HTTPException) as exc:
+            log.warning(
+                "webhook delivery failed", extra=where | {"address": str(address), "error": repr(exc)}
+            )
+            failure = exc
+            break
+        finally:
+            connection.close()
+    error = type(failure).__name__ if failure else "no address"
+    raise WebhookDeliveryFailed(f"webhook delivery failed: {error}") from None
+
+
+def _connection_to(
+    url: CallbackURL, address: IPAddress, tls: ssl.SSLContext | None
+) -> http.client.HTTPConnection:
+    """An http.client connection whose socket goes to ``address`` while it speaks to ``url.host``."""
+    if url.scheme == "https":
+        return _PinnedHTTPSConnection(
+            url.host, url.port, address, TIMEOUT_S, tls or ssl.create_default_context()
+        )
+    return _PinnedHTTPConnection(url.host, url.port, address, TIMEOUT_S)
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, host: str, port: int, address: IPAddress, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((str(self.address), self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
+    default_port = http.client.HTTPS_PORT
+
+    def __init__(self, host: str, port: int, address: IPAddress, timeout: float, tls: ssl.SSLContext) -> None:
+        super().__init__(host, port, address, timeout)
+        self.tls = tls
+
+    def connect(self) -> None:
+        super().connect()
+        # SNI and the certificate check are for the name the user gave, not the address.
+        self.sock = self.tls.wrap_socket(self.sock, server_hostname=self.host)
+
+
+def _give_up() -> None:
+    """Fail the current RQ job without its remaining retries."""
+    job = get_current_job()
+    if job is not None:
+        job.retries_left = 0

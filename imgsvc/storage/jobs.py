@@ -16,6 +16,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from imgsvc.storage.db import db
 from imgsvc.vision.base import Description
+from imgsvc.vision.records import description_record
 
 
 class Status(StrEnum):
@@ -74,6 +75,8 @@ class Job(db.Model):
     generated_by: Mapped[str | None] = mapped_column(String(255))
     tags: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     text_lines: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    objects: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    people: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
     cached: Mapped[bool] = mapped_column(Boolean, default=False)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
@@ -112,6 +115,8 @@ class Job(db.Model):
             "completed_at": isoformat(self.completed_at),
             "tags": self.tags,
             "text": self.text_lines,
+            "objects": self.objects,
+            "people": self.people,
             "cached": self.cached,
             "options": self.options or {},
             "image": {"format": self.image_format, "width": self.width, "height": self.height},
@@ -156,17 +161,27 @@ def mark_processing(job_id: str) -> bool:
     )
 
 
+#: The columns that hold a job's result; a dedupe hit copies exactly these from the earlier job.
+RESULT_COLUMNS = ("description", "generated_by", "tags", "text_lines", "objects", "people")
+
+
+def stored_result(job: Job) -> dict[str, Any]:
+    """The result columns of a done job, to answer an identical request without running the model."""
+    return {name: getattr(job, name) for name in RESULT_COLUMNS}
+
+
 def mark_done(job_id: str, result: Description, generated_by: str, duration_ms: int | None = None) -> bool:
+    record = description_record(result)
     return _transition(
         job_id,
         (Status.PROCESSING, Status.QUEUED),
         status=Status.DONE,
         description=result.text,
         generated_by=generated_by,
-        tags=[{"label": t.label, "score": t.score} for t in result.tags] if result.tags is not None else None,
-        text_lines=[{"text": ln.text, "confidence": ln.confidence} for ln in result.lines]
-        if result.lines is not None
-        else None,
+        tags=record["tags"],
+        text_lines=record["text"],
+        objects=record["objects"],
+        people=record["people"],
         completed_at=utcnow(),
         duration_ms=duration_ms,
         error=None,
@@ -188,14 +203,22 @@ def mark_cancelled(job_id: str) -> bool:
     )
 
 
-def find_cached(sha256: str, options: dict[str, Any] | None, generated_by: str) -> Job | None:
-    """The newest finished description of the same bytes, by the same model, with the same options."""
+def find_cached(
+    sha256: str, options: dict[str, Any] | None, generated_by: str, *, owner: str | None
+) -> Job | None:
+    """The newest finished description of the same bytes, by the same model, with the same options.
+
+    With API keys (``owner`` set) only that owner's jobs count: a hit would tell another key
+    that these exact bytes were uploaded before.
+    """
     query = (
         select(Job)
         .where(Job.sha256 == sha256, Job.status == Status.DONE, Job.generated_by == generated_by)
         .order_by(Job.completed_at.desc())
         .limit(20)
     )
+    if owner is not None:
+        query = query.where(Job.owner == owner)
     wanted = options or {}
     return next((job for job in db.session.scalars(query) if (job.options or {}) == wanted), None)
 

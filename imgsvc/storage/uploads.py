@@ -2,21 +2,25 @@
 
 Files are streamed to a temporary name in chunks (never held whole in memory),
 hashed on the way, and renamed into place only once they passed every check.
+A disk that is full, read-only or not ours (ENOSPC, EROFS, EACCES ...) is an
+infrastructure fault (503), and leaves no file behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import tempfile
 import unicodedata
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from imgsvc.errors import EmptyFile, FileTooLarge
+from imgsvc.errors import EmptyFile, FileTooLarge, StorageUnavailable
 
 CHUNK = 64 * 1024
 MAX_FILENAME = 255
@@ -79,10 +83,11 @@ class UploadStore:
         """Copy ``stream`` to a temp file, enforcing the size limit as bytes arrive."""
         digest = hashlib.sha256()
         size = 0
-        fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=self.root)
+        with _disk_faults():
+            fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=self.root)
         path = Path(tmp)
         try:
-            with os.fdopen(fd, "wb") as out:
+            with _disk_faults(), os.fdopen(fd, "wb") as out:
                 while chunk := stream.read(CHUNK):
                     size += len(chunk)
                     if size > self.max_bytes:
@@ -103,7 +108,12 @@ class UploadStore:
     def commit(self, staged: StagedUpload, extension: str) -> str:
         """Give the staged file its final, random name and return that name."""
         name = f"{uuid.uuid4().hex}{extension}"
-        staged.path.rename(self.root / name)
+        try:
+            with _disk_faults():
+                staged.path.rename(self.root / name)
+        except StorageUnavailable:
+            self.discard(staged)
+            raise
         return name
 
     def path_of(self, name: str) -> Path:
@@ -120,3 +130,12 @@ class UploadStore:
     @staticmethod
     def discard(staged: StagedUpload) -> None:
         staged.path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _disk_faults() -> Iterator[None]:
+    """The disk, not the request, is at fault: a 503 whose message names no path."""
+    try:
+        yield
+    except OSError as exc:
+        raise StorageUnavailable() from exc

@@ -30,7 +30,7 @@ def resolve_model(settings: Settings) -> str:
         return DEFAULT_BUILTIN
     if spec != "auto":
         return spec
-    from imgsvc.vision.captioner import weights_available
+    from imgsvc.vision.hub import weights_available
 
     if weights_available(settings.caption_model):
         return settings.caption_model

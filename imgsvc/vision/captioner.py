@@ -8,7 +8,6 @@ from the directory or the local Hugging Face cache, or a download that fails wit
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -20,16 +19,12 @@ from PIL import Image
 
 from imgsvc.vision.base import Describer, Description, ModelLoadError
 from imgsvc.vision.devices import resolve_device
+from imgsvc.vision.hub import cached_snapshot, download_model, looks_like_path, offline
 
 log = logging.getLogger("imgsvc.vision.captioner")
 
 FAMILIES = ("blip", "vision-encoder-decoder", "git")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-#: Seconds to wait for the Hub before saying it is unreachable.
-HUB_TIMEOUT = 5.0
-# Weight formats transformers' PyTorch loader never reads: not worth downloading.
-_FOREIGN_WEIGHTS = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "*.tflite", "onnx/*", "coreml/*"]
-_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
 
 
 class TransformersCaptioner(Describer):
@@ -156,84 +151,22 @@ class TransformersCaptioner(Describer):
         return {key: torch.tensor([ids] * batch_size, device=self.device)}
 
 
-def weights_available(name_or_path: str) -> bool:
-    """True when the model can be loaded without the network: a local directory or the HF cache."""
-    return _cached_snapshot(name_or_path) is not None
-
-
-def download_model(name: str, cache_dir: str | None = None, timeout: float = HUB_TIMEOUT) -> str:
-    """Fetch a Hub model into the cache for later offline loading; returns its snapshot directory.
-
-    Asks the Hub about the model first, with a short timeout, so that an unreachable Hub
-    is reported in seconds instead of after a long stall: at once when DNS or the
-    connection fails, after about ``timeout`` + 3 s when packets are silently dropped
-    (huggingface_hub first probes its own agent registry with a 3 s timeout).
-    """
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    if _offline():
-        raise ModelLoadError(f"cannot download {name!r}: offline mode is on (HF_HUB_OFFLINE)")
-    try:
-        info = HfApi().model_info(name, timeout=timeout)
-    except GatedRepoError as exc:
-        raise ModelLoadError(f"model {name!r} is gated: accept its terms, then `hf auth login`") from exc
-    except RepositoryNotFoundError as exc:
-        raise ModelLoadError(f"no model {name!r} on the Hugging Face Hub (or it is private)") from exc
-    except Exception as exc:
-        raise ModelLoadError(
-            f"cannot reach the Hugging Face Hub to download {name!r} ({type(exc).__name__}: {exc}); "
-            "download it where the Hub is reachable and copy the cache or the model directory here"
-        ) from exc
-    files = [sibling.rfilename for sibling in info.siblings or []]
-    # Checkpoints often carry the same weights twice; safetensors is enough when present.
-    ignore = _FOREIGN_WEIGHTS + (["*.bin"] if any(f.endswith(".safetensors") for f in files) else [])
-    try:
-        return snapshot_download(
-            name, revision=info.sha, cache_dir=cache_dir, etag_timeout=timeout, ignore_patterns=ignore
-        )
-    except Exception as exc:
-        raise ModelLoadError(f"download of {name!r} failed: {type(exc).__name__}: {exc}") from exc
-
-
 def _local_source(name_or_path: str, local_files_only: bool | None) -> str:
     """Where ``from_pretrained`` should read from, made local first so it never waits on the network."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return str(path)
-    if name_or_path.startswith(("/", ".", "~")):
+    if looks_like_path(name_or_path):
         raise ModelLoadError(f"cannot load captioning model {name_or_path!r}: no such directory")
-    snapshot = None if local_files_only is False else _cached_snapshot(name_or_path)
+    snapshot = None if local_files_only is False else cached_snapshot(name_or_path)
     if snapshot is not None:
         return str(snapshot)
-    if local_files_only or (local_files_only is None and _offline()):
+    if local_files_only or (local_files_only is None and offline()):
         raise ModelLoadError(
             f"captioning model {name_or_path!r} is not on this machine (no such directory, not in the "
             "Hugging Face cache) and downloads are off; run `imgsvc download-model` with Hub access"
         )
     return download_model(name_or_path)
-
-
-def _cached_snapshot(name_or_path: str) -> Path | None:
-    """The directory holding config and weights for ``name_or_path``, without any network access."""
-    path = Path(name_or_path).expanduser()
-    if not path.is_dir():
-        from huggingface_hub import snapshot_download
-
-        try:
-            path = Path(snapshot_download(name_or_path, local_files_only=True))
-        except Exception:  # not cached, or not even a valid repo id
-            return None
-    has_weights = any(next(path.glob(pattern), None) for pattern in _WEIGHT_GLOBS)
-    return path if (path / "config.json").is_file() and has_weights else None
-
-
-def _offline() -> bool:
-    """Offline mode, also when the variable was set after huggingface_hub was imported."""
-    from huggingface_hub import constants
-
-    flags = (os.environ.get(var, "").strip().upper() for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return constants.HF_HUB_OFFLINE or any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
 
 
 def _family(source: str, name: str) -> str:

@@ -6,10 +6,19 @@ import logging
 import time
 
 from flask import Flask, Response, current_app, g, jsonify, request
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from imgsvc.config import Settings
-from imgsvc.errors import FileTooLarge, ImgsvcError
+from imgsvc.errors import (
+    DatabaseUnavailable,
+    FileTooLarge,
+    ImgsvcError,
+    QueueUnavailable,
+    ServiceUnavailable,
+)
 from imgsvc.storage.uploads import file_too_large, human_size
 
 log = logging.getLogger("imgsvc.web")
@@ -24,16 +33,41 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(docs.bp)
     app.register_blueprint(pages.bp)
     mount_dashboard(app, app.config["IMGSVC"])
-
-    app.register_error_handler(ImgsvcError, _imgsvc_error)
-    app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(Exception, _unexpected_error)
+    register_errors(app)
     app.before_request(_start_timer)
     app.after_request(_log_request)
 
 
-def _imgsvc_error(exc: ImgsvcError) -> tuple[Response, int]:
-    return jsonify(exc.to_dict()), exc.status
+def register_errors(app: Flask) -> None:
+    """Every error becomes JSON: ours, werkzeug's, infrastructure faults (503), and the rest (500)."""
+    app.register_error_handler(ImgsvcError, _imgsvc_error)
+    app.register_error_handler(HTTPException, _http_error)
+    for infrastructure_fault in (RedisError, OperationalError, PoolTimeout):
+        app.register_error_handler(infrastructure_fault, _infrastructure_error)
+    app.register_error_handler(Exception, _unexpected_error)
+
+
+def _imgsvc_error(exc: ImgsvcError) -> tuple[Response, int, dict[str, str]]:
+    if isinstance(exc, ServiceUnavailable):
+        # The cause names hosts, ports, paths or SQL: the log gets it, the client never does.
+        cause = exc.__cause__
+        log.warning(
+            "service unavailable",
+            extra={
+                "path": request.path,
+                "code": exc.code,
+                "error_type": type(cause).__name__ if cause else None,
+                "error": str(cause) if cause else None,
+            },
+        )
+    return jsonify(exc.to_dict()), exc.status, exc.headers
+
+
+def _infrastructure_error(exc: Exception) -> tuple[Response, int, dict[str, str]]:
+    """Redis or the database failed anywhere under a request: 503 with Retry-After, not a 500."""
+    error = QueueUnavailable() if isinstance(exc, RedisError) else DatabaseUnavailable()
+    error.__cause__ = exc
+    return _imgsvc_error(error)
 
 
 def _http_error(exc: HTTPException) -> tuple[Response, int]:

@@ -6,6 +6,7 @@ import base64
 import binascii
 import contextlib
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,7 +19,7 @@ from rq.job import Job as RQJob
 from werkzeug.datastructures import FileStorage, MultiDict
 
 from imgsvc.config import Settings
-from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound
+from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound, ServiceUnavailable
 from imgsvc.images import inspect_image
 from imgsvc.queue.connection import enqueue_describe, running_model
 from imgsvc.queue.webhooks import check_callback_url, enqueue_delivery
@@ -32,6 +33,7 @@ bp.before_request(require_api_key)
 #: Per-job options: name -> (type, min, max). Which ones a model honours is its own business.
 OPTION_SPECS: dict[str, tuple[type, int, int]] = {"max_length": (int, 1, 200), "prompt": (str, 1, 300)}
 FORM_FIELDS = {"file", "callback_url", "options", *OPTION_SPECS}
+INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,8 @@ def parse_submission(form: MultiDict, settings: Settings) -> Submission:
     raw: dict[str, Any] = {}
     if "options" in form:
         try:
-            raw = json.loads(form["options"])
-        except ValueError as exc:
+            raw = json.loads(form["options"], parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:  # RecursionError: [[[[... nested too deep
             raise BadRequest("options must be a JSON object") from exc
         if not isinstance(raw, dict):
             raise BadRequest("options must be a JSON object")
@@ -62,20 +64,37 @@ def parse_submission(form: MultiDict, settings: Settings) -> Submission:
     return Submission(options, callback_url)
 
 
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def _option(name: str, value: Any) -> Any:
     if name not in OPTION_SPECS:
         raise BadRequest(f"unknown option {name!r}", allowed=sorted(OPTION_SPECS))
     kind, low, high = OPTION_SPECS[name]
-    try:
-        converted = kind(value)
-    except (TypeError, ValueError) as exc:
-        raise BadRequest(f"option {name} must be of type {kind.__name__}") from exc
+    converted = _exactly(kind, value)
+    if converted is None:
+        raise BadRequest(f"option {name} must be {'an integer' if kind is int else 'a string'}")
     size = converted if kind is int else len(converted)
     if not low <= size <= high:
         raise BadRequest(
             f"option {name} must be between {low} and {high}" + (" characters" if kind is str else "")
         )
     return converted
+
+
+def _exactly(kind: type, value: Any) -> Any:
+    """The value as ``kind`` without coercion: ``true`` is not 1 and ``5.9`` is not 5.
+
+    JSON options arrive typed; form fields arrive as text, so ``"12"`` is still an integer.
+    """
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and INTEGER.fullmatch(value.strip()):
+            return int(value)
+        return None
+    return value if isinstance(value, kind) else None
 
 
 def accept_upload(
@@ -89,7 +108,8 @@ def accept_upload(
     """Stage, check, store, record, enqueue; on any failure undo what was done so far.
 
     Identical bytes already described by the running model with the same options are
-    answered from the stored result (``cached: true``) without running the model again.
+    answered from the stored result (``cached: true``) without running the model again,
+    but only from the same key's jobs: another key must not learn what was uploaded.
     """
     staged = store.stage(stream)
     try:
@@ -111,7 +131,9 @@ def accept_upload(
         "owner": g.get("owner"),
         "filename": filename,
     }
-    hit = jobs.find_cached(staged.sha256, submission.options, model["name"]) if model else None
+    hit = None
+    if model:
+        hit = jobs.find_cached(staged.sha256, submission.options, model["name"], owner=g.get("owner"))
     if hit is not None:
         store.discard(staged)
         now = jobs.utcnow()  # one instant: a row answered at once is created, started and completed together
@@ -120,10 +142,7 @@ def accept_upload(
             upload_name=None,
             status=jobs.Status.DONE,
             cached=True,
-            description=hit.description,
-            generated_by=hit.generated_by,
-            tags=hit.tags,
-            text_lines=hit.text_lines,
+            **jobs.stored_result(hit),
             created_at=now,
             updated_at=now,
             started_at=now,
@@ -209,6 +228,7 @@ def submit_batch() -> tuple[Response, int]:
     submission = parse_submission(request.form, settings)
     batch_id = jobs.new_id()
     entries: list[dict[str, Any]] = []
+    outage: ServiceUnavailable | None = None
     for index, upload in enumerate(uploads):
         filename = client_filename(upload.filename)
         entry: dict[str, Any] = {"index": index, "filename": filename}
@@ -217,8 +237,12 @@ def submit_batch() -> tuple[Response, int]:
             entry |= {"job_id": job.id, "status": job.status}
         except ImgsvcError as exc:
             entry |= exc.to_dict()
+            if isinstance(exc, ServiceUnavailable):
+                outage = exc
         entries.append(entry)
     accepted = sum("job_id" in e for e in entries)
+    if not accepted and outage is not None:
+        raise outage  # nothing was taken, and the fault is ours, not the files': 503, retry later
     body = {"batch_id": batch_id, "accepted": accepted, "rejected": len(entries) - accepted, "jobs": entries}
     if not accepted:
         body["error"] = {

@@ -1,7 +1,9 @@
-"""Optional API keys and per-key rate limits for the /api routes.
+"""Optional API keys and rate limits for the /api routes.
 
 With API_KEYS set, every /api request needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``,
 and a job is only visible to the key that submitted it (rows store a hash, never the key).
+Rate limits count per *valid* key, and per client address for everything else: a made-up key
+header opens no bucket of its own, and failed authentications use up the address's bucket.
 """
 
 from __future__ import annotations
@@ -28,20 +30,32 @@ def presented_key() -> str | None:
     return request.headers.get("X-API-Key") or None
 
 
+def valid_key() -> str | None:
+    """The presented key when it is one of API_KEYS, else None (also when keys are off)."""
+    settings: Settings = current_app.config["IMGSVC"]
+    key = presented_key()
+    if key is None or not settings.api_keys:
+        return None
+    # Compare bytes: compare_digest refuses str with non-ASCII characters (a 500 before).
+    matches = [hmac.compare_digest(key.encode(), k.encode()) for k in settings.api_keys]
+    return key if any(matches) else None
+
+
 def require_api_key() -> None:
     """before_request for the api blueprint: sets ``g.owner`` (None when keys are off)."""
     settings: Settings = current_app.config["IMGSVC"]
     g.owner = None
     if not settings.api_keys:
         return
-    key = presented_key()
-    if key is None or not any(hmac.compare_digest(key, k) for k in settings.api_keys):
+    key = valid_key()
+    if key is None:
         raise Unauthorized("a valid API key is required (Authorization: Bearer KEY or X-API-Key: KEY)")
     g.owner = owner_of(key)
 
 
 def _rate_key() -> str:
-    key = presented_key()
+    """Only a valid key earns a bucket of its own; junk and wrong keys count against the address."""
+    key = valid_key()
     return f"key:{owner_of(key)}" if key else f"ip:{get_remote_address()}"
 
 

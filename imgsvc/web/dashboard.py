@@ -1,39 +1,85 @@
-"""rq-dashboard mounted at /rq, behind HTTP basic auth when credentials are configured.
+"""rq-dashboard at /rq, only behind HTTP basic auth and a same-origin check.
 
-rq-dashboard ships no authentication; an open dashboard lets anyone delete or requeue jobs.
+rq-dashboard ships no authentication and no CSRF protection, and it can empty queues,
+delete and requeue jobs, and list every key's job ids. So it is never open by accident:
+without RQ_DASHBOARD_USERNAME and RQ_DASHBOARD_PASSWORD it is not mounted at all (404),
+and API keys change nothing about that. With them, every request needs the credentials,
+and a request that changes state must also come from a page of this very host (its
+Origin, or else its Referer, names our host): a browser that remembers the credentials
+cannot be made to empty a queue by another site's form or image tag.
 """
 
 from __future__ import annotations
 
 import hmac
+from urllib.parse import urlsplit
 
-from flask import Flask, Response, request
+from flask import Flask, request
 
 from imgsvc.config import Settings
+from imgsvc.errors import Forbidden, Unauthorized
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: rq-dashboard views that change state even on GET (``/requeue/<queue>`` answers GET too).
+STATE_CHANGING_VIEWS = frozenset({"rq_dashboard.requeue_all"})
 
 
-def mount_dashboard(app: Flask, settings: Settings) -> None:
+class DashboardAuthRequired(Unauthorized):
+    headers = {"WWW-Authenticate": 'Basic realm="imgsvc rq-dashboard"'}
+
+
+def mount_dashboard(app: Flask, settings: Settings) -> bool:
+    """Mount rq-dashboard at /rq when credentials are configured; say whether it was."""
+    if not (settings.rq_dashboard_username and settings.rq_dashboard_password):
+        return False
     import rq_dashboard
 
     app.config.from_object(rq_dashboard.default_settings)
     app.config["RQ_DASHBOARD_REDIS_URL"] = settings.redis_url
     rq_dashboard.web.setup_rq_connection(app)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")
+    expected = (settings.rq_dashboard_username, settings.rq_dashboard_password)
 
-    if settings.rq_dashboard_username and settings.rq_dashboard_password:
-        expected = (settings.rq_dashboard_username, settings.rq_dashboard_password)
+    @app.before_request
+    def _guard_dashboard() -> None:
+        if request.blueprint != "rq_dashboard":
+            return
+        auth = request.authorization
+        if not (auth and _same(auth.username, expected[0]) and _same(auth.password, expected[1])):
+            raise DashboardAuthRequired("the dashboard needs its username and password (basic auth)")
+        changes_state = request.method not in SAFE_METHODS or request.endpoint in STATE_CHANGING_VIEWS
+        if changes_state and not same_origin():
+            raise Forbidden("cross-site request refused: Origin or Referer must name this host")
 
-        @app.before_request
-        def _require_basic_auth() -> Response | None:
-            if request.blueprint != "rq_dashboard":
-                return None
-            auth = request.authorization
-            if auth and _same(auth.username, expected[0]) and _same(auth.password, expected[1]):
-                return None
-            return Response(
-                "authentication required", 401, {"WWW-Authenticate": 'Basic realm="imgsvc rq-dashboard"'}
-            )
+    return True
+
+
+def same_origin() -> bool:
+    """The request's Origin (or, lacking one, its Referer) names the host it was sent to."""
+    source = request.headers.get("Origin") or request.headers.get("Referer")
+    if not source or source == "null":
+        return False
+    try:
+        parts = urlsplit(source)
+    except ValueError:
+        return False
+    return parts.scheme in {"http", "https"} and parts.netloc.lower() == request.host.lower()
 
 
 def _same(given: str | None, expected: str) -> bool:
     return hmac.compare_digest((given or "").encode(), expected.encode())
+
+
+def create_dashboard_app() -> Flask:
+    """Just the guarded dashboard, for compose's dashboard service (gunicorn on :9181).
+
+    Refuses to build without credentials, so the service cannot start open.
+    """
+    from imgsvc.web import register_errors
+
+    settings = Settings.from_env()
+    app = Flask(__name__)
+    if not mount_dashboard(app, settings):
+        raise SystemExit("set RQ_DASHBOARD_USERNAME and RQ_DASHBOARD_PASSWORD to run the dashboard")
+    register_errors(app)
+    return app

@@ -314,8 +314,19 @@ def test_rate_limit_answers_429_with_retry_after(settings, redis_db):
     limited = client.get("/api/v1/jobs")
     assert limited.status_code == 429 and limited.is_json
     assert int(limited.headers["Retry-After"]) > 0
-    other_key = client.get("/api/v1/jobs", headers={"X-API-Key": "someone-else"})
-    assert other_key.status_code == 200  # limits are per key (or IP)
+    # Without API_KEYS no key is valid: a made-up one opens no bucket of its own (it did).
+    assert client.get("/api/v1/jobs", headers={"X-API-Key": "junk-1234"}).status_code == 429
+
+
+def test_rate_limit_buckets_are_per_valid_key_and_wrong_keys_use_up_the_address(settings, redis_db):
+    app = create_app(settings.with_(rate_limit="3/minute", api_keys=("alpha", "beta")))
+    client = app.test_client()
+    codes = [client.get("/api/v1/jobs", headers={"X-API-Key": f"guess-{n}"}).status_code for n in range(5)]
+    assert codes == [401, 401, 401, 429, 429]  # guessing keys is limited like anything else
+    assert client.get("/api/v1/jobs", headers={"Authorization": "Bearer \xc3\xa9"}).status_code == 429
+    alpha = [client.get("/api/v1/jobs", headers={"X-API-Key": "alpha"}).status_code for _ in range(4)]
+    assert alpha == [200, 200, 200, 429]  # a valid key has a bucket of its own
+    assert client.get("/api/v1/jobs", headers={"Authorization": "Bearer beta"}).status_code == 200
 
 
 def test_prompt_option_conditions_the_caption(client, run_worker, tiny_describer):

@@ -23,6 +23,7 @@ import pytest
 from imgsvc.config import PROJECT_ROOT
 from tests.conftest import image_bytes
 from tests.integration.procs import free_port, wait_until
+from tests.loopback import SITE_DIR
 
 LINKED = (
     "Makefile",
@@ -158,7 +159,8 @@ def test_make_run_in_a_terminal(settings, tiny_model_dir, tmp_path):
         "HOME": str(tmp_path),  # gunicorn puts its control socket under ~/.gunicorn
         "TERM": "dumb",
         "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(shim.parent),
+        # the dotenv stand-in, and the suite's loopback-only fence (tests/loopback.py)
+        "PYTHONPATH": os.pathsep.join([str(shim.parent), str(SITE_DIR), str(PROJECT_ROOT)]),
     }
     base = f"http://127.0.0.1:{port}"
     terminal = Terminal(["make", "run"], root, env)

@@ -15,6 +15,7 @@ from schemathesis import checks
 
 from imgsvc.web.docs import openapi_spec
 from tests.conftest import image_bytes
+from tests.integration.scene_double import FixedSceneDescriber
 
 DOCUMENTED_BLUEPRINTS = {"api", "health"}
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
@@ -109,6 +110,13 @@ def test_a_job_through_every_state_answers_as_documented(client, settings, run_w
     assert conforms("GET", result, client.get(f"/api/v1/result/{queued}")).status_code == 422
     deleted = conforms("DELETE", "/api/v1/jobs/{job_id}", client.delete(f"/api/v1/jobs/{good_id}"))
     assert deleted.json["status"] == "deleted"
+
+
+def test_objects_and_people_answer_as_documented(client, run_worker, conforms):
+    job_id = post_images(client, image_bytes("JPEG")).json["job_id"]
+    run_worker(FixedSceneDescriber())
+    result = conforms("GET", "/api/v1/result/{job_id}", client.get(f"/api/v1/result/{job_id}"))
+    assert result.json["objects"] and result.json["people"]["faces"]
 
 
 def test_refusals_answer_as_documented(client, conforms):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from imgsvc import create_app
 from imgsvc.queue.worker import ImgsvcWorker
 from imgsvc.storage import jobs
@@ -70,6 +72,33 @@ def test_dashboard_is_mounted_behind_basic_auth(settings, redis_db, jpeg_bytes):
         {"name": q["name"], "count": q["count"]} for q in queues["queues"]
     ]
     assert client.get("/api/v1/jobs").status_code == 200  # the API is not behind the dashboard's auth
+    cross_site = client.post("/rq/queue/imgsvc/queued/empty", auth=("ops", "pw"))
+    assert cross_site.status_code == 403 and cross_site.get_json()["error"]["code"] == "forbidden"
+    assert client.get("/rq/0/data/queues.json", auth=("ops", "pw")).get_json()["queues"][0]["count"] == 1
+
+
+def test_without_credentials_there_is_no_dashboard(client):
+    assert client.get("/rq/").status_code == 404
+    assert client.post("/rq/queue/imgsvc/queued/empty").status_code == 404
+
+
+def test_the_standalone_dashboard_refuses_to_start_open_and_guards_like_the_web_app(monkeypatch, settings):
+    from imgsvc.web.dashboard import create_dashboard_app
+
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    for name in ("RQ_DASHBOARD_USERNAME", "RQ_DASHBOARD_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(SystemExit, match="RQ_DASHBOARD_USERNAME"):
+        create_dashboard_app()
+    monkeypatch.setenv("RQ_DASHBOARD_USERNAME", "ops")
+    monkeypatch.setenv("RQ_DASHBOARD_PASSWORD", "pw")
+    client = create_dashboard_app().test_client()
+    assert client.get("/rq/").status_code == 401 and client.get("/rq/").is_json
+    assert client.get("/rq/", auth=("ops", "pw")).status_code == 200
+    refused = client.get("/rq/requeue/imgsvc", auth=("ops", "pw"), headers={"Origin": "http://evil.example"})
+    assert refused.status_code == 403
+    same_origin = client.get("/rq/requeue/imgsvc", auth=("ops", "pw"), headers={"Origin": "http://localhost"})
+    assert same_origin.get_json() == {"status": "OK", "count": 0}
 
 
 def test_prune_deletes_old_uploads_then_old_rows(client, app, settings, run_worker, jpeg_bytes, png_bytes):

@@ -24,13 +24,15 @@ from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.serving import make_server
 
 from imgsvc import create_app
-from imgsvc.config import PROJECT_ROOT
+from imgsvc.config import PROJECT_ROOT, Settings
 from imgsvc.web.pages import human_size
 from tests.conftest import worker_env
+from tests.integration.scene_double import NAME, OBJECTS, PEOPLE, scene_photo
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-SCREENSHOT = PROJECT_ROOT / "tests" / "artifacts" / "browser.png"
+ARTIFACTS = PROJECT_ROOT / "tests" / "artifacts"
+SCREENSHOT = ARTIFACTS / "browser.png"
 # Headless, and nothing that phones home: the test must pass with no network at all.
 CHROMIUM_FLAGS = [
     "--headless=new",
@@ -109,36 +111,58 @@ def live_url(app) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture()
-def worker_process(settings, tiny_model_dir, tmp_path) -> Iterator[Path]:
-    """``python worker.py`` as deployed: RQ's signal handling needs a main thread of its own."""
-    log_path = tmp_path / "worker.log"
+@contextlib.contextmanager
+def running_worker(settings: Settings, log_path: Path, *command: str) -> Iterator[Path]:
+    """A worker as deployed, in a process of its own: RQ's signal handling needs a main thread."""
     env = worker_env(settings, MAX_NEW_TOKENS="8")
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "worker.py"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, *command], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
-    yield log_path
-    proc.terminate()  # SIGTERM: RQ's warm shutdown
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        yield log_path
+    finally:
+        proc.terminate()  # SIGTERM: RQ's warm shutdown
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture()
-def browser(tmp_path) -> Iterator[webdriver.Chrome]:
+def worker_process(settings, tiny_model_dir, tmp_path) -> Iterator[Path]:
+    """``python worker.py`` with the tiny captioner."""
+    with running_worker(settings, tmp_path / "worker.log", "worker.py") as log_path:
+        yield log_path
+
+
+@pytest.fixture()
+def scene_worker(settings, tmp_path) -> Iterator[Path]:
+    """``python worker.py`` whose model is the fixed-scene test double (the scene describer's stand-in)."""
+    with running_worker(
+        settings, tmp_path / "worker.log", "-m", "tests.integration.scene_double"
+    ) as log_path:
+        yield log_path
+
+
+def start_chromium(profile: Path) -> webdriver.Chrome:
+    """Debian's headless Chromium with its console log kept; skips the test where it is missing."""
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
     if missing:
         pytest.skip(f"needs Debian's chromium and chromium-driver; missing {', '.join(missing)}")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+    for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path keeps Selenium Manager from looking for (or downloading) one.
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+@pytest.fixture()
+def browser(tmp_path) -> Iterator[webdriver.Chrome]:
+    driver = start_chromium(tmp_path / "chromium-profile")
     yield driver
     driver.quit()
 
@@ -201,6 +225,11 @@ def test_browser_uploads_images_and_shows_descriptions_and_errors(
     assert card.find_element(By.CSS_SELECTOR, ".copy").is_displayed()
     assert card.find_element(By.CSS_SELECTOR, ".card-image").get_attribute("src").startswith("blob:")
     assert card.find_element(By.CSS_SELECTOR, ".card-image").get_property("naturalWidth") == 451
+    # a captioner finds no objects: nothing is drawn over the preview, no summary line
+    assert result["objects"] is None and result["people"] is None
+    assert card.find_elements(By.CSS_SELECTOR, ".scene-box") == []
+    assert not card.find_element(By.CSS_SELECTOR, ".scene-summary").is_displayed()
+    assert "has-scene" not in card.get_attribute("class")
 
     # Not an image: the server refuses it (415) and the card says so in words.
     card = wait_until_settled(browser, notes.name, worker_process)
@@ -269,3 +298,81 @@ def test_browser_asks_for_the_api_key_and_keeps_it_in_the_tab(browser, worker_pr
         assert browser.find_element(By.ID, "api-key").get_attribute("value") == "right-key"
         assert browser.execute_script("return window.localStorage.length") == 0
         assert browser.get_cookies() == []
+
+
+# Where each box and label really is on the screen, and the rectangle the preview image covers.
+GEOMETRY = """
+const card = arguments[0];
+const rect = (el) => {
+  const r = el.getBoundingClientRect();
+  return {x1: r.left, y1: r.top, x2: r.right, y2: r.bottom};
+};
+const media = card.querySelector(".card-media"), img = card.querySelector(".card-image");
+const m = media.getBoundingClientRect();
+const scale = Math.min(media.clientWidth / img.naturalWidth, media.clientHeight / img.naturalHeight);
+const w = img.naturalWidth * scale, h = img.naturalHeight * scale;
+const left = m.left + media.clientLeft + (media.clientWidth - w) / 2;
+const top = m.top + media.clientTop + (media.clientHeight - h) / 2;
+return {
+  image: {x1: left, y1: top, x2: left + w, y2: top + h},
+  media: rect(media),
+  card: rect(card),
+  boxes: [...card.querySelectorAll(".scene-box")].map((box) => ({
+    kind: box.dataset.kind,
+    label: box.querySelector(".scene-label").textContent,
+    box: rect(box),
+    labelBox: rect(box.querySelector(".scene-label")),
+  })),
+};
+"""
+
+
+def inside(inner: dict, outer: dict, slack: float = 0.5) -> bool:
+    return (
+        inner["x1"] >= outer["x1"] - slack
+        and inner["y1"] >= outer["y1"] - slack
+        and inner["x2"] <= outer["x2"] + slack
+        and inner["y2"] <= outer["y2"] + slack
+    )
+
+
+def test_browser_draws_what_the_model_found_on_the_preview(browser, live_url, scene_worker, client, tmp_path):
+    """Boxes and labels for the objects and faces of a result, where they are in the image."""
+    photo = scene_photo(tmp_path / "two-people-a-cup-and-a-motorcycle.jpg")
+    browser.get(f"{live_url}/")
+    browser.find_element(By.ID, "file-input").send_keys(str(photo))
+    card = wait_until_settled(browser, photo.name, scene_worker)
+    result = client.get(f"/api/v1/result/{card.get_attribute('data-job-id')}").get_json()
+    assert card.get_attribute("data-state") == "done" and text_of(card, ".model") == NAME
+    assert text_of(card, ".scene-summary") == "2 people · 1 smiling · cup, motorcycle"
+
+    # the layer is fitted once the preview has loaded and the card has grown
+    WebDriverWait(browser, 10).until(lambda d: card.find_element(By.CSS_SELECTOR, ".scene").is_displayed())
+    geometry = browser.execute_script(GEOMETRY, card)
+    drawn = geometry["boxes"]
+    assert [(b["kind"], b["label"]) for b in drawn] == [
+        ("person", "person 95%"),
+        ("person", "person 87%"),
+        ("object", "cup 47%"),
+        ("object", "motorcycle 49%"),
+        ("face", "face 88% · happy"),
+        ("face", "face 77% · neutral"),
+    ]
+    image = geometry["image"]
+    width, height = image["x2"] - image["x1"], image["y2"] - image["y1"]
+    assert geometry["media"]["x2"] - geometry["media"]["x1"] > 300  # larger than a plain card's 180 px
+    expected = [d.box for d in OBJECTS] + [f.box for f in PEOPLE.faces]
+    assert len(result["objects"]) + len(result["people"]["faces"]) == len(expected)
+    for shown, box in zip(drawn, expected, strict=True):
+        for side, x_or_y in (("x1", "x"), ("y1", "y"), ("x2", "x"), ("y2", "y")):
+            origin, size = (image["x1"], width) if x_or_y == "x" else (image["y1"], height)
+            assert abs(shown["box"][side] - (origin + getattr(box, side) * size)) <= 1.5, (shown, side)
+        # every box and every label stays on the picture, hence inside the card
+        assert inside(shown["box"], image) and inside(shown["labelBox"], image), shown
+        assert inside(shown["labelBox"], geometry["card"])
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "scene.png"))
+    card.screenshot(str(ARTIFACTS / "scene-card.png"))
+    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == []

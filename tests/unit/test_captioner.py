@@ -14,7 +14,8 @@ from huggingface_hub import constants as hub_constants
 from PIL import Image
 
 from imgsvc.vision.base import ModelLoadError, UnsupportedOption
-from imgsvc.vision.captioner import TransformersCaptioner, download_model, weights_available
+from imgsvc.vision.captioner import TransformersCaptioner
+from imgsvc.vision.hub import download_model, weights_available
 from imgsvc.vision.tiny import FAMILIES, build_tiny_model
 
 

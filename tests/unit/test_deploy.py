@@ -149,12 +149,14 @@ def test_env_file_is_optional_and_app_variables_are_real_settings():
     assert "Docker Compose 2.24" in compose_section.split("\n### ")[0]
 
 
-def test_dashboard_is_its_own_service_on_the_same_redis_with_basic_auth():
+def test_dashboard_is_its_own_service_behind_imgsvcs_guard_and_needs_credentials():
     dashboard = SERVICES["dashboard"]
     command = " ".join(command_of(dashboard))
-    assert "rq-dashboard" in command and "--redis-url redis://redis:6379/0" in command
-    assert "--username" in command and "$$RQ_DASHBOARD_USERNAME" in command
-    assert "$$RQ_DASHBOARD_PASSWORD" in command
+    # rq-dashboard's own CLI has basic auth but no CSRF check: run it inside imgsvc's guard.
+    assert '"imgsvc.web.dashboard:create_dashboard_app()"' in command and "rq-dashboard" not in command
+    assert 'test -n "$$RQ_DASHBOARD_USERNAME" && test -n "$$RQ_DASHBOARD_PASSWORD"' in command
+    assert "exit 1" in command
+    assert dashboard["environment"]["REDIS_URL"] == "redis://redis:6379/0"
     assert "9181:9181" in dashboard["ports"]
 
 
@@ -269,6 +271,8 @@ def test_gunicorn_conf_reads_host_port_and_workers_from_the_environment(monkeypa
     conf = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
     assert conf["bind"] == "0.0.0.0:9123"
     assert conf["workers"] == 3
+    # one control socket per instance, not gunicorn's one-per-user default
+    assert conf["control_socket"] == str(PROJECT_ROOT / "instance" / "gunicorn-9123.ctl")
     monkeypatch.setenv("WEB_HOST", "::")
     assert runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))["bind"] == "[::]:9123"
 

@@ -111,6 +111,80 @@
     return body.status === "cancelled" ? "This job was cancelled." : sentence(MODEL_FAILED, body.error);
   }
 
+  // -- What the model found: boxes over the preview, and one line in words ----------------------
+
+  const percent = (score) => `${Math.round(Number(score) * 100)}%`;
+  const unit = (value) => Math.min(1, Math.max(0, Number(value) || 0));
+
+  // Every box of a result, in the image's normalised coordinates; kind picks the style.
+  function sceneBoxes(result) {
+    const boxes = (result.objects || []).map((found) => ({
+      kind: found.label === "person" ? "person" : "object",
+      label: `${found.label} ${percent(found.score)}`,
+      box: found.box,
+    }));
+    for (const face of (result.people && result.people.faces) || []) {
+      const emotion = face.emotion ? ` · ${face.emotion}` : "";
+      boxes.push({ kind: "face", label: `face ${percent(face.score)}${emotion}`, box: face.box });
+    }
+    return boxes;
+  }
+
+  // "2 people · 1 smiling · cup, motorcycle"; empty when the model found nothing to say.
+  function sceneSummary(result) {
+    const objects = result.objects || [];
+    const people = result.people ? result.people.count : objects.filter((o) => o.label === "person").length;
+    const parts = [];
+    if (people) parts.push(people === 1 ? "1 person" : `${people} people`);
+    if (result.people && result.people.smiling) parts.push(`${result.people.smiling} smiling`);
+    const things = [...new Set(objects.map((o) => o.label).filter((label) => label !== "person"))];
+    if (things.length) parts.push(things.join(", "));
+    return parts.join(" · ");
+  }
+
+  // The rectangle the preview really covers inside its frame (object-fit: contain letterboxes it).
+  function shownImageRect(media, img) {
+    const scale = Math.min(media.clientWidth / img.naturalWidth, media.clientHeight / img.naturalHeight);
+    const width = img.naturalWidth * scale;
+    const height = img.naturalHeight * scale;
+    return { left: (media.clientWidth - width) / 2, top: (media.clientHeight - height) / 2, width, height };
+  }
+
+  const BOX_BORDER = 2; // px, as .scene-box's border in app.css
+  // Where a label may go, best first: faces sit inside people, so theirs go below the face and
+  // leave the space above the person's box to the person's own label.
+  const LABEL_PLACES = { face: ["below", "above", "inside"], other: ["above", "inside", "below"] };
+
+  const overlap = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+
+  // Each label at the first place that keeps it on the picture and off the labels placed before it;
+  // failing that, the first place on the picture. Never past the image's left or right edge.
+  function placeLabels(layer) {
+    const area = layer.getBoundingClientRect();
+    const taken = [];
+    for (const label of layer.querySelectorAll(".scene-label")) {
+      const box = label.parentElement;
+      label.style.left = "";
+      const overflow = box.offsetLeft + label.offsetWidth - layer.clientWidth;
+      if (overflow > 0) label.style.left = `${-BOX_BORDER - Math.min(overflow, box.offsetLeft)}px`;
+      const places = LABEL_PLACES[box.dataset.kind] || LABEL_PLACES.other;
+      let fallback = null;
+      let chosen = null;
+      for (const place of places) {
+        label.dataset.place = place;
+        const rect = label.getBoundingClientRect();
+        if (rect.top < area.top - 0.5 || rect.bottom > area.bottom + 0.5) continue;
+        fallback = fallback || place;
+        if (!taken.some((other) => overlap(other, rect))) {
+          chosen = place;
+          break;
+        }
+      }
+      label.dataset.place = chosen || fallback || "inside";
+      taken.push(label.getBoundingClientRect());
+    }
+  }
+
   function parseJson(text) {
     try {
       return JSON.parse(text);
@@ -162,7 +236,46 @@
       this.setState("done", result.cached ? "Described before; the stored answer was reused." : "");
       this.el(".description").textContent = result.image_description;
       this.el(".model").textContent = result.generated_by;
+      const summary = sceneSummary(result);
+      this.el(".scene-summary").textContent = summary;
+      this.el(".scene-summary").hidden = !summary;
+      this.drawScene(sceneBoxes(result));
       this.el(".result").hidden = false;
+    }
+
+    drawScene(boxes) {
+      if (!boxes.length) return;
+      const layer = this.el(".scene");
+      for (const { kind, label, box } of boxes) {
+        const x1 = unit(box.x1);
+        const y1 = unit(box.y1);
+        const frame = document.createElement("div");
+        frame.className = `scene-box scene-${kind}`;
+        frame.dataset.kind = kind;
+        frame.style.left = `${x1 * 100}%`;
+        frame.style.top = `${y1 * 100}%`;
+        frame.style.width = `${Math.max(0, unit(box.x2) - x1) * 100}%`;
+        frame.style.height = `${Math.max(0, unit(box.y2) - y1) * 100}%`;
+        const text = document.createElement("span");
+        text.className = "scene-label";
+        text.textContent = label;
+        frame.append(text);
+        layer.append(frame);
+      }
+      this.root.classList.add("has-scene");
+      const media = this.el(".card-media");
+      const img = this.el(".card-image");
+      const fit = () => {
+        if (!img.naturalWidth || media.classList.contains("no-preview")) return;
+        const rect = shownImageRect(media, img);
+        for (const side of ["left", "top", "width", "height"]) layer.style[side] = `${rect[side]}px`;
+        layer.hidden = false;
+        placeLabels(layer);
+      };
+      // The card grows to show the boxes, the window may be resized, the preview may still be loading.
+      new ResizeObserver(fit).observe(media);
+      img.addEventListener("load", fit);
+      fit();
     }
 
     async copy() {
