@@ -23,6 +23,7 @@ BENCHES = {
     "api_load": "submit latency under open-loop load, imgsvc vs bare Flask, under gunicorn",
     "memory": "worker RSS over many jobs; the web process without torch",
     "backends": "the built-in describers side by side on real photos",
+    "storage": "submit latency and end-to-end job time, uploads in a local directory vs S3",
 }
 QUICK_ARGS = {"backends": ["--repeat", "1"]}
 

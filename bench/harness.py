@@ -243,6 +243,15 @@ class Service:
         response = (client or self.client).get(f"/api/v1/result/{job_id}")
         return response.status_code, response.get_json()
 
+    def wait_result(self, job_id: str, client: Any = None, timeout: float = 60) -> dict[str, Any]:
+        """Poll every 5 ms until the job's result is there (a worker process is running it)."""
+        started = time.perf_counter()
+        while (answer := self.result(job_id, client))[0] != 200:
+            if time.perf_counter() - started > timeout:
+                raise TimeoutError(f"job {job_id} not done within {timeout:.0f} s: {answer}")
+            time.sleep(0.005)
+        return answer[1]
+
     def worker(self, **settings_changes: Any) -> ImgsvcWorker:
         """An in-process worker holding the preloaded describer; ``settings_changes`` e.g. batch_size."""
         from imgsvc.queue.worker import ImgsvcWorker
@@ -320,18 +329,18 @@ def worker_process(service: Service) -> Iterator[subprocess.Popen]:
 
 @contextmanager
 def scratch_service(describer: Describer | None = None, **settings: Any) -> Iterator[Service]:
-    """A service on the benches' Redis DB and a temporary SQLite file and upload dir."""
+    """A service on the benches' Redis DB and a temporary SQLite file and upload dir (or the
+    ``upload_dir`` given, e.g. an s3:// URL)."""
     from imgsvc import create_app
     from imgsvc.storage.db import db
 
     with scratch_redis(), tempfile.TemporaryDirectory(prefix="imgsvc-bench-") as tmp:
+        defaults: dict[str, Any] = {"upload_dir": Path(tmp) / "uploads", "task_retry_delay": 0}
         config = Settings(
             redis_url=REDIS_URL,
             database_url=f"sqlite:///{Path(tmp) / 'bench.sqlite'}",
-            upload_dir=Path(tmp) / "uploads",
             queue_name=f"bench-{uuid.uuid4().hex[:8]}",
-            task_retry_delay=0,
-            **settings,
+            **(defaults | settings),
         )
         app = create_app(config)
         quiet_logs()

@@ -25,7 +25,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from imgsvc.queue.reaper import reap_command
     from imgsvc.storage import db
     from imgsvc.storage.retention import prune_command
-    from imgsvc.storage.uploads import UploadStore
+    from imgsvc.storage.uploads import init_uploads_command, open_upload_store
     from imgsvc.web import register_web
     from imgsvc.web.auth import init_rate_limits
 
@@ -50,12 +50,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.json.sort_keys = False  # keep each response in the order its code builds it
     app.redis = redis_connection(settings)
     app.task_queue = job_queue(settings, app.redis)
-    app.uploads = UploadStore(settings.upload_dir, settings.max_file_size)
+    app.uploads = open_upload_store(settings)
     app.metrics = RedisMetrics(app.redis, settings.queue_name)
 
     db.init_app(app)
     init_rate_limits(app, settings)
     app.cli.add_command(reap_command)
     app.cli.add_command(prune_command)
+    app.cli.add_command(init_uploads_command)
     register_web(app)
     return app

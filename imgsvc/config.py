@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
@@ -45,7 +46,8 @@ class Settings:
     max_file_size: int = field(default=10 * 1024 * 1024, metadata={"env": "MAX_FILE_SIZE"})
     max_batch_files: int = field(default=20, metadata={"env": "MAX_BATCH_FILES"})
     max_image_pixels: int = field(default=40_000_000, metadata={"env": "MAX_IMAGE_PIXELS"})
-    upload_dir: Path = field(default=PROJECT_ROOT / "uploads", metadata={"env": "UPLOAD_DIR"})
+    #: A local directory (a Path), or object storage as an ``s3://BUCKET/PREFIX`` URL (a str).
+    upload_dir: Path | str = field(default=PROJECT_ROOT / "uploads", metadata={"env": "UPLOAD_DIR"})
     secret_key: str = field(default="dev-not-secret", metadata={"env": "SECRET_KEY"})
     rq_dashboard_username: str = field(default="", metadata={"env": "RQ_DASHBOARD_USERNAME"})
     rq_dashboard_password: str = field(default="", metadata={"env": "RQ_DASHBOARD_PASSWORD"})
@@ -81,6 +83,11 @@ class Settings:
     torch_threads: int = field(default=0, metadata={"env": "TORCH_THREADS"})
     log_level: str = field(default="INFO", metadata={"env": "LOG_LEVEL"})
 
+    def __post_init__(self) -> None:
+        # Settings(upload_dir="some/dir") is a directory, exactly as UPLOAD_DIR=some/dir is.
+        if isinstance(self.upload_dir, str) and "://" not in self.upload_dir:
+            object.__setattr__(self, "upload_dir", Path(self.upload_dir))
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every field from its env variable; ``overrides`` win (tests use them)."""
@@ -109,6 +116,8 @@ class Settings:
             raise ConfigError("FETCH_CAPTIONER must be auto or off")
         if self.quantize not in {"", "int8"}:
             raise ConfigError("QUANTIZE must be empty or int8")
+        if isinstance(self.upload_dir, str):
+            parse_s3_url(self.upload_dir)
         return self
 
     @property
@@ -128,8 +137,22 @@ def _convert(kind: Any, raw: str, env: str) -> Any:
             return _bool(raw)
         if kind == "Path":
             return Path(raw).expanduser().resolve()
+        if kind == "Path | str":
+            return raw if "://" in raw else Path(raw).expanduser().resolve()
         if kind == "tuple[str, ...]":
             return _list(raw)
     except ValueError as exc:
         raise ConfigError(f"{env}={raw!r}: {exc}") from exc
     return raw
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ("bucket", "some/prefix/"); the prefix may be empty.
+
+    s3:// is the only URL UPLOAD_DIR takes: any other scheme would silently become a local dir.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(f"UPLOAD_DIR must be a directory or s3://BUCKET/PREFIX, not {url!r}")
+    prefix = parts.path.strip("/")
+    return parts.netloc, f"{prefix}/" if prefix else ""

@@ -98,7 +98,8 @@ class DatabaseUnavailable(ServiceUnavailable):
 
 
 class StorageUnavailable(ServiceUnavailable):
-    """The upload directory is full, read-only or not writable."""
+    """The upload store cannot take or give a file: a full, read-only or foreign directory, or
+    object storage that does not answer. The worker retries; a client may too."""
 
     code = "storage_unavailable"
     what = "the upload storage"

@@ -1,9 +1,11 @@
-"""Fixtures shared by every room's tests: settings, a clean Redis DB, the app, models, images."""
+"""Fixtures shared by every room's tests: settings, a clean Redis DB, the app, models, images,
+and a real S3 server (SeaweedFS on loopback)."""
 
 from __future__ import annotations
 
 import io
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +78,26 @@ def owned_redis() -> Iterator[Redis]:
     yield connection
     empty_owned_db(connection)
     connection.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """One SeaweedFS for the whole session: every test that needs S3 shares it (a few seconds to start)."""
+    from tests.integration.procs import SeaweedFS
+
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def s3_upload_dir(s3_server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """UPLOAD_DIR for object storage: a prefix of this test's own in the server's bucket, with
+    boto3 pointed at the server the way production points it, by the standard AWS variables."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{s3_server.BUCKET}/{uuid.uuid4().hex}"
 
 
 @pytest.fixture()

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 
 from imgsvc.config import Settings
-from imgsvc.errors import ImageTooLarge, UnsupportedImage
+from imgsvc.errors import ImageTooLarge, StorageUnavailable, UnsupportedImage
 from imgsvc.images import load_for_model
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue.webhooks import enqueue_delivery
@@ -108,9 +108,14 @@ def notify(runtime: WorkerRuntime, job_id: str) -> None:
 
 
 def _discard_upload(runtime: WorkerRuntime, job_id: str) -> None:
+    """Never fails the job's bookkeeping: an upload left behind keeps its finished row, so
+    ``flask prune`` deletes it after UPLOAD_RETENTION."""
     row = jobs.get_job(job_id)
     if row is not None:
-        runtime.uploads.delete(row.upload_name)
+        try:
+            runtime.uploads.delete(row.upload_name)
+        except StorageUnavailable:
+            log.warning("upload not deleted", extra={"job_id": job_id, "reason": "store unavailable"})
 
 
 def _finish_failed(runtime: WorkerRuntime, job_id: str, reason: str) -> None:
@@ -126,9 +131,11 @@ def load_image(runtime: WorkerRuntime, job_id: str):
     row = jobs.get_job(job_id)
     if row is None:
         raise PermanentJobError("the job row disappeared")
-    path = runtime.uploads.path_of(row.upload_name)
     try:
-        return load_for_model(path, runtime.settings.max_image_pixels, runtime.settings.max_image_side)
+        # The file itself (local store) or a downloaded copy (object storage); a store that
+        # cannot be reached raises StorageUnavailable, which is retried like any transient error.
+        with runtime.uploads.local_copy(row.upload_name) as path:
+            return load_for_model(path, runtime.settings.max_image_pixels, runtime.settings.max_image_side)
     except (UnsupportedImage, ImageTooLarge) as exc:
         raise PermanentJobError(exc.message) from exc
     except FileNotFoundError as exc:

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
@@ -24,11 +25,12 @@ from rq.job import Job as RQJob
 from rq.worker import WorkerStatus
 
 from imgsvc.config import Settings
+from imgsvc.errors import StorageUnavailable
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue import reaper
 from imgsvc.queue.connection import job_queue, publish_model, redis_connection
 from imgsvc.queue.tasks import PermanentJobError, WorkerRuntime, job_options, load_image
-from imgsvc.storage.uploads import UploadStore
+from imgsvc.storage.uploads import ORPHAN_AGE, open_upload_store
 from imgsvc.vision import load_describer
 from imgsvc.vision.base import Describer, ModelLoadError, UnsupportedOption
 
@@ -113,7 +115,7 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
         self.runtime = WorkerRuntime(
             settings,
             describer,
-            UploadStore(settings.upload_dir, settings.max_file_size),
+            open_upload_store(settings),
             RedisMetrics(self.connection, settings.queue_name),
             self.connection,
         )
@@ -163,6 +165,8 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
             except (PermanentJobError, UnsupportedOption) as exc:
                 runtime.prefetched[job_id] = exc
                 continue
+            except StorageUnavailable:
+                continue  # not prefetched: the job runs alone, where RQ retries it
             group = groups.setdefault(json.dumps(options, sort_keys=True), (options, [], []))
             group[1].append(job_id)
             group[2].append(image)
@@ -184,9 +188,11 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
             self._reconcile()
 
     def _reconcile(self) -> None:
-        """Rows left behind by dead workers or a lost Redis: at start-up and every maintenance round."""
+        """Rows left behind by dead workers or a lost Redis, and the temp files of killed workers
+        on this host: at start-up and every maintenance round."""
         with self.app.app_context():
             reaper.reconcile(self.runtime.settings, job_queue(self.runtime.settings, self.connection))
+        self.runtime.uploads.remove_stale_temp_files(datetime.now(UTC) - ORPHAN_AGE)
 
 
 def main(argv: list[str] | None = None) -> int:

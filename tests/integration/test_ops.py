@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import io
+import os
+import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -111,6 +114,7 @@ def test_prune_deletes_old_uploads_then_old_rows(client, app, settings, run_work
         assert prune(settings.with_(upload_retention=86400, result_ttl=90 * 86400), app.uploads) == {
             "files_deleted": 1,
             "rows_deleted": 0,
+            "orphans_deleted": 0,
         }
         assert len(stored_files(settings)) == 1
         assert client.get(f"/api/v1/result/{old}").get_json()["image_description"] is not None
@@ -120,6 +124,48 @@ def test_prune_deletes_old_uploads_then_old_rows(client, app, settings, run_work
         )
     assert client.get(f"/api/v1/status/{old}").status_code == 404
     assert client.get(f"/api/v1/status/{recent}").get_json()["status"] == "done"
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_prune_sweeps_orphans_once_they_are_old_enough(request, settings, redis_db, png_bytes, where):
+    """A web process killed between storing an upload and writing its row leaves an orphan: prune
+    deletes it, but only once it is older than an upload still on its way to its row could be."""
+    if where == "s3":
+        settings = settings.with_(upload_dir=request.getfixturevalue("s3_upload_dir"))
+    app = create_app(settings)
+    store = app.uploads
+    job_id = submit(app.test_client(), png_bytes, "a.png", "image/png").get_json()["job_id"]
+    orphan = store.commit(store.stage(io.BytesIO(png_bytes)), ".png")  # ... and then the crash
+    everything = datetime.now(UTC) + timedelta(days=1)
+    with app.app_context():
+        named = jobs.get_job(job_id).upload_name
+        assert set(store.names_older_than(everything)) == {named, orphan}
+        assert prune(settings, store)["orphans_deleted"] == 0  # a second old: could be in flight
+        assert prune(settings, store, orphan_age=timedelta(0))["orphans_deleted"] == 1
+        assert set(store.names_older_than(everything)) == {named}
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_prune_removes_uploads_a_killed_web_process_was_still_receiving(client, app, settings):
+    staged = settings.upload_dir / ".upload-cut-off"
+    staged.write_bytes(b"half an image")
+    with app.app_context():
+        assert prune(settings, app.uploads)["orphans_deleted"] == 0
+        two_hours_ago = time.time() - 7200
+        os.utime(staged, (two_hours_ago, two_hours_ago))
+        assert prune(settings, app.uploads)["orphans_deleted"] == 1
+    assert not staged.exists()
+
+
+def test_a_starting_worker_removes_temp_files_a_killed_process_left(app, settings, run_worker):
+    stale, receiving = settings.upload_dir / ".download-killed.jpg", settings.upload_dir / ".upload-now"
+    for path in (stale, receiving):
+        path.write_bytes(b"part of an image")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    run_worker()
+    assert not stale.exists() and receiving.exists()
 
 
 def test_failed_job_upload_is_removed(client, settings, run_worker, jpeg_bytes):
@@ -136,3 +182,4 @@ def test_flask_cli_commands(app):
     assert "Initialised the database" in runner.invoke(args=["init-db"]).output
     assert "requeued" in runner.invoke(args=["reap"]).output
     assert "files deleted" in runner.invoke(args=["prune"]).output
+    assert "Uploads go to" in runner.invoke(args=["init-uploads"]).output

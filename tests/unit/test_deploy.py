@@ -22,12 +22,14 @@ SERVICES: dict[str, dict] = COMPOSE["services"]
 DOCKERFILE = (PROJECT_ROOT / "Dockerfile").read_text()
 
 PROFILES = {
-    "production": {"web", "worker", "redis", "dashboard", "webhooks"},
+    "production": {"web", "worker", "redis", "dashboard", "webhooks", "s3", "init-uploads"},
     "development": {"web-dev", "worker-dev", "redis"},
     "test": {"tests", "test-redis", "postgres"},
 }
 APP_SERVICES = {"web", "worker", "web-dev", "worker-dev"}
 SHARED_MOUNTS = {"/data/uploads", "/data/instance", "/models"}
+#: boto3's own variables (endpoint, credentials, region), which the object store reads.
+AWS_VARIABLES = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 
 
 def in_profile(profile: str) -> dict[str, dict]:
@@ -42,6 +44,13 @@ def command_of(service: dict) -> list[str]:
 def mounts(service: dict) -> dict[str, str]:
     """target -> source, for the short "source:target[:mode]" syntax this file uses."""
     return {entry.split(":")[1]: entry.split(":")[0] for entry in service.get("volumes", [])}
+
+
+def default_of(value: str) -> str:
+    """The default of a ``${NAME:-default}`` interpolation: what runs when .env says nothing."""
+    match = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
+    assert match, value
+    return match.group(1)
 
 
 def depends_on(service: dict) -> dict[str, dict]:
@@ -111,20 +120,44 @@ def test_redis_persists_queued_jobs_and_reports_health():
 def test_whoever_needs_redis_waits_until_it_is_healthy():
     for name, service in SERVICES.items():
         for dependency, condition in depends_on(service).items():
-            if dependency in {"redis", "test-redis", "postgres"}:
+            if dependency in {"redis", "test-redis", "postgres", "s3"}:
                 assert condition.get("condition") == "service_healthy", (name, dependency)
                 assert "healthcheck" in SERVICES[dependency]
 
 
-def test_app_services_share_uploads_database_and_model_cache():
-    sources = {name: mounts(SERVICES[name]) for name in APP_SERVICES}
-    for name, by_target in sources.items():
+def test_development_services_share_uploads_database_and_model_cache():
+    for name in ("web-dev", "worker-dev"):
+        by_target = mounts(SERVICES[name])
         assert by_target.keys() >= SHARED_MOUNTS, name
         assert {by_target[t] for t in SHARED_MOUNTS} == {"uploads", "instance", "models"}, name
-    env = SERVICES["web"]["environment"]
-    assert env["UPLOAD_DIR"] == "/data/uploads" and env["HF_HOME"] == "/models"
-    assert "sqlite:////data/instance/" in env["DATABASE_URL"]
-    assert env["REDIS_URL"] == "redis://redis:6379/0"
+        env = SERVICES[name]["environment"]
+        assert env["UPLOAD_DIR"] == "/data/uploads" and env["HF_HOME"] == "/models"
+        assert "sqlite:////data/instance/" in env["DATABASE_URL"]
+        assert env["REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_production_web_and_workers_share_no_upload_disk_only_the_object_store():
+    from imgsvc.storage.uploads import init_uploads_command
+
+    s3 = SERVICES["s3"]
+    s3_port = next(a.split("=")[1] for a in command_of(s3) if a.startswith("-s3.port="))
+    assert "-master.telemetry=false" in command_of(s3) and "ports" not in s3  # private to the network
+    assert mounts(s3)["/data"] in COMPOSE["volumes"] and "/healthz" in " ".join(s3["healthcheck"]["test"])
+    init = SERVICES["init-uploads"]
+    assert command_of(init) == ["flask", "--app", "imgsvc", init_uploads_command.name]
+    assert depends_on(init)["s3"] == {"condition": "service_healthy"}
+    for name in ("web", "worker", "init-uploads"):
+        service = SERVICES[name]
+        assert "/data/uploads" not in mounts(service), name
+        env = service["environment"]
+        upload_dir = Settings.from_env({"UPLOAD_DIR": default_of(env["UPLOAD_DIR"])}).upload_dir
+        assert str(upload_dir).startswith("s3://"), name  # the object store, not a path
+        assert default_of(env["AWS_ENDPOINT_URL"]) == f"http://s3:{s3_port}", name
+        # The app signs with the key pair the store was started with, whatever .env says.
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert env[key] == s3["environment"][key], (name, key)
+        if name != "init-uploads":
+            assert depends_on(service)["init-uploads"] == {"condition": "service_completed_successfully"}
 
 
 def test_every_volume_is_declared_and_every_bind_mount_exists():
@@ -138,6 +171,7 @@ def test_every_volume_is_declared_and_every_bind_mount_exists():
 
 def test_env_file_is_optional_and_app_variables_are_real_settings():
     known = {f.metadata["env"] for f in fields(Settings)} | {"HF_HOME", "HF_HUB_OFFLINE", "FLASK_SKIP_DOTENV"}
+    known |= AWS_VARIABLES
     for name, service in SERVICES.items():
         for entry in service.get("env_file", []):
             assert entry == {"path": ".env", "required": False}, name

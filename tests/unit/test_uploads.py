@@ -1,38 +1,133 @@
-"""The upload store streams, limits, hashes and names files itself."""
+"""Both upload stores keep one contract: stream, limit, hash, name, hand back, delete, list for the sweep.
+
+The object store runs against a real S3 server (SeaweedFS on loopback), never a mock.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from imgsvc.errors import EmptyFile, FileTooLarge
-from imgsvc.storage.uploads import UploadStore, client_filename
+from imgsvc.config import ConfigError, Settings
+from imgsvc.errors import EmptyFile, FileTooLarge, StorageUnavailable
+from imgsvc.storage.s3 import S3UploadStore
+from imgsvc.storage.uploads import LocalUploadStore, UploadStore, client_filename, open_upload_store
+from tests.integration.procs import free_port
+
+FAR_FUTURE = datetime.now(UTC) + timedelta(days=1)
 
 
-def test_stage_and_commit_use_server_names(tmp_path):
-    store = UploadStore(tmp_path, max_bytes=1000)
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path: Path) -> UploadStore:
+    if request.param == "local":
+        return LocalUploadStore(tmp_path / "uploads", max_bytes=1000)
+    (tmp_path / "staging").mkdir()
+    return S3UploadStore(
+        request.getfixturevalue("s3_upload_dir"), max_bytes=1000, staging_dir=tmp_path / "staging"
+    )
+
+
+def stored(store: UploadStore) -> set[str]:
+    return set(store.names_older_than(FAR_FUTURE))
+
+
+def leftovers(store: UploadStore) -> list[str]:
+    """Temp files of staging or downloading: none may outlive the call that made them."""
+    return [p.name for p in store.staging_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_stage_commit_and_read_back_under_server_names(store):
     staged = store.stage(io.BytesIO(b"x" * 999))
     assert staged.size == 999 and staged.sha256 == hashlib.sha256(b"x" * 999).hexdigest()
     name = store.commit(staged, ".png")
     assert name.endswith(".png") and len(name) == 36
-    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert stored(store) == {name} and leftovers(store) == []
+    with store.local_copy(name) as path:
+        assert path.read_bytes() == b"x" * 999
+    assert leftovers(store) == []  # the object store's download is removed after use
 
 
 @pytest.mark.parametrize(("data", "error"), [(b"", EmptyFile), (b"y" * 1001, FileTooLarge)])
-def test_rejected_uploads_leave_no_file(tmp_path, data, error):
-    store = UploadStore(tmp_path, max_bytes=1000)
+def test_rejected_uploads_leave_no_file(store, data, error):
     with pytest.raises(error):
         store.stage(io.BytesIO(data))
-    assert list(tmp_path.iterdir()) == []
+    assert stored(store) == set() and leftovers(store) == []
 
 
-def test_path_of_refuses_foreign_names(tmp_path):
-    store = UploadStore(tmp_path, max_bytes=10)
-    for bad in ("../etc/passwd", ".hidden", "a/b.png"):
+def test_delete_is_idempotent_and_a_deleted_upload_is_missing(store):
+    name = store.commit(store.stage(io.BytesIO(b"img")), ".jpg")
+    store.delete(name)
+    store.delete(name)
+    store.delete(None)  # a cached job has no file of its own
+    assert stored(store) == set()
+    with pytest.raises(FileNotFoundError), store.local_copy(name) as path:
+        path.read_bytes()  # the local store hands out the path; reading it finds nothing
+    assert leftovers(store) == []
+
+
+def test_foreign_names_are_refused(store):
+    for bad in ("../etc/passwd", ".hidden", "a/b.png", "notes.txt"):
         with pytest.raises(ValueError):
-            store.path_of(bad)
+            store.delete(bad)
+        with pytest.raises(ValueError), store.local_copy(bad):
+            pass
+
+
+def test_the_sweep_sees_only_old_uploads_of_its_own(store):
+    name = store.commit(store.stage(io.BytesIO(b"img")), ".gif")
+    # Someone else's file beside ours: never listed, so never swept.
+    if isinstance(store, S3UploadStore):
+        store.client.put_object(Bucket=store.bucket, Key=f"{store.prefix}notes.txt", Body=b"hi")
+    else:
+        (store.root / "notes.txt").write_text("hi")
+    assert list(store.names_older_than(datetime.now(UTC) - timedelta(minutes=5))) == []
+    assert list(store.names_older_than(FAR_FUTURE)) == [name]
+
+
+def test_create_makes_the_bucket_once(s3_upload_dir, s3_server):
+    bucket = f"fresh-{uuid.uuid4().hex[:12]}"
+    store = S3UploadStore(f"s3://{bucket}/uploads", max_bytes=10)
+    store.create()
+    store.create()  # already there: nothing to do, no error
+    client = s3_server.client()
+    client.head_bucket(Bucket=bucket)  # raises unless it exists
+    assert stored(store) == set()
+    client.delete_bucket(Bucket=bucket)
+
+
+def test_an_unreachable_object_store_is_store_unavailable_and_leaves_nothing(tmp_path, monkeypatch):
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    store = S3UploadStore("s3://bucket/prefix", max_bytes=1000, staging_dir=tmp_path)
+    staged = store.stage(io.BytesIO(b"img"))
+    with pytest.raises(StorageUnavailable) as refused:
+        store.commit(staged, ".png")
+    assert refused.value.status == 503 and "127.0.0.1" not in refused.value.message
+    with pytest.raises(StorageUnavailable), store.local_copy("0" * 32 + ".png"):
+        pass
+    assert list(tmp_path.iterdir()) == []  # neither the staged upload nor a download is left
+
+
+def test_upload_dir_picks_the_store(tmp_path):
+    local = open_upload_store(Settings.from_env({"UPLOAD_DIR": str(tmp_path / "up")}))
+    assert isinstance(local, LocalUploadStore) and local.root == tmp_path / "up"
+    remote = open_upload_store(Settings.from_env({"UPLOAD_DIR": "s3://my-bucket/imgsvc/uploads/"}))
+    assert isinstance(remote, S3UploadStore)
+    assert (remote.bucket, remote.prefix) == ("my-bucket", "imgsvc/uploads/")
+    bare = open_upload_store(Settings(upload_dir="s3://my-bucket"))
+    assert (bare.bucket, bare.prefix) == ("my-bucket", "")
+    for bad in ("s3://", "gs://bucket/x", "s3://bucket/x?versionId=1"):
+        with pytest.raises(ConfigError):
+            Settings.from_env({"UPLOAD_DIR": bad})
 
 
 @pytest.mark.parametrize(
