@@ -7,7 +7,14 @@
 # PRELOAD_MODEL bakes those Hub weights into /models at build time, so workers start offline.
 # Without it the worker uses whatever the /models volume holds, else the built-in describer.
 
+# Any Debian-based image with Python 3.11 on PATH as `python` can stand in for python:3.11-slim.
 ARG PYTHON_IMAGE=python:3.11-slim
+# PyPI's Linux torch wheels bundle CUDA (gigabytes); PyTorch's own index has the CPU-only build.
+# Where that index is out of reach, a directory of wheels can take its place at build time:
+#   buildah bud -v /opt/wheels:/wheels:ro --build-arg PIP_FIND_LINKS=/wheels --build-arg PIP_EXTRA_INDEX_URL= .
+# (scripts/container-check.sh does so). pip reads both from the environment; empty means none.
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS=
 
 # --- builder: every dependency into a virtual environment that the runtime copies whole ---------
 FROM ${PYTHON_IMAGE} AS builder
@@ -19,8 +26,15 @@ RUN python -m venv /opt/venv
 WORKDIR /app
 # Dependencies first: this layer is rebuilt only when requirements.txt changes.
 COPY requirements.txt ./
-# PyPI's Linux torch wheels bundle CUDA (gigabytes); PyTorch's own index has the CPU-only build.
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.txt
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+# rapidocr-onnxruntime asks for opencv-python, the desktop build, whose cv2 needs X11 and OpenGL
+# libraries the slim image lacks (the worker could not load OCR). The headless build of the same
+# version is the same cv2 without them.
+RUN pip install -r requirements.txt \
+    && opencv="$(pip show opencv-python | sed -n 's/^Version: //p')" \
+    && pip uninstall -y opencv-python \
+    && pip install --no-deps "opencv-python-headless==$opencv"
 COPY pyproject.toml README.md wsgi.py worker.py gunicorn.conf.py ./
 COPY imgsvc ./imgsvc
 # Editable, like a checkout: PROJECT_ROOT stays /app, where gunicorn.conf.py and wsgi.py live.
@@ -33,7 +47,13 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends redis-server \
     && rm -rf /var/lib/apt/lists/*
 COPY requirements-dev.txt ./
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements-dev.txt
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+# rapidocr-onnxruntime's requirement brings the desktop opencv-python back: swap it again (see above).
+RUN pip install -r requirements-dev.txt \
+    && opencv="$(pip show opencv-python | sed -n 's/^Version: //p')" \
+    && pip uninstall -y opencv-python \
+    && pip install --no-deps --force-reinstall "opencv-python-headless==$opencv"
 COPY . .
 ENV HF_HUB_OFFLINE=1
 CMD ["python", "-m", "pytest", "-q"]

@@ -24,6 +24,7 @@ BENCHES = {
     "memory": "worker RSS over many jobs; the web process without torch",
     "backends": "the built-in describers side by side on real photos",
     "storage": "submit latency and end-to-end job time, uploads in a local directory vs S3",
+    "bombs": "decode bombs before/after: the web check, the worker's decode, /healthz under bomb uploads",
 }
 QUICK_ARGS = {"backends": ["--repeat", "1"]}
 

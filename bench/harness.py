@@ -150,7 +150,7 @@ def photos(count: int) -> list[bytes]:
 
 def decoded(jpeg: bytes) -> Image.Image:
     """What the worker hands the model for these bytes (same downscale and EXIF handling)."""
-    from imgsvc.images import load_for_model
+    from imgsvc.decoding import load_for_model
 
     with tempfile.NamedTemporaryFile(suffix=".jpg") as file:
         file.write(jpeg)

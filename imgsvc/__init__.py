@@ -18,6 +18,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     so the app starts even while they are still coming up.
     """
     from flask import Flask
+    from werkzeug.middleware.proxy_fix import ProxyFix
 
     from imgsvc import logs
     from imgsvc.metrics import RedisMetrics
@@ -35,6 +36,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     logs.configure(settings.log_level)
 
     app = Flask(__name__, instance_relative_config=True)
+    if settings.trusted_proxies:  # the client's address, scheme and host as the proxies saw them
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.config.update(
         IMGSVC=settings,
         SECRET_KEY=settings.secret_key,

@@ -33,11 +33,11 @@ def main() -> None:
 def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_size: int) -> None:
     """Describe image files locally, without a server.
 
-    A file that is not an image we can read is reported under its own name and the others are
-    still described; the exit status is 1 when any file failed.
+    Files are decoded like the worker does, in a child process under DECODE_TIMEOUT and
+    DECODE_MEMORY_MB; one that fails is reported on its own line, under its own name, and
+    the rest go on. The exit status is 1 when any file failed.
     """
-    from imgsvc.errors import ImgsvcError
-    from imgsvc.images import load_for_model
+    from imgsvc.decoding import DecodeError, Decoder
     from imgsvc.vision import load_describer
     from imgsvc.vision.base import ModelLoadError
     from imgsvc.vision.records import description_record
@@ -50,24 +50,24 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from exc
     failed = 0
-    with click.progressbar(
-        length=len(paths), label="describing", file=sys.stderr, hidden=len(paths) < 4 or as_json
-    ) as bar:
+    with (
+        Decoder.from_settings(settings) as decoder,
+        click.progressbar(
+            length=len(paths), label="describing", file=sys.stderr, hidden=len(paths) < 4 or as_json
+        ) as bar,
+    ):
         for start in range(0, len(paths), batch_size):
-            loaded = []
-            for path in paths[start : start + batch_size]:
-                try:
-                    loaded.append(
-                        (path, load_for_model(path, settings.max_image_pixels, settings.max_image_side))
-                    )
-                except ImgsvcError as exc:
+            chunk = paths[start : start + batch_size]
+            images = decoder.decode_many(chunk)
+            good = [image for image in images if not isinstance(image, DecodeError)]
+            results = iter(describer.describe_full(good) if good else [])
+            for path, image in zip(chunk, images, strict=True):
+                if isinstance(image, DecodeError):
                     failed += 1
-                    _report_failure(path, exc.to_dict(), as_json)
-                except OSError as exc:  # unreadable: permissions, a file that vanished meanwhile
-                    failed += 1
-                    _report_failure(path, {"error": {"code": "unreadable", "message": exc.strerror}}, as_json)
-            results = describer.describe_full([image for _, image in loaded]) if loaded else []
-            for (path, _), result in zip(loaded, results, strict=True):
+                    record: dict[str, object] = {"file": str(path), "error": str(image)}
+                    click.echo(json.dumps(record) if as_json else f"{path}: error: {image}")
+                    continue
+                result = next(results)
                 if as_json:
                     record = {
                         "file": str(path),
@@ -77,22 +77,9 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
                     click.echo(json.dumps(record | description_record(result)))
                 else:
                     click.echo(f"{path}: {result.text}")
-            bar.update(min(batch_size, len(paths) - start))
-    _exit_if_failed(failed, len(paths), "described")
-
-
-def _report_failure(path: Path, error: dict[str, Any], as_json: bool) -> None:
-    """JSON mode: a record on stdout like the good ones; text mode: one line on stderr."""
-    if as_json:
-        click.echo(json.dumps({"file": str(path)} | error))
-    else:
-        click.echo(f"{path}: error: {error['error']['message']}", err=True)
-
-
-def _exit_if_failed(failed: int, total: int, verb: str) -> None:
+            bar.update(len(chunk))
     if failed:
-        click.echo(f"{failed} of {total} file(s) could not be {verb}", err=True)
-        sys.exit(1)
+        raise click.ClickException(f"{failed} of {len(paths)} file(s) could not be decoded")
 
 
 @main.command()
@@ -121,7 +108,8 @@ def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float) -> Non
         raise click.ClickException(f"the server at {base} did not answer in time") from exc
     except requests.RequestException as exc:  # a malformed --url, mostly
         raise click.ClickException(f"cannot use the server URL {url!r}: {exc}") from exc
-    _exit_if_failed(failed, len(paths), "described")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(paths)} file(s) could not be described")
 
 
 def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: bool, timeout: float) -> int:

@@ -34,6 +34,19 @@ def _list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
+#: Settings for which zero or less means nothing sensible.
+POSITIVE = (
+    "max_file_size",
+    "job_timeout",
+    "max_image_pixels",
+    "max_image_frames",
+    "batch_size",
+    "decode_timeout",
+    "decode_memory_mb",
+    "worker_ttl",
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Defaults are the embedded, single-machine setup; production overrides via env."""
@@ -46,6 +59,7 @@ class Settings:
     max_file_size: int = field(default=10 * 1024 * 1024, metadata={"env": "MAX_FILE_SIZE"})
     max_batch_files: int = field(default=20, metadata={"env": "MAX_BATCH_FILES"})
     max_image_pixels: int = field(default=40_000_000, metadata={"env": "MAX_IMAGE_PIXELS"})
+    max_image_frames: int = field(default=1000, metadata={"env": "MAX_IMAGE_FRAMES"})
     #: A local directory (a Path), or object storage as an ``s3://BUCKET/PREFIX`` URL (a str).
     upload_dir: Path | str = field(default=PROJECT_ROOT / "uploads", metadata={"env": "UPLOAD_DIR"})
     secret_key: str = field(default="dev-not-secret", metadata={"env": "SECRET_KEY"})
@@ -53,6 +67,7 @@ class Settings:
     rq_dashboard_password: str = field(default="", metadata={"env": "RQ_DASHBOARD_PASSWORD"})
     api_keys: tuple[str, ...] = field(default=(), metadata={"env": "API_KEYS"})
     rate_limit: str = field(default="", metadata={"env": "RATE_LIMIT"})
+    trusted_proxies: int = field(default=0, metadata={"env": "TRUSTED_PROXIES"})
     webhook_secret: str = field(default="", metadata={"env": "WEBHOOK_SECRET"})
     webhook_allow_private: bool = field(default=False, metadata={"env": "WEBHOOK_ALLOW_PRIVATE"})
     # storage
@@ -70,6 +85,7 @@ class Settings:
     batch_size: int = field(default=1, metadata={"env": "BATCH_SIZE"})
     batch_wait_ms: int = field(default=0, metadata={"env": "BATCH_WAIT_MS"})
     stale_after: int = field(default=600, metadata={"env": "STALE_AFTER"})
+    worker_ttl: int = field(default=30, metadata={"env": "WORKER_TTL"})
     # vision
     vision_model: str = field(default="auto", metadata={"env": "VISION_MODEL"})
     caption_model: str = field(default=DEFAULT_CAPTION_MODEL, metadata={"env": "CAPTION_MODEL"})
@@ -78,6 +94,8 @@ class Settings:
     max_new_tokens: int = field(default=30, metadata={"env": "MAX_NEW_TOKENS"})
     quantize: str = field(default="", metadata={"env": "QUANTIZE"})
     max_image_side: int = field(default=1024, metadata={"env": "MAX_IMAGE_SIDE"})
+    decode_timeout: int = field(default=10, metadata={"env": "DECODE_TIMEOUT"})
+    decode_memory_mb: int = field(default=1024, metadata={"env": "DECODE_MEMORY_MB"})
     ocr: str = field(default="auto", metadata={"env": "OCR"})
     models_dir: Path = field(default=PROJECT_ROOT / "instance" / "models", metadata={"env": "MODELS_DIR"})
     torch_threads: int = field(default=0, metadata={"env": "TORCH_THREADS"})
@@ -105,11 +123,13 @@ class Settings:
         return replace(self, **changes).validated()
 
     def validated(self) -> Settings:
-        for name in ("max_file_size", "job_timeout", "max_image_pixels", "batch_size"):
+        for name in POSITIVE:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.upper()} must be positive")
         if self.task_max_retries < 0 or self.task_retry_delay < 0:
             raise ConfigError("TASK_MAX_RETRIES and TASK_RETRY_DELAY must be >= 0")
+        if self.trusted_proxies < 0:
+            raise ConfigError("TRUSTED_PROXIES must be >= 0")
         if self.ocr not in {"auto", "on", "off"}:
             raise ConfigError("OCR must be auto, on or off")
         if self.fetch_captioner not in {"auto", "off"}:

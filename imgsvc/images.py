@@ -1,16 +1,26 @@
-"""Pillow handling shared by the web side (check an upload) and the worker (decode for the model).
+"""The web side's image check: format, size, frames and scans, read from headers only.
 
-Uploads are sniffed by content, never by name or Content-Type, against an allow-list,
-and refused before a full decode when their pixel count says "decompression bomb".
+The web process never decodes a pixel: a hostile file can make a decoder spend minutes
+of CPU (a progressive JPEG that repeats one scan 20,000 times) or gigabytes of memory (a
+tiny WebP with a 40-megapixel canvas), and Pillow's C decoders release the GIL, so
+gunicorn's timeout never fires. Instead each format's structure is walked here (JPEG
+markers, PNG chunks, GIF blocks, RIFF chunks, TIFF IFDs, the BMP header) without
+decompressing anything: a file whose structure does not hold together is refused (415),
+one that declares too many pixels, frames or scans is refused as a bomb (413). Pixels
+are decoded by the worker, in a child process under a time and memory budget
+(:mod:`imgsvc.decoding`).
+
+Uploads are sniffed by content, never by name or Content-Type, against an allow-list.
 """
 
 from __future__ import annotations
 
-import warnings
+import mmap
+import re
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from PIL import Image, ImageOps
 
 from imgsvc.errors import ImageTooLarge, UnsupportedImage
 
@@ -23,18 +33,27 @@ ALLOWED_FORMATS: dict[str, str] = {
     "TIFF": ".tiff",
 }
 
+#: The most scans a JPEG may have. Real encoders write far fewer: libjpeg(-turbo)'s
+#: progressive script has 10 scans for colour, 6 for grey, 18 for CMYK; mozjpeg's scan
+#: optimisation keeps a similar handful; a baseline JPEG has one scan per component at
+#: most. Every scan makes the decoder pass over the whole coefficient buffer again, so
+#: scans, not bytes, set a progressive JPEG's cost: the security review's 1.8 MB file
+#: repeats one scan 20,000 times and took 42 s to decode. 100 scans of a 40-megapixel
+#: image cost well under a second (see the README's decode figures).
+MAX_JPEG_SCANS = 100
+
+#: Structural elements (chunks, markers, blocks, IFDs) walked per file. A real 10 MB
+#: file has a few tens of thousands at most (a GIF's 255-byte sub-blocks); a file
+#: built of millions of 1-byte blocks would make even this header walk expensive.
+MAX_ELEMENTS = 200_000
+
 
 #: The allowed formats as a person reads them, for error messages.
 ALLOWED_NAMES = ["WebP" if name == "WEBP" else name for name in ALLOWED_FORMATS]
 
 # What people upload by mistake, recognised by its first bytes: (offset, signature, in words).
+# (The accepted formats are :func:`sniff`'s.)
 _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
-    (0, b"\xff\xd8\xff", "a JPEG image"),
-    (0, b"\x89PNG\r\n\x1a\n", "a PNG image"),
-    (0, b"GIF87a", "a GIF image"),
-    (0, b"GIF89a", "a GIF image"),
-    (0, b"II*\x00", "a TIFF image"),
-    (0, b"MM\x00*", "a TIFF image"),
     (0, b"%PDF-", "a PDF document"),
     (0, b"PK\x03\x04", "a ZIP archive"),
     (0, b"PK\x05\x06", "a ZIP archive"),
@@ -52,13 +71,11 @@ _SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"OggS", "Ogg audio or video"),
     (0, b"fLaC", "FLAC audio"),
     (0, b"\x1aE\xdf\xa3", "a Matroska or WebM video"),
-    (8, b"WEBP", "a WebP image"),  # RIFF containers: the form type follows the size
-    (8, b"WAVE", "WAV audio"),
+    (8, b"WAVE", "WAV audio"),  # RIFF containers: the form type follows the size
     (8, b"AVI ", "an AVI video"),
 )
 # Two-byte signatures that ordinary text can start with: tried only on what is not text.
 _WEAK_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"BM", "a BMP image"),
     (b"MZ", "a Windows program"),
     (b"ID3", "MP3 audio"),
 )
@@ -79,8 +96,11 @@ def sniff_type(head: bytes) -> str:
     """What a file's first bytes say it is, in words ("a PDF document", "plain text" ...).
 
     Only for telling a person what they sent: whether an upload is accepted is decided by
-    decoding it against the allow-list, never by this guess.
+    :func:`sniff` and the format's own structure, never by this guess.
     """
+    accepted = sniff(head)
+    if accepted and not (accepted == "BMP" and _as_text(head) is not None):  # "BMW 320d, ..." is text
+        return f"a {'WebP' if accepted == 'WEBP' else accepted} image"
     for offset, signature, name in _SIGNATURES:
         if head.startswith(signature, offset) and (offset == 0 or head.startswith(b"RIFF")):
             return name
@@ -118,7 +138,8 @@ def _as_text(head: bytes) -> str | None:
 
 
 def unsupported_image(path: Path) -> UnsupportedImage:
-    """The 415 for a file Pillow would not decode: what it seems to be, and what is allowed.
+    """For a file that is none of the accepted formats, or one Pillow would not decode: what it
+    seems to be, and what is accepted.
 
     Pillow's own message (exception type, file name) means nothing to the person who sent it.
     """
@@ -126,7 +147,7 @@ def unsupported_image(path: Path) -> UnsupportedImage:
         detected = sniff_type(file.read(512))
     allowed = f"{', '.join(ALLOWED_NAMES[:-1])} and {ALLOWED_NAMES[-1]}"
     if detected.removeprefix("a ").removesuffix(" image") in ALLOWED_NAMES:
-        message = f"the file looks like {detected} but cannot be decoded (it may be damaged or cut short)"
+        message = f"the file looks like {detected} but cannot be decoded"
     else:
         message = f"the file is {detected}; accepted formats are {allowed}"
     return UnsupportedImage(message, detected=detected, allowed=ALLOWED_NAMES)
@@ -137,80 +158,369 @@ class ImageInfo:
     format: str
     width: int
     height: int
+    #: Frames of an animation or pages of a TIFF (the worker describes the first).
+    frames: int = 1
+    #: JPEG scans (1 for a baseline image with interleaved components).
+    scans: int = 1
 
     @property
     def extension(self) -> str:
         return ALLOWED_FORMATS[self.format]
 
 
-def inspect_image(path: Path, max_pixels: int) -> ImageInfo:
-    """Check that ``path`` holds an allowed, decodable, not-too-large image.
+def inspect_image(path: Path, max_pixels: int, max_frames: int) -> ImageInfo:
+    """Check that ``path`` holds an allowed, well-formed, not-too-large image; decode nothing.
 
-    A cheap, reduced decode (JPEG draft mode) still catches truncated files, so a
-    worker never receives an upload the web side could have refused.
+    Raises :class:`UnsupportedImage` (415) when the format is not allowed or the
+    structure is broken or truncated, :class:`ImageTooLarge` (413) when the image, any
+    of its frames, its frame count or its JPEG scan count exceed the limits.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    with path.open("rb") as fh:
         try:
-            with Image.open(path, formats=list(ALLOWED_FORMATS)) as img:
-                info = ImageInfo(img.format or "", img.width, img.height)
-                if info.width * info.height > max_pixels:
-                    raise ImageTooLarge(
-                        f"image has {info.width}x{info.height} pixels; the limit is {max_pixels} pixels",
-                        width=info.width,
-                        height=info.height,
-                        max_pixels=max_pixels,
-                    )
-                if info.format == "JPEG":
-                    img.draft("RGB", (max(1, info.width // 8), max(1, info.height // 8)))
-                img.load()
-        except (ImageTooLarge, UnsupportedImage):
-            raise
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-            raise ImageTooLarge(f"image refused as a decompression bomb: {_reason(exc, path)}") from exc
-        except Exception as exc:  # Pillow raises many types for bad input
-            raise unsupported_image(path) from exc
-    if info.format not in ALLOWED_FORMATS:
-        raise UnsupportedImage(f"image format {info.format} is not allowed")
-    return info
+            data = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError as exc:  # an empty file cannot be mapped
+            raise unsupported("the file is empty") from exc
+        with data:
+            kind = sniff(data[:16])
+            if kind is None:
+                raise unsupported_image(path)
+            walker = _Walker(data, max_pixels, max_frames)
+            try:
+                return WALKERS[kind](walker)
+            except (struct.error, IndexError) as exc:
+                raise unsupported(f"the {kind} data ends early (truncated file)") from exc
 
 
-def load_for_model(path: Path, max_pixels: int, max_side: int) -> Image.Image:
-    """Decode fully, apply EXIF orientation, drop metadata, RGB, and bound the size.
+def unsupported(reason: str) -> UnsupportedImage:
+    """The 415 for a file of an accepted format whose structure does not hold together."""
+    return UnsupportedImage(f"the file cannot be read as an image: {reason}", allowed=ALLOWED_NAMES)
 
-    Downscaling here keeps a 40-megapixel photo from costing the model more than a
-    1-megapixel one; every backend resizes to far less anyway.
+
+def sniff(head: bytes) -> str | None:
+    """The format named by the file's magic bytes, if it is one we accept."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:2] == b"BM":
+        return "BMP"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    return None
+
+
+class _Walker:
+    """Bounds-checked reads over the mapped file plus the limits every format shares."""
+
+    def __init__(self, data: mmap.mmap, max_pixels: int, max_frames: int) -> None:
+        self.data = data
+        self.size = len(data)
+        self.max_pixels = max_pixels
+        self.max_frames = max_frames
+        self.elements = 0
+
+    def read(self, fmt: str, offset: int) -> tuple[int, ...]:
+        """struct.unpack_from that raises struct.error (= truncated) past the end."""
+        return struct.unpack_from(fmt, self.data, offset)
+
+    def need(self, end: int, what: str) -> None:
+        if end > self.size:
+            raise unsupported(f"{what} ends past the end of the file (truncated file)")
+
+    def step(self, what: str) -> None:
+        self.elements += 1
+        if self.elements > MAX_ELEMENTS:
+            raise unsupported(f"it has more than {MAX_ELEMENTS} {what}; real images have far fewer")
+
+    def check_size(self, kind: str, width: int, height: int, what: str = "image") -> None:
+        if width <= 0 or height <= 0:
+            raise unsupported(f"the {kind} header gives an empty size {width}x{height}")
+        if width * height > self.max_pixels:
+            raise ImageTooLarge(
+                f"{what} has {width}x{height} pixels; the limit is {self.max_pixels} pixels",
+                width=width,
+                height=height,
+                max_pixels=self.max_pixels,
+            )
+
+    def check_frames(self, frames: int) -> None:
+        if frames > self.max_frames:
+            raise ImageTooLarge(
+                f"image has more than {self.max_frames} frames; the limit is {self.max_frames}",
+                max_frames=self.max_frames,
+            )
+
+
+# -- JPEG ---------------------------------------------------------------------------------------
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7 carry no length
+#: The end of a scan's entropy-coded data: 0xFF followed by neither a stuffed 0x00 nor a
+#: restart marker (a second 0xFF is a fill byte before the marker). Written so that the
+#: regex engine can skip to each 0xFF at C speed: ``\xff+`` made it 50x slower.
+_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+
+
+def _jpeg(w: _Walker) -> ImageInfo:
+    """Walk the markers from SOI to EOI, counting scans; bytes after EOI are ignored (MPO)."""
+    offset, size, scans = 2, None, 0
+    while True:
+        w.step("JPEG markers")
+        if w.data[offset] != 0xFF:
+            raise unsupported("a JPEG marker is missing where one must be (corrupt file)")
+        while w.data[offset] == 0xFF:  # fill bytes
+            offset += 1
+        marker = w.data[offset]
+        offset += 1
+        if marker == 0xD9:  # EOI
+            break
+        if marker in _STANDALONE:
+            continue
+        (length,) = w.read(">H", offset)
+        if length < 2:
+            raise unsupported("a JPEG segment has an impossible length (corrupt file)")
+        end = offset + length
+        w.need(end, "a JPEG segment")
+        if marker in _SOF:
+            if size is not None:
+                raise unsupported("the JPEG has two frame headers (corrupt file)")
+            height, width = w.read(">HH", offset + 3)
+            w.check_size("JPEG", width, height)
+            size = (width, height)
+        elif marker == 0xDA:  # SOS: the scan's entropy-coded data follows its header
+            if size is None:
+                raise unsupported("a JPEG scan comes before the frame header (corrupt file)")
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                raise ImageTooLarge(
+                    f"the JPEG has more than {MAX_JPEG_SCANS} scans (real encoders write at most ~20); "
+                    "refused as a decompression bomb",
+                    max_scans=MAX_JPEG_SCANS,
+                )
+            found = _SCAN_END.search(w.data, end)
+            if found is None:
+                raise unsupported("the JPEG data ends inside a scan (truncated file)")
+            end = found.start()
+        offset = end
+    if size is None or scans == 0:
+        raise unsupported("the JPEG has no image data (corrupt file)")
+    return ImageInfo("JPEG", *size, scans=scans)
+
+
+# -- PNG ----------------------------------------------------------------------------------------
+def _png(w: _Walker) -> ImageInfo:
+    """Walk chunks from IHDR to IEND; an APNG's acTL gives its frame count."""
+    offset, size, frames = 8, None, 1
+    while True:
+        w.step("PNG chunks")
+        length, kind = w.read(">I4s", offset)
+        end = offset + 12 + length  # length, type, data, CRC
+        w.need(end, "a PNG chunk")
+        if size is None:
+            if kind != b"IHDR" or length != 13:
+                raise unsupported("the PNG does not start with its header chunk (corrupt file)")
+            size = w.read(">II", offset + 8)
+            w.check_size("PNG", *size)
+        elif kind == b"acTL":
+            (frames,) = w.read(">I", offset + 8)
+            w.check_frames(frames)
+        elif kind == b"fcTL":
+            frame = w.read(">II", offset + 12)
+            w.check_size("PNG", *frame, what="an animation frame")
+        elif kind == b"IEND":
+            break
+        offset = end
+    return ImageInfo("PNG", *size, frames=max(frames, 1))
+
+
+# -- GIF ----------------------------------------------------------------------------------------
+def _gif(w: _Walker) -> ImageInfo:
+    """Walk the blocks: extensions and image descriptors, each followed by sub-blocks.
+
+    A missing trailer is tolerated when the file ends between blocks (many encoders
+    forget it, and Pillow reads such files); a file ending inside a block is truncated.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(path, formats=list(ALLOWED_FORMATS)) as img:
-                if img.width * img.height > max_pixels:
-                    raise ImageTooLarge(f"image has {img.width}x{img.height} pixels")
-                if img.format == "JPEG" and max(img.size) > 2 * max_side:
-                    img.draft("RGB", (max_side, max_side))
-                img.seek(0)  # GIF/TIFF: the first frame
-                oriented = ImageOps.exif_transpose(img)
-                rgb = _to_rgb(oriented)
-        except ImageTooLarge:
-            raise
-        except Exception as exc:
-            raise unsupported_image(path) from exc
-    rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    rgb.info.clear()
-    return rgb
+    width, height, flags = w.read("<HHB", 6)
+    w.check_size("GIF", width, height)
+    offset = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # global colour table
+    frames = 0
+    while offset < w.size:
+        w.step("GIF blocks")
+        introducer = w.data[offset]
+        if introducer == 0x3B:  # trailer
+            break
+        if introducer == 0x21:  # extension: label, then sub-blocks
+            offset = _gif_sub_blocks(w, offset + 2)
+        elif introducer == 0x2C:  # image descriptor
+            left, top, fw, fh, fflags = w.read("<HHHHB", offset + 1)
+            frames += 1
+            w.check_frames(frames)
+            # Pillow grows the canvas to hold a frame that sticks out of it.
+            w.check_size("GIF", max(width, left + fw), max(height, top + fh), what="an animation frame")
+            offset += 10 + (3 << ((fflags & 7) + 1) if fflags & 0x80 else 0)
+            offset = _gif_sub_blocks(w, offset + 1)  # after the LZW code size byte
+        else:
+            raise unsupported("the GIF has an unknown block (corrupt file)")
+    if frames == 0:
+        raise unsupported("the GIF has no image (corrupt file)")
+    return ImageInfo("GIF", width, height, frames=frames)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Flatten transparency onto white: a black background would change the description."""
-    if img.mode in {"RGBA", "LA"} or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return img.convert("RGB")
+def _gif_sub_blocks(w: _Walker, offset: int) -> int:
+    """Skip a chain of length-prefixed sub-blocks; return the offset after its terminator.
+
+    The hottest loop of the walk (a 10 MB GIF has ~40,000 sub-blocks), so it is kept
+    bare: reading past the end raises IndexError, which means truncated.
+    """
+    data, count = w.data, 0
+    while length := data[offset]:
+        offset += 1 + length
+        count += 1
+        if count > MAX_ELEMENTS:
+            break  # the step below refuses the file
+    w.elements += count
+    w.step("GIF sub-blocks")
+    return offset + 1
 
 
-def _reason(exc: BaseException, path: Path) -> str:
-    """Pillow's message, minus our file path: server paths are nobody's business."""
-    return f"{type(exc).__name__}: {str(exc).replace(str(path), 'upload')}"
+# -- WebP ---------------------------------------------------------------------------------------
+def _webp(w: _Walker) -> ImageInfo:
+    """Walk the RIFF chunks: VP8 / VP8L (a still image) or VP8X (a canvas) with ANMF frames."""
+    (riff_size,) = w.read("<I", 4)
+    end_of_riff = 8 + riff_size
+    w.need(end_of_riff, "the WebP RIFF container")
+    offset, size, frames = 12, None, 0
+    while offset + 8 <= end_of_riff:
+        w.step("WebP chunks")
+        kind, length = w.read("<4sI", offset)
+        body = offset + 8
+        w.need(body + length, "a WebP chunk")
+        if kind == b"VP8X":
+            canvas_w, canvas_h = _u24(w, body + 4) + 1, _u24(w, body + 7) + 1
+            w.check_size("WebP", canvas_w, canvas_h)
+            size = size or (canvas_w, canvas_h)
+        elif kind == b"ANMF":
+            frames += 1
+            w.check_frames(frames)
+            w.check_size("WebP", _u24(w, body + 6) + 1, _u24(w, body + 9) + 1, what="an animation frame")
+        elif kind in (b"VP8 ", b"VP8L") and size is None:
+            size = _vp8_size(w, kind, body)
+            w.check_size("WebP", *size)
+        offset = body + length + (length & 1)  # chunks are padded to an even length
+    if size is None:
+        raise unsupported("the WebP has no image chunk (corrupt file)")
+    return ImageInfo("WEBP", *size, frames=max(frames, 1))
+
+
+def _u24(w: _Walker, offset: int) -> int:
+    low, high = w.read("<HB", offset)
+    return low | high << 16
+
+
+def _vp8_size(w: _Walker, kind: bytes, body: int) -> tuple[int, int]:
+    if kind == b"VP8 ":  # lossy: a 3-byte frame tag, the start code, 14-bit sizes
+        if w.data[body + 3 : body + 6] != b"\x9d\x01\x2a":
+            raise unsupported("the WebP's VP8 frame has no start code (corrupt file)")
+        width, height = w.read("<HH", body + 6)
+        return width & 0x3FFF, height & 0x3FFF
+    if w.data[body] != 0x2F:  # lossless: a signature byte, then two 14-bit sizes minus one
+        raise unsupported("the WebP's VP8L image has no signature (corrupt file)")
+    (bits,) = w.read("<I", body + 1)
+    return (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
+
+
+# -- BMP ----------------------------------------------------------------------------------------
+_BMP_UNCOMPRESSED = {0, 3, 6}  # BI_RGB, BI_BITFIELDS, BI_ALPHABITFIELDS
+
+
+def _bmp(w: _Walker) -> ImageInfo:
+    """The file and DIB headers; an uncompressed bitmap must hold all its rows."""
+    (pixel_offset,) = w.read("<I", 10)
+    (header_size,) = w.read("<I", 14)
+    if header_size == 12:  # OS/2 BITMAPCOREHEADER
+        width, height, _, bits = w.read("<HHHH", 18)
+        compression = 0
+    elif header_size >= 40:
+        width, height, _, bits, compression = w.read("<iiHHI", 18)
+    else:
+        raise unsupported("the BMP has an unknown header (corrupt file)")
+    height = abs(height)  # negative: stored top-down
+    w.check_size("BMP", width, height)
+    if bits not in (1, 2, 4, 8, 16, 24, 32):
+        raise unsupported(f"the BMP has {bits} bits per pixel (corrupt file)")
+    if compression in _BMP_UNCOMPRESSED:
+        stride = (width * bits + 31) // 32 * 4
+        w.need(pixel_offset + stride * height, "the BMP's pixel rows")
+    return ImageInfo("BMP", width, height)
+
+
+# -- TIFF ---------------------------------------------------------------------------------------
+_TIFF_TYPES = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8 (BigTIFF): sizes and offsets
+
+
+def _tiff(w: _Walker) -> ImageInfo:
+    """Walk the chain of IFDs (pages); the first page's strips or tiles must lie in the file."""
+    order = "<" if w.data[:2] == b"II" else ">"
+    (magic,) = w.read(order + "H", 2)
+    big = magic == 43
+    (first,) = w.read(order + ("Q" if big else "I"), 8 if big else 4)
+    offset, seen, frames, size = first, set(), 0, None
+    while offset:
+        w.step("TIFF directories")
+        if offset in seen:
+            raise unsupported("the TIFF's directories form a loop (corrupt file)")
+        seen.add(offset)
+        tags, offset = _tiff_ifd(w, order, big, offset)
+        frames += 1
+        w.check_frames(frames)
+        page = (_first(tags.get(256)), _first(tags.get(257)))
+        w.check_size("TIFF", *page, what="image" if size is None else "a TIFF page")
+        if size is None:
+            size = page
+            for offsets, counts in ((273, 279), (324, 325)):  # strips, tiles
+                if offsets in tags and counts in tags:
+                    ends = map(sum, zip(tags[offsets], tags[counts], strict=False))
+                    w.need(max(ends, default=0), "the TIFF's image data")
+    if size is None:
+        raise unsupported("the TIFF has no image directory (corrupt file)")
+    return ImageInfo("TIFF", *size, frames=frames)
+
+
+def _first(values: tuple[int, ...] | None) -> int:
+    return values[0] if values else 0
+
+
+def _tiff_ifd(w: _Walker, order: str, big: bool, offset: int) -> tuple[dict[int, tuple[int, ...]], int]:
+    """The numeric tags of one IFD that we care about, and the next IFD's offset."""
+    count_fmt, entry_size, inline = ("Q", 20, 8) if big else ("H", 12, 4)
+    (count,) = w.read(order + count_fmt, offset)
+    entries = offset + (8 if big else 2)
+    tags: dict[int, tuple[int, ...]] = {}
+    for index in range(count):
+        w.step("TIFF tags")
+        entry = entries + index * entry_size
+        tag, kind = w.read(order + "HH", entry)
+        if tag not in (256, 257, 273, 279, 324, 325) or kind not in _TIFF_TYPES:
+            continue
+        (n,) = w.read(order + ("Q" if big else "I"), entry + 4)
+        item = struct.calcsize(_TIFF_TYPES[kind])
+        where = entry + (12 if big else 8)
+        if n * item > inline:
+            (where,) = w.read(order + ("Q" if big else "I"), where)
+        w.need(where + n * item, "a TIFF tag")
+        tags[tag] = w.read(f"{order}{n}{_TIFF_TYPES[kind]}", where)
+    (following,) = w.read(order + ("Q" if big else "I"), entries + count * entry_size)
+    return tags, following
+
+
+WALKERS: dict[str, Callable[[_Walker], ImageInfo]] = {
+    "JPEG": _jpeg,
+    "PNG": _png,
+    "GIF": _gif,
+    "WEBP": _webp,
+    "BMP": _bmp,
+    "TIFF": _tiff,
+}

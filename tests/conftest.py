@@ -178,6 +178,22 @@ def image_bytes(
     return buf.getvalue()
 
 
+@pytest.fixture(scope="session")
+def scan_bomb() -> bytes:
+    """The security review's 1.8 MB progressive JPEG: one AC scan repeated 20,000 times (42 s to decode)."""
+    from bench.bombs import progressive_scan_bomb
+
+    return progressive_scan_bomb(6000, 20_000)
+
+
+@pytest.fixture(scope="session")
+def webp_bomb() -> bytes:
+    """The review's 70 KB WebP with a 6300x6300 canvas (612 MB to decode in the web process)."""
+    from bench.bombs import webp_canvas_bomb
+
+    return webp_canvas_bomb()
+
+
 @pytest.fixture()
 def jpeg_bytes() -> bytes:
     return image_bytes("JPEG")

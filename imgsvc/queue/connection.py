@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue, Retry
+from rq import Queue, Retry, Worker
 from rq.job import Job as RQJob
+from rq.utils import now
 
 from imgsvc.config import Settings
 from imgsvc.errors import QueueUnavailable
@@ -50,6 +52,15 @@ def enqueue_describe(queue: Queue, settings: Settings, job_id: str, *, at_front:
         )
     except RedisError as exc:
         raise QueueUnavailable() from exc
+
+
+def live_workers(queue: Queue, worker_ttl: int) -> list[Worker]:
+    """Workers on ``queue`` whose last heartbeat is younger than WORKER_TTL seconds.
+
+    A SIGKILLed worker's key outlives it by WORKER_TTL + 60 s; its silence tells sooner.
+    """
+    fresh_since = now() - timedelta(seconds=worker_ttl)
+    return [w for w in Worker.all(queue=queue) if w.last_heartbeat and w.last_heartbeat >= fresh_since]
 
 
 def _model_key(settings: Settings) -> str:

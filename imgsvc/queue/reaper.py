@@ -1,12 +1,18 @@
 """Reconcile job rows with RQ so no job is lost or stuck when a worker or Redis dies.
 
-A row that has not moved for STALE_AFTER seconds is compared with its RQ job:
-missing from Redis (Redis lost it, or a worker died between dequeue and start) ->
+Two kinds of rows are compared with their RQ job: every job in RQ's started registry
+whose worker is gone (its key expired or records its death, its heartbeat is older
+than WORKER_TTL, or it ran on this host under a pid that is no longer alive), at once
+whatever the row's age; and any row that has not moved for STALE_AFTER seconds.
+Missing from Redis (Redis lost it, or a worker died between dequeue and start) ->
 enqueued again; started by a worker that is gone -> handed to RQ's abandoned-job
-handling at once (retried, or failed with no retries left) instead of after its
-heartbeat TTL (JOB_TIMEOUT + 60 s); failed in RQ -> failed in SQL; requeued by RQ
-after an abandoned run -> shown as queued again.
-Runs at worker start-up, in the worker's maintenance loop, and as ``flask reap``.
+handling (retried, or failed with no retries left) instead of after its heartbeat TTL
+(JOB_TIMEOUT + 60 s); failed in RQ -> failed in SQL; requeued by RQ after an abandoned
+run -> shown as queued again.
+:func:`reap_dead_workers` (the first kind only) runs in every worker's maintenance loop,
+every WORKER_TTL/3 seconds, so a dead worker's jobs are running again within about a
+minute; :func:`reconcile` (both) runs at worker start-up, every STALE_AFTER/2 seconds
+and as ``flask reap``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job as RQJob
 from rq.job import JobStatus
+from rq.utils import now, utcparse
 
 from imgsvc.config import Settings
 from imgsvc.queue.connection import enqueue_describe
@@ -37,13 +44,30 @@ ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEF
 
 
 def reconcile(settings: Settings, queue: Queue) -> dict[str, int]:
-    """One pass over stale rows; returns counts per action (for logs and tests)."""
+    """One pass over dead workers' jobs and stale rows; returns counts per action (for logs and tests)."""
+    return _reconcile_rows(settings, queue, stale_rows=True)
+
+
+def reap_dead_workers(settings: Settings, queue: Queue) -> dict[str, int]:
+    """Only the jobs of workers that are gone: cheap enough for every maintenance round."""
+    return _reconcile_rows(settings, queue, stale_rows=False)
+
+
+def _reconcile_rows(settings: Settings, queue: Queue, *, stale_rows: bool) -> dict[str, int]:
     counts = {"requeued": 0, "failed": 0, "reset": 0}
-    cutoff = jobs.utcnow() - timedelta(seconds=settings.stale_after)
     try:
         queued_ids = set(queue.get_job_ids())
-        for row in jobs.unfinished_before(cutoff):
-            action = _reconcile_one(settings, queue, row, queued_ids)
+        started = started_jobs(queue, settings.worker_ttl)
+        rows: dict[str, jobs.Job] = {}
+        if stale_rows:
+            cutoff = jobs.utcnow() - timedelta(seconds=settings.stale_after)
+            rows = {row.id: row for row in jobs.unfinished_before(cutoff)}
+        for job_id, alive in started.items():
+            row = None if alive or job_id in rows else jobs.get_job(job_id)
+            if row is not None and row.status in (jobs.Status.QUEUED, jobs.Status.PROCESSING):
+                rows[job_id] = row
+        for row in rows.values():
+            action = _reconcile_one(settings, queue, row, queued_ids, started)
             if action:
                 counts[action] += 1
                 log.warning("job reconciled", extra={"job_id": row.id, "action": action})
@@ -52,7 +76,30 @@ def reconcile(settings: Settings, queue: Queue) -> dict[str, int]:
     return counts
 
 
-def _reconcile_one(settings: Settings, queue: Queue, row: jobs.Job, queued_ids: set[str]) -> str | None:
+def started_jobs(queue: Queue, worker_ttl: int) -> dict[str, bool]:
+    """Job id -> whether the worker holding it is alive, for every job in RQ's started registry.
+
+    The worker is read from the run (RQ's execution), not from the job: a batch's jobs
+    are registered as started before the worker has begun each of them.
+    """
+    entries = queue.started_job_registry.get_job_and_execution_ids(cleanup=False)
+    with queue.connection.pipeline(transaction=False) as pipeline:
+        for job_id, execution_id in entries:
+            pipeline.hget(Execution(execution_id, job_id, connection=queue.connection).key, "worker_name")
+        names = pipeline.execute()
+    verdicts: dict[str | None, bool] = {}
+    started: dict[str, bool] = {}
+    for (job_id, _), raw in zip(entries, names, strict=True):
+        name = raw.decode() if raw else None
+        if name not in verdicts:
+            verdicts[name] = not _worker_is_gone(queue.connection, name, worker_ttl)
+        started[job_id] = started.get(job_id, False) or verdicts[name]
+    return started
+
+
+def _reconcile_one(
+    settings: Settings, queue: Queue, row: jobs.Job, queued_ids: set[str], started: dict[str, bool]
+) -> str | None:
     try:
         rq_job = RQJob.fetch(row.id, connection=queue.connection)
         status = rq_job.get_status()
@@ -60,8 +107,12 @@ def _reconcile_one(settings: Settings, queue: Queue, row: jobs.Job, queued_ids: 
         rq_job, status = None, None
 
     if status == JobStatus.QUEUED and row.id not in queued_ids:
+        if started.get(row.id):
+            return None  # in a live worker's batch, not begun yet
         status = None  # taken off the list by a worker that died before starting it
-    elif status == JobStatus.STARTED and _worker_is_gone(queue.connection, rq_job.worker_name):
+    elif status == JobStatus.STARTED and _worker_is_gone(
+        queue.connection, rq_job.worker_name, settings.worker_ttl
+    ):
         status = _abandon(queue, rq_job)
     if status in ALIVE:
         if row.status == jobs.Status.PROCESSING and status in {JobStatus.QUEUED, JobStatus.SCHEDULED}:
@@ -83,19 +134,22 @@ def _reconcile_one(settings: Settings, queue: Queue, row: jobs.Job, queued_ids: 
     return "requeued"
 
 
-def _worker_is_gone(connection: Redis, worker_name: str | None) -> bool:
+def _worker_is_gone(connection: Redis, worker_name: str | None, worker_ttl: int) -> bool:
     """Whether the worker that started a job can no longer be running it.
 
-    Its key expired or records its death; or it ran on this host under a pid that is no
-    longer a process, or is this very process (a restarted container reuses pids; the
-    reaper never runs while its own worker is inside a job). A worker on another host
-    counts as alive until its key expires.
+    Its key expired or records its death; or it has not sent a heartbeat for WORKER_TTL
+    seconds (an imgsvc worker beats every WORKER_TTL/3 s even inside a long job); or it
+    ran on this host under a pid that is no longer a process, or is this very process
+    (a restarted container reuses pids; the reaper never runs while its own worker is
+    inside a job).
     """
     if not worker_name:
         return True
     key = Worker.redis_worker_namespace_prefix + worker_name
-    hostname, pid, death = connection.hmget(key, "hostname", "pid", "death")
+    hostname, pid, death, heartbeat = connection.hmget(key, "hostname", "pid", "death", "last_heartbeat")
     if hostname is None or death is not None:
+        return True
+    if heartbeat is None or (now() - utcparse(heartbeat.decode())).total_seconds() > worker_ttl:
         return True
     if hostname.decode() != socket.gethostname() or not pid:
         return False

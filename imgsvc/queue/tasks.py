@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flask import current_app
+from PIL import Image
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import get_current_job
 
 from imgsvc.config import Settings
-from imgsvc.errors import ImageTooLarge, StorageUnavailable, UnsupportedImage
-from imgsvc.images import load_for_model
+from imgsvc.decoding import DecodeError, Decoder
+from imgsvc.errors import StorageUnavailable
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue.webhooks import enqueue_delivery
 from imgsvc.storage import jobs
@@ -37,6 +41,8 @@ class WorkerRuntime:
     uploads: UploadStore
     metrics: RedisMetrics
     connection: Redis
+    #: The decoder child: images are decoded under DECODE_TIMEOUT and DECODE_MEMORY_MB.
+    decoder: Decoder
     #: Results computed ahead of time by a batched forward pass, keyed by job id.
     prefetched: dict[str, Description | Exception] = field(default_factory=dict)
 
@@ -127,19 +133,49 @@ def _finish_failed(runtime: WorkerRuntime, job_id: str, reason: str) -> None:
     notify(runtime, job_id)
 
 
-def load_image(runtime: WorkerRuntime, job_id: str):
+def load_image(runtime: WorkerRuntime, job_id: str) -> Image.Image:
+    """The job's image, decoded in the decoder child; one that does not decode fails for good."""
+    (image,) = load_images(runtime, [job_id])
+    if isinstance(image, Exception):
+        raise image
+    return image
+
+
+def load_images(runtime: WorkerRuntime, job_ids: list[str]) -> list[Image.Image | Exception]:
+    """Several jobs' images in one call to the decoder child, in order; errors stay with their job.
+
+    An error is a :class:`PermanentJobError` (gone, or never decodes: fail for good) or a
+    :class:`~imgsvc.errors.StorageUnavailable` (the store did not answer: retry).
+    """
+    results: dict[str, Image.Image | Exception] = {}
+    with ExitStack() as copies:
+        paths: dict[str, Path] = {}
+        for job_id in job_ids:
+            try:
+                paths[job_id] = copies.enter_context(local_upload(runtime, job_id))
+            except (PermanentJobError, StorageUnavailable) as exc:
+                results[job_id] = exc
+        for job_id, image in zip(paths, runtime.decoder.decode_many(list(paths.values())), strict=True):
+            results[job_id] = PermanentJobError(str(image)) if isinstance(image, DecodeError) else image
+    return [results[job_id] for job_id in job_ids]
+
+
+@contextmanager
+def local_upload(runtime: WorkerRuntime, job_id: str) -> Iterator[Path]:
+    """The job's upload as a local file while the block runs: the only place the worker reads it.
+
+    The file itself (local store) or a downloaded copy (object storage); a store that cannot be
+    reached raises StorageUnavailable, which is retried like any transient error.
+    """
     row = jobs.get_job(job_id)
     if row is None:
         raise PermanentJobError("the job row disappeared")
-    try:
-        # The file itself (local store) or a downloaded copy (object storage); a store that
-        # cannot be reached raises StorageUnavailable, which is retried like any transient error.
-        with runtime.uploads.local_copy(row.upload_name) as path:
-            return load_for_model(path, runtime.settings.max_image_pixels, runtime.settings.max_image_side)
-    except (UnsupportedImage, ImageTooLarge) as exc:
-        raise PermanentJobError(exc.message) from exc
-    except FileNotFoundError as exc:
-        raise PermanentJobError("the uploaded file is missing") from exc
+    with ExitStack() as stack:
+        try:
+            path = stack.enter_context(runtime.uploads.local_copy(row.upload_name))
+        except FileNotFoundError as exc:
+            raise PermanentJobError("the uploaded file is missing") from exc
+        yield path
 
 
 def _record_failure(runtime: WorkerRuntime, job_id: str, exc: BaseException) -> None:

@@ -15,21 +15,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
+from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job as RQJob
 from rq.worker import WorkerStatus
 
 from imgsvc.config import Settings
-from imgsvc.errors import StorageUnavailable
+from imgsvc.decoding import Decoder, DecoderUnavailable
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue import reaper
 from imgsvc.queue.connection import job_queue, publish_model, redis_connection
-from imgsvc.queue.tasks import PermanentJobError, WorkerRuntime, job_options, load_image
+from imgsvc.queue.tasks import PermanentJobError, WorkerRuntime, job_options, load_images
 from imgsvc.storage.uploads import ORPHAN_AGE, open_upload_store
 from imgsvc.vision import load_describer
 from imgsvc.vision.base import Describer, ModelLoadError, UnsupportedOption
@@ -63,11 +65,11 @@ class _PerJobLinesAtDebug(logging.LoggerAdapter):
 class PromptStop:
     """Stop within seconds of SIGINT/SIGTERM, not minutes.
 
-    A signal the kernel hands to another thread (redis-py's pub/sub thread, a model's thread
-    pool) runs its Python handler only once the main thread's blocking read returns, and RQ's
-    default wait for a job is its TTL minus 15 s (~400 s). Ctrl+C on ``make run`` and
-    ``docker stop`` waited that long now and then; a short wait bounds it at a Redis round
-    trip every few seconds per idle worker.
+    A signal the kernel hands to another thread (redis-py's pub/sub thread, the heartbeat, a
+    model's thread pool) runs its Python handler only once the main thread's blocking read
+    returns, and RQ waits for a job for its TTL minus 15 s in one read (~400 s by default).
+    Ctrl+C on ``make run`` and ``docker stop`` waited that long now and then; a short wait
+    bounds it, at a Redis round trip every few seconds per idle worker.
     """
 
     dequeue_timeout = 5
@@ -90,12 +92,17 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
         self.app = app
         self.describer = describer
         self.runtime: WorkerRuntime | None = None
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
+        self._next_full_reconcile = 0.0
 
     # -- start-up ---------------------------------------------------------------
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         """Load the model before registering: a registered worker is a ready worker."""
         self.load_runtime()
         super().bootstrap(*args, **kwargs)
+        self._heartbeat_thread = threading.Thread(target=self._beat, name="imgsvc-heartbeat", daemon=True)
+        self._heartbeat_thread.start()
         self._reconcile()
 
     def load_runtime(self) -> WorkerRuntime:
@@ -106,6 +113,10 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
 
             self.app = create_app()
         settings: Settings = self.app.config["IMGSVC"]
+        # A heartbeat every WORKER_TTL/3 s; silent for WORKER_TTL s = dead to /readyz and
+        # the reaper, which every worker runs every WORKER_TTL/3 s (RQ's default is 7 min).
+        self.worker_ttl = settings.worker_ttl
+        self.maintenance_interval = max(1, settings.worker_ttl // 3)
         started = time.perf_counter()
         describer = self.describer or load_describer(settings)
         log.info(
@@ -118,7 +129,9 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
             open_upload_store(settings),
             RedisMetrics(self.connection, settings.queue_name),
             self.connection,
+            Decoder.from_settings(settings),
         )
+        self.runtime.decoder.start()
         self.app.extensions["imgsvc.runtime"] = self.runtime
         publish_model(self.connection, settings, describer.name, sorted(describer.supported_options))
         return self.runtime
@@ -156,17 +169,27 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
         """One forward pass per group of equal options; errors stay with their own job."""
         runtime = self.runtime
         groups: dict[str, tuple[dict[str, Any], list[str], list[Any]]] = {}
+        wanted: dict[str, dict[str, Any]] = {}
         for member in batch:
             job_id = member.args[0]
             options = job_options(job_id)
             try:
                 runtime.describer.check_options(options)
-                image = load_image(runtime, job_id)
-            except (PermanentJobError, UnsupportedOption) as exc:
+            except UnsupportedOption as exc:
                 runtime.prefetched[job_id] = exc
                 continue
-            except StorageUnavailable:
-                continue  # not prefetched: the job runs alone, where RQ retries it
+            wanted[job_id] = options
+        try:
+            images = load_images(runtime, list(wanted))
+        except Exception:  # the decoder itself failed (not an image): each job will retry on its own
+            log.exception("decoding the batch failed; each job decodes on its own")
+            return
+        for (job_id, options), image in zip(wanted.items(), images, strict=True):
+            if isinstance(image, PermanentJobError):
+                runtime.prefetched[job_id] = image
+                continue
+            if isinstance(image, Exception):
+                continue  # the store did not answer: not prefetched, the job runs alone and RQ retries it
             group = groups.setdefault(json.dumps(options, sort_keys=True), (options, [], []))
             group[1].append(job_id)
             group[2].append(image)
@@ -188,11 +211,36 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
             self._reconcile()
 
     def _reconcile(self) -> None:
-        """Rows left behind by dead workers or a lost Redis, and the temp files of killed workers
-        on this host: at start-up and every maintenance round."""
+        """Dead workers' jobs every round; every row left behind, and the temp files of killed
+        workers on this host, at start-up and every STALE_AFTER/2 s."""
+        settings = self.runtime.settings
+        queue = job_queue(settings, self.connection)
         with self.app.app_context():
-            reaper.reconcile(self.runtime.settings, job_queue(self.runtime.settings, self.connection))
+            if time.monotonic() < self._next_full_reconcile:
+                reaper.reap_dead_workers(settings, queue)
+                return
+            reaper.reconcile(settings, queue)
         self.runtime.uploads.remove_stale_temp_files(datetime.now(UTC) - ORPHAN_AGE)
+        self._next_full_reconcile = time.monotonic() + min(600, max(10, settings.stale_after // 2))
+
+    def _beat(self) -> None:
+        """RQ beats only between jobs; a forward pass may outlast WORKER_TTL, so a thread beats too.
+
+        It stops with the process: a SIGKILLed or wedged-for-good worker falls silent.
+        """
+        while not self._heartbeat_stop.wait(max(1, self.worker_ttl // 3)):
+            try:
+                self.heartbeat()
+            except RedisError as exc:
+                log.warning("heartbeat not sent: %s", exc)
+
+    def teardown(self) -> None:
+        self._heartbeat_stop.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout=5)
+        super().teardown()
+        if self.runtime is not None:
+            self.runtime.decoder.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,12 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         connection=connection,
         name=args.name,
         app=app,
-        maintenance_interval=min(600, max(10, settings.stale_after // 2)),
     )
     try:
         worker.load_runtime()
     except ModelLoadError as exc:
         log.critical("cannot load the model, worker not started: %s", exc)
+        return 2
+    except DecoderUnavailable as exc:
+        log.critical("cannot start the decoder, worker not started: %s", exc)
         return 2
     worker.work(
         burst=args.burst,

@@ -113,7 +113,7 @@ def accept_upload(
     """
     staged = store.stage(stream)
     try:
-        info = inspect_image(staged.path, settings.max_image_pixels)
+        info = inspect_image(staged.path, settings.max_image_pixels, settings.max_image_frames)
         model = running_model(current_app.redis, settings)
         _check_supported(model, submission.options)
     except BaseException:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
-from rq import Worker
 from sqlalchemy import text
 
 from imgsvc.metrics import registry_for
-from imgsvc.queue.connection import running_model
+from imgsvc.queue.connection import live_workers, running_model
 from imgsvc.storage.db import db
 
 bp = Blueprint("health", __name__)
@@ -31,7 +30,7 @@ def metrics() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Ready = database, Redis and at least one worker (which has its model loaded)."""
+    """Ready = database, Redis and at least one live worker (model loaded, heartbeat fresh)."""
     checks: dict[str, object] = {}
     ok = True
     try:
@@ -43,7 +42,7 @@ def readyz() -> tuple[Response, int]:
     try:
         current_app.redis.ping()
         checks["redis"] = "ok"
-        workers = Worker.all(queue=current_app.task_queue)
+        workers = live_workers(current_app.task_queue, current_app.config["IMGSVC"].worker_ttl)
         checks["workers"] = len(workers)
         checks["queue_depth"] = current_app.task_queue.count
         model = running_model(current_app.redis, current_app.config["IMGSVC"])

@@ -10,6 +10,7 @@ import json
 import re
 import runpy
 import shlex
+import subprocess
 from dataclasses import fields
 
 import pytest
@@ -22,7 +23,7 @@ SERVICES: dict[str, dict] = COMPOSE["services"]
 DOCKERFILE = (PROJECT_ROOT / "Dockerfile").read_text()
 
 PROFILES = {
-    "production": {"web", "worker", "redis", "dashboard", "webhooks", "s3", "init-uploads"},
+    "production": {"proxy", "web", "worker", "redis", "dashboard", "webhooks", "s3", "init-uploads"},
     "development": {"web-dev", "worker-dev", "redis"},
     "test": {"tests", "test-redis", "postgres"},
 }
@@ -76,11 +77,43 @@ def test_every_service_is_in_some_profile():
         assert service.get("profiles"), name
 
 
-def test_web_runs_gunicorn_with_its_config_and_publishes_the_port():
+def test_web_runs_gunicorn_behind_the_proxy_only():
     web = SERVICES["web"]
     assert command_of(web) == ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
-    assert any(str(port).endswith(":8000") for port in web["ports"])
+    assert "ports" not in web and web["expose"] == ["8000"]  # slow clients meet nginx, not gunicorn
     assert web["environment"]["WEB_PORT"] == "8000"  # what gunicorn binds inside the container
+    assert web["environment"]["TRUSTED_PROXIES"] == "1"  # the proxy's X-Forwarded-For, and only its hop
+    assert web["environment"]["REDIS_URL"] == SERVICES["worker"]["environment"]["REDIS_URL"]
+
+
+def test_the_proxy_publishes_the_port_and_renders_the_repository_template():
+    proxy = SERVICES["proxy"]
+    assert proxy["ports"] == ["${WEB_PORT:-8000}:8000"] and proxy["environment"]["PROXY_LISTEN"] == "8000"
+    assert proxy["environment"]["PROXY_UPSTREAM"] == "web:8000"
+    assert mounts(proxy)["/etc/nginx/imgsvc.conf.template"] == "./deploy/nginx.conf.template"
+    script = command_of(proxy)[-1].replace("$$", "$")  # compose's escape for a literal $
+    template = (PROJECT_ROOT / "deploy" / "nginx.conf.template").read_text()
+    used = set(re.findall(r"\$\{(PROXY_[A-Z_]+)\}", template))
+    assert used == {"PROXY_LISTEN", "PROXY_UPSTREAM", "PROXY_MAX_BODY", "PROXY_MAX_BATCH_BODY"}
+    assert all(f"${{{name}}}" in script for name in used)  # envsubst is told about each one
+    assert "/etc/nginx/imgsvc.conf.template > /etc/nginx/conf.d/default.conf" in script
+
+
+@pytest.mark.parametrize("env", [{}, {"MAX_FILE_SIZE": "1000", "MAX_BATCH_FILES": "3"}])
+def test_the_proxy_body_limits_follow_the_apps(env):
+    """The limits nginx enforces are the app's: MAX_FILE_SIZE (and per batch) plus multipart framing."""
+    script = command_of(SERVICES["proxy"])[-1].replace("$$", "$")
+    exports = script.split(" && ")[0]
+    out = subprocess.run(
+        ["sh", "-c", f'{exports} && echo "$PROXY_MAX_BODY $PROXY_MAX_BATCH_BODY"'],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    settings = Settings.from_env(env)
+    assert int(out[0]) == settings.max_file_size + 64 * 1024
+    assert int(out[1]) == settings.max_file_size * settings.max_batch_files + 64 * 1024
 
 
 def test_workers_run_worker_py_and_scale_with_worker_count():
@@ -99,6 +132,14 @@ def test_containers_listen_on_every_interface_while_make_run_keeps_to_loopback(m
     assert Settings().web_host == "127.0.0.1"
     assert SERVICES["web"]["environment"]["WEB_HOST"] == "0.0.0.0"  # wins over a WEB_HOST in .env
     assert "WEB_HOST=0.0.0.0" in dict(runtime_stage())["ENV"]  # plain `docker run` too
+
+
+def test_workers_know_how_many_replicas_share_the_cores():
+    # torch threads = cores ÷ WORKER_COUNT: a replica that does not know the count takes every core.
+    default = str(Settings().worker_count)
+    assert SERVICES["worker"]["deploy"]["replicas"] == f"${{WORKER_COUNT:-{default}}}"
+    for name in ("worker", "worker-dev"):
+        assert SERVICES[name]["environment"]["WORKER_COUNT"] == f"${{WORKER_COUNT:-{default}}}", name
 
 
 def test_development_web_reloads_from_the_mounted_source():
@@ -290,9 +331,24 @@ def test_preload_model_is_optional_and_downloads_before_the_volume_is_declared()
 
 
 def test_torch_comes_from_the_cpu_index_in_the_image_only():
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in DOCKERFILE
+    # pip reads PIP_EXTRA_INDEX_URL from the environment, where the build argument puts it.
+    assert "ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu" in DOCKERFILE
+    for stage, steps in stages().items():
+        if any("pip install" in args and "-r requirements" in args for _, args in steps):
+            assert ("ARG", "PIP_EXTRA_INDEX_URL") in steps, stage
+            assert ("ARG", "PIP_FIND_LINKS") in steps, stage
     for name in ("requirements.txt", "requirements-dev.txt"):
         assert "download.pytorch.org" not in (PROJECT_ROOT / name).read_text()
+
+
+def test_images_carry_the_headless_opencv_build():
+    # rapidocr-onnxruntime asks for the desktop opencv-python, whose cv2 needs X11/OpenGL libraries
+    # that a slim image lacks: `make container-check` saw workers exit at start without OCR.
+    for stage, steps in stages().items():
+        for _, args in steps:
+            if "pip install" in args and "-r requirements" in args:
+                assert "pip uninstall -y opencv-python" in args, stage
+                assert 'opencv-python-headless==$opencv"' in args, stage
 
 
 # --- gunicorn.conf.py ---------------------------------------------------------------------------

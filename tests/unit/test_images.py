@@ -1,71 +1,204 @@
-"""Upload checks and decoding for the model, on real files Pillow writes."""
+"""The web side's header-only check, on real files Pillow writes and on crafted bombs."""
 
 from __future__ import annotations
 
 import gzip
 import io
+import struct
+import subprocess
+import sys
+import textwrap
 import zipfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from bench.bombs import declared_png, progressive_scan_bomb
+from imgsvc.config import PROJECT_ROOT
 from imgsvc.errors import ImageTooLarge, UnsupportedImage
-from imgsvc.images import inspect_image, load_for_model, sniff_type
+from imgsvc.images import MAX_ELEMENTS, MAX_JPEG_SCANS, inspect_image, sniff_type
+
+LIMITS = {"max_pixels": 40_000_000, "max_frames": 1000}
 
 
-def save(tmp_path, img: Image.Image, fmt: str, **kw) -> object:
-    path = tmp_path / f"img.{fmt.lower()}"
-    img.save(path, format=fmt, **kw)
+def noise(size: tuple[int, int] = (64, 48)) -> Image.Image:
+    return Image.effect_noise(size, 60).convert("RGB")
+
+
+def frames(count: int, mode: str = "RGB") -> list[Image.Image]:
+    return [Image.new("RGB", (12, 10), (i * 40 % 256, 90, 10)).convert(mode) for i in range(count)]
+
+
+#: name -> (Pillow format, save options, expected format, frames, scans)
+SAMPLES = {
+    "baseline.jpg": ("JPEG", {}, "JPEG", 1, 1),
+    "progressive.jpg": ("JPEG", {"progressive": True}, "JPEG", 1, 10),
+    "grey-progressive.jpg": ("JPEG", {"progressive": True, "mode": "L"}, "JPEG", 1, 6),
+    "cmyk-progressive.jpg": ("JPEG", {"progressive": True, "mode": "CMYK"}, "JPEG", 1, 18),
+    "plain.png": ("PNG", {}, "PNG", 1, 1),
+    "interlaced.png": ("PNG", {"interlace": True}, "PNG", 1, 1),
+    "still.gif": ("GIF", {}, "GIF", 1, 1),
+    "lossy.webp": ("WEBP", {}, "WEBP", 1, 1),
+    "lossless.webp": ("WEBP", {"lossless": True}, "WEBP", 1, 1),
+    "alpha.webp": ("WEBP", {"mode": "RGBA"}, "WEBP", 1, 1),
+    "plain.bmp": ("BMP", {}, "BMP", 1, 1),
+    "plain.tiff": ("TIFF", {}, "TIFF", 1, 1),
+    "lzw.tiff": ("TIFF", {"compression": "tiff_lzw"}, "TIFF", 1, 1),
+    "animated.gif": ("GIF", {"frames": 5}, "GIF", 5, 1),
+    "animated.webp": ("WEBP", {"frames": 4}, "WEBP", 4, 1),
+    "animated.png": ("PNG", {"frames": 3}, "PNG", 3, 1),
+    "pages.tiff": ("TIFF", {"frames": 3}, "TIFF", 3, 1),
+}
+
+
+def sample(tmp_path: Path, name: str) -> Path:
+    fmt, options, *_ = SAMPLES[name]
+    options = dict(options)
+    mode = options.pop("mode", "RGB")
+    count = options.pop("frames", 0)
+    path = tmp_path / name
+    if count:
+        first, *rest = frames(count, mode)
+        first.save(path, fmt, save_all=True, append_images=rest, **options)
+    else:
+        noise().convert(mode).save(path, fmt, **options)
     return path
 
 
-def test_inspect_reports_format_and_size(tmp_path):
-    info = inspect_image(save(tmp_path, Image.new("RGB", (30, 20)), "PNG"), max_pixels=10_000)
-    assert (info.format, info.width, info.height, info.extension) == ("PNG", 30, 20, ".png")
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_every_allowed_format_is_read_from_its_headers(tmp_path, name):
+    _, _, fmt, frame_count, scans = SAMPLES[name]
+    info = inspect_image(sample(tmp_path, name), **LIMITS)
+    size = (12, 10) if frame_count > 1 else (64, 48)
+    assert (info.format, (info.width, info.height), info.frames, info.scans) == (
+        fmt,
+        size,
+        frame_count,
+        scans,
+    )
+    with Image.open(tmp_path / name) as img:  # Pillow agrees
+        assert (img.width, img.height, getattr(img, "n_frames", 1)) == (info.width, info.height, info.frames)
 
 
-def test_pixel_limit_is_checked_before_decoding(tmp_path):
-    path = save(tmp_path, Image.new("RGB", (200, 100)), "PNG")
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_truncated_files_are_refused_as_unsupported(tmp_path, name):
+    data = sample(tmp_path, name).read_bytes()
+    cut = tmp_path / f"cut-{name}"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UnsupportedImage, match=r"truncated|ends"):
+        inspect_image(cut, **LIMITS)
+
+
+def test_the_check_never_decodes_or_even_imports_pillow(tmp_path, webp_bomb):
+    """The web tier reads headers only; the review's WebP cost the web process 612 MB to decode."""
+    path = tmp_path / "bomb.webp"
+    path.write_bytes(webp_bomb)
+    probe = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from imgsvc.images import inspect_image
+        info = inspect_image(Path({str(path)!r}), 40_000_000, 1000)
+        rss = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+        print(info.width, info.height, "PIL" in sys.modules, int(rss.split()[1]) // 1024)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out[:3] == ["6300", "6300", "False"]
+    assert int(out[3]) < 100  # MB: a bare interpreter, where a decode peaked at 612
+
+
+def test_progressive_jpeg_with_absurd_scan_count_is_a_bomb(tmp_path, scan_bomb):
+    """The review's 1.8 MB file: one AC scan repeated 20,000x, 42 s of decode in the web request."""
+    bomb = tmp_path / "scans.jpg"
+    bomb.write_bytes(scan_bomb)
+    with pytest.raises(ImageTooLarge, match=f"more than {MAX_JPEG_SCANS} scans"):
+        inspect_image(bomb, **LIMITS)
+    allowed = tmp_path / "allowed.jpg"
+    allowed.write_bytes(progressive_scan_bomb(64, MAX_JPEG_SCANS - 9))  # plus the other 9 scans
+    assert inspect_image(allowed, **LIMITS).scans == MAX_JPEG_SCANS
+
+
+def test_pixel_limit_is_checked_from_the_header(tmp_path):
+    path = tmp_path / "big.png"
+    path.write_bytes(declared_png(200, 100))
     with pytest.raises(ImageTooLarge):
-        inspect_image(path, max_pixels=19_999)
-    assert inspect_image(path, max_pixels=20_000).width == 200
+        inspect_image(path, max_pixels=19_999, max_frames=1)
+    assert inspect_image(path, max_pixels=20_000, max_frames=1).width == 200
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(declared_png(100_000, 100_000))
+    with pytest.raises(ImageTooLarge, match="100000x100000"):
+        inspect_image(huge, **LIMITS)
 
 
-def test_truncated_file_is_unsupported(tmp_path):
-    buf = io.BytesIO()
-    Image.effect_noise((256, 256), 60).convert("RGB").save(buf, format="JPEG")
-    path = tmp_path / "cut.jpg"
-    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    with pytest.raises(UnsupportedImage):
-        inspect_image(path, max_pixels=10**7)
+@pytest.mark.parametrize("name", ["animated.gif", "animated.webp", "animated.png", "pages.tiff"])
+def test_too_many_frames_is_a_bomb(tmp_path, name):
+    path = sample(tmp_path, name)
+    count = SAMPLES[name][3]
+    assert inspect_image(path, max_pixels=10**6, max_frames=count).frames == count
+    with pytest.raises(ImageTooLarge, match="frames"):
+        inspect_image(path, max_pixels=10**6, max_frames=count - 1)
 
 
-def test_exif_orientation_is_applied_and_metadata_dropped(tmp_path):
-    img = Image.new("RGB", (40, 10), (255, 0, 0))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to display"
-    path = save(tmp_path, img, "JPEG", exif=exif.tobytes())
-    out = load_for_model(path, max_pixels=10**7, max_side=1024)
-    assert out.size == (10, 40)
-    assert out.mode == "RGB" and "exif" not in out.info
+def test_a_frame_larger_than_the_limit_inside_a_small_gif_is_refused(tmp_path):
+    """Pillow grows a GIF's canvas to hold a frame that sticks out of it."""
+    data = bytearray(sample(tmp_path, "still.gif").read_bytes())
+    descriptor = data.index(b"\x2c", 13 + 3 * 256)  # after the global colour table
+    struct.pack_into("<HH", data, descriptor + 5, 60000, 60000)  # the frame's width and height
+    path = tmp_path / "frame.gif"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageTooLarge, match="frame"):
+        inspect_image(path, **LIMITS)
 
 
-def test_transparency_is_flattened_on_white(tmp_path):
-    img = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
-    out = load_for_model(save(tmp_path, img, "PNG"), max_pixels=10**7, max_side=1024)
-    assert out.getpixel((4, 4)) == (255, 255, 255)
+def test_a_gif_built_of_millions_of_tiny_blocks_is_refused(tmp_path):
+    data = bytearray(sample(tmp_path, "still.gif").read_bytes())
+    data[-1:-1] = b"\x21\xfe" + b"\x01x" * (MAX_ELEMENTS + 1) + b"\x00"  # a comment, one byte per sub-block
+    path = tmp_path / "blocks.gif"
+    path.write_bytes(bytes(data))
+    with pytest.raises(UnsupportedImage, match="sub-blocks"):
+        inspect_image(path, **LIMITS)
 
 
-def test_large_images_are_downscaled_for_the_model(tmp_path):
-    path = save(tmp_path, Image.new("RGB", (3000, 1500)), "PNG")
-    assert load_for_model(path, max_pixels=10**7, max_side=512).size == (512, 256)
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"hello, world",
+        b"%PDF-1.7\n",
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 30,
+        b"GIF89a\x01\x00",
+        b"RIFF\x00\x00\x00\x00WEBP",
+    ],
+)
+def test_non_images_and_broken_headers_are_unsupported(tmp_path, content):
+    path = tmp_path / "file"
+    path.write_bytes(content)
+    with pytest.raises(UnsupportedImage) as refused:
+        inspect_image(path, **LIMITS)
+    assert refused.value.details["allowed"] == ["JPEG", "PNG", "WebP", "GIF", "BMP", "TIFF"]
 
 
-def test_gif_uses_first_frame(tmp_path):
-    frames = [Image.new("P", (10, 10), i) for i in (1, 2)]
-    path = tmp_path / "anim.gif"
-    frames[0].save(path, save_all=True, append_images=frames[1:])
-    assert load_for_model(path, max_pixels=10**7, max_side=64).size == (10, 10)
+def test_a_tiff_whose_directories_loop_is_refused(tmp_path):
+    data = bytearray(sample(tmp_path, "plain.tiff").read_bytes())
+    (first,) = struct.unpack_from("<I", data, 4)
+    (count,) = struct.unpack_from("<H", data, first)
+    struct.pack_into("<I", data, first + 2 + 12 * count, first)  # next IFD = this one
+    path = tmp_path / "loop.tiff"
+    path.write_bytes(bytes(data))
+    with pytest.raises(UnsupportedImage, match="loop"):
+        inspect_image(path, **LIMITS)
+
+
+def test_bytes_after_a_jpeg_end_are_ignored(tmp_path):
+    """Phones append a second image (MPO) or trailing data after the first image's EOI."""
+    buffer = io.BytesIO()
+    noise().save(buffer, "JPEG")
+    path = tmp_path / "trailing.jpg"
+    path.write_bytes(buffer.getvalue() + b"\x00garbage" * 100)
+    assert inspect_image(path, **LIMITS).format == "JPEG"
 
 
 def pillow_bytes(fmt: str) -> bytes:
@@ -125,16 +258,35 @@ def test_sniff_type_names_what_people_send_by_mistake(head, expected):
             "the file is an ICO icon; accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF",
         ),
         (
-            pillow_bytes("PNG")[:60],
-            "the file looks like a PNG image but cannot be decoded (it may be damaged or cut short)",
+            b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64),
+            "the file is a HEIC image; accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF",
         ),
     ],
 )
 def test_unsupported_files_are_explained_without_python_internals(tmp_path, content, message):
+    """The web's header check and the worker's (and CLI's) decoder say the same, in words."""
+    from imgsvc.decoding import DecodeError, load_for_model
+
     path = tmp_path / "upload"
     path.write_bytes(content)
-    for check in (lambda: inspect_image(path, 10**7), lambda: load_for_model(path, 10**7, 512)):
-        with pytest.raises(UnsupportedImage) as refused:
-            check()
-        assert refused.value.message == message
-        assert refused.value.details["allowed"] == ["JPEG", "PNG", "WebP", "GIF", "BMP", "TIFF"]
+    with pytest.raises(UnsupportedImage) as refused:
+        inspect_image(path, **LIMITS)
+    assert refused.value.message == message
+    assert refused.value.details["allowed"] == ["JPEG", "PNG", "WebP", "GIF", "BMP", "TIFF"]
+    with pytest.raises(DecodeError) as undecodable:
+        load_for_model(path, 10**7, 512)
+    assert str(undecodable.value) == message
+
+
+def test_a_broken_image_of_an_accepted_format_is_named_as_such(tmp_path):
+    from imgsvc.decoding import DecodeError, load_for_model
+
+    path = tmp_path / "upload"
+    path.write_bytes(pillow_bytes("PNG")[:60])
+    with pytest.raises(UnsupportedImage) as refused:
+        inspect_image(path, **LIMITS)
+    assert refused.value.message == (
+        "the file cannot be read as an image: a PNG chunk ends past the end of the file (truncated file)"
+    )
+    with pytest.raises(DecodeError, match=r"^the file looks like a PNG image but cannot be decoded$"):
+        load_for_model(path, 10**7, 512)

@@ -1,0 +1,332 @@
+"""Decoding uploads for the model, in a child process with a hard time and memory budget.
+
+Pillow's C decoders hold the CPU (with the GIL released) for as long as a hostile file
+makes them: a thread cannot be stopped and a signal handler never runs. So the worker
+decodes in a :class:`Decoder`, a small persistent child process (``python -m
+imgsvc.decoding``: Pillow only, no torch, started once and reused) whose address space
+is capped with ``RLIMIT_AS`` and which the parent SIGKILLs when one image overruns its
+deadline; the next image gets a fresh child. The child answers with raw RGB bytes and a
+JSON header the parent checks, never a pickle: a child compromised by a malicious file
+cannot hand the worker code to run.
+
+:func:`load_for_model` is the decode itself (run inside the child): JPEG draft mode,
+Pillow's ``reduce`` through ``thumbnail``, transparency flattened on white, EXIF
+orientation applied, metadata dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import resource
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from PIL import ExifTags, Image
+
+from imgsvc.config import Settings
+from imgsvc.images import ALLOWED_FORMATS, unsupported_image
+
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_HEADER = struct.Struct(">I")
+_MAX_HEADER = 64 * 1024
+#: Python plus Pillow start in well under a second; a loaded host may take a few.
+_START_TIMEOUT = 60.0
+
+
+class DecodeError(Exception):
+    """This image cannot be decoded within the budget or at all: retrying will not help."""
+
+
+class DecoderUnavailable(RuntimeError):
+    """The decoder process does not start: a fault of this host, not of the image (jobs are retried)."""
+
+
+def load_for_model(path: Path, max_pixels: int, max_side: int) -> Image.Image:
+    """Decode the first frame, bounded to ``max_side``, as plain RGB with no metadata.
+
+    Work is done at the smallest size that serves the model: JPEG decodes at 1/2..1/8
+    scale (draft), other formats are shrunk by ``thumbnail`` (an integer ``reduce``,
+    then one resampling) before the colour flattening and the EXIF rotation.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path, formats=list(ALLOWED_FORMATS)) as img:
+                if img.width * img.height > max_pixels:
+                    raise DecodeError(f"image has {img.width}x{img.height} pixels; the limit is {max_pixels}")
+                if img.format == "JPEG" and max(img.size) > 2 * max_side:
+                    img.draft("RGB", (max_side, max_side))
+                img.seek(0)  # GIF/TIFF/WebP/APNG: the first frame
+                img.load()
+                orientation = _orientation(img)  # after load: PNG reads its EXIF chunk by loading
+                scalable = img if img.mode in {"RGB", "RGBA", "L", "LA"} else _convert_for_scaling(img)
+                scalable.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+                rgb = _to_rgb(scalable)
+        except FileNotFoundError as exc:
+            raise DecodeError("the uploaded file is missing") from exc
+        except (DecodeError, MemoryError):
+            raise
+        except Exception as exc:  # Pillow raises many types for bad input
+            # What the file seems to be, not Pillow's exception (its type, and "upload" for a name).
+            raise DecodeError(unsupported_image(path).message) from exc
+    if orientation in _ORIENTATION:
+        rgb = rgb.transpose(_ORIENTATION[orientation])
+    rgb.info.clear()
+    return rgb
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation; a damaged EXIF block is no reason to refuse the photo."""
+    try:
+        return int(img.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:
+        return 1
+
+
+def _convert_for_scaling(img: Image.Image) -> Image.Image:
+    """Palette and exotic modes resize badly (nearest neighbour) or not at all."""
+    has_alpha = "A" in img.getbands() or "transparency" in img.info
+    return img.convert("RGBA" if has_alpha else "RGB")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Flatten transparency onto white: a black background would change the description."""
+    if img.mode in {"RGBA", "LA"}:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+class Decoder:
+    """The worker's handle on its decoder child: ``decode_many(paths)`` -> images or errors.
+
+    One image at a time goes to the child; each has ``timeout`` seconds of wall clock
+    from the moment it is sent. An overrun or a crash fails that image only (the child
+    is killed and the next image starts a new one). Thread-safe: calls are serialised.
+    """
+
+    def __init__(self, max_pixels: int, max_side: int, timeout: float, memory_mb: int) -> None:
+        self.max_pixels = max_pixels
+        self.max_side = max_side
+        self.timeout = timeout
+        self.memory_mb = memory_mb
+        self._child: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        #: Children started so far (tests and logs: a restart after every overrun).
+        self.starts = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Decoder:
+        s = settings
+        return cls(s.max_image_pixels, s.max_image_side, s.decode_timeout, s.decode_memory_mb)
+
+    def start(self) -> None:
+        """Start the child now, so the first image does not wait for it (raises DecoderUnavailable)."""
+        with self._lock:
+            self._running_child()
+
+    def decode(self, path: Path) -> Image.Image:
+        (result,) = self.decode_many([path])
+        if isinstance(result, DecodeError):
+            raise result
+        return result
+
+    def decode_many(self, paths: Sequence[Path]) -> list[Image.Image | DecodeError]:
+        """One result per path, in order; a bad image never spoils the others."""
+        with self._lock:
+            return [self._decode_one(Path(path)) for path in paths]
+
+    def close(self) -> None:
+        """Stop the child (the worker does this on its way out)."""
+        with self._lock:
+            self._stop()
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one request ------------------------------------------------------------------------
+    def _decode_one(self, path: Path) -> Image.Image | DecodeError:
+        child = self._running_child()
+        deadline = time.monotonic() + self.timeout
+        try:
+            assert child.stdin is not None and child.stdout is not None
+            child.stdin.write(json.dumps(str(path)).encode() + b"\n")
+            child.stdin.flush()
+            header = _read_header(child.stdout, deadline)
+            if not header.get("ok"):
+                return DecodeError(_printable(str(header.get("error", "cannot decode image"))))
+            width, height = int(header["width"]), int(header["height"])
+            if not (0 < width <= self.max_side and 0 < height <= self.max_side):
+                raise _ChildBroke("sent an image of an impossible size")
+            pixels = _read_exact(child.stdout, width * height * 3, deadline)
+            return Image.frombytes("RGB", (width, height), pixels)
+        except TimeoutError:
+            self._stop()
+            return DecodeError(
+                f"decoding took longer than DECODE_TIMEOUT={self.timeout:g} s; the decoder was stopped"
+            )
+        except (_ChildBroke, BrokenPipeError, ValueError, KeyError) as exc:
+            self._stop()
+            return DecodeError(f"the decoder crashed on this image ({exc})")
+        except BaseException:
+            self._stop()  # interrupted mid-answer (e.g. the job timeout): the stream is out of step
+            raise
+
+    def _running_child(self) -> subprocess.Popen:
+        if self._child is not None and self._child.poll() is None:
+            return self._child
+        self._stop()
+        command = [sys.executable, "-m", "imgsvc.decoding", str(self.max_pixels), str(self.max_side)]
+        command.append(str(self.memory_mb))
+        # stderr is shared: Pillow's and the child's own complaints land in the worker's log.
+        self._child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        self.starts += 1
+        try:  # it says so once it is ready: a child that cannot start must not fail an image
+            assert self._child.stdout is not None
+            if _read_header(self._child.stdout, time.monotonic() + _START_TIMEOUT) != {"ready": True}:
+                raise _ChildBroke("it did not say it was ready")
+        except (TimeoutError, _ChildBroke, ValueError) as exc:
+            self._stop()
+            raise DecoderUnavailable(f"the decoder process did not start: {exc or 'timed out'}") from exc
+        return self._child
+
+    def _stop(self) -> None:
+        child, self._child = self._child, None
+        if child is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()
+        child.wait()
+        for stream in (child.stdin, child.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+def _printable(text: str) -> str:
+    """The child's words reach job rows, logs and pages: plain printable text, no markup, bounded."""
+    return re.sub(r"[^\x20-\x7e]|[<>&]", "?", text)[:300]
+
+
+class _ChildBroke(Exception):
+    """The child died or said something that does not parse: its answer cannot be trusted."""
+
+
+def _read_header(stream: BinaryIO, deadline: float) -> dict[str, object]:
+    """One answer's JSON header: a length, then that many bytes of JSON object."""
+    (length,) = _HEADER.unpack(_read_exact(stream, _HEADER.size, deadline))
+    if length > _MAX_HEADER:
+        raise _ChildBroke("sent a malformed answer")
+    header = json.loads(_read_exact(stream, length, deadline))
+    if not isinstance(header, dict):
+        raise _ChildBroke("sent a malformed answer")
+    return header
+
+
+def _read_exact(stream: BinaryIO, size: int, deadline: float) -> bytes:
+    """``size`` bytes from the child's stdout, or TimeoutError at ``deadline``."""
+    fd = stream.fileno()
+    chunks = bytearray()
+    while len(chunks) < size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            raise TimeoutError
+        chunk = os.read(fd, min(size - len(chunks), 1 << 20))
+        if not chunk:
+            raise _ChildBroke("exited")
+        chunks += chunk
+    return bytes(chunks)
+
+
+# -- the child --------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Read one JSON path per line on stdin; answer each on stdout; exit at end of input."""
+    parser = argparse.ArgumentParser(description="imgsvc's decoder child (started by the worker).")
+    parser.add_argument("max_pixels", type=int)
+    parser.add_argument("max_side", type=int)
+    parser.add_argument("memory_mb", type=int)
+    args = parser.parse_args(argv)
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print from any library must not corrupt the answers
+    _die_with_parent()
+    # The whole address space, not RLIMIT_DATA: under RLIMIT_DATA glibc serves big
+    # buffers from the heap and keeps a decoded canvas's memory after it is freed.
+    limit = args.memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    trim = _malloc_trim()
+    _answer(answers, {"ready": True})
+    for line in sys.stdin.buffer:
+        _answer_one(answers, Path(json.loads(line)), args.max_pixels, args.max_side, args.memory_mb)
+        trim()  # after answering: an idle worker should not sit on the last image's canvas
+    return 0
+
+
+def _answer_one(out: BinaryIO, path: Path, max_pixels: int, max_side: int, memory_mb: int) -> None:
+    try:
+        image = load_for_model(path, max_pixels, max_side)
+    except DecodeError as exc:
+        _answer(out, {"ok": False, "error": str(exc)})
+    except MemoryError:
+        error = f"decoding this image needs more than DECODE_MEMORY_MB={memory_mb} MB"
+        _answer(out, {"ok": False, "error": error})
+    else:
+        _answer(out, {"ok": True, "width": image.width, "height": image.height}, image.tobytes())
+
+
+def _answer(out: BinaryIO, header: dict[str, object], payload: bytes = b"") -> None:
+    encoded = json.dumps(header).encode()
+    out.write(_HEADER.pack(len(encoded)) + encoded)
+    out.write(payload)
+    out.flush()
+
+
+def _malloc_trim() -> Callable[[], object]:
+    """glibc's malloc_trim(0), or nothing where there is no glibc."""
+    try:
+        import ctypes
+
+        malloc_trim = ctypes.CDLL(None).malloc_trim
+        return lambda: malloc_trim(0)
+    except (OSError, AttributeError):
+        return lambda: None
+
+
+def _die_with_parent() -> None:
+    """Linux: be SIGKILLed when the worker dies, even in the middle of a decode."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

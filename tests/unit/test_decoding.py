@@ -1,0 +1,201 @@
+"""Decoding for the model: what the decode does, and the child process that bounds its time and memory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imgsvc.config import PROJECT_ROOT, Settings
+from imgsvc.decoding import DecodeError, Decoder, load_for_model
+from tests.integration.procs import wait_until
+
+
+def save(tmp_path: Path, img: Image.Image, fmt: str, name: str = "img", **kw) -> Path:
+    path = tmp_path / f"{name}.{fmt.lower()}"
+    img.save(path, format=fmt, **kw)
+    return path
+
+
+# -- the decode itself ------------------------------------------------------------------------
+def test_exif_orientation_is_applied_and_metadata_dropped(tmp_path):
+    img = Image.new("RGB", (40, 10), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    out = load_for_model(save(tmp_path, img, "JPEG", exif=exif.tobytes()), max_pixels=10**7, max_side=1024)
+    assert out.size == (10, 40)
+    assert out.mode == "RGB" and out.info == {}
+
+
+def test_orientation_is_applied_after_downscaling(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    path = save(tmp_path, Image.new("RGB", (3000, 1000)), "PNG", exif=exif.tobytes())
+    assert load_for_model(path, max_pixels=10**7, max_side=300).size == (100, 300)
+
+
+def test_transparency_is_flattened_on_white(tmp_path):
+    for mode in ("RGBA", "LA", "P"):
+        img = Image.new("RGBA", (8, 8), (0, 0, 0, 0)).convert(mode)
+        out = load_for_model(save(tmp_path, img, "PNG", mode), max_pixels=10**7, max_side=1024)
+        assert out.getpixel((4, 4)) == (255, 255, 255), mode
+
+
+def test_large_images_are_downscaled_for_the_model(tmp_path):
+    path = save(tmp_path, Image.new("RGB", (3000, 1500)), "PNG")
+    assert load_for_model(path, max_pixels=10**7, max_side=512).size == (512, 256)
+    jpeg = save(tmp_path, Image.new("RGB", (4000, 2000)), "JPEG")  # decoded at 1/2..1/8 (draft)
+    assert load_for_model(jpeg, max_pixels=10**7, max_side=512).size == (512, 256)
+
+
+def test_gif_uses_first_frame(tmp_path):
+    frames = [Image.new("RGB", (10, 10), color) for color in ((255, 0, 0), (0, 0, 255))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    out = load_for_model(path, max_pixels=10**7, max_side=64)
+    assert out.size == (10, 10) and out.getpixel((5, 5)) == (255, 0, 0)
+
+
+def broken_png(tmp_path: Path) -> Path:
+    """Every header and chunk in place, the compressed pixels garbage: passes the web check."""
+    data = bytearray(save(tmp_path, Image.effect_noise((64, 48), 60).convert("RGB"), "PNG").read_bytes())
+    at = data.index(b"IDAT")
+    (length,) = struct.unpack_from(">I", data, at - 4)
+    data[at + 4 : at + 4 + length] = b"\xff" * length
+    path = tmp_path / "broken.png"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_bad_pixel_data_is_a_decode_error_not_a_blank_image(tmp_path):
+    # what the file seems to be, never Pillow's exception type or a made-up file name
+    with pytest.raises(DecodeError, match=r"^the file looks like a PNG image but cannot be decoded$"):
+        load_for_model(broken_png(tmp_path), max_pixels=10**7, max_side=64)
+
+
+# -- the child process --------------------------------------------------------------------------
+@pytest.fixture()
+def good(tmp_path) -> list[Path]:
+    return [
+        save(tmp_path, Image.new("RGB", (30 + i, 20), (i * 60, 0, 0)), "PNG", f"good{i}") for i in range(3)
+    ]
+
+
+def test_a_batch_gives_one_result_per_path_in_order(tmp_path, good):
+    paths = [good[0], broken_png(tmp_path), tmp_path / "missing.png", good[1]]
+    with Decoder(10**7, 1024, timeout=30, memory_mb=512) as decoder:
+        first, broken, missing, second = decoder.decode_many(paths)
+        assert decoder.starts == 1  # one child for the whole batch: bad images do not cost a restart
+    assert (first.size, second.size) == ((30, 20), (31, 20))
+    assert first.getpixel((0, 0)) == (0, 0, 0) and second.getpixel((0, 0)) == (60, 0, 0)
+    assert isinstance(broken, DecodeError) and "cannot be decoded" in str(broken)
+    assert isinstance(missing, DecodeError) and "missing" in str(missing)
+
+
+def test_an_image_over_the_deadline_is_killed_and_the_rest_of_the_batch_decodes(tmp_path, good, scan_bomb):
+    """The review's CPU bomb took 42 s in C code that a thread could not interrupt."""
+    bomb = tmp_path / "scans.jpg"
+    bomb.write_bytes(scan_bomb)
+    with Decoder(10**8, 1024, timeout=1, memory_mb=1024) as decoder:
+        started = time.monotonic()
+        before, stopped, after = decoder.decode_many([good[0], bomb, good[1]])
+        elapsed = time.monotonic() - started
+        assert decoder.starts == 2  # the overrun child was killed, a fresh one took the next image
+    assert isinstance(stopped, DecodeError) and "DECODE_TIMEOUT=1 s" in str(stopped)
+    assert before.size == (30, 20) and after.size == (31, 20)
+    assert elapsed < 30  # bounded by the deadline, not by the 42 s the file costs
+
+
+def test_an_image_over_the_memory_budget_fails_alone(tmp_path, good, webp_bomb):
+    """The review's 70 KB WebP: a 6300x6300 canvas, 612 MB at its peak."""
+    bomb = tmp_path / "canvas.webp"
+    bomb.write_bytes(webp_bomb)
+    with Decoder(10**8, 1024, timeout=60, memory_mb=400) as decoder:
+        over, fine = decoder.decode_many([bomb, good[0]])
+        assert decoder.starts == 1
+    assert isinstance(over, DecodeError)
+    assert "DECODE_MEMORY_MB=400" in str(over) or "cannot be decoded" in str(over)
+    assert fine.size == (30, 20)
+
+
+def test_a_crashed_child_fails_only_the_image_it_was_on(tmp_path, good):
+    with Decoder(10**7, 1024, timeout=30, memory_mb=512) as decoder:
+        assert decoder.decode(good[0]).size == (30, 20)
+        os.kill(decoder._child.pid, signal.SIGKILL)  # as the kernel's OOM killer would
+        decoder._child.wait()
+        assert decoder.decode(good[1]).size == (31, 20)  # a dead idle child is simply replaced
+        assert decoder.starts == 2
+
+
+def test_the_child_dies_with_its_parent(good):
+    """A SIGKILLed worker must not leave its decoder spinning on a bomb."""
+    script = (
+        "import time\nfrom pathlib import Path\nfrom imgsvc.decoding import Decoder\n"
+        f"d = Decoder(10**7, 64, 30, 512)\nd.decode(Path({str(good[0])!r}))\n"
+        "print(d._child.pid, flush=True)\ntime.sleep(60)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True
+    )
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait(timeout=10)
+    assert wait_until(lambda: not alive(child), timeout=10)
+
+
+def alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie waiting for init to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_settings_reach_the_decoder():
+    decoder = Decoder.from_settings(Settings(decode_timeout=7, decode_memory_mb=300, max_image_side=512))
+    assert (decoder.timeout, decoder.memory_mb, decoder.max_side) == (7, 300, 512)
+
+
+def test_an_answer_the_parent_does_not_expect_is_refused(tmp_path, good, monkeypatch):
+    """The child parses hostile files: what it says back is checked, never unpickled or trusted."""
+    with Decoder(10**7, 16, timeout=30, memory_mb=512) as decoder:
+        big = save(tmp_path, Image.new("RGB", (32, 32)), "PNG", "big")
+        assert decoder.decode(good[0]).size == (16, 11)  # the child starts, told max_side=16
+        monkeypatch.setattr(decoder, "max_side", 8)  # the child thinks 16, the parent allows 8
+        result = decoder.decode_many([big])[0]
+        assert isinstance(result, DecodeError) and "impossible size" in str(result)
+        monkeypatch.setattr(decoder, "max_side", 16)
+        assert decoder.decode(good[0]).size == (16, 11)
+
+
+def test_pillow_output_buffer_round_trips(tmp_path):
+    img = Image.effect_noise((50, 40), 60).convert("RGB")
+    path = save(tmp_path, img, "PNG")
+    with Decoder(10**7, 1024, timeout=30, memory_mb=512) as decoder:
+        assert decoder.decode(path).tobytes() == img.tobytes()
+
+
+def test_what_the_child_says_is_reduced_to_plain_text():
+    """A child's error can quote bytes from a hostile file; it reaches job rows, logs and pages."""
+    from imgsvc.decoding import _printable
+
+    assert _printable("broken PNG file (chunk b'<img src=x onerror=alert(1)>')\x00\x1b[31m") == (
+        "broken PNG file (chunk b'?img src=x onerror=alert(1)?')??[31m"
+    )
+    assert len(_printable("x" * 10_000)) == 300
+
+
+def test_a_child_that_cannot_start_is_the_hosts_fault_not_the_images(monkeypatch, good):
+    from imgsvc.decoding import DecoderUnavailable
+
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    decoder = Decoder(10**7, 64, timeout=30, memory_mb=512)
+    with pytest.raises(DecoderUnavailable, match="did not start"):
+        decoder.decode_many([good[0]])
