@@ -79,6 +79,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     UPLOAD_DIR=/data/uploads \
     DATABASE_URL=sqlite:////data/instance/imgsvc.sqlite \
     MODELS_DIR=/opt/models \
+    WEB_HOST=0.0.0.0 \
     WEB_PORT=8000
 RUN useradd --system --create-home --uid 10001 --user-group imgsvc \
     && mkdir -p /data/uploads /data/instance /models \

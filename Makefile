@@ -1,7 +1,7 @@
 .PHONY: run test bench lint container-check
 
 run:  ## set up and run web + worker(s) + Redis on this machine
-	scripts/serve.sh
+	@scripts/serve.sh
 
 test:  ## set up and run lint and the whole test suite
 	scripts/test.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up and run the test suite: dev dependencies, the detector weights (MODELS_DIR), a Redis on
-# 127.0.0.1:6379 (tests use DB 15).
+# Set up and run the test suite: dev dependencies, the detector weights (MODELS_DIR), a Redis for
+# TEST_REDIS_URL (default 127.0.0.1:6379/15; the suite refuses a DB that holds keys it did not write,
+# see tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh --dev

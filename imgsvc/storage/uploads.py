@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import tempfile
+import unicodedata
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -39,6 +40,48 @@ STAGING_PREFIX, DOWNLOAD_PREFIX = ".upload-", ".download-"
 #: An upload, temp or stored, that nothing references after this long is garbage: far longer than
 #: any upload takes from its first byte to its row, or a worker from its download to its decode.
 ORPHAN_AGE = timedelta(hours=1)
+
+MAX_FILENAME = 255
+
+
+def client_filename(raw: str | None) -> str | None:
+    """The client's name for an upload, kept only to be shown back with its job.
+
+    Untrusted text: its last path part only, without control or invisible format characters
+    (e.g. right-to-left overrides that disguise an extension), at most MAX_FILENAME characters.
+    It is never used as a path (files get server-chosen names) and never placed in HTML.
+    """
+    name = unicodedata.normalize("NFC", re.split(r"[/\\]", raw or "")[-1])
+    name = "".join(c for c in name if unicodedata.category(c) not in {"Cc", "Cf", "Cs"}).strip()
+    if name in {"", ".", ".."}:
+        return None
+    if len(name) > MAX_FILENAME:
+        suffix = Path(name).suffix if len(Path(name).suffix) <= 16 else ""
+        name = name[: MAX_FILENAME - len(suffix)] + suffix
+    return name
+
+
+def human_size(size: int) -> str:
+    """10485760 -> "10 MB": sizes as people read them (binary units, as the limits are counted)."""
+    value, unit = float(size), "bytes"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            break
+        value /= 1024
+    return f"{size} bytes" if unit == "bytes" else f"{value:.1f}".removesuffix(".0") + f" {unit}"
+
+
+def file_too_large(size: int | None, limit: int) -> FileTooLarge:
+    """The one wording for a file over MAX_FILE_SIZE, the same the page shows before it sends one.
+
+    ``size`` is None when nobody knows it (a chunked request cut off at the limit).
+    """
+    if size is None:
+        return FileTooLarge(f"this file is larger than the limit of {human_size(limit)}", max_bytes=limit)
+    shown, limit_shown = human_size(size), human_size(limit)
+    if shown == limit_shown:  # just over the limit: rounded, the two would read the same
+        shown, limit_shown = f"{size} bytes", f"{limit} bytes"
+    return FileTooLarge(f"this file is {shown}; the limit is {limit_shown}", size_bytes=size, max_bytes=limit)
 
 
 @dataclass(frozen=True)
@@ -77,10 +120,11 @@ class UploadStore(ABC):
                 while chunk := stream.read(CHUNK):
                     size += len(chunk)
                     if size > self.max_bytes:
-                        raise FileTooLarge(
-                            f"file is larger than the limit of {self.max_bytes} bytes",
-                            max_bytes=self.max_bytes,
-                        )
+                        # The request body was already received: counting the rest costs no more
+                        # reading from the client, and the message can say how large the file is.
+                        while rest := stream.read(CHUNK):
+                            size += len(rest)
+                        raise file_too_large(size, self.max_bytes)
                     digest.update(chunk)
                     out.write(chunk)
             if size == 0:

@@ -24,7 +24,8 @@ def healthz() -> Response:
 def metrics() -> Response:
     """Prometheus text format; workers' figures arrive through Redis."""
     registry = registry_for(current_app.metrics, current_app.task_queue)
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: the constant already carries its charset, and Flask would add another.
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/readyz")

@@ -71,7 +71,10 @@ def test_metrics_count_jobs_and_time_the_model(client, run_worker, jpeg_bytes, p
     submit(client, png_bytes, "b.png", "image/png")
     submit(client, b"not an image")
     run_worker()
-    text = client.get("/metrics").get_data(as_text=True)
+    response = client.get("/metrics")
+    # One charset, as Prometheus' own constant gives it (Flask must not add a second).
+    assert response.headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
+    text = response.get_data(as_text=True)
     assert 'imgsvc_jobs_total{outcome="submitted"} 2.0' in text
     assert 'imgsvc_jobs_total{outcome="done"} 2.0' in text
     assert "imgsvc_queue_depth 0.0" in text

@@ -16,7 +16,7 @@ import pytest
 from imgsvc.config import ConfigError, Settings
 from imgsvc.errors import EmptyFile, FileTooLarge, StorageUnavailable
 from imgsvc.storage.s3 import S3UploadStore
-from imgsvc.storage.uploads import LocalUploadStore, UploadStore, open_upload_store
+from imgsvc.storage.uploads import LocalUploadStore, UploadStore, client_filename, open_upload_store
 from tests.integration.procs import free_port
 
 FAR_FUTURE = datetime.now(UTC) + timedelta(days=1)
@@ -128,3 +128,24 @@ def test_upload_dir_picks_the_store(tmp_path):
     for bad in ("s3://", "gs://bucket/x", "s3://bucket/x?versionId=1"):
         with pytest.raises(ConfigError):
             Settings.from_env({"UPLOAD_DIR": bad})
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        ("holiday.jpg", "holiday.jpg"),
+        ("C:\\Users\\me\\Pictures\\cat.png", "cat.png"),  # old browsers send the whole path
+        ("../../etc/passwd", "passwd"),
+        ("two\r\nlines\x00.png", "twolines.png"),
+        ("invoice\u202egnp.exe", "invoicegnp.exe"),  # a right-to-left override hides the real extension
+        ("Cafe\u0301.jpg", "Caf\u00e9.jpg"),  # one spelling of the same name
+        ("<img src=x onerror=alert(1)>.png", "<img src=x onerror=alert(1)>.png"),  # text, kept as text
+        ("x" * 300 + ".jpeg", "x" * 250 + ".jpeg"),
+        ("   ", None),
+        ("..", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_client_filename_keeps_a_short_safe_basename(raw, kept):
+    assert client_filename(raw) == kept
