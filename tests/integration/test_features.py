@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import threading
@@ -12,13 +14,25 @@ import pytest
 from rq import Queue, SimpleWorker
 
 from imgsvc import create_app
-from imgsvc.queue.webhooks import SIGNATURE_HEADER, sign
+from imgsvc.queue.worker import ImgsvcWorker
+from imgsvc.vision.base import Describer, Description
 from tests.conftest import image_bytes
 from tests.integration.test_api import row_count, stored_files, submit
 
 
 def files(*payloads: tuple[bytes, str]) -> dict:
     return {"file": [(io.BytesIO(data), name) for data, name in payloads]}
+
+
+def open_rgb(data: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def hmac_sha256(secret: str, body: bytes) -> str:
+    """The README's signature, computed here by hand (not with the product's own code)."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 # -- batch -----------------------------------------------------------------------------
@@ -40,7 +54,7 @@ def test_batch_accepts_good_files_and_reports_bad_ones(client, run_worker):
     summary = client.get(f"/api/v1/batch/{body['batch_id']}").get_json()
     assert summary["finished"] is True and summary["counts"] == {"done": 2}
     assert {j["job_id"] for j in summary["jobs"]} == {good["job_id"], other["job_id"]}
-    assert all(isinstance(j["image_description"], str) for j in summary["jobs"])
+    assert all(j["image_description"].strip() for j in summary["jobs"])
 
 
 def test_batch_of_only_bad_files_is_400(client, app):
@@ -50,6 +64,23 @@ def test_batch_of_only_bad_files_is_400(client, app):
     assert response.status_code == 400 and response.get_json()["accepted"] == 0
     assert row_count(app) == 0
     assert client.get("/api/v1/batch/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+def test_a_batch_summary_is_only_visible_to_the_key_that_submitted_it(settings, redis_db):
+    app = create_app(settings.with_(api_keys=("alpha", "beta")))
+    client = app.test_client()
+    alpha, beta = {"X-API-Key": "alpha"}, {"X-API-Key": "beta"}
+    batch_id = client.post(
+        "/api/v1/batch",
+        data=files((image_bytes("PNG"), "a.png"), (image_bytes("JPEG"), "b.jpg")),
+        headers=alpha,
+        content_type="multipart/form-data",
+    ).get_json()["batch_id"]
+    mine = client.get(f"/api/v1/batch/{batch_id}", headers=alpha)
+    assert mine.status_code == 200 and mine.get_json()["counts"] == {"queued": 2}
+    theirs = client.get(f"/api/v1/batch/{batch_id}", headers=beta)
+    assert theirs.status_code == 404 and theirs.get_json()["error"]["code"] == "not_found"
+    assert client.get(f"/api/v1/batch/{batch_id}").status_code == 401
 
 
 # -- listing and cancel ------------------------------------------------------------------
@@ -133,6 +164,48 @@ def test_identical_image_is_answered_from_the_stored_result(client, settings, ru
     assert other["status"] == "queued"
 
 
+def test_dedupe_never_answers_with_another_images_description(client, settings, run_worker, tiny_describer):
+    first, second = image_bytes("PNG", color=(250, 10, 10)), image_bytes("PNG", color=(10, 10, 250))
+    first_id = submit(client, first, "a.png", "image/png").get_json()["job_id"]
+    run_worker()
+    response = submit(client, second, "b.png", "image/png").get_json()
+    assert response["status"] == "queued" and "cached" not in response
+    assert len(stored_files(settings)) == 2
+    run_worker()
+    result = client.get(f"/api/v1/result/{response['job_id']}").get_json()
+    assert result["cached"] is False
+    assert result["image_description"] == tiny_describer.describe([open_rgb(second)])[0]
+    # and the first image is still answered from its own result
+    repeat = submit(client, first, "a.png", "image/png").get_json()
+    assert repeat["cached"] is True
+    assert (
+        client.get(f"/api/v1/result/{repeat['job_id']}").get_json()["image_description"]
+        == client.get(f"/api/v1/result/{first_id}").get_json()["image_description"]
+    )
+
+
+class SecondModel(Describer):
+    """Another model than the tiny BLIP: a different name and its own words."""
+
+    name = "second-model"
+
+    def describe_full(self, images, options=None):
+        return [Description(text="a caption by the second model") for _ in images]
+
+
+def test_dedupe_never_reuses_a_result_of_another_model(client, run_worker, tiny_describer, png_bytes):
+    first = submit(client, png_bytes, "a.png", "image/png").get_json()["job_id"]
+    run_worker()  # the tiny BLIP describes it
+    assert client.get(f"/api/v1/result/{first}").get_json()["generated_by"] == tiny_describer.name
+    run_worker(describer=SecondModel())  # the workers now run another model (and say so in Redis)
+    again = submit(client, png_bytes, "a.png", "image/png").get_json()
+    assert again["status"] == "queued" and "cached" not in again
+    run_worker(describer=SecondModel())
+    result = client.get(f"/api/v1/result/{again['job_id']}").get_json()
+    assert result["generated_by"] == "second-model" and result["cached"] is False
+    assert result["image_description"] == "a caption by the second model"
+
+
 # -- webhooks ------------------------------------------------------------------------------
 class Receiver(BaseHTTPRequestHandler):
     calls: list[tuple[dict, bytes]] = []
@@ -172,8 +245,6 @@ def test_webhook_is_signed_and_retried_until_delivered(
         data={"file": (io.BytesIO(jpeg_bytes), "x.jpg"), "callback_url": receiver},
         content_type="multipart/form-data",
     ).get_json()["job_id"]
-    from imgsvc.queue.worker import ImgsvcWorker
-
     ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
     Receiver.fail_first = 1  # the receiver is down for the first attempt
     hooks = Queue(settings.webhook_queue_name, connection=app.redis)
@@ -183,12 +254,37 @@ def test_webhook_is_signed_and_retried_until_delivered(
             break
         time.sleep(2.1)
     (headers, body), *_ = Receiver.calls
-    assert headers[SIGNATURE_HEADER] == sign(body, "s3cret")
+    assert headers["X-Imgsvc-Signature"] == hmac_sha256("s3cret", body)
     payload = json.loads(body)
     assert payload["job_id"] == job_id and payload["status"] == "done"
     assert (
         payload["image_description"] == client.get(f"/api/v1/result/{job_id}").get_json()["image_description"]
     )
+
+
+def run_webhook_worker(app, settings) -> None:
+    SimpleWorker([Queue(settings.webhook_queue_name, connection=app.redis)], connection=app.redis).work(
+        burst=True
+    )
+
+
+def test_a_failed_job_fires_its_webhook_too(settings, redis_db, tiny_describer, receiver, jpeg_bytes):
+    app = create_app(settings.with_(webhook_allow_private=True, webhook_secret="k"))
+    client = app.test_client()
+    job_id = client.post(
+        "/api/v1/submit",
+        data={"file": (io.BytesIO(jpeg_bytes), "x.jpg"), "callback_url": receiver},
+        content_type="multipart/form-data",
+    ).get_json()["job_id"]
+    (stored,) = stored_files(settings)
+    stored.write_bytes(b"no longer an image")  # fails for good: no retry can fix it
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
+    assert client.get(f"/api/v1/status/{job_id}").get_json()["status"] == "failed"
+    run_webhook_worker(app, settings)
+    (headers, body), *_ = Receiver.calls
+    payload = json.loads(body)
+    assert payload["job_id"] == job_id and payload["status"] == "failed" and "decode" in payload["error"]
+    assert headers["X-Imgsvc-Signature"] == hmac_sha256("k", body)
 
 
 def test_callback_url_must_be_public_http_unless_allowed(client, app):
@@ -244,6 +340,42 @@ def test_rate_limit_buckets_are_per_valid_key_and_wrong_keys_use_up_the_address(
     alpha = [client.get("/api/v1/jobs", headers={"X-API-Key": "alpha"}).status_code for _ in range(4)]
     assert alpha == [200, 200, 200, 429]  # a valid key has a bucket of its own
     assert client.get("/api/v1/jobs", headers={"Authorization": "Bearer beta"}).status_code == 200
+
+
+class NoOptions(Describer):
+    """A model that honours no per-job option, like the built-in describer."""
+
+    name = "no-options"
+
+    def describe_full(self, images, options=None):
+        return [Description(text="words") for _ in images]
+
+
+@pytest.mark.parametrize("form", [{"max_length": "5"}, {"prompt": "a picture of"}])
+def test_submit_refuses_options_the_running_model_cannot_honour(client, app, settings, run_worker, form):
+    def send():
+        return client.post(
+            "/api/v1/submit",
+            data={"file": (io.BytesIO(image_bytes("PNG")), "x.png"), **form},
+            content_type="multipart/form-data",
+        )
+
+    run_worker(describer=NoOptions())  # an idle worker says what it runs
+    refused = send()
+    assert refused.status_code == 400 and "not supported" in refused.get_json()["error"]["message"]
+    assert row_count(app) == 0 and stored_files(settings) == []
+    run_worker()  # now the workers run the tiny BLIP, which honours both options
+    assert send().status_code == 202
+
+
+def test_health_metrics_and_docs_are_never_rate_limited(settings, redis_db):
+    app = create_app(settings.with_(rate_limit="2/minute"))
+    client = app.test_client()
+    for path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
+        codes = [client.get(path).status_code for _ in range(4)]
+        assert 429 not in codes, (path, codes)
+    assert [client.get("/api/v1/jobs").status_code for _ in range(3)] == [200, 200, 429]
+    assert client.get("/healthz").status_code == 200  # still open with the address over its limit
 
 
 def test_prompt_option_conditions_the_caption(client, run_worker, tiny_describer):
