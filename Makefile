@@ -1,4 +1,4 @@
-.PHONY: run test bench lint
+.PHONY: run test bench lint mutate
 
 run:  ## set up and run web + worker(s) + Redis on this machine
 	scripts/serve.sh
@@ -11,3 +11,7 @@ bench:  ## run every benchmark with its default (full) settings
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+mutate:  ## mutation testing of the modules that carry guarantees; MODULE=imgsvc/storage/jobs.py for one
+	scripts/bootstrap.sh --dev && scripts/ensure-redis.sh "$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}" \
+	  && .venv/bin/python scripts/mutate.py $(MODULE)

@@ -94,7 +94,7 @@ def run_worker(app, tiny_describer):
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The test's settings, as the environment of a ``python worker.py`` subprocess."""
-    return {
+    env = {
         "PATH": "/usr/bin:/bin",
         "HF_HUB_OFFLINE": "1",
         "REDIS_URL": settings.redis_url,
@@ -103,7 +103,10 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "VISION_MODEL": settings.vision_model,
         "MAX_NEW_TOKENS": "5",
         "TORCH_THREADS": "2",
-    } | extra
+    }
+    if "MUTANT_UNDER_TEST" in os.environ:  # under `make mutate`, the worker runs the test's mutant
+        env["MUTANT_UNDER_TEST"] = os.environ["MUTANT_UNDER_TEST"]
+    return env | extra
 
 
 def image_bytes(

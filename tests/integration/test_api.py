@@ -305,18 +305,19 @@ def test_a_finished_job_is_never_claimed_again(client, app, settings, run_worker
         (settings.upload_dir / jobs.get_job(failed).upload_name).write_bytes(b"broken")
     assert client.delete(f"/api/v1/jobs/{cancelled}").get_json()["status"] == "cancelled"
     run_worker()
-    before = {job_id: client.get(f"/api/v1/status/{job_id}").get_json() for job_id in (done, failed, cancelled)}
-    assert [before[j]["status"] for j in (done, failed, cancelled)] == ["done", "failed", "cancelled"]
+    ids = (done, failed, cancelled)
+    before = {job_id: client.get(f"/api/v1/status/{job_id}").get_json() for job_id in ids}
+    assert [before[j]["status"] for j in ids] == ["done", "failed", "cancelled"]
     description = client.get(f"/api/v1/result/{done}").get_json()["image_description"]
 
     from imgsvc.queue.connection import enqueue_describe
 
-    for job_id in (done, failed, cancelled):
+    for job_id in ids:
         enqueue_describe(app.task_queue, settings, job_id)
     seeing = Seeing(tiny_describer)
     run_worker(describer=seeing)
     assert seeing.images == []
-    for job_id in (done, failed, cancelled):
+    for job_id in ids:
         assert client.get(f"/api/v1/status/{job_id}").get_json() == before[job_id]
     assert client.get(f"/api/v1/result/{done}").get_json()["image_description"] == description
 
