@@ -23,10 +23,21 @@ TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A BLIP of a few hundred KB with random weights, saved like a real checkpoint."""
+    """A BLIP of a few hundred KB with random weights, saved like a real checkpoint.
+
+    Building it takes seconds; ``make mutate`` starts a pytest session per mutant, so it sets
+    TEST_MODEL_CACHE to keep one copy across sessions (the build is seeded: same weights).
+    """
     from imgsvc.vision.tiny import build_tiny_model
 
-    return build_tiny_model("blip", tmp_path_factory.mktemp("models") / "tiny-blip")
+    cache = os.environ.get("TEST_MODEL_CACHE")
+    if not cache:
+        return build_tiny_model("blip", tmp_path_factory.mktemp("models") / "tiny-blip")
+    kept = Path(cache) / "tiny-blip"
+    if not (kept / "config.json").is_file():
+        building = Path(cache) / f"building-{os.getpid()}"
+        build_tiny_model("blip", building).rename(kept)
+    return kept
 
 
 @pytest.fixture(scope="session")
