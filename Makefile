@@ -12,6 +12,6 @@ bench:  ## run every benchmark with its default (full) settings
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
-mutate:  ## mutation testing of the modules that carry guarantees; MODULE=imgsvc/storage/jobs.py for one
+mutate:  ## mutation testing of the guarantee modules; MODULE=imgsvc/storage/jobs.py FUNCTIONS='mark_*' to narrow
 	scripts/bootstrap.sh --dev && scripts/ensure-redis.sh "$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}" \
-	  && .venv/bin/python scripts/mutate.py $(MODULE)
+	  && .venv/bin/python scripts/mutate.py $(MODULE) --functions "$(FUNCTIONS)"

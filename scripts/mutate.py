@@ -40,6 +40,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from fnmatch import fnmatch
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +77,17 @@ MODULE_TESTS: dict[str, list[str]] = {
     "imgsvc/images.py": ["tests/unit/test_images.py", API],
 }
 
+#: Tests that mostly wait on subprocesses and signals (5-30 s each): `make test` runs them, a
+#: mutation run does not, or every surviving mutant of a busy function would pay for them again.
+SLOW_TESTS = [
+    "sigkilled",
+    "sigterm",
+    "worker_script_runs",
+    "unloadable_model",
+    "over_timeout",
+    "survive_its_restart",
+]
+
 #: Besides imgsvc/ and tests/: what tests start as subprocesses from PROJECT_ROOT.
 ALSO_COPY = ["worker.py", "wsgi.py", "gunicorn.conf.py", "pyproject.toml"]
 KILLED = {"killed", "timeout"}
@@ -86,6 +98,11 @@ DO_NOT_MUTATE = [r"^\s*log\.(debug|info|warning|error|exception|critical)\("]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help=f"default: all {len(MODULE_TESTS)} of MODULE_TESTS")
+    parser.add_argument(
+        "--functions",
+        default="",
+        help="only the mutants of these functions (space-separated globs, e.g. 'mark_* _transition')",
+    )
     args = parser.parse_args(argv)
     modules = args.modules or list(MODULE_TESTS)
     unknown = [m for m in modules if m not in MODULE_TESTS]
@@ -95,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for module in modules:
         started = time.monotonic()
-        counts, survivors = mutate(module)
+        counts, survivors = mutate(module, args.functions.split())
         rows.append((module, counts, time.monotonic() - started, survivors))
     print_table(rows)
     return 0
 
 
-def mutate(module: str) -> tuple[Counter, list[str]]:
+def mutate(module: str, functions: list[str]) -> tuple[Counter, list[str]]:
     """Run mutmut on ``module`` in a fresh scratch copy; the count of mutants per status."""
     work = WORK / module.removesuffix(".py").replace("/", ".")
     if work.exists():
@@ -111,9 +128,14 @@ def mutate(module: str) -> tuple[Counter, list[str]]:
         config.write(mutmut_config(module))
     print(f"\n=== {module}: {', '.join(MODULE_TESTS[module])}", flush=True)
     env = os.environ | {"HF_HUB_OFFLINE": "1", "TEST_MODEL_CACHE": str(WORK)}
-    subprocess.run([str(MUTMUT), "run", "--max-children", "1"], cwd=work, env=env, check=False)
+    dotted = module.removesuffix(".py").replace("/", ".")
+    # mutmut names mutants <module>.x_<function>__mutmut_<n> (methods: xǁClassǁmethod__mutmut_<n>)
+    wanted = [f"{dotted}.x*{function}__mutmut_*" for function in functions]
+    subprocess.run([str(MUTMUT), "run", "--max-children", "1", *wanted], cwd=work, env=env, check=False)
     meta = work / "mutants" / f"{module}.meta"
     exit_codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.exists() else {}
+    if wanted:
+        exit_codes = {k: v for k, v in exit_codes.items() if any(fnmatch(k, w) for w in wanted)}
     from mutmut.stats import status_by_exit_code
 
     statuses = {name: status_by_exit_code[code] for name, code in exit_codes.items()}
@@ -146,12 +168,13 @@ def mutmut_config(module: str) -> str:
     def toml_list(items: list[str]) -> str:
         return "[" + ", ".join(json.dumps(item) for item in items) + "]"
 
+    not_slow = f"not ({' or '.join(SLOW_TESTS)})"
     return f"""
 [tool.mutmut]
 source_paths = ["imgsvc"]
 only_mutate = {toml_list([module])}
 also_copy = {toml_list(ALSO_COPY)}
-pytest_add_cli_args_test_selection = {toml_list(MODULE_TESTS[module])}
+pytest_add_cli_args_test_selection = {toml_list([*MODULE_TESTS[module], "-k", not_slow])}
 pytest_add_cli_args = ["-p", "no:cacheprovider"]
 process_isolation = "forkserver"
 do_not_mutate_patterns = {toml_list(DO_NOT_MUTATE)}

@@ -303,7 +303,10 @@ def test_callback_url_must_be_public_http_unless_allowed(client, app):
 def test_api_keys_guard_every_route_and_scope_jobs(settings, redis_db, jpeg_bytes):
     app = create_app(settings.with_(api_keys=("alpha", "beta")))
     client = app.test_client()
-    assert submit(client, jpeg_bytes).status_code == 401
+    refused = submit(client, jpeg_bytes)
+    assert refused.status_code == 401
+    assert "Authorization: Bearer" in refused.get_json()["error"]["message"]  # says how to send a key
+    assert "X-API-Key" in refused.get_json()["error"]["message"]
     assert client.get("/api/v1/jobs", headers={"X-API-Key": "wrong"}).status_code == 401
     alpha = {"Authorization": "Bearer alpha"}
     beta = {"X-API-Key": "beta"}
@@ -366,6 +369,13 @@ def test_submit_refuses_options_the_running_model_cannot_honour(client, app, set
     assert row_count(app) == 0 and stored_files(settings) == []
     run_worker()  # now the workers run the tiny BLIP, which honours both options
     assert send().status_code == 202
+
+
+def test_a_rate_limit_whose_redis_is_down_lets_requests_through(settings, redis_db):
+    """The limiter's store failing is no reason to refuse a request that needs no Redis."""
+    app = create_app(settings.with_(rate_limit="2/minute", redis_url="redis://127.0.0.1:1/0"))
+    client = app.test_client()
+    assert [client.get("/api/v1/jobs").status_code for _ in range(3)] == [200, 200, 200]
 
 
 def test_health_metrics_and_docs_are_never_rate_limited(settings, redis_db):
