@@ -371,6 +371,15 @@ def test_submit_refuses_options_the_running_model_cannot_honour(client, app, set
     assert send().status_code == 202
 
 
+def test_every_web_process_of_a_deployment_counts_against_one_limit(settings, redis_db):
+    """gunicorn runs several processes: the buckets live in Redis, one set per deployment (RQ_QUEUE)."""
+    one, two = (create_app(settings.with_(rate_limit="3/minute")).test_client() for _ in range(2))
+    codes = [client.get("/api/v1/jobs").status_code for client in (one, two, one, two)]
+    assert codes == [200, 200, 200, 429]
+    other = create_app(settings.with_(rate_limit="3/minute", queue_name="other")).test_client()
+    assert other.get("/api/v1/jobs").status_code == 200  # another deployment sharing the Redis
+
+
 def test_a_rate_limit_whose_redis_is_down_lets_requests_through(settings, redis_db):
     """The limiter's store failing is no reason to refuse a request that needs no Redis."""
     app = create_app(settings.with_(rate_limit="2/minute", redis_url="redis://127.0.0.1:1/0"))
