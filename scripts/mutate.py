@@ -84,7 +84,6 @@ SLOW_TESTS = [
     "sigterm",
     "worker_script_runs",
     "unloadable_model",
-    "over_timeout",
     "survive_its_restart",
 ]
 

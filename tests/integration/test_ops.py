@@ -14,7 +14,7 @@ from imgsvc.storage import jobs
 from imgsvc.storage.db import db
 from imgsvc.storage.retention import prune
 from tests.conftest import image_bytes
-from tests.integration.test_api import stored_files, submit
+from tests.integration.test_api import FailsOnce, stored_files, submit
 
 
 def test_healthz_and_readyz_name_the_missing_part(client, app, tiny_describer):
@@ -189,3 +189,22 @@ def test_flask_cli_commands_do_what_they_say(app, client, settings, run_worker, 
     assert runner.invoke(args=["prune"]).output.strip() == "1 files deleted, 1 rows deleted"
     assert stored_files(settings) == []
     assert client.get(f"/api/v1/status/{job_id}").status_code == 404
+
+
+def test_rq_keeps_its_own_job_records_for_result_ttl(
+    settings, redis_db, tiny_describer, jpeg_bytes, png_bytes
+):
+    """RESULT_TTL bounds what RQ keeps in Redis, for done and for failed jobs alike (SQL keeps the rest)."""
+    app = create_app(settings.with_(result_ttl=4321, task_max_retries=0))
+    client = app.test_client()
+    failed = submit(client, jpeg_bytes).get_json()["job_id"]
+    done = submit(client, png_bytes, "b.png", "image/png").get_json()["job_id"]
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=FailsOnce(tiny_describer)).work(
+        burst=True
+    )
+    assert [client.get(f"/api/v1/status/{j}").get_json()["status"] for j in (failed, done)] == [
+        "failed",
+        "done",
+    ]
+    for job_id in (failed, done):
+        assert 4000 < app.redis.ttl(RQJob.key_for(job_id)) <= 4321
