@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/mutate.py                          # every module in MODULE_TESTS
     .venv/bin/python scripts/mutate.py imgsvc/storage/jobs.py   # one (or several) modules
-    make mutate [MODULE=imgsvc/storage/jobs.py]
+    .venv/bin/python scripts/mutate.py imgsvc/storage/jobs.py --functions "mark_* find_cached"
+    make mutate [MODULE=imgsvc/storage/jobs.py] [FUNCTIONS="mark_*"]
 
 Why it is built this way:
 
@@ -13,7 +14,8 @@ Why it is built this way:
 - **Only the tests that exercise a module** (:data:`MODULE_TESTS`), and inside those mutmut runs,
   per mutant, only the tests that called the mutated function (it records that in a first clean
   run). The live security suite (gunicorn subprocesses), the Chromium page test, the fuzz and
-  schemathesis suites and the real-photo test stay out: slow, and not where these guarantees live.
+  schemathesis suites, the real-photo test and :data:`SLOW_TESTS` stay out: slow, and not where
+  these guarantees are checked (``make test`` runs them all).
 - **Subprocess workers see the mutant.** The mutated copy lives in ``mutants/``; ``PROJECT_ROOT``
   follows it (it is computed from ``imgsvc/config.py``), so ``python worker.py`` started by a test
   with ``cwd=PROJECT_ROOT`` imports the mutated package, and ``tests.conftest.worker_env`` passes
@@ -24,6 +26,8 @@ Why it is built this way:
   other's feet.
 - **forkserver isolation**: mutmut forks each mutant's run from a process that imported pytest
   but never ran torch, so no forked child inherits a torch thread pool.
+- **The tiny test model is built once** (``TEST_MODEL_CACHE``), not in each mutant's pytest
+  session, where it cost ~10 s a mutant; log calls are not mutated (their words are no guarantee).
 
 It ends with a table: per module, mutants killed, survived, timed out, with no covering test,
 and the score = (killed + timeout) / (mutants that had tests). Survivors' diffs are written to
@@ -33,6 +37,7 @@ and the score = (killed + timeout) / (mutants that had tests). Survivors' diffs 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -107,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in modules if m not in MODULE_TESTS]
     if unknown:
         parser.error(f"no test mapping for {', '.join(unknown)}; known: {', '.join(MODULE_TESTS)}")
-    shutil.rmtree(WORK / "tiny-blip", ignore_errors=True)  # built afresh once per run, then shared
     rows = []
     for module in modules:
         started = time.monotonic()
@@ -126,7 +130,7 @@ def mutate(module: str, functions: list[str]) -> tuple[Counter, list[str]]:
     with (work / "pyproject.toml").open("a") as config:
         config.write(mutmut_config(module))
     print(f"\n=== {module}: {', '.join(MODULE_TESTS[module])}", flush=True)
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TEST_MODEL_CACHE": str(WORK)}
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "TEST_MODEL_CACHE": str(model_cache())}
     dotted = module.removesuffix(".py").replace("/", ".")
     # mutmut names mutants <module>.x_<function>__mutmut_<n> (methods: xǁClassǁmethod__mutmut_<n>)
     wanted = [f"{dotted}.x*{function}__mutmut_*" for function in functions]
@@ -145,6 +149,14 @@ def mutate(module: str, functions: list[str]) -> tuple[Counter, list[str]]:
     ]
     (work / "survivors.diff").write_text("\n".join(diffs))
     return Counter(statuses.values()), survivors
+
+
+def model_cache() -> Path:
+    """Where the tiny test model is kept across mutants: one per version of the code that builds it."""
+    import transformers
+
+    recipe = (ROOT / "imgsvc" / "vision" / "tiny.py").read_bytes() + transformers.__version__.encode()
+    return WORK / f"model-{hashlib.sha256(recipe).hexdigest()[:12]}"
 
 
 def copy_tree(work: Path) -> None:
