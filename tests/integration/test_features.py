@@ -83,6 +83,13 @@ def test_a_batch_summary_is_only_visible_to_the_key_that_submitted_it(settings, 
     assert client.get(f"/api/v1/batch/{batch_id}").status_code == 401
 
 
+def test_a_batch_summary_lists_its_jobs_in_the_order_of_the_files(client):
+    payloads = [(image_bytes("PNG", color=(n * 50, 20, 20)), f"{n}.png") for n in range(5)]
+    body = client.post("/api/v1/batch", data=files(*payloads), content_type="multipart/form-data").get_json()
+    summary = client.get(f"/api/v1/batch/{body['batch_id']}").get_json()
+    assert [j["job_id"] for j in summary["jobs"]] == [j["job_id"] for j in body["jobs"]]
+
+
 # -- listing and cancel ------------------------------------------------------------------
 def test_jobs_are_listed_newest_first_with_a_cursor(client):
     ids = [submit(client, image_bytes("PNG", color=(i, 9, 9))).get_json()["job_id"] for i in range(5)]
@@ -103,7 +110,8 @@ def test_cancelling_a_queued_job_removes_it_from_rq_and_disk(client, settings, r
     assert stored_files(settings) == []
     run_worker()
     status = client.get(f"/api/v1/status/{job_id}").get_json()
-    assert status["status"] == "cancelled"
+    assert status["status"] == "cancelled" and "cancelled" in status["error"]
+    assert status["completed_at"] >= status["created_at"]  # finished: `flask prune` will reap it
     assert client.get(f"/api/v1/result/{job_id}").status_code == 422
     # a finished job is deleted outright
     assert client.delete(f"/api/v1/jobs/{job_id}").get_json()["status"] == "deleted"
@@ -182,6 +190,20 @@ def test_dedupe_never_answers_with_another_images_description(client, settings, 
         client.get(f"/api/v1/result/{repeat['job_id']}").get_json()["image_description"]
         == client.get(f"/api/v1/result/{first_id}").get_json()["image_description"]
     )
+
+
+def test_dedupe_answers_only_from_a_finished_description(client, settings, run_worker, png_bytes):
+    """The same bytes again while the first job waits, or after it failed: a job of its own."""
+    run_worker()  # an idle worker says which model runs: dedupe is on
+    waiting = submit(client, png_bytes, "a.png", "image/png").get_json()
+    again = submit(client, png_bytes, "a.png", "image/png").get_json()
+    assert again["status"] == "queued" and "cached" not in again
+    for path in stored_files(settings):
+        path.write_bytes(b"broken")  # both fail for good
+    run_worker()
+    assert client.get(f"/api/v1/status/{waiting['job_id']}").get_json()["status"] == "failed"
+    after_failure = submit(client, png_bytes, "a.png", "image/png").get_json()
+    assert after_failure["status"] == "queued" and "cached" not in after_failure
 
 
 class SecondModel(Describer):
