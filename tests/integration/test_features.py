@@ -206,6 +206,27 @@ def test_dedupe_answers_only_from_a_finished_description(client, settings, run_w
     assert after_failure["status"] == "queued" and "cached" not in after_failure
 
 
+def test_with_api_keys_dedupe_answers_only_from_the_same_keys_jobs(
+    settings, redis_db, tiny_describer, png_bytes
+):
+    app = create_app(settings.with_(api_keys=("alpha", "beta")))
+    client = app.test_client()
+
+    def send(key: str) -> dict:
+        return client.post(
+            "/api/v1/submit",
+            data={"file": (io.BytesIO(png_bytes), "a.png")},
+            headers={"X-API-Key": key},
+            content_type="multipart/form-data",
+        ).get_json()
+
+    send("alpha")
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
+    theirs = send("beta")
+    assert theirs["status"] == "queued" and "cached" not in theirs  # beta learns nothing of alpha's upload
+    assert send("alpha")["cached"] is True
+
+
 class SecondModel(Describer):
     """Another model than the tiny BLIP: a different name and its own words."""
 
