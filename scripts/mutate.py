@@ -60,7 +60,7 @@ FAULTS = "tests/integration/test_faults.py"
 
 #: module -> the test files that exercise its guarantees (the whole list runs once, clean, first).
 MODULE_TESTS: dict[str, list[str]] = {
-    "imgsvc/queue/connection.py": [API, FEATURES, FAULTS],
+    "imgsvc/queue/connection.py": [API, FEATURES, OPS, FAULTS],
     "imgsvc/queue/tasks.py": [API, FEATURES, BATCHING, FAULTS],
     "imgsvc/queue/worker.py": [API, BATCHING, FAULTS],
     "imgsvc/queue/reaper.py": [FAULTS, OPS],

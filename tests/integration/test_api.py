@@ -344,6 +344,7 @@ def test_image_that_stops_decoding_fails_at_once_without_retries(
     status = client.get(f"/api/v1/status/{job_id}").get_json()
     assert status["status"] == "failed" and status["attempts"] == 1
     assert "decode" in status["error"]
+    assert status["completed_at"] >= status["created_at"]  # finished: `flask prune` will reap it
 
 
 def test_postgresql_database_url_works(settings, redis_db, run_worker, tiny_describer, png_bytes):
