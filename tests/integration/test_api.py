@@ -67,6 +67,8 @@ def test_image_goes_from_submit_to_described_result(client, settings, run_worker
     assert data["generated_by"] == str(tiny_model_dir)
     assert ISO_UTC.match(data["created_at"]) and ISO_UTC.match(data["completed_at"])
     assert data["completed_at"] >= data["created_at"]
+    started = client.get(f"/api/v1/status/{job_id}").get_json()["started_at"]
+    assert data["created_at"] <= started <= data["completed_at"]
     # stored under a server-chosen name, never the client's
     (stored,) = stored_files(settings)
     assert re.fullmatch(r"[0-9a-f]{32}\.(jpg|png|webp|gif|bmp|tiff)", stored.name)
