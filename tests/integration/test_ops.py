@@ -185,6 +185,7 @@ def test_flask_cli_commands_do_what_they_say(app, client, settings, run_worker, 
     assert app.task_queue.get_job_ids() == [job_id]
 
     run_worker()
+    assert runner.invoke(args=["reap"]).output.strip() == "0 requeued, 0 failed, 0 reset"  # done: left alone
     age(app, days=30)  # older than both UPLOAD_RETENTION and RESULT_TTL (7 days)
     assert runner.invoke(args=["prune"]).output.strip() == "1 files deleted, 1 rows deleted"
     assert stored_files(settings) == []
