@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import timedelta
 
 import pytest
 from rq.job import Job as RQJob
-from sqlalchemy import inspect, update
+from sqlalchemy import inspect, text, update
 
 from imgsvc import create_app
 from imgsvc.queue.worker import ImgsvcWorker
@@ -209,3 +210,12 @@ def test_rq_keeps_its_own_job_records_for_result_ttl(
     ]
     for job_id in (failed, done):
         assert 4000 < app.redis.ttl(RQJob.key_for(job_id)) <= 4321
+
+
+def test_sqlite_is_shared_safely_by_web_and_workers(app, client, jpeg_bytes, settings):
+    """WAL lets readers run beside a writer; busy_timeout makes a writer wait instead of failing."""
+    submit(client, jpeg_bytes)
+    with app.app_context():
+        assert db.session.execute(text("PRAGMA busy_timeout")).scalar() == 10000
+    with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # kept in the file itself
