@@ -1,4 +1,4 @@
-.PHONY: run test bench lint container-check
+.PHONY: run test bench lint mutate container-check
 
 run:  ## set up and run web + worker(s) + Redis on this machine
 	@scripts/serve.sh
@@ -11,6 +11,10 @@ bench:  ## run every benchmark with its default (full) settings
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+mutate:  ## mutation testing of the guarantee modules; MODULE=imgsvc/storage/jobs.py FUNCTIONS='mark_*' to narrow
+	scripts/bootstrap.sh --dev && scripts/ensure-redis.sh "$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}" \
+	  && .venv/bin/python scripts/mutate.py $(MODULE) --functions "$(FUNCTIONS)"
 
 container-check:  ## build the image and run compose's production profile for real (root; ~13 min, cached ~2 min)
 	scripts/container-check.sh

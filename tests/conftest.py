@@ -31,10 +31,21 @@ OWNER_NOTE = b"imgsvc's test suite owns this Redis DB and empties it before ever
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A BLIP of a few hundred KB with random weights, saved like a real checkpoint."""
+    """A BLIP of a few hundred KB with random weights, saved like a real checkpoint.
+
+    Building it takes seconds; ``make mutate`` starts a pytest session per mutant, so it sets
+    TEST_MODEL_CACHE to keep one copy across sessions (the build is seeded: same weights).
+    """
     from imgsvc.vision.tiny import build_tiny_model
 
-    return build_tiny_model("blip", tmp_path_factory.mktemp("models") / "tiny-blip")
+    cache = os.environ.get("TEST_MODEL_CACHE")
+    if not cache:
+        return build_tiny_model("blip", tmp_path_factory.mktemp("models") / "tiny-blip")
+    kept = Path(cache) / "tiny-blip"
+    if not (kept / "config.json").is_file():
+        building = Path(cache) / f"building-{os.getpid()}"
+        build_tiny_model("blip", building).rename(kept)
+    return kept
 
 
 @pytest.fixture(scope="session")
@@ -183,7 +194,7 @@ def run_worker(app, tiny_describer):
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The test's settings, as the environment of a ``python worker.py`` subprocess."""
-    return {
+    env = {
         "PATH": "/usr/bin:/bin",
         "HF_HUB_OFFLINE": "1",
         "REDIS_URL": settings.redis_url,
@@ -192,7 +203,10 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "VISION_MODEL": settings.vision_model,
         "MAX_NEW_TOKENS": "5",
         "TORCH_THREADS": "2",
-    } | extra
+    }
+    if "MUTANT_UNDER_TEST" in os.environ:  # under `make mutate`, the worker runs the test's mutant
+        env["MUTANT_UNDER_TEST"] = os.environ["MUTANT_UNDER_TEST"]
+    return env | extra
 
 
 def image_bytes(

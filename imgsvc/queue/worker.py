@@ -56,6 +56,11 @@ class _PerJobLinesAtDebug(logging.LoggerAdapter):
         }
     )
 
+    @property
+    def level(self) -> int:
+        """RQ reads its logger's level (to start its scheduler with the same one)."""
+        return self.logger.level
+
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         if level == logging.INFO and msg in self.PER_JOB:
             level = logging.DEBUG

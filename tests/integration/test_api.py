@@ -6,6 +6,7 @@ import io
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,10 +63,12 @@ def test_image_goes_from_submit_to_described_result(client, settings, run_worker
     assert result.status_code == 200
     data = result.get_json()
     assert data["job_id"] == job_id and data["status"] == "done"
-    assert isinstance(data["image_description"], str)
+    assert isinstance(data["image_description"], str) and data["image_description"].strip()
     assert data["generated_by"] == str(tiny_model_dir)
     assert ISO_UTC.match(data["created_at"]) and ISO_UTC.match(data["completed_at"])
     assert data["completed_at"] >= data["created_at"]
+    started = client.get(f"/api/v1/status/{job_id}").get_json()["started_at"]
+    assert data["created_at"] <= started <= data["completed_at"]
     # stored under a server-chosen name, never the client's
     (stored,) = stored_files(settings)
     assert re.fullmatch(r"[0-9a-f]{32}\.(jpg|png|webp|gif|bmp|tiff)", stored.name)
@@ -198,6 +201,72 @@ def test_decompression_bomb_is_refused_before_decoding(client, app, settings):
     assert row_count(app) == 0 and stored_files(settings) == []
 
 
+def png_of(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 160, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_max_image_pixels_is_enforced_at_submit(settings, redis_db):
+    """A limit far below Pillow's own (~89 Mpx), so only imgsvc's check can refuse."""
+    app = create_app(settings.with_(max_image_pixels=10_000))
+    client = app.test_client()
+    response = submit(client, png_of(200, 100), "wide.png", "image/png")  # 20,000 pixels
+    assert response.status_code == 413
+    error = response.get_json()["error"]
+    assert error["code"] == "image_too_large" and "10000" in error["message"]
+    assert row_count(app) == 0 and stored_files(settings) == []
+    assert submit(client, png_of(100, 100), "square.png", "image/png").status_code == 202  # exactly the limit
+
+
+class Seeing(Describer):
+    """The real model, remembering every image it was handed and counting its forward passes."""
+
+    def __init__(self, inner: Describer) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.supported_options = inner.supported_options
+        self.images: list[Image.Image] = []
+
+    def describe_full(self, images, options=None):
+        self.images += [image.copy() for image in images]
+        return self.inner.describe_full(images, options)
+
+
+def test_worker_refuses_an_image_over_its_own_pixel_limit(settings, redis_db, tiny_describer):
+    """Accepted at submit under one MAX_IMAGE_PIXELS, refused by a worker running a smaller one."""
+    web = create_app(settings)
+    job_id = submit(web.test_client(), png_of(200, 100), "wide.png", "image/png").get_json()["job_id"]
+    worker_app = create_app(settings.with_(max_image_pixels=10_000))
+    seeing = Seeing(tiny_describer)
+    from imgsvc.queue.worker import ImgsvcWorker
+
+    ImgsvcWorker([worker_app.task_queue], connection=worker_app.redis, app=worker_app, describer=seeing).work(
+        burst=True
+    )
+    status = web.test_client().get(f"/api/v1/status/{job_id}").get_json()
+    assert status["status"] == "failed" and status["attempts"] == 1  # no retry can fix it
+    assert "pixels" in status["error"]
+    assert seeing.images == [] and stored_files(settings) == []
+
+
+def test_an_animated_gif_is_described_from_its_first_frame(client, settings, run_worker, tiny_describer):
+    first = Image.new("RGB", (64, 48), (230, 20, 20))
+    later = Image.new("RGB", (32, 16), (20, 20, 230))  # smaller, in the top-left corner
+    buf = io.BytesIO()
+    first.save(buf, format="GIF", save_all=True, append_images=[later], duration=100, loop=0)
+    job_id = submit(client, buf.getvalue(), "anim.gif", "image/gif").get_json()["job_id"]
+    seeing = Seeing(tiny_describer)
+    run_worker(describer=seeing)
+    (seen,) = seeing.images
+    assert seen.size == (64, 48)
+    (red_low, _), _, (_, blue_high) = seen.getextrema()
+    assert red_low > 200 and blue_high < 60  # red everywhere: no pixel of the later, blue frame
+    result = client.get(f"/api/v1/result/{job_id}").get_json()
+    assert result["image"] == {"format": "GIF", "width": 64, "height": 48}
+    assert result["image_description"] == tiny_describer.describe([first])[0]
+
+
 @pytest.mark.parametrize("route", ["status", "result"])
 @pytest.mark.parametrize("job_id", [str(uuid.uuid4()), "not-a-uuid", "1' OR '1'='1", "..%2F..%2Fetc"])
 def test_unknown_or_malformed_job_id_is_404(client, route, job_id):
@@ -233,8 +302,9 @@ class ExplodingDescriber(Describer):
         raise RuntimeError("CUDA error: device-side assert")
 
 
-def test_model_error_is_retried_then_failed(settings, redis_db, jpeg_bytes):
-    app = create_app(settings.with_(task_max_retries=2))
+@pytest.mark.parametrize("retries", [1, 2])
+def test_model_error_is_retried_then_failed(settings, redis_db, jpeg_bytes, retries):
+    app = create_app(settings.with_(task_max_retries=retries))
     client = app.test_client()
     job_id = submit(client, jpeg_bytes).get_json()["job_id"]
     from imgsvc.queue.worker import ImgsvcWorker
@@ -242,13 +312,84 @@ def test_model_error_is_retried_then_failed(settings, redis_db, jpeg_bytes):
     describer = ExplodingDescriber()
     ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=describer).work(burst=True)
 
-    assert describer.calls == 3  # the first try and TASK_MAX_RETRIES retries
+    assert describer.calls == retries + 1  # the first try and TASK_MAX_RETRIES retries
     status = client.get(f"/api/v1/status/{job_id}").get_json()
-    assert status["status"] == "failed" and status["attempts"] == 3
+    assert status["status"] == "failed" and status["attempts"] == retries + 1
     assert "device-side assert" in status["error"]
     result = client.get(f"/api/v1/result/{job_id}")
     assert result.status_code == 422 and result.get_json()["status"] == "failed"
     assert result.get_json()["message"] == "the job failed; its error says why"
+
+
+class FailsOnce(Describer):
+    """The first forward pass raises (a transient fault); later ones are the real model's."""
+
+    def __init__(self, inner: Describer) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.calls = 0
+
+    def describe_full(self, images, options=None):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("CUDA out of memory")
+        return self.inner.describe_full(images, options)
+
+
+def test_a_retry_waits_task_retry_delay(settings, redis_db, tiny_describer, jpeg_bytes):
+    app = create_app(settings.with_(task_max_retries=2, task_retry_delay=3600))
+    client = app.test_client()
+    job_id = submit(client, jpeg_bytes).get_json()["job_id"]
+    from imgsvc.queue.worker import ImgsvcWorker
+
+    describer = FailsOnce(tiny_describer)
+    submitted = int(time.time())  # RQ keeps whole seconds
+    for _ in range(2):  # the second run has the scheduler on: the retry is still not due
+        ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=describer).work(
+            burst=True, with_scheduler=True
+        )
+    assert describer.calls == 1
+    status = client.get(f"/api/v1/status/{job_id}").get_json()
+    assert status["status"] == "queued" and "out of memory" in status["error"]
+    due = app.task_queue.scheduled_job_registry.get_scheduled_time(job_id).timestamp()
+    assert due >= submitted + 3600
+
+
+def test_jobs_run_in_the_order_they_were_submitted(client, run_worker, tiny_describer):
+    colors = [(250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0)]
+    for color in colors:
+        buf = io.BytesIO()
+        Image.new("RGB", (32, 32), color).save(buf, format="PNG")
+        submit(client, buf.getvalue(), "x.png", "image/png")
+    seeing = Seeing(tiny_describer)
+    run_worker(describer=seeing)
+    assert [image.getpixel((0, 0)) for image in seeing.images] == colors
+
+
+def test_a_finished_job_is_never_claimed_again(client, app, settings, run_worker, tiny_describer):
+    """A job RQ hands out again (a redelivery, a second enqueue) after its row finished is skipped."""
+    done = submit(client, image_bytes("PNG", color=(1, 2, 3)), "a.png").get_json()["job_id"]
+    failed = submit(client, image_bytes("PNG", color=(4, 5, 6)), "b.png").get_json()["job_id"]
+    cancelled = submit(client, image_bytes("PNG", color=(7, 8, 9)), "c.png").get_json()["job_id"]
+    with app.app_context():
+        (settings.upload_dir / jobs.get_job(failed).upload_name).write_bytes(b"broken")
+    assert client.delete(f"/api/v1/jobs/{cancelled}").get_json()["status"] == "cancelled"
+    run_worker()
+    ids = (done, failed, cancelled)
+    before = {job_id: client.get(f"/api/v1/status/{job_id}").get_json() for job_id in ids}
+    assert [before[j]["status"] for j in ids] == ["done", "failed", "cancelled"]
+    description = client.get(f"/api/v1/result/{done}").get_json()["image_description"]
+
+    from imgsvc.queue.connection import enqueue_describe
+
+    for job_id in ids:
+        enqueue_describe(app.task_queue, settings, job_id)
+    seeing = Seeing(tiny_describer)
+    run_worker(describer=seeing)
+    assert seeing.images == []
+    for job_id in ids:
+        assert client.get(f"/api/v1/status/{job_id}").get_json() == before[job_id]
+    assert client.get(f"/api/v1/result/{done}").get_json()["image_description"] == description
 
 
 def test_image_that_stops_decoding_fails_at_once_without_retries(
@@ -261,6 +402,7 @@ def test_image_that_stops_decoding_fails_at_once_without_retries(
     status = client.get(f"/api/v1/status/{job_id}").get_json()
     assert status["status"] == "failed" and status["attempts"] == 1
     assert status["error"].startswith("the file is plain text; accepted formats are JPEG")
+    assert status["completed_at"] >= status["created_at"]  # finished: `flask prune` will reap it
 
 
 @pytest.fixture()
@@ -307,7 +449,7 @@ def test_postgresql_database_url_works(settings, postgres_url, run_worker, tiny_
             burst=True
         )
         result = client.get(f"/api/v1/result/{job_id}").get_json()
-        assert result["status"] == "done" and result["image_description"] is not None
+        assert result["status"] == "done" and result["image_description"].strip()
         with app.app_context():
             assert db.engine.dialect.name == "postgresql"
             db.engine.dispose()

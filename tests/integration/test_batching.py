@@ -56,3 +56,29 @@ def test_batch_size_one_runs_one_image_per_pass(client, run_worker, tiny_describ
     recording = Recording(tiny_describer)
     run_worker(describer=recording)
     assert recording.batches == [1, 1, 1]
+
+
+class FailsInBatches(Recording):
+    """A forward pass that raises for more than one image (as an out-of-memory would), fine alone."""
+
+    def describe_full(self, images, options=None):
+        self.batches.append(len(images))
+        if len(images) > 1:
+            raise RuntimeError("CUDA out of memory for a batch")
+        return self.inner.describe_full(images, options)
+
+
+def test_a_failing_batched_pass_runs_each_job_alone(settings, tiny_describer):
+    """No retries configured: a job that failed with its batch would be failed for good."""
+    app = create_app(settings.with_(batch_size=4, task_max_retries=0))
+    client = app.test_client()
+    payloads = [image_bytes("PNG", color=(i * 60, 30, 90)) for i in range(3)]
+    ids = [submit(client, data, "x.png", "image/png").get_json()["job_id"] for data in payloads]
+    describer = FailsInBatches(tiny_describer)
+
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=describer).work(burst=True)
+
+    assert describer.batches == [3, 1, 1, 1]
+    for job_id in ids:
+        status = client.get(f"/api/v1/status/{job_id}").get_json()
+        assert status["status"] == "done" and status["attempts"] == 1 and "error" not in status

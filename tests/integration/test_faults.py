@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from rq import SimpleWorker
@@ -293,3 +294,25 @@ def _dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+
+def test_the_reaper_waits_stale_after_before_it_requeues(settings, redis_db, tiny_describer):
+    """A row with no RQ job is normal for a moment (submit writes the row, then enqueues):
+    only a row unchanged for STALE_AFTER seconds is judged lost."""
+    app = create_app(settings.with_(stale_after=600))
+    job_id = submit_ok(app.test_client(), 1)
+    app.redis.delete(RQJob.key_for(job_id))
+    app.redis.lrem(app.task_queue.key, 0, job_id)
+    reap = app.test_cli_runner()
+
+    assert reap.invoke(args=["reap"]).output.strip() == "0 requeued, 0 failed, 0 reset"
+    assert app.task_queue.get_job_ids() == []
+
+    with app.app_context():
+        row = db.session.get(jobs.Job, job_id)
+        row.updated_at = jobs.utcnow() - timedelta(seconds=601)
+        db.session.commit()
+    assert reap.invoke(args=["reap"]).output.strip() == "1 requeued, 0 failed, 0 reset"
+    assert app.task_queue.get_job_ids() == [job_id]
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
+    assert rows(app)[job_id].status == jobs.Status.DONE

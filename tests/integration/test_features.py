@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import threading
@@ -12,14 +14,26 @@ import pytest
 from rq import Queue, SimpleWorker
 
 from imgsvc import create_app
-from imgsvc.queue.webhooks import SIGNATURE_HEADER, sign
+from imgsvc.queue.worker import ImgsvcWorker
 from imgsvc.storage import jobs
+from imgsvc.vision.base import Describer, Description
 from tests.conftest import image_bytes
 from tests.integration.test_api import row_count, stored_files, submit
 
 
 def files(*payloads: tuple[bytes, str]) -> dict:
     return {"file": [(io.BytesIO(data), name) for data, name in payloads]}
+
+
+def open_rgb(data: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def hmac_sha256(secret: str, body: bytes) -> str:
+    """The README's signature, computed here by hand (not with the product's own code)."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 # -- batch -----------------------------------------------------------------------------
@@ -41,7 +55,7 @@ def test_batch_accepts_good_files_and_reports_bad_ones(client, run_worker):
     summary = client.get(f"/api/v1/batch/{body['batch_id']}").get_json()
     assert summary["finished"] is True and summary["counts"] == {"done": 2}
     assert {j["job_id"] for j in summary["jobs"]} == {good["job_id"], other["job_id"]}
-    assert all(isinstance(j["image_description"], str) for j in summary["jobs"])
+    assert all(j["image_description"].strip() for j in summary["jobs"])
     # Each result carries the name its file was sent under, so results match files without the submit answer.
     assert {j["job_id"]: j["filename"] for j in summary["jobs"]} == {
         good["job_id"]: "a.jpg",
@@ -92,6 +106,30 @@ def test_submit_with_several_files_points_at_batch(client, app):
     assert row_count(app) == 0
 
 
+def test_a_batch_summary_is_only_visible_to_the_key_that_submitted_it(settings, redis_db):
+    app = create_app(settings.with_(api_keys=("alpha", "beta")))
+    client = app.test_client()
+    alpha, beta = {"X-API-Key": "alpha"}, {"X-API-Key": "beta"}
+    batch_id = client.post(
+        "/api/v1/batch",
+        data=files((image_bytes("PNG"), "a.png"), (image_bytes("JPEG"), "b.jpg")),
+        headers=alpha,
+        content_type="multipart/form-data",
+    ).get_json()["batch_id"]
+    mine = client.get(f"/api/v1/batch/{batch_id}", headers=alpha)
+    assert mine.status_code == 200 and mine.get_json()["counts"] == {"queued": 2}
+    theirs = client.get(f"/api/v1/batch/{batch_id}", headers=beta)
+    assert theirs.status_code == 404 and theirs.get_json()["error"]["code"] == "not_found"
+    assert client.get(f"/api/v1/batch/{batch_id}").status_code == 401
+
+
+def test_a_batch_summary_lists_its_jobs_in_the_order_of_the_files(client):
+    payloads = [(image_bytes("PNG", color=(n * 50, 20, 20)), f"{n}.png") for n in range(5)]
+    body = client.post("/api/v1/batch", data=files(*payloads), content_type="multipart/form-data").get_json()
+    summary = client.get(f"/api/v1/batch/{body['batch_id']}").get_json()
+    assert [j["job_id"] for j in summary["jobs"]] == [j["job_id"] for j in body["jobs"]]
+
+
 # -- listing and cancel ------------------------------------------------------------------
 def test_jobs_are_listed_newest_first_with_a_cursor(client):
     ids = [submit(client, image_bytes("PNG", color=(i, 9, 9))).get_json()["job_id"] for i in range(5)]
@@ -112,7 +150,8 @@ def test_cancelling_a_queued_job_removes_it_from_rq_and_disk(client, settings, r
     assert stored_files(settings) == []
     run_worker()
     status = client.get(f"/api/v1/status/{job_id}").get_json()
-    assert status["status"] == "cancelled"
+    assert status["status"] == "cancelled" and "cancelled" in status["error"]
+    assert status["completed_at"] >= status["created_at"]  # finished: `flask prune` will reap it
     result = client.get(f"/api/v1/result/{job_id}")
     assert result.status_code == 422 and result.get_json()["message"] == "the job was cancelled"
     # a finished job is deleted outright
@@ -202,6 +241,83 @@ def test_identical_image_is_answered_from_the_stored_result(client, settings, ru
     assert other["status"] == "queued"
 
 
+def test_dedupe_never_answers_with_another_images_description(client, settings, run_worker, tiny_describer):
+    first, second = image_bytes("PNG", color=(250, 10, 10)), image_bytes("PNG", color=(10, 10, 250))
+    first_id = submit(client, first, "a.png", "image/png").get_json()["job_id"]
+    run_worker()
+    response = submit(client, second, "b.png", "image/png").get_json()
+    assert response["status"] == "queued" and "cached" not in response
+    assert len(stored_files(settings)) == 2
+    run_worker()
+    result = client.get(f"/api/v1/result/{response['job_id']}").get_json()
+    assert result["cached"] is False
+    assert result["image_description"] == tiny_describer.describe([open_rgb(second)])[0]
+    # and the first image is still answered from its own result
+    repeat = submit(client, first, "a.png", "image/png").get_json()
+    assert repeat["cached"] is True
+    assert (
+        client.get(f"/api/v1/result/{repeat['job_id']}").get_json()["image_description"]
+        == client.get(f"/api/v1/result/{first_id}").get_json()["image_description"]
+    )
+
+
+def test_dedupe_answers_only_from_a_finished_description(client, settings, run_worker, png_bytes):
+    """The same bytes again while the first job waits, or after it failed: a job of its own."""
+    run_worker()  # an idle worker says which model runs: dedupe is on
+    waiting = submit(client, png_bytes, "a.png", "image/png").get_json()
+    again = submit(client, png_bytes, "a.png", "image/png").get_json()
+    assert again["status"] == "queued" and "cached" not in again
+    for path in stored_files(settings):
+        path.write_bytes(b"broken")  # both fail for good
+    run_worker()
+    assert client.get(f"/api/v1/status/{waiting['job_id']}").get_json()["status"] == "failed"
+    after_failure = submit(client, png_bytes, "a.png", "image/png").get_json()
+    assert after_failure["status"] == "queued" and "cached" not in after_failure
+
+
+def test_with_api_keys_dedupe_answers_only_from_the_same_keys_jobs(
+    settings, redis_db, tiny_describer, png_bytes
+):
+    app = create_app(settings.with_(api_keys=("alpha", "beta")))
+    client = app.test_client()
+
+    def send(key: str) -> dict:
+        return client.post(
+            "/api/v1/submit",
+            data={"file": (io.BytesIO(png_bytes), "a.png")},
+            headers={"X-API-Key": key},
+            content_type="multipart/form-data",
+        ).get_json()
+
+    send("alpha")
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
+    theirs = send("beta")
+    assert theirs["status"] == "queued" and "cached" not in theirs  # beta learns nothing of alpha's upload
+    assert send("alpha")["cached"] is True
+
+
+class SecondModel(Describer):
+    """Another model than the tiny BLIP: a different name and its own words."""
+
+    name = "second-model"
+
+    def describe_full(self, images, options=None):
+        return [Description(text="a caption by the second model") for _ in images]
+
+
+def test_dedupe_never_reuses_a_result_of_another_model(client, run_worker, tiny_describer, png_bytes):
+    first = submit(client, png_bytes, "a.png", "image/png").get_json()["job_id"]
+    run_worker()  # the tiny BLIP describes it
+    assert client.get(f"/api/v1/result/{first}").get_json()["generated_by"] == tiny_describer.name
+    run_worker(describer=SecondModel())  # the workers now run another model (and say so in Redis)
+    again = submit(client, png_bytes, "a.png", "image/png").get_json()
+    assert again["status"] == "queued" and "cached" not in again
+    run_worker(describer=SecondModel())
+    result = client.get(f"/api/v1/result/{again['job_id']}").get_json()
+    assert result["generated_by"] == "second-model" and result["cached"] is False
+    assert result["image_description"] == "a caption by the second model"
+
+
 # -- webhooks ------------------------------------------------------------------------------
 class Receiver(BaseHTTPRequestHandler):
     calls: list[tuple[dict, bytes]] = []
@@ -241,8 +357,6 @@ def test_webhook_is_signed_and_retried_until_delivered(
         data={"file": (io.BytesIO(jpeg_bytes), "x.jpg"), "callback_url": receiver},
         content_type="multipart/form-data",
     ).get_json()["job_id"]
-    from imgsvc.queue.worker import ImgsvcWorker
-
     ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
     Receiver.fail_first = 1  # the receiver is down for the first attempt
     hooks = Queue(settings.webhook_queue_name, connection=app.redis)
@@ -252,7 +366,7 @@ def test_webhook_is_signed_and_retried_until_delivered(
             break
         time.sleep(2.1)
     (headers, body), *_ = Receiver.calls
-    assert headers[SIGNATURE_HEADER] == sign(body, "s3cret")
+    assert headers["X-Imgsvc-Signature"] == hmac_sha256("s3cret", body)
     payload = json.loads(body)
     assert payload["job_id"] == job_id and payload["status"] == "done"
     assert (
@@ -274,6 +388,32 @@ def test_webhook_is_signed_and_retried_until_delivered(
     assert cached["created_at"] == cached["completed_at"]
 
 
+def run_webhook_worker(app, settings) -> None:
+    SimpleWorker([Queue(settings.webhook_queue_name, connection=app.redis)], connection=app.redis).work(
+        burst=True
+    )
+
+
+def test_a_failed_job_fires_its_webhook_too(settings, redis_db, tiny_describer, receiver, jpeg_bytes):
+    app = create_app(settings.with_(webhook_allow_private=True, webhook_secret="k"))
+    client = app.test_client()
+    job_id = client.post(
+        "/api/v1/submit",
+        data={"file": (io.BytesIO(jpeg_bytes), "x.jpg"), "callback_url": receiver},
+        content_type="multipart/form-data",
+    ).get_json()["job_id"]
+    (stored,) = stored_files(settings)
+    stored.write_bytes(b"no longer an image")  # fails for good: no retry can fix it
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
+    assert client.get(f"/api/v1/status/{job_id}").get_json()["status"] == "failed"
+    run_webhook_worker(app, settings)
+    (headers, body), *_ = Receiver.calls
+    payload = json.loads(body)
+    assert payload["job_id"] == job_id and payload["status"] == "failed"
+    assert payload["error"].startswith("the file is plain text")
+    assert headers["X-Imgsvc-Signature"] == hmac_sha256("k", body)
+
+
 def test_callback_url_must_be_public_http_unless_allowed(client, app):
     for url in ("ftp://example.com/x", "http://127.0.0.1:9/x", "http://10.0.0.1/x", "not a url"):
         response = client.post(
@@ -290,7 +430,10 @@ def test_callback_url_must_be_public_http_unless_allowed(client, app):
 def test_api_keys_guard_every_route_and_scope_jobs(settings, redis_db, jpeg_bytes):
     app = create_app(settings.with_(api_keys=("alpha", "beta")))
     client = app.test_client()
-    assert submit(client, jpeg_bytes).status_code == 401
+    refused = submit(client, jpeg_bytes)
+    assert refused.status_code == 401
+    assert "Authorization: Bearer" in refused.get_json()["error"]["message"]  # says how to send a key
+    assert "X-API-Key" in refused.get_json()["error"]["message"]
     assert client.get("/api/v1/jobs", headers={"X-API-Key": "wrong"}).status_code == 401
     alpha = {"Authorization": "Bearer alpha"}
     beta = {"X-API-Key": "beta"}
@@ -327,6 +470,58 @@ def test_rate_limit_buckets_are_per_valid_key_and_wrong_keys_use_up_the_address(
     alpha = [client.get("/api/v1/jobs", headers={"X-API-Key": "alpha"}).status_code for _ in range(4)]
     assert alpha == [200, 200, 200, 429]  # a valid key has a bucket of its own
     assert client.get("/api/v1/jobs", headers={"Authorization": "Bearer beta"}).status_code == 200
+
+
+class NoOptions(Describer):
+    """A model that honours no per-job option, like the built-in describer."""
+
+    name = "no-options"
+
+    def describe_full(self, images, options=None):
+        return [Description(text="words") for _ in images]
+
+
+@pytest.mark.parametrize("form", [{"max_length": "5"}, {"prompt": "a picture of"}])
+def test_submit_refuses_options_the_running_model_cannot_honour(client, app, settings, run_worker, form):
+    def send():
+        return client.post(
+            "/api/v1/submit",
+            data={"file": (io.BytesIO(image_bytes("PNG")), "x.png"), **form},
+            content_type="multipart/form-data",
+        )
+
+    run_worker(describer=NoOptions())  # an idle worker says what it runs
+    refused = send()
+    assert refused.status_code == 400 and "not supported" in refused.get_json()["error"]["message"]
+    assert row_count(app) == 0 and stored_files(settings) == []
+    run_worker()  # now the workers run the tiny BLIP, which honours both options
+    assert send().status_code == 202
+
+
+def test_every_web_process_of_a_deployment_counts_against_one_limit(settings, redis_db):
+    """gunicorn runs several processes: the buckets live in Redis, one set per deployment (RQ_QUEUE)."""
+    one, two = (create_app(settings.with_(rate_limit="3/minute")).test_client() for _ in range(2))
+    codes = [client.get("/api/v1/jobs").status_code for client in (one, two, one, two)]
+    assert codes == [200, 200, 200, 429]
+    other = create_app(settings.with_(rate_limit="3/minute", queue_name="other")).test_client()
+    assert other.get("/api/v1/jobs").status_code == 200  # another deployment sharing the Redis
+
+
+def test_a_rate_limit_whose_redis_is_down_lets_requests_through(settings, redis_db):
+    """The limiter's store failing is no reason to refuse a request that needs no Redis."""
+    app = create_app(settings.with_(rate_limit="2/minute", redis_url="redis://127.0.0.1:1/0"))
+    client = app.test_client()
+    assert [client.get("/api/v1/jobs").status_code for _ in range(3)] == [200, 200, 200]
+
+
+def test_health_metrics_and_docs_are_never_rate_limited(settings, redis_db):
+    app = create_app(settings.with_(rate_limit="2/minute"))
+    client = app.test_client()
+    for path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
+        codes = [client.get(path).status_code for _ in range(4)]
+        assert 429 not in codes, (path, codes)
+    assert [client.get("/api/v1/jobs").status_code for _ in range(3)] == [200, 200, 429]
+    assert client.get("/healthz").status_code == 200  # still open with the address over its limit
 
 
 def test_prompt_option_conditions_the_caption(client, run_worker, tiny_describer):

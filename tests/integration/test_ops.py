@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import io
 import os
+import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from rq.job import Job as RQJob
+from sqlalchemy import inspect, text, update
 
 from imgsvc import create_app
 from imgsvc.queue.worker import ImgsvcWorker
 from imgsvc.storage import jobs
 from imgsvc.storage.db import db
 from imgsvc.storage.retention import prune
-from tests.integration.test_api import stored_files, submit
+from tests.conftest import image_bytes
+from tests.integration.test_api import FailsOnce, stored_files, submit
 
 
 def test_healthz_and_readyz_name_the_missing_part(client, app, tiny_describer):
@@ -137,11 +141,13 @@ def test_prune_deletes_old_uploads_then_old_rows(client, app, settings, run_work
             "orphans_deleted": 0,
         }
         assert len(stored_files(settings)) == 1
-        assert client.get(f"/api/v1/result/{old}").get_json()["image_description"] is not None
-        assert (
-            prune(settings.with_(upload_retention=86400, result_ttl=7 * 86400), app.uploads)["rows_deleted"]
-            == 1
-        )
+        assert client.get(f"/api/v1/result/{old}").get_json()["image_description"].strip()
+        # the file is gone and recorded as gone: a second pass deletes no file, only the old row
+        assert prune(settings.with_(upload_retention=86400, result_ttl=7 * 86400), app.uploads) == {
+            "files_deleted": 0,
+            "rows_deleted": 1,
+            "orphans_deleted": 0,
+        }
     assert client.get(f"/api/v1/status/{old}").status_code == 404
     assert client.get(f"/api/v1/status/{recent}").get_json()["status"] == "done"
 
@@ -197,9 +203,94 @@ def test_failed_job_upload_is_removed(client, settings, run_worker, jpeg_bytes):
     assert stored_files(settings) == []
 
 
-def test_flask_cli_commands(app):
+def age(app, days: int) -> None:
+    """Move every row ``days`` into the past, as if it had been submitted (and finished) back then."""
+    then = jobs.utcnow() - timedelta(days=days)
+    with app.app_context():
+        db.session.execute(update(jobs.Job).values(created_at=then, updated_at=then))
+        for column in (jobs.Job.started_at, jobs.Job.completed_at):
+            db.session.execute(update(jobs.Job).where(column.is_not(None)).values({column: then}))
+        db.session.commit()
+
+
+def test_prune_never_touches_unfinished_jobs(client, app, settings, run_worker, tiny_describer):
+    """cron runs ``flask prune`` while a month-old job is being described and another still waits."""
+    finished, running, waiting = (
+        submit(client, image_bytes("PNG", color=(n * 80, 9, 9)), f"{n}.png", "image/png").get_json()["job_id"]
+        for n in range(3)
+    )
+    pruned: list[str] = []
+
+    class PrunesMidway(type(tiny_describer)):
+        def describe_full(self, images, options=None):
+            if client.get(f"/api/v1/status/{running}").get_json()["status"] == "processing":
+                age(app, days=30)
+                pruned.append(app.test_cli_runner().invoke(args=["prune"]).output.strip())
+            return super().describe_full(images, options)
+
+    midway = PrunesMidway.__new__(PrunesMidway)
+    midway.__dict__.update(tiny_describer.__dict__)
+    run_worker(describer=midway, max_jobs=2)
+
+    assert pruned == ["1 files deleted, 1 rows deleted, 0 orphans deleted"]  # the finished job's only
+    assert client.get(f"/api/v1/status/{finished}").status_code == 404
+    assert client.get(f"/api/v1/result/{running}").get_json()["image_description"].strip()
+    assert client.get(f"/api/v1/status/{waiting}").get_json()["status"] == "queued"
+    assert len(stored_files(settings)) == 2  # the running and the waiting job keep their uploads
+    run_worker()
+    assert client.get(f"/api/v1/status/{waiting}").get_json()["status"] == "done"
+
+
+def test_flask_cli_commands_do_what_they_say(app, client, settings, run_worker, jpeg_bytes):
     runner = app.test_cli_runner()
+    with app.app_context():
+        db.drop_all()
     assert "Initialised the database" in runner.invoke(args=["init-db"]).output
-    assert "requeued" in runner.invoke(args=["reap"]).output
-    assert "files deleted" in runner.invoke(args=["prune"]).output
+    with app.app_context():
+        assert inspect(db.engine).has_table("jobs")
+    settings.upload_dir.rmdir()
     assert "Uploads go to" in runner.invoke(args=["init-uploads"]).output
+    assert settings.upload_dir.is_dir()
+
+    job_id = submit(client, jpeg_bytes).get_json()["job_id"]
+    app.redis.delete(RQJob.key_for(job_id))  # Redis lost the job
+    app.redis.lrem(app.task_queue.key, 0, job_id)
+    assert runner.invoke(args=["reap"]).output.strip() == "1 requeued, 0 failed, 0 reset"
+    assert app.task_queue.get_job_ids() == [job_id]
+
+    run_worker()
+    assert runner.invoke(args=["reap"]).output.strip() == "0 requeued, 0 failed, 0 reset"  # done: left alone
+    age(app, days=30)  # older than both UPLOAD_RETENTION and RESULT_TTL (7 days)
+    assert (
+        runner.invoke(args=["prune"]).output.strip() == "1 files deleted, 1 rows deleted, 0 orphans deleted"
+    )
+    assert stored_files(settings) == []
+    assert client.get(f"/api/v1/status/{job_id}").status_code == 404
+
+
+def test_rq_keeps_its_own_job_records_for_result_ttl(
+    settings, redis_db, tiny_describer, jpeg_bytes, png_bytes
+):
+    """RESULT_TTL bounds what RQ keeps in Redis, for done and for failed jobs alike (SQL keeps the rest)."""
+    app = create_app(settings.with_(result_ttl=4321, task_max_retries=0))
+    client = app.test_client()
+    failed = submit(client, jpeg_bytes).get_json()["job_id"]
+    done = submit(client, png_bytes, "b.png", "image/png").get_json()["job_id"]
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=FailsOnce(tiny_describer)).work(
+        burst=True
+    )
+    assert [client.get(f"/api/v1/status/{j}").get_json()["status"] for j in (failed, done)] == [
+        "failed",
+        "done",
+    ]
+    for job_id in (failed, done):
+        assert 4000 < app.redis.ttl(RQJob.key_for(job_id)) <= 4321
+
+
+def test_sqlite_is_shared_safely_by_web_and_workers(app, client, jpeg_bytes, settings):
+    """WAL lets readers run beside a writer; busy_timeout makes a writer wait instead of failing."""
+    submit(client, jpeg_bytes)
+    with app.app_context():
+        assert db.session.execute(text("PRAGMA busy_timeout")).scalar() == 10000
+    with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # kept in the file itself

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -21,8 +23,33 @@ def test_auto_falls_back_to_builtin_loudly_when_the_captioner_is_absent(caplog, 
     )
 
 
-def test_auto_falls_back_when_a_hub_id_is_not_cached():
-    assert resolve_model(Settings(caption_model="Salesforce/blip-image-captioning-base")) == DEFAULT_BUILTIN
+BLIP = "Salesforce/blip-image-captioning-base"
+
+
+@pytest.fixture()
+def hf_cache(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache of the test's own: the machine's own cache may hold BLIP."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hf-home" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(cache.parent))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))  # huggingface_hub read it at import
+    return cache
+
+
+def test_auto_falls_back_when_a_hub_id_is_not_cached(hf_cache):
+    assert resolve_model(Settings(caption_model=BLIP)) == DEFAULT_BUILTIN
+
+
+def test_auto_picks_a_hub_id_once_the_cache_holds_it(hf_cache, tiny_model_dir):
+    """The same cache layout ``imgsvc download-model`` leaves behind, filled with the tiny BLIP."""
+    repo = hf_cache / f"models--{BLIP.replace('/', '--')}"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    assert resolve_model(Settings(caption_model=BLIP)) == BLIP
 
 
 def test_auto_picks_the_captioner_when_its_directory_is_there(tiny_model_dir):
