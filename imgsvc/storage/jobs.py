@@ -13,7 +13,20 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, bindparam, or_, select, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from imgsvc.storage.db import db
@@ -127,15 +140,28 @@ def get_job(job_id: str) -> Job | None:
 
 
 def create_job(**fields: Any) -> Job:
-    fields = {"status": Status.QUEUED, "attempts": 0, "cached": False} | fields
-    job = Job(id=new_id(), **fields)
-    db.session.add(job)
+    """Insert one row (a Core INSERT and a commit) and return it as a detached object.
+
+    The ORM's way (add, flush, commit) expires the object on commit, and the caller's first
+    look at its id or status reads the whole row back: a second query for nothing.
+    """
+    moment = utcnow()
+    values = {
+        "id": new_id(),
+        "status": Status.QUEUED,
+        "attempts": 0,
+        "cached": False,
+        "created_at": moment,
+        "updated_at": moment,
+    } | fields
+    db.session.execute(insert(Job.__table__), values)
     db.session.commit()
-    return job
+    return Job(**values)
 
 
 def delete_job(job: Job) -> None:
-    db.session.delete(job)
+    table = Job.__table__
+    db.session.execute(delete(table).where(table.c.id == job.id))
     db.session.commit()
 
 
@@ -192,6 +218,17 @@ _PEEK = select(_TABLE.c.id, _TABLE.c.upload_name).where(
 _FINISH = update(_TABLE).where(
     _TABLE.c.id == bindparam("job_id"), or_(*(_TABLE.c.status == status for status in UNFINISHED))
 )
+_CACHED = (
+    select(_TABLE.c.id, _TABLE.c.options)
+    .where(
+        _TABLE.c.sha256 == bindparam("sha256"),
+        _TABLE.c.status == Status.DONE,
+        _TABLE.c.generated_by == bindparam("model"),
+    )
+    .order_by(_TABLE.c.completed_at.desc())
+    .limit(20)
+)
+_CACHED_FOR_OWNER = _CACHED.where(_TABLE.c.owner == bindparam("owner"))
 _WRITTEN = select(_TABLE.c.id).where(
     _TABLE.c.id.in_(bindparam("ids", expanding=True)), _TABLE.c.completed_at == bindparam("now")
 )
@@ -303,18 +340,14 @@ def find_cached(
     """The newest finished description of the same bytes, by the same model, with the same options.
 
     With API keys (``owner`` set) only that owner's jobs count: a hit would tell another key
-    that these exact bytes were uploaded before.
+    that these exact bytes were uploaded before. Candidates are compared by id and options
+    only; the whole row is read for a hit alone (most submits are misses).
     """
-    query = (
-        select(Job)
-        .where(Job.sha256 == sha256, Job.status == Status.DONE, Job.generated_by == generated_by)
-        .order_by(Job.completed_at.desc())
-        .limit(20)
-    )
-    if owner is not None:
-        query = query.where(Job.owner == owner)
+    query = _CACHED if owner is None else _CACHED_FOR_OWNER
+    candidates = db.session.execute(query, {"sha256": sha256, "model": generated_by, "owner": owner})
     wanted = options or {}
-    return next((job for job in db.session.scalars(query) if (job.options or {}) == wanted), None)
+    hit = next((row.id for row in candidates if (row.options or {}) == wanted), None)
+    return None if hit is None else get_job(hit)
 
 
 def list_jobs(

@@ -12,6 +12,7 @@ fault (503) and leaves no file behind.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import tempfile
@@ -48,6 +49,75 @@ class StagedUpload:
     sha256: str
 
 
+class StagingFile(io.RawIOBase):
+    """A temp file in the staging directory that hashes and counts what is written to it.
+
+    The web side's multipart parser writes an upload's bytes straight into one (see
+    :mod:`imgsvc.web`), so the upload is parsed, size-limited, hashed and on disk in one
+    pass; :meth:`staged` hands the file over. A file not handed over is removed on close.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        super().__init__()
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._digest = hashlib.sha256()
+        with _disk_faults():
+            fd, tmp = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=directory)
+        self.path = Path(tmp)
+        self._file = io.FileIO(fd, "r+")  # unbuffered: a full disk fails the write, not a later flush
+        self._handed_over = False
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            self.close()
+            raise FileTooLarge(
+                f"file is larger than the limit of {self.max_bytes} bytes", max_bytes=self.max_bytes
+            )
+        self._digest.update(data)
+        view = memoryview(data)
+        with _disk_faults():
+            while view:
+                view = view[self._file.write(view) :]
+        return len(data)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        return self._file.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def staged(self) -> StagedUpload:
+        """The file as a :class:`StagedUpload`, now the caller's (commit or discard it)."""
+        if self.size == 0:
+            self.close()
+            raise EmptyFile("the uploaded file is empty")
+        self._file.close()
+        self._handed_over = True
+        return StagedUpload(self.path, self.size, self._digest.hexdigest())
+
+    def close(self) -> None:
+        file = getattr(self, "_file", None)  # None: mkstemp itself failed
+        if not self.closed and file is not None:
+            file.close()
+            if not self._handed_over:
+                self.path.unlink(missing_ok=True)
+        super().close()
+
+
 def check_name(name: str) -> str:
     """Names are only ever ours (uuid hex + extension); refuse anything else outright."""
     if not UPLOAD_NAME.fullmatch(name):
@@ -66,29 +136,20 @@ class UploadStore(ABC):
         self.staging_dir = staging_dir
 
     def stage(self, stream: BinaryIO) -> StagedUpload:
-        """Copy ``stream`` to a temp file, enforcing the size limit as bytes arrive."""
-        digest = hashlib.sha256()
-        size = 0
-        with _disk_faults():
-            fd, tmp = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=self.staging_dir)
-        path = Path(tmp)
+        """Copy ``stream`` to a temp file, enforcing the size limit as bytes arrive.
+
+        A :class:`StagingFile` of this store (what the web side's multipart parser wrote the
+        upload into) is already that temp file: it is taken as it is, with no second copy.
+        """
+        if isinstance(stream, StagingFile) and stream.path.parent == self.staging_dir:
+            return stream.staged()
+        staging = StagingFile(self.staging_dir, self.max_bytes)
         try:
-            with _disk_faults(), os.fdopen(fd, "wb") as out:
-                while chunk := stream.read(CHUNK):
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise FileTooLarge(
-                            f"file is larger than the limit of {self.max_bytes} bytes",
-                            max_bytes=self.max_bytes,
-                        )
-                    digest.update(chunk)
-                    out.write(chunk)
-            if size == 0:
-                raise EmptyFile("the uploaded file is empty")
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return StagedUpload(path, size, digest.hexdigest())
+            while chunk := stream.read(CHUNK):
+                staging.write(chunk)
+            return staging.staged()
+        finally:
+            staging.close()
 
     def commit(self, staged: StagedUpload, extension: str) -> str:
         """Store the staged file under a final, random name and return that name.
