@@ -1,7 +1,7 @@
-.PHONY: run test bench lint
+.PHONY: run test bench lint container-check
 
 run:  ## set up and run web + worker(s) + Redis on this machine
-	scripts/serve.sh
+	@scripts/serve.sh
 
 test:  ## set up and run lint and the whole test suite
 	scripts/test.sh
@@ -11,3 +11,6 @@ bench:  ## run every benchmark with its default (full) settings
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+container-check:  ## build the image and run compose's production profile for real (root; ~13 min, cached ~2 min)
+	scripts/container-check.sh

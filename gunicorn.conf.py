@@ -2,8 +2,10 @@
 
 import os
 
-port = os.environ.get("WEB_PORT", "8000")
-bind = f"0.0.0.0:{port}"
+# Defaults as in imgsvc.config.Settings: loopback unless WEB_HOST says otherwise (the image sets 0.0.0.0).
+_host = os.environ.get("WEB_HOST") or "127.0.0.1"
+port = os.environ.get("WEB_PORT") or "8000"
+bind = f"[{_host}]:{port}" if ":" in _host else f"{_host}:{port}"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 worker_class = "gthread"
@@ -13,9 +15,24 @@ graceful_timeout = 20
 keepalive = 5
 max_requests = 5000
 max_requests_jitter = 500
-accesslog = "-"
-errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# No access log: the app logs every request itself, once, as JSON with its job_id (imgsvc/web).
+accesslog = None
+errorlog = "-"
+# gunicorn's own lines (start-up, worker exits, timeouts) as JSON too, like every other process's.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "imgsvc.logs.JsonFormatter"}},
+    "handlers": {
+        "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    },
+    "root": {"level": "WARNING", "handlers": ["json"]},
+    "loggers": {
+        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["json"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
+    },
+}
 # Werkzeug spools uploads over 500 KB to a temp file here instead of RAM.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # gunicorn 25.1+ opens a control socket (for gunicornc) at one path per user by default

@@ -23,7 +23,9 @@ BENCHES = {
     "inference": "fp32 vs inference_mode vs int8 vs thread counts",
     "api_load": "submit latency under open-loop load, imgsvc vs bare Flask, under gunicorn",
     "memory": "worker RSS over many jobs; the web process without torch",
-    "backends": "the built-in describers side by side on real photos",
+    "backends": "the built-in describers side by side on real photos; the scene describer's budget",
+    "detectors": "person / object / face / emotion models, ms per photo vs the classifier",
+    "quality": "description quality on real photos and composites: classifier alone vs scene describer",
     "storage": "submit latency and end-to-end job time, uploads in a local directory vs S3",
     "bombs": "decode bombs before/after: the web check, the worker's decode, /healthz under bomb uploads",
 }

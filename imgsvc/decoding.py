@@ -38,7 +38,7 @@ from typing import BinaryIO
 from PIL import ExifTags, Image
 
 from imgsvc.config import Settings
-from imgsvc.images import ALLOWED_FORMATS
+from imgsvc.images import ALLOWED_FORMATS, unsupported_image
 
 _ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -95,7 +95,8 @@ def load_for_model(path: Path, max_pixels: int, max_side: int) -> Image.Image:
         except (DecodeError, MemoryError):
             raise
         except Exception as exc:  # Pillow raises many types for bad input
-            raise DecodeError(f"cannot decode image: {_reason(exc, path)}") from exc
+            # What the file seems to be, not Pillow's exception (its type, and "upload" for a name).
+            raise DecodeError(unsupported_image(path).message) from exc
     if orientation in _ORIENTATION:
         rgb = rgb.transpose(_ORIENTATION[orientation])
     rgb.info.clear()
@@ -124,11 +125,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def _reason(exc: BaseException, path: Path) -> str:
-    """Pillow's message, minus our file path: server paths are nobody's business."""
-    return f"{type(exc).__name__}: {str(exc).replace(str(path), 'upload')}"
 
 
 class Decoder:

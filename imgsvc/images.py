@@ -48,6 +48,111 @@ MAX_JPEG_SCANS = 100
 MAX_ELEMENTS = 200_000
 
 
+#: The allowed formats as a person reads them, for error messages.
+ALLOWED_NAMES = ["WebP" if name == "WEBP" else name for name in ALLOWED_FORMATS]
+
+# What people upload by mistake, recognised by its first bytes: (offset, signature, in words).
+# (The accepted formats are :func:`sniff`'s.)
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"%PDF-", "a PDF document"),
+    (0, b"PK\x03\x04", "a ZIP archive"),
+    (0, b"PK\x05\x06", "a ZIP archive"),
+    (0, b"\x1f\x8b", "gzip-compressed data"),
+    (0, b"Rar!\x1a\x07", "a RAR archive"),
+    (0, b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (0, b"\x00\x00\x01\x00", "an ICO icon"),
+    (0, b"\x00\x00\x02\x00", "a CUR cursor"),
+    (0, b"8BPS", "a Photoshop document"),
+    (0, b"\xff\x0a", "a JPEG XL image"),
+    (0, b"\x00\x00\x00\x0cJXL \r\n\x87\n", "a JPEG XL image"),
+    (0, b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "a legacy Microsoft Office document"),
+    (0, b"{\\rtf", "an RTF document"),
+    (0, b"\x7fELF", "an executable program"),
+    (0, b"OggS", "Ogg audio or video"),
+    (0, b"fLaC", "FLAC audio"),
+    (0, b"\x1aE\xdf\xa3", "a Matroska or WebM video"),
+    (8, b"WAVE", "WAV audio"),  # RIFF containers: the form type follows the size
+    (8, b"AVI ", "an AVI video"),
+)
+# Two-byte signatures that ordinary text can start with: tried only on what is not text.
+_WEAK_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"MZ", "a Windows program"),
+    (b"ID3", "MP3 audio"),
+)
+# ISO media files (HEIC, AVIF, MP4 ...) say what they are in their "ftyp" box's brands.
+_BRANDS: tuple[tuple[frozenset[bytes], str], ...] = (
+    (frozenset({b"avif", b"avis"}), "an AVIF image"),
+    (frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}), "a HEIC image"),
+    (frozenset({b"qt  "}), "a QuickTime video"),
+    (frozenset({b"M4A ", b"M4B "}), "M4A audio"),
+    (
+        frozenset({b"isom", b"iso2", b"mp41", b"mp42", b"avc1", b"M4V ", b"dash", b"3gp4", b"3gp5"}),
+        "an MP4 video",
+    ),
+)
+
+
+def sniff_type(head: bytes) -> str:
+    """What a file's first bytes say it is, in words ("a PDF document", "plain text" ...).
+
+    Only for telling a person what they sent: whether an upload is accepted is decided by
+    :func:`sniff` and the format's own structure, never by this guess.
+    """
+    accepted = sniff(head)
+    if accepted and not (accepted == "BMP" and _as_text(head) is not None):  # "BMW 320d, ..." is text
+        return f"a {'WebP' if accepted == 'WEBP' else accepted} image"
+    for offset, signature, name in _SIGNATURES:
+        if head.startswith(signature, offset) and (offset == 0 or head.startswith(b"RIFF")):
+            return name
+    if head[4:8] == b"ftyp":
+        box = head[8 : min(len(head), int.from_bytes(head[:4], "big"), 64)]
+        brands = {box[i : i + 4] for i in range(0, len(box) - 3, 4)}
+        return next((name for known, name in _BRANDS if brands & known), "an ISO media file (MP4 family)")
+    text = _as_text(head)
+    if text is None:
+        return next((name for sig, name in _WEAK_SIGNATURES if head.startswith(sig)), "unknown binary data")
+    start = text.lstrip("\ufeff \t\r\n").lower()
+    if start.startswith(("<svg", "<?xml", "<!doctype svg")) and "<svg" in start:
+        return "an SVG image"
+    if start.startswith(("<!doctype html", "<html", "<head", "<body")):
+        return "an HTML document"
+    if start.startswith("<?xml"):
+        return "an XML document"
+    return "plain text"
+
+
+def _as_text(head: bytes) -> str | None:
+    """UTF-8 (or UTF-16 with a BOM) without control characters; a cut-off last character is fine."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = head[: len(head) // 2 * 2].decode("utf-16", errors="ignore")
+    else:
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if exc.start < len(head) - 3:
+                return None
+            text = head[: exc.start].decode("utf-8")
+    if not text or any(ord(c) < 32 and c not in "\t\n\r\f" for c in text):
+        return None
+    return text
+
+
+def unsupported_image(path: Path) -> UnsupportedImage:
+    """For a file that is none of the accepted formats, or one Pillow would not decode: what it
+    seems to be, and what is accepted.
+
+    Pillow's own message (exception type, file name) means nothing to the person who sent it.
+    """
+    with path.open("rb") as file:
+        detected = sniff_type(file.read(512))
+    allowed = f"{', '.join(ALLOWED_NAMES[:-1])} and {ALLOWED_NAMES[-1]}"
+    if detected.removeprefix("a ").removesuffix(" image") in ALLOWED_NAMES:
+        message = f"the file looks like {detected} but cannot be decoded"
+    else:
+        message = f"the file is {detected}; accepted formats are {allowed}"
+    return UnsupportedImage(message, detected=detected, allowed=ALLOWED_NAMES)
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     format: str
@@ -78,7 +183,7 @@ def inspect_image(path: Path, max_pixels: int, max_frames: int) -> ImageInfo:
         with data:
             kind = sniff(data[:16])
             if kind is None:
-                raise unsupported("its content is none of these formats")
+                raise unsupported_image(path)
             walker = _Walker(data, max_pixels, max_frames)
             try:
                 return WALKERS[kind](walker)
@@ -87,10 +192,8 @@ def inspect_image(path: Path, max_pixels: int, max_frames: int) -> ImageInfo:
 
 
 def unsupported(reason: str) -> UnsupportedImage:
-    """The one 415 for uploads: what we accept, and why this file is not it."""
-    return UnsupportedImage(
-        f"the file is not an image we can read (allowed: {', '.join(sorted(ALLOWED_FORMATS))}); {reason}"
-    )
+    """The 415 for a file of an accepted format whose structure does not hold together."""
+    return UnsupportedImage(f"the file cannot be read as an image: {reason}", allowed=ALLOWED_NAMES)
 
 
 def sniff(head: bytes) -> str | None:

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Set up and run the test suite: dev dependencies, a Redis on 127.0.0.1:6379 (tests use DB 15).
+# Set up and run the test suite: dev dependencies, the detector weights (MODELS_DIR), a Redis for
+# TEST_REDIS_URL (default 127.0.0.1:6379/15; the suite refuses a DB that holds keys it did not write,
+# see tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh --dev
 scripts/ensure-redis.sh "${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}"
 . .venv/bin/activate
+# Strict: the detector tests need every weight file, so a failed download stops here, said plainly.
+imgsvc fetch-models --strict
 ruff check .
 ruff format --check .
 HF_HUB_OFFLINE=1 python -m pytest "$@"

@@ -21,6 +21,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 loopback.install()  # no test may open a connection to anything but loopback
 
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: The tests create a schema of their own in this database and drop only that.
+TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+#: Set in the test Redis DB while the suite owns it. A DB that holds keys but not this one
+#: belongs to someone else, and the suite refuses to run rather than empty it.
+OWNER_KEY = "imgsvc-tests:owner"
+OWNER_NOTE = b"imgsvc's test suite owns this Redis DB and empties it before every test"
 
 
 @pytest.fixture(scope="session")
@@ -39,13 +45,66 @@ def tiny_describer(tiny_model_dir: Path):
     return load_describer(Settings(vision_model=str(tiny_model_dir), max_new_tokens=8))
 
 
-@pytest.fixture()
-def redis_db() -> Iterator[Redis]:
-    """The real Redis, on a DB index of its own, emptied before and after each test."""
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """MODELS_DIR (else the default ``instance/models``) with the detector weights in it.
+
+    Fails rather than skips when they are missing: the detector tests are real tests, and CI runs
+    ``imgsvc fetch-models`` before the suite.
+    """
+    from imgsvc.vision.weights import missing_components
+
+    path = Path(os.environ.get("MODELS_DIR") or Settings().models_dir)
+    missing = missing_components(path)
+    if missing:
+        pytest.fail(
+            f"detector weights missing from {path} for: {', '.join(missing)}. "
+            "Run `imgsvc fetch-models` (or set MODELS_DIR to where they are).",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def scene_describer(models_dir: Path):
+    """The default offline describer with every component, loaded once per session."""
+    from imgsvc.vision.scene import SceneDescriber
+
+    return SceneDescriber.load(models_dir, ocr="auto")
+
+
+def foreign_keys(connection: Redis) -> int:
+    """How many keys the DB holds that the suite did not write (0 for an empty or owned DB)."""
+    size = connection.dbsize()
+    return 0 if size == 0 or connection.get(OWNER_KEY) == OWNER_NOTE else size
+
+
+def empty_owned_db(connection: Redis) -> None:
+    """Everything goes, except the mark that the DB is the suite's (one transaction)."""
+    with connection.pipeline(transaction=True) as pipe:
+        pipe.flushdb()
+        pipe.set(OWNER_KEY, OWNER_NOTE)
+        pipe.execute()
+
+
+@pytest.fixture(scope="session")
+def owned_redis() -> Iterator[Redis]:
+    """The test Redis DB, once checked to be empty or the suite's own.
+
+    It is left holding only the owner mark, so a late write by a process a test started
+    cannot make the next run take the suite's own DB for someone else's.
+    """
     connection = Redis.from_url(TEST_REDIS_URL)
-    connection.flushdb()
+    if count := foreign_keys(connection):
+        pytest.exit(
+            f"{TEST_REDIS_URL} holds {count} key(s) that the tests did not write, and the tests "
+            "empty the DB they use: refusing to run. Point TEST_REDIS_URL at an empty Redis DB, "
+            "or empty this one yourself if nothing in it matters.",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+    empty_owned_db(connection)
     yield connection
-    connection.flushdb()
+    empty_owned_db(connection)
     connection.close()
 
 
@@ -67,6 +126,14 @@ def s3_upload_dir(s3_server, monkeypatch: pytest.MonkeyPatch) -> str:
     for name, value in s3_server.env().items():
         monkeypatch.setenv(name, value)
     return f"s3://{s3_server.BUCKET}/{uuid.uuid4().hex}"
+
+
+@pytest.fixture()
+def redis_db(owned_redis: Redis) -> Iterator[Redis]:
+    """The real Redis, on the suite's own DB index, emptied before and after each test."""
+    empty_owned_db(owned_redis)
+    yield owned_redis
+    empty_owned_db(owned_redis)
 
 
 @pytest.fixture()

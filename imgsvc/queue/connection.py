@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -86,9 +86,23 @@ def _model_key(settings: Settings) -> str:
     return f"imgsvc:model:{settings.queue_name}"
 
 
-def publish_model(connection: Redis, settings: Settings, name: str, options: list[str]) -> None:
-    """What the workers run, so the web side can dedupe and check options without loading it."""
-    connection.set(_model_key(settings), json.dumps({"name": name, "options": sorted(options)}))
+def publish_model(
+    connection: Redis,
+    settings: Settings,
+    name: str,
+    options: list[str],
+    components: Sequence[str] = (),
+    missing: Sequence[str] = (),
+) -> None:
+    """What the workers run, so the web side can dedupe, check options and report it without loading it.
+
+    ``components``/``missing``: the models inside a composed describer that run, and those it runs
+    without (weights not fetched); readers of older entries get neither key.
+    """
+    info: dict[str, Any] = {"name": name, "options": sorted(options)}
+    if components or missing:
+        info |= {"components": list(components), "missing": list(missing)}
+    connection.set(_model_key(settings), json.dumps(info))
 
 
 def running_model(connection: Redis, settings: Settings) -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ from typing import Any
 from flask import Flask
 from redis.client import Pipeline
 from redis.exceptions import RedisError
-from rq import Queue, SimpleWorker
+from rq import Queue, SimpleWorker, Worker
 from rq.job import Job as RQJob
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
@@ -49,8 +49,48 @@ from imgsvc.vision.base import Describer, ModelLoadError
 log = logging.getLogger("imgsvc.worker")
 
 
-class ImgsvcWorker(SimpleWorker):
-    #: "job ... job OK / result kept for" are already said by imgsvc's own per-job JSON lines.
+class _PerJobLinesAtDebug(logging.LoggerAdapter):
+    """RQ's own lines about each job, moved to DEBUG.
+
+    ``imgsvc.jobs`` logs every job event (processing, done, retrying, failed) with its
+    ``job_id``; RQ's "queue: describe ... (id)", "Job OK" and "Successfully completed"
+    say the same things again, so at INFO each job event is logged once.
+    """
+
+    PER_JOB = frozenset(
+        {
+            "Worker %s: %s: %s (%s)",  # a job taken from the queue; also "Job OK"
+            "Worker %s: %s: %s",
+            "Successfully completed %s job in %ss on worker %s",
+            "Successfully completed job %s in %ss on worker %s",
+        }
+    )
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level == logging.INFO and msg in self.PER_JOB:
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
+
+
+class PromptStop:
+    """Stop within seconds of SIGINT/SIGTERM, not minutes.
+
+    A signal the kernel hands to another thread (redis-py's pub/sub thread, the heartbeat, a
+    model's thread pool) runs its Python handler only once the main thread's blocking read
+    returns, and RQ waits for a job for its TTL minus 15 s in one read (~400 s by default).
+    Ctrl+C on ``make run`` and ``docker stop`` waited that long now and then; a short wait
+    bounds it, at a Redis round trip every few seconds per idle worker.
+    """
+
+    dequeue_timeout = 5
+
+
+class WebhookWorker(PromptStop, Worker):
+    """A plain (forking) RQ worker for webhook deliveries, which load no model."""
+
+
+class ImgsvcWorker(PromptStop, SimpleWorker):
+    #: "job ... result kept for" says nothing a user of imgsvc needs (results live in SQL).
     log_result_lifespan = False
 
     def __init__(
@@ -58,6 +98,7 @@ class ImgsvcWorker(SimpleWorker):
     ) -> None:
         """``describer`` lets a caller that already loaded the model (tests, CLI) hand it over."""
         super().__init__(*args, **kwargs)
+        self.log = _PerJobLinesAtDebug(self.log)
         self.app = app
         self.describer = describer
         self.runtime: tasks.WorkerRuntime | None = None
@@ -108,7 +149,14 @@ class ImgsvcWorker(SimpleWorker):
         )
         decoder.start()
         self.app.extensions["imgsvc.runtime"] = self.runtime
-        publish_model(self.connection, settings, describer.name, sorted(describer.supported_options))
+        publish_model(
+            self.connection,
+            settings,
+            describer.name,
+            sorted(describer.supported_options),
+            describer.components,
+            describer.missing,
+        )
         return self.runtime
 
     # -- the loop ------------------------------------------------------------------

@@ -75,6 +75,8 @@ class Job(db.Model):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), index=True, default=Status.QUEUED)
     upload_name: Mapped[str | None] = mapped_column(String(64))
+    #: The client's name for the file, sanitised (uploads.client_filename); shown back, never a path.
+    filename: Mapped[str | None] = mapped_column(String(255))
     image_format: Mapped[str] = mapped_column(String(8))
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
@@ -103,6 +105,7 @@ class Job(db.Model):
         body: dict[str, Any] = {
             "job_id": self.id,
             "status": self.status,
+            "filename": self.filename,
             "created_at": isoformat(self.created_at),
             "updated_at": isoformat(self.updated_at),
             "attempts": self.attempts,
@@ -121,6 +124,7 @@ class Job(db.Model):
         return {
             "job_id": self.id,
             "status": self.status,
+            "filename": self.filename,
             "image_description": self.description,
             "generated_by": self.generated_by,
             "created_at": isoformat(self.created_at),

@@ -16,6 +16,7 @@ import io
 import os
 import re
 import tempfile
+import unicodedata
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -41,6 +42,48 @@ STAGING_PREFIX, DOWNLOAD_PREFIX = ".upload-", ".download-"
 #: any upload takes from its first byte to its row, or a worker from its download to its decode.
 ORPHAN_AGE = timedelta(hours=1)
 
+MAX_FILENAME = 255
+
+
+def client_filename(raw: str | None) -> str | None:
+    """The client's name for an upload, kept only to be shown back with its job.
+
+    Untrusted text: its last path part only, without control or invisible format characters
+    (e.g. right-to-left overrides that disguise an extension), at most MAX_FILENAME characters.
+    It is never used as a path (files get server-chosen names) and never placed in HTML.
+    """
+    name = unicodedata.normalize("NFC", re.split(r"[/\\]", raw or "")[-1])
+    name = "".join(c for c in name if unicodedata.category(c) not in {"Cc", "Cf", "Cs"}).strip()
+    if name in {"", ".", ".."}:
+        return None
+    if len(name) > MAX_FILENAME:
+        suffix = Path(name).suffix if len(Path(name).suffix) <= 16 else ""
+        name = name[: MAX_FILENAME - len(suffix)] + suffix
+    return name
+
+
+def human_size(size: int) -> str:
+    """10485760 -> "10 MB": sizes as people read them (binary units, as the limits are counted)."""
+    value, unit = float(size), "bytes"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            break
+        value /= 1024
+    return f"{size} bytes" if unit == "bytes" else f"{value:.1f}".removesuffix(".0") + f" {unit}"
+
+
+def file_too_large(size: int | None, limit: int) -> FileTooLarge:
+    """The one wording for a file over MAX_FILE_SIZE, the same the page shows before it sends one.
+
+    ``size`` is None when nobody knows it (a chunked request cut off at the limit).
+    """
+    if size is None:
+        return FileTooLarge(f"this file is larger than the limit of {human_size(limit)}", max_bytes=limit)
+    shown, limit_shown = human_size(size), human_size(limit)
+    if shown == limit_shown:  # just over the limit: rounded, the two would read the same
+        shown, limit_shown = f"{size} bytes", f"{limit} bytes"
+    return FileTooLarge(f"this file is {shown}; the limit is {limit_shown}", size_bytes=size, max_bytes=limit)
+
 
 @dataclass(frozen=True)
 class StagedUpload:
@@ -59,6 +102,7 @@ class StagingFile(io.RawIOBase):
 
     def __init__(self, directory: Path, max_bytes: int) -> None:
         super().__init__()
+        self._handed_over = False
         self.max_bytes = max_bytes
         self.size = 0
         self._digest = hashlib.sha256()
@@ -66,7 +110,6 @@ class StagingFile(io.RawIOBase):
             fd, tmp = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=directory)
         self.path = Path(tmp)
         self._file = io.FileIO(fd, "r+")  # unbuffered: a full disk fails the write, not a later flush
-        self._handed_over = False
 
     def readable(self) -> bool:
         return True
@@ -80,10 +123,10 @@ class StagingFile(io.RawIOBase):
     def write(self, data: bytes) -> int:  # type: ignore[override]
         self.size += len(data)
         if self.size > self.max_bytes:
-            self.close()
-            raise FileTooLarge(
-                f"file is larger than the limit of {self.max_bytes} bytes", max_bytes=self.max_bytes
-            )
+            # Over the limit: nothing more is stored, but the rest is still counted (the request
+            # body is being received anyway), so the 413 can say how large the file is.
+            self._discard()
+            return len(data)
         self._digest.update(data)
         view = memoryview(data)
         with _disk_faults():
@@ -92,16 +135,19 @@ class StagingFile(io.RawIOBase):
         return len(data)
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        return self._file.readinto(buffer)
+        return 0 if self._file.closed else self._file.readinto(buffer)
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        return self._file.seek(offset, whence)
+        return 0 if self._file.closed else self._file.seek(offset, whence)
 
     def tell(self) -> int:
-        return self._file.tell()
+        return 0 if self._file.closed else self._file.tell()
 
     def staged(self) -> StagedUpload:
         """The file as a :class:`StagedUpload`, now the caller's (commit or discard it)."""
+        if self.size > self.max_bytes:
+            self.close()
+            raise file_too_large(self.size, self.max_bytes)
         if self.size == 0:
             self.close()
             raise EmptyFile("the uploaded file is empty")
@@ -110,12 +156,15 @@ class StagingFile(io.RawIOBase):
         return StagedUpload(self.path, self.size, self._digest.hexdigest())
 
     def close(self) -> None:
-        file = getattr(self, "_file", None)  # None: mkstemp itself failed
-        if not self.closed and file is not None:
-            file.close()
-            if not self._handed_over:
-                self.path.unlink(missing_ok=True)
+        if not self._handed_over:
+            self._discard()
         super().close()
+
+    def _discard(self) -> None:
+        file = getattr(self, "_file", None)  # None: mkstemp itself failed
+        if file is not None and not file.closed:
+            file.close()
+            self.path.unlink(missing_ok=True)
 
 
 def check_name(name: str) -> str:

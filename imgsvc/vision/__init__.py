@@ -1,8 +1,9 @@
 """The model side: pick and load the describer named by VISION_MODEL.
 
 ``auto`` (the default) runs the transformers captioner when its weights are on this
-machine, and otherwise the built-in offline describer, saying so loudly in the log.
-An explicit value is obeyed or fails: no silent fallback.
+machine, and otherwise the built-in offline scene describer, saying so loudly in the log.
+An explicit value is obeyed or fails: no silent fallback. ``builtin`` is the scene describer;
+``builtin:efficientnet-lite0`` / ``-lite2`` are the classifier-only describers it grew from.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ __all__ = ["Describer", "Description", "ModelLoadError", "Tag", "TextLine", "loa
 log = logging.getLogger("imgsvc.vision")
 
 BUILTIN_PREFIX = "builtin:"
-DEFAULT_BUILTIN = "builtin:efficientnet-lite0"
+DEFAULT_BUILTIN = "builtin:scene"
 
 
 def resolve_model(settings: Settings) -> str:
@@ -36,8 +37,9 @@ def resolve_model(settings: Settings) -> str:
         return settings.caption_model
     log.warning(
         "VISION_MODEL=auto: no local weights for the captioner %r (Hugging Face cache or directory); "
-        "using the built-in offline describer %s. Run `imgsvc download-model` where the Hub is "
-        "reachable, or set CAPTION_MODEL to a local directory, to use the captioner.",
+        "using the built-in offline scene describer %s (detectors, classifier, OCR). Run "
+        "`imgsvc download-model` where the Hub is reachable, or set CAPTION_MODEL to a local "
+        "directory, to use the captioner.",
         settings.caption_model,
         DEFAULT_BUILTIN,
     )
@@ -48,6 +50,10 @@ def load_describer(settings: Settings) -> Describer:
     """Load once, at start-up; raises :class:`ModelLoadError` with a message a person can act on."""
     _configure_torch(settings)
     spec = resolve_model(settings)
+    if spec == DEFAULT_BUILTIN:
+        from imgsvc.vision.scene import SceneDescriber
+
+        return SceneDescriber.load(settings.models_dir, ocr=settings.ocr, device=settings.device)
     if spec.startswith(BUILTIN_PREFIX):
         from imgsvc.vision.builtin import BuiltinDescriber
 

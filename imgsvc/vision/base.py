@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -98,6 +99,10 @@ class Describer(ABC):
     name: str
     #: Per-job options this backend honours (``max_length``, ``prompt``); others are refused.
     supported_options: frozenset[str] = frozenset()
+    #: The models that really run inside a composed describer, and those it wanted but runs without
+    #: (weights missing); the worker publishes both for /readyz.
+    components: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
 
     @abstractmethod
     def describe_full(
@@ -115,3 +120,14 @@ class Describer(ABC):
         unsupported = sorted(set(options or ()) - self.supported_options)
         if unsupported:
             raise UnsupportedOption(f"option(s) {', '.join(unsupported)} not supported by {self.name}")
+
+
+def model_file(models_dir: Path, relative: str, component: str) -> Path:
+    """``models_dir / relative``, or a :class:`ModelLoadError` that says what is missing and how to get it."""
+    path = Path(models_dir) / relative
+    if not path.is_file():
+        raise ModelLoadError(
+            f"{component}: weights file {path} is missing; run `imgsvc fetch-models` "
+            f"(or point MODELS_DIR at the directory it filled)"
+        )
+    return path

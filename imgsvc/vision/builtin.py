@@ -52,6 +52,7 @@ class BuiltinDescriber(Describer):
         self.device = device
         self.resolution = model.variant.resolution
         self.name = f"builtin:{model.variant.name}" + ("+rapidocr" if reader is not None else "")
+        self.components = (model.variant.name, *(("rapidocr",) if reader is not None else ()))
 
     @classmethod
     def load(

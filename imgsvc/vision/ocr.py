@@ -62,8 +62,9 @@ class TextReader:
         try:
             from rapidocr_onnxruntime import RapidOCR
         except ImportError as exc:
+            # The cause matters: a missing shared library of cv2 reads like a missing package.
             raise ModelLoadError(
-                "OCR is enabled but rapidocr-onnxruntime is not installed: "
+                f"OCR is enabled but rapidocr-onnxruntime cannot be imported ({exc}): "
                 "`pip install rapidocr-onnxruntime`, or set OCR=off"
             ) from exc
         # -1 lets onnxruntime take every core, which fights torch's threads in the same worker.

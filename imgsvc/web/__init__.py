@@ -12,6 +12,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
+from imgsvc.config import Settings
 from imgsvc.errors import (
     DatabaseUnavailable,
     FileTooLarge,
@@ -19,7 +20,7 @@ from imgsvc.errors import (
     QueueUnavailable,
     ServiceUnavailable,
 )
-from imgsvc.storage.uploads import StagingFile
+from imgsvc.storage.uploads import StagingFile, file_too_large, human_size
 
 log = logging.getLogger("imgsvc.web")
 
@@ -104,12 +105,29 @@ def _infrastructure_error(exc: Exception) -> tuple[Response, int, dict[str, str]
 def _http_error(exc: HTTPException) -> tuple[Response, int]:
     """Werkzeug's own errors (404 route, 405, 413 from MAX_CONTENT_LENGTH) as JSON too."""
     if exc.code == 413:
-        return _imgsvc_error(FileTooLarge("the request body is larger than the upload limit"))
+        return _imgsvc_error(_body_too_large())
     code = (exc.name or "error").lower().replace(" ", "_")
     body = {"error": {"code": code, "message": exc.description, "status": exc.code}}
     # Keep the exception's own headers (Allow on a 405, WWW-Authenticate ...), not its HTML type.
     headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
     return jsonify(body), exc.code or 500, headers
+
+
+def _body_too_large() -> FileTooLarge:
+    """Werkzeug refused the body before it was parsed: word it like the per-file check does."""
+    settings: Settings = current_app.config["IMGSVC"]
+    size = request.content_length
+    if size is not None and request.max_content_length and size <= request.max_content_length:
+        return FileTooLarge("a form field is larger than the form parser allows")
+    if request.endpoint == "api.submit_batch":
+        return FileTooLarge(
+            f"this batch is larger than {settings.max_batch_files} files of "
+            f"{human_size(settings.max_file_size)}, the limit",
+            max_bytes=settings.max_file_size,
+            max_files=settings.max_batch_files,
+        )
+    # One file plus a little form framing: the body's size is the file's, to the shown precision.
+    return file_too_large(size, settings.max_file_size)
 
 
 def _unexpected_error(exc: Exception) -> tuple[Response, int]:
@@ -124,11 +142,13 @@ def _start_timer() -> None:
 
 def _log_request(response: Response) -> Response:
     elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    # The one line per request (gunicorn's access log is off): what an access log would say, plus job_id.
     extra = {
         "method": request.method,
         "path": request.path,
         "status": response.status_code,
         "ms": round(elapsed_ms, 2),
+        "remote_addr": request.remote_addr,
     }
     if job_id := g.get("job_id"):
         extra["job_id"] = job_id

@@ -24,7 +24,7 @@ from imgsvc.images import inspect_image
 from imgsvc.queue.connection import enqueue_describe, running_model
 from imgsvc.queue.webhooks import check_callback_url, enqueue_delivery
 from imgsvc.storage import jobs
-from imgsvc.storage.uploads import UploadStore
+from imgsvc.storage.uploads import UploadStore, client_filename
 from imgsvc.web.auth import require_api_key
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -103,6 +103,7 @@ def accept_upload(
     stream: BinaryIO,
     submission: Submission,
     batch_id: str | None = None,
+    filename: str | None = None,
 ) -> jobs.Job:
     """Stage, check, store, record, enqueue; on any failure undo what was done so far.
 
@@ -128,20 +129,24 @@ def accept_upload(
         "callback_url": submission.callback_url,
         "batch_id": batch_id,
         "owner": g.get("owner"),
+        "filename": filename,
     }
     hit = None
     if model:
         hit = jobs.find_cached(staged.sha256, submission.options, model["name"], owner=g.get("owner"))
     if hit is not None:
         store.discard(staged)
+        now = jobs.utcnow()  # one instant: a row answered at once is created, started and completed together
         job = jobs.create_job(
             **common,
             upload_name=None,
             status=jobs.Status.DONE,
             cached=True,
             **jobs.stored_result(hit),
-            started_at=jobs.utcnow(),
-            completed_at=jobs.utcnow(),
+            created_at=now,
+            updated_at=now,
+            started_at=now,
+            completed_at=now,
             duration_ms=0,
         )
         current_app.metrics.count("cached")
@@ -171,10 +176,15 @@ def accept_upload(
 def _check_supported(model: dict[str, Any] | None, options: dict[str, Any]) -> None:
     if model is None:
         return  # no worker has said what it runs yet; the worker checks again
-    unsupported = sorted(set(options) - set(model.get("options", ())))
+    supported = model.get("options", ())
+    unsupported = sorted(set(options) - set(supported))
     if unsupported:
+        takes = f"only {', '.join(supported)}" if supported else "none"
         raise BadRequest(
-            f"option(s) {', '.join(unsupported)} not supported by the running model {model['name']}"
+            f"option(s) {', '.join(unsupported)} not supported by the running model {model['name']}, "
+            f"which takes {takes}; {' and '.join(OPTION_SPECS)} need a transformers captioner "
+            "(VISION_MODEL; see the README's 'Which model runs')",
+            supported=list(supported),
         )
 
 
@@ -185,11 +195,22 @@ def _settings() -> Settings:
 @bp.post("/submit")
 def submit() -> tuple[Response, int, dict[str, str]]:
     settings = _settings()
-    upload = request.files.get("file")
-    if upload is None:
+    uploads = request.files.getlist("file")
+    if not uploads:
         raise MissingFile("send the image as the multipart form field 'file'")
+    if len(uploads) > 1:
+        raise BadRequest(
+            f"submit takes one file and this request has {len(uploads)}; "
+            "send several files to POST /api/v1/batch instead",
+            batch_url=url_for("api.submit_batch"),
+        )
+    upload = uploads[0]
     job = accept_upload(
-        settings, current_app.uploads, upload.stream, parse_submission(request.form, settings)
+        settings,
+        current_app.uploads,
+        upload.stream,
+        parse_submission(request.form, settings),
+        filename=client_filename(upload.filename),
     )
     g.job_id = job.id
     body = {"job_id": job.id, "status": job.status, "message": "Job submitted successfully"}
@@ -213,9 +234,10 @@ def submit_batch() -> tuple[Response, int]:
     entries: list[dict[str, Any]] = []
     outage: ServiceUnavailable | None = None
     for index, upload in enumerate(uploads):
-        entry: dict[str, Any] = {"index": index, "filename": upload.filename}
+        filename = client_filename(upload.filename)
+        entry: dict[str, Any] = {"index": index, "filename": filename}
         try:
-            job = accept_upload(settings, current_app.uploads, upload.stream, submission, batch_id)
+            job = accept_upload(settings, current_app.uploads, upload.stream, submission, batch_id, filename)
             entry |= {"job_id": job.id, "status": job.status}
         except ImgsvcError as exc:
             entry |= exc.to_dict()
@@ -270,13 +292,20 @@ def status(job_id: str) -> Response:
     return jsonify(_find(job_id).status_dict())
 
 
+#: What /result says about a job that ended without a description.
+FINISHED_MESSAGES = {
+    jobs.Status.FAILED: "the job failed; its error says why",
+    jobs.Status.CANCELLED: "the job was cancelled",
+}
+
+
 @bp.get("/result/<job_id>")
 def result(job_id: str) -> tuple[Response, int]:
     job = _find(job_id)
     if job.status == jobs.Status.DONE:
         return jsonify(job.result_dict()), 200
-    if job.status in (jobs.Status.FAILED, jobs.Status.CANCELLED):
-        return jsonify(job.status_dict() | {"message": f"the job {job.status}; see error"}), 422
+    if job.status in FINISHED_MESSAGES:
+        return jsonify(job.status_dict() | {"message": FINISHED_MESSAGES[job.status]}), 422
     return jsonify(job.status_dict() | {"message": f"the job is {job.status}; try again shortly"}), 202
 
 

@@ -63,7 +63,8 @@ _DOCS_PAGE = """<!DOCTYPE html>
 """
 
 
-@bp.get("/docs")
+# strict_slashes=False: /docs/ is the same page (a newcomer types either).
+@bp.get("/docs", strict_slashes=False)
 def docs() -> Response:
     def asset(name: str) -> str:
         return url_for("docs.static", filename=name)

@@ -24,7 +24,8 @@ def healthz() -> Response:
 def metrics() -> Response:
     """Prometheus text format; workers' figures arrive through Redis."""
     registry = registry_for(current_app.metrics, current_app.task_queue)
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: the constant already carries its charset, and Flask would add another.
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/readyz")
@@ -46,6 +47,9 @@ def readyz() -> tuple[Response, int]:
         checks["queue_depth"] = current_app.task_queue.count
         model = running_model(current_app.redis, current_app.config["IMGSVC"])
         checks["model"] = model["name"] if model else None
+        if model and "components" in model:
+            # A composed describer (the offline scene one): what runs, and what it runs without.
+            checks["model_components"] = {"running": model["components"], "missing": model["missing"]}
         if not workers:
             ok = False
     except RedisError as exc:

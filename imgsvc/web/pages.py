@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, render_template
 
 from imgsvc.config import Settings
+from imgsvc.storage.uploads import human_size
 
 # Flask's app-level /static route would shadow a blueprint's, so the page's assets live under /assets.
 bp = Blueprint(
@@ -26,15 +27,10 @@ CONTENT_SECURITY_POLICY = (
 def index() -> Response:
     settings: Settings = current_app.config["IMGSVC"]
     limit = settings.max_file_size
-    page = render_template("index.html", max_file_size=limit, max_file_size_text=human_size(limit))
+    page = render_template(
+        "index.html",
+        max_file_size=limit,
+        max_file_size_text=human_size(limit),
+        api_keys_required=bool(settings.api_keys),
+    )
     return Response(page, mimetype="text/html", headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})
-
-
-def human_size(size: int) -> str:
-    """10485760 -> "10 MB": the limit as the page states it (binary units, as the server counts)."""
-    value, unit = float(size), "bytes"
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            break
-        value /= 1024
-    return f"{size} bytes" if unit == "bytes" else f"{value:.1f}".removesuffix(".0") + f" {unit}"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from imgsvc.config import PROJECT_ROOT
 from imgsvc.storage import jobs
 from imgsvc.storage.db import db
 from imgsvc.vision.base import Describer
-from tests.conftest import image_bytes, worker_env
+from tests.conftest import TEST_POSTGRES_URL, image_bytes, worker_env
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -97,20 +97,43 @@ def test_empty_file_is_400(client, app, settings):
 
 
 @pytest.mark.parametrize(
-    "payload",
+    ("payload", "detected"),
     [
-        b"this is plain text, not a picture" * 10,
-        image_bytes("JPEG")[:300],  # truncated JPEG
-        b"%PDF-1.4\n" + b"0" * 500,
-        image_bytes("PNG")[:-40],  # PNG missing its tail
+        (b"this is plain text, not a picture" * 10, "plain text"),
+        (b"%PDF-1.4\n" + b"0" * 500, "a PDF document"),
+        (b"<!doctype html><title>Sign in</title>", "an HTML document"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg' width='9' height='9'/>", "an SVG image"),
+        (b"PK\x03\x04" + bytes(200), "a ZIP archive"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(100), "a HEIC image"),
+        (bytes(range(7, 256)) * 2, "unknown binary data"),
     ],
-    ids=["text", "truncated-jpeg", "pdf", "truncated-png"],
+    ids=["text", "pdf", "html", "svg", "zip", "heic", "binary"],
 )
-def test_non_image_is_415_whatever_the_name_says(client, app, settings, payload):
+def test_non_image_is_415_and_says_what_the_file_is(client, app, settings, payload, detected):
+    response = submit(client, payload, filename="holiday.jpg", content_type="image/jpeg")
+    assert response.status_code == 415
+    error = response.get_json()["error"]
+    assert error["code"] == "unsupported_media_type" and error["detected"] == detected
+    assert (
+        error["message"] == f"the file is {detected}; accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF"
+    )
+    assert row_count(app) == 0 and stored_files(settings) == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (image_bytes("JPEG")[:300], "a JPEG segment ends past the end of the file (truncated file)"),
+        (image_bytes("PNG")[:-40], "a PNG chunk ends past the end of the file (truncated file)"),
+    ],
+    ids=["truncated-jpeg", "truncated-png"],
+)
+def test_broken_image_is_415_whatever_the_name_says(client, app, settings, payload, reason):
     response = submit(client, payload, filename="holiday.jpg", content_type="image/jpeg")
     assert response.status_code == 415
     error = response.get_json()["error"]
     assert error["code"] == "unsupported_media_type"
+    assert error["message"] == f"the file cannot be read as an image: {reason}"
     assert str(settings.upload_dir) not in error["message"]  # no server paths in errors
     assert row_count(app) == 0 and stored_files(settings) == []
 
@@ -118,7 +141,9 @@ def test_non_image_is_415_whatever_the_name_says(client, app, settings, payload)
 def test_disallowed_format_is_415(client, app, settings):
     buf = io.BytesIO()
     Image.new("RGB", (16, 16)).save(buf, format="ICO")
-    assert submit(client, buf.getvalue(), "x.ico", "image/x-icon").status_code == 415
+    response = submit(client, buf.getvalue(), "x.ico", "image/x-icon")
+    assert response.status_code == 415
+    assert response.get_json()["error"]["message"].startswith("the file is an ICO icon; accepted formats are")
     assert row_count(app) == 0
 
 
@@ -131,6 +156,36 @@ def test_file_over_limit_is_413_json(settings, redis_db):
     huge = submit(client, b"\xff" * 200_000)  # over MAX_CONTENT_LENGTH: refused before parsing
     assert huge.status_code == 413 and huge.is_json
     assert row_count(app) == 0 and stored_files(settings) == []
+
+
+MB = 1024 * 1024
+
+
+def test_too_large_reads_the_same_for_submit_and_batch_and_names_the_size(settings, redis_db):
+    """The page's own wording ("this file is 10.5 MB; the limit is 10 MB") wherever the check happens."""
+    app = create_app(settings.with_(max_file_size=MB))
+    client = app.test_client()
+
+    refused_before_parsing = submit(client, b"\xff" * (MB + MB // 2))  # over the whole-request cap
+    streamed_then_refused = submit(client, b"\xff" * (MB + 10 * 1024))  # under the cap, over the file limit
+    batch = client.post(
+        "/api/v1/batch",
+        data={
+            "file": [(io.BytesIO(b"\xff" * (MB + MB // 2)), "big.jpg"), (io.BytesIO(image_bytes()), "ok.jpg")]
+        },
+        content_type="multipart/form-data",
+    )
+
+    assert refused_before_parsing.status_code == 413 == streamed_then_refused.status_code
+    assert refused_before_parsing.get_json()["error"]["message"] == "this file is 1.5 MB; the limit is 1 MB"
+    # Just over: rounded to tenths the two sizes would read the same, so both are in bytes.
+    assert streamed_then_refused.get_json()["error"]["message"] == (
+        f"this file is {MB + 10 * 1024} bytes; the limit is {MB} bytes"
+    )
+    big, ok = batch.get_json()["jobs"]
+    assert big["error"]["code"] == "file_too_large" and "job_id" in ok
+    assert big["error"]["message"] == "this file is 1.5 MB; the limit is 1 MB"
+    assert big["error"]["size_bytes"] == MB + MB // 2 and big["error"]["max_bytes"] == MB
 
 
 def test_decompression_bomb_is_refused_before_decoding(client, app, settings):
@@ -193,6 +248,7 @@ def test_model_error_is_retried_then_failed(settings, redis_db, jpeg_bytes):
     assert "device-side assert" in status["error"]
     result = client.get(f"/api/v1/result/{job_id}")
     assert result.status_code == 422 and result.get_json()["status"] == "failed"
+    assert result.get_json()["message"] == "the job failed; its error says why"
 
 
 def test_image_that_stops_decoding_fails_at_once_without_retries(
@@ -204,12 +260,44 @@ def test_image_that_stops_decoding_fails_at_once_without_retries(
     run_worker()
     status = client.get(f"/api/v1/status/{job_id}").get_json()
     assert status["status"] == "failed" and status["attempts"] == 1
-    assert "decode" in status["error"]
+    assert status["error"].startswith("the file is plain text; accepted formats are JPEG")
 
 
-def test_postgresql_database_url_works(settings, redis_db, run_worker, tiny_describer, png_bytes):
-    pg_url = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-    app = create_app(settings.with_(database_url=pg_url))
+@pytest.fixture()
+def postgres_url() -> Iterator[str]:
+    """TEST_POSTGRES_URL, narrowed to a schema of the test's own, dropped afterwards.
+
+    Whatever else that database holds (even a ``jobs`` table) is never touched.
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    schema = f"imgsvc_test_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(TEST_POSTGRES_URL)
+    with engine.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        url = make_url(TEST_POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+def test_postgresql_database_url_works(settings, postgres_url, run_worker, tiny_describer, png_bytes):
+    from sqlalchemy import create_engine, inspect, text
+
+    # A table named like ours where a plain URL would put ours: it must come through untouched.
+    outside = create_engine(TEST_POSTGRES_URL)
+    with outside.begin() as connection:
+        ours = not inspect(connection).has_table("jobs", schema="public")
+        if ours:
+            connection.execute(text("CREATE TABLE public.jobs (note text)"))
+            connection.execute(text("INSERT INTO public.jobs VALUES ('not the tests')"))
+        count = "SELECT count(*) FROM public.jobs"
+        rows_before = connection.execute(text(count)).scalar()
+    app = create_app(settings.with_(database_url=postgres_url))
     client = app.test_client()
     try:
         job_id = submit(client, png_bytes, "a.png", "image/png").get_json()["job_id"]
@@ -222,10 +310,14 @@ def test_postgresql_database_url_works(settings, redis_db, run_worker, tiny_desc
         assert result["status"] == "done" and result["image_description"] is not None
         with app.app_context():
             assert db.engine.dialect.name == "postgresql"
-    finally:
-        with app.app_context():
-            db.drop_all()
             db.engine.dispose()
+        with outside.begin() as connection:
+            assert connection.execute(text(count)).scalar() == rows_before
+    finally:
+        if ours:
+            with outside.begin() as connection:
+                connection.execute(text("DROP TABLE IF EXISTS public.jobs"))
+        outside.dispose()
 
 
 def run_worker_script(env: dict[str, str]) -> subprocess.CompletedProcess:

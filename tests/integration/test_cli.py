@@ -66,7 +66,7 @@ def test_describe_decodes_like_the_worker_and_reports_a_bad_file_alone(
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [r["file"] for r in records] == [str(photos[0]), str(broken), str(photos[3])]
     assert "image_description" in records[0] and "image_description" in records[2]
-    assert records[1]["error"].startswith("cannot decode image")
+    assert records[1]["error"] == "the file looks like a PNG image but cannot be decoded"
 
 
 def test_submit_talks_to_a_running_server(app, photos, run_worker):
@@ -83,9 +83,50 @@ def test_submit_talks_to_a_running_server(app, photos, run_worker):
         record = json.loads(done.stdout)
         assert done.exit_code == 0 and record["status"] == "done" and record["cached"] is True
         bad = CliRunner().invoke(main, ["submit", "--url", url, __file__])
-        assert json.loads(bad.stdout)["http_status"] == 415
+        refused = json.loads(bad.stdout)
+        assert refused["http_status"] == 415 and refused["error"]["detected"] == "plain text"
+        assert bad.exit_code == 1 and "1 of 1 file(s) could not be described" in bad.stderr
     finally:
         server.shutdown()
+
+
+def test_submit_without_a_server_says_so_in_one_line(photos):
+    from tests.integration.procs import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    result = CliRunner().invoke(main, ["submit", "--url", url, str(photos[0])])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: cannot reach the server at {url}: nothing answers there "
+        "(start one with `make run`, or pass --url)\n"
+    )
+    malformed = CliRunner().invoke(main, ["submit", "--url", "localhost:8000", str(photos[0])])
+    assert malformed.exit_code == 1 and malformed.output.startswith("Error: cannot use the server URL")
+    assert "Traceback" not in result.output + malformed.output
+
+
+def test_describe_reports_each_bad_file_by_its_name_and_describes_the_rest(photos, tiny_model_dir, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("milk, bread, eggs\n")
+    files = [str(photos[0]), str(notes), str(photos[1])]
+
+    text = CliRunner().invoke(main, ["describe", "--model", str(tiny_model_dir), *files])
+    assert text.exit_code == 1 and isinstance(text.exception, SystemExit)  # an exit status, no traceback
+    lines = text.stdout.splitlines()
+    assert [line.split(": ")[0] for line in lines] == files
+    assert lines[1] == (
+        f"{notes}: error: the file is plain text; accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF"
+    )
+    assert text.stderr.splitlines()[-1] == "Error: 1 of 3 file(s) could not be decoded"
+
+
+def test_python_dash_m_imgsvc_is_the_imgsvc_command():
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgsvc", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: imgsvc [OPTIONS] COMMAND")
+    assert "describe" in proc.stdout and "submit" in proc.stdout
 
 
 def test_download_model_fails_fast_without_the_hub():

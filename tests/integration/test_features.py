@@ -13,6 +13,7 @@ from rq import Queue, SimpleWorker
 
 from imgsvc import create_app
 from imgsvc.queue.webhooks import SIGNATURE_HEADER, sign
+from imgsvc.storage import jobs
 from tests.conftest import image_bytes
 from tests.integration.test_api import row_count, stored_files, submit
 
@@ -41,6 +42,32 @@ def test_batch_accepts_good_files_and_reports_bad_ones(client, run_worker):
     assert summary["finished"] is True and summary["counts"] == {"done": 2}
     assert {j["job_id"] for j in summary["jobs"]} == {good["job_id"], other["job_id"]}
     assert all(isinstance(j["image_description"], str) for j in summary["jobs"])
+    # Each result carries the name its file was sent under, so results match files without the submit answer.
+    assert {j["job_id"]: j["filename"] for j in summary["jobs"]} == {
+        good["job_id"]: "a.jpg",
+        other["job_id"]: "c.png",
+    }
+
+
+def test_the_clients_file_name_comes_back_sanitised_as_plain_json_text(client):
+    # (no CR/LF or backslashes: the test client would put them into the part's header unescaped)
+    hostile = "/home/me/<img src=x onerror=alert(1)>\u202egnp\x07.jpg\t"
+    job_id = submit(client, image_bytes("PNG"), filename=hostile, content_type="image/png").get_json()[
+        "job_id"
+    ]
+    queued = client.post(
+        "/api/v1/batch",
+        data=files((image_bytes("GIF"), "../../../x.gif")),
+        content_type="multipart/form-data",
+    ).get_json()["jobs"][0]
+    assert queued["filename"] == "x.gif"
+
+    listed = client.get("/api/v1/jobs")
+    assert listed.mimetype == "application/json"
+    names = {job["job_id"]: job["filename"] for job in listed.get_json()["jobs"]}
+    assert names == {job_id: "<img src=x onerror=alert(1)>gnp.jpg", queued["job_id"]: "x.gif"}
+    assert client.get(f"/api/v1/status/{job_id}").get_json()["filename"] == names[job_id]
+    assert client.get(f"/api/v1/result/{job_id}").get_json()["filename"] == names[job_id]
 
 
 def test_batch_of_only_bad_files_is_400(client, app):
@@ -50,6 +77,19 @@ def test_batch_of_only_bad_files_is_400(client, app):
     assert response.status_code == 400 and response.get_json()["accepted"] == 0
     assert row_count(app) == 0
     assert client.get("/api/v1/batch/00000000-0000-0000-0000-000000000000").status_code == 404
+
+
+def test_submit_with_several_files_points_at_batch(client, app):
+    response = client.post(
+        "/api/v1/submit",
+        data=files((image_bytes("JPEG"), "a.jpg"), (image_bytes("PNG"), "b.png")),
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["code"] == "bad_request" and error["batch_url"] == "/api/v1/batch"
+    assert "/api/v1/batch" in error["message"] and "has 2" in error["message"]
+    assert row_count(app) == 0
 
 
 # -- listing and cancel ------------------------------------------------------------------
@@ -73,7 +113,8 @@ def test_cancelling_a_queued_job_removes_it_from_rq_and_disk(client, settings, r
     run_worker()
     status = client.get(f"/api/v1/status/{job_id}").get_json()
     assert status["status"] == "cancelled"
-    assert client.get(f"/api/v1/result/{job_id}").status_code == 422
+    result = client.get(f"/api/v1/result/{job_id}")
+    assert result.status_code == 422 and result.get_json()["message"] == "the job was cancelled"
     # a finished job is deleted outright
     assert client.delete(f"/api/v1/jobs/{job_id}").get_json()["status"] == "deleted"
     assert client.get(f"/api/v1/status/{job_id}").status_code == 404
@@ -89,6 +130,30 @@ def test_unknown_or_invalid_options_are_400(client, app):
             content_type="multipart/form-data",
         )
         assert response.status_code == 400, form
+    assert row_count(app) == 0
+
+
+def test_an_option_the_running_model_cannot_honour_says_what_would(client, app, settings):
+    from imgsvc.queue.connection import publish_model
+
+    publish_model(app.redis, settings, "builtin:efficientnet-lite0", [])  # what the default model says
+    response = client.post(
+        "/api/v1/submit",
+        data={
+            "file": (io.BytesIO(image_bytes("PNG")), "x.png"),
+            "max_length": "12",
+            "prompt": "a picture of",
+        },
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["message"] == (
+        "option(s) max_length, prompt not supported by the running model builtin:efficientnet-lite0, "
+        "which takes none; max_length and prompt need a transformers captioner "
+        "(VISION_MODEL; see the README's 'Which model runs')"
+    )
+    assert error["supported"] == []
     assert row_count(app) == 0
 
 
@@ -123,6 +188,10 @@ def test_identical_image_is_answered_from_the_stored_result(client, settings, ru
     assert cached["cached"] is True and original["cached"] is False
     assert cached["image_description"] == original["image_description"]
     assert cached["generated_by"] == original["generated_by"]
+    # Answered at once: created, started and completed at one instant, never completed "before" created.
+    with client.application.app_context():
+        row = jobs.get_job(body["job_id"])
+        assert row.created_at == row.started_at == row.completed_at == row.updated_at
     assert len(stored_files(settings)) == 1  # the duplicate was not stored again
     # different options are a different request
     other = client.post(
@@ -189,6 +258,20 @@ def test_webhook_is_signed_and_retried_until_delivered(
     assert (
         payload["image_description"] == client.get(f"/api/v1/result/{job_id}").get_json()["image_description"]
     )
+
+    # The same bytes again are answered from the stored result; its webhook's times are in order too.
+    Receiver.calls.clear()
+    again = client.post(
+        "/api/v1/submit",
+        data={"file": (io.BytesIO(jpeg_bytes), "x.jpg"), "callback_url": receiver},
+        content_type="multipart/form-data",
+    ).get_json()
+    assert again["cached"] is True
+    SimpleWorker([hooks], connection=app.redis).work(burst=True, with_scheduler=True)
+    (_, body), *_ = Receiver.calls
+    cached = json.loads(body)
+    assert cached["job_id"] == again["job_id"] and cached["cached"] is True
+    assert cached["created_at"] == cached["completed_at"]
 
 
 def test_callback_url_must_be_public_http_unless_allowed(client, app):

@@ -46,6 +46,7 @@ def test_every_api_and_health_route_is_documented_and_nothing_else(app):
 def test_docs_page_works_offline(client):
     page = client.get("/docs")
     assert page.status_code == 200 and page.mimetype == "text/html"
+    assert client.get("/docs/").data == page.data  # with a trailing slash, as people type it
     html = page.get_data(as_text=True)
     assert "SwaggerUIBundle" in html and "/openapi.json" in html
     assets = re.findall(r'(?:src|href)="([^"]+)"', html)

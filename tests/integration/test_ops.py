@@ -35,6 +35,26 @@ def test_healthz_and_readyz_name_the_missing_part(client, app, tiny_describer):
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.get_json()["checks"]["workers"] == 1
         assert ready.get_json()["checks"]["model"] == tiny_describer.name
+        assert "model_components" not in ready.get_json()["checks"]  # one model, nothing to list
+    finally:
+        worker.register_death()
+
+
+def test_readyz_lists_the_scene_describers_components_and_what_it_runs_without(client, app, tmp_path):
+    from imgsvc.vision.scene import SceneDescriber
+
+    # Weights of none of the detectors: the describer runs on its classifier alone, and says so.
+    describer = SceneDescriber.load(tmp_path / "empty-models", ocr="off")
+    worker = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=describer)
+    worker.load_runtime()
+    worker.register_birth()
+    try:
+        checks = client.get("/readyz").get_json()["checks"]
+        assert checks["model"] == "builtin:scene(efficientnet-lite0)"
+        assert checks["model_components"] == {
+            "running": ["efficientnet-lite0"],
+            "missing": ["ssdlite-person", "centernet", "blazeface", "emotion"],
+        }
     finally:
         worker.register_death()
 
@@ -51,7 +71,10 @@ def test_metrics_count_jobs_and_time_the_model(client, run_worker, jpeg_bytes, p
     submit(client, png_bytes, "b.png", "image/png")
     submit(client, b"not an image")
     run_worker()
-    text = client.get("/metrics").get_data(as_text=True)
+    response = client.get("/metrics")
+    # One charset, as Prometheus' own constant gives it (Flask must not add a second).
+    assert response.headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
+    text = response.get_data(as_text=True)
     assert 'imgsvc_jobs_total{outcome="submitted"} 2.0' in text
     assert 'imgsvc_jobs_total{outcome="done"} 2.0' in text
     assert "imgsvc_queue_depth 0.0" in text

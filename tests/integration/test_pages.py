@@ -23,6 +23,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.serving import make_server
 
+from imgsvc import create_app
 from imgsvc.config import PROJECT_ROOT, Settings
 from imgsvc.web.pages import human_size
 from tests.conftest import worker_env
@@ -90,16 +91,24 @@ def test_the_page_states_the_limit_in_readable_units(size, text):
     assert human_size(size) == text
 
 
-@pytest.fixture()
-def live_url(app) -> Iterator[str]:
+@contextlib.contextmanager
+def serving(app) -> Iterator[str]:
     """The real app on a free port, served by werkzeug in a background thread."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+        server.server_close()
+
+
+@pytest.fixture()
+def live_url(app) -> Iterator[str]:
+    with serving(app) as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -195,6 +204,7 @@ def test_browser_uploads_images_and_shows_descriptions_and_errors(
 
     browser.get(f"{live_url}/")
     assert browser.title.startswith("imgsvc")
+    assert not browser.find_element(By.ID, "api-key").is_displayed()  # no API_KEYS: no key to ask for
     # Record every state each card passes through, however briefly it stays in it.
     browser.execute_script(RECORD_STATES)
     file_input = browser.find_element(By.ID, "file-input")
@@ -225,7 +235,10 @@ def test_browser_uploads_images_and_shows_descriptions_and_errors(
     card = wait_until_settled(browser, notes.name, worker_process)
     error = card.find_element(By.CSS_SELECTOR, ".error")
     assert card.get_attribute("data-state") == "failed" and error.is_displayed()
-    assert error.text.startswith("Not a supported image: the file is not an image we can read")
+    assert error.text == (
+        "Not a supported image: the file is plain text; "
+        "accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF."
+    )
     assert card.get_attribute("data-job-id") is None
 
     # Too big: refused in the browser before a byte is sent.
@@ -245,6 +258,46 @@ def test_browser_uploads_images_and_shows_descriptions_and_errors(
         if entry["level"] == "SEVERE" and "the server responded with a status of 415" not in entry["message"]
     ]
     assert problems == []
+
+
+def test_browser_asks_for_the_api_key_and_keeps_it_in_the_tab(browser, worker_process, settings, tmp_path):
+    from skimage import data
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()[::4, ::4]).save(photo)
+    keyed = create_app(settings.with_(api_keys=("right-key",)))
+    with serving(keyed) as url:
+        browser.get(f"{url}/")
+        key_field = browser.find_element(By.ID, "api-key")
+        assert key_field.is_displayed() and key_field.get_attribute("type") == "password"
+        file_input = browser.find_element(By.ID, "file-input")
+
+        def upload_and_settle() -> WebElement:
+            browser.execute_script("document.getElementById('jobs').replaceChildren()")
+            file_input.send_keys(str(photo))
+            return wait_until_settled(browser, photo.name, worker_process)
+
+        card = upload_and_settle()
+        assert text_of(card, ".error") == (
+            "This service needs an API key: enter it in the API key field above, then try again."
+        )
+        assert browser.switch_to.active_element == key_field  # the cursor is where the key goes
+
+        key_field.send_keys("wrong-key")
+        card = upload_and_settle()
+        assert text_of(card, ".error") == "The API key was not accepted: check it and try again."
+
+        key_field.clear()
+        key_field.send_keys("right-key")
+        card = upload_and_settle()
+        assert card.get_attribute("data-state") == "done", text_of(card, ".error")
+        assert text_of(card, ".description")
+
+        # Kept for this tab (sessionStorage): a reload does not ask again, and nothing else stores it.
+        browser.refresh()
+        assert browser.find_element(By.ID, "api-key").get_attribute("value") == "right-key"
+        assert browser.execute_script("return window.localStorage.length") == 0
+        assert browser.get_cookies() == []
 
 
 # Where each box and label really is on the screen, and the rectangle the preview image covers.

@@ -27,7 +27,7 @@ from rq import Queue
 from rq.job import Job
 
 from imgsvc.config import PROJECT_ROOT
-from tests.conftest import TEST_REDIS_URL
+from tests.conftest import empty_owned_db
 from tests.integration.procs import free_port, wait_until
 from tests.security.conftest import Attacker, Stack, Tally, make_stack
 from tests.security.listener import Listener
@@ -47,12 +47,11 @@ def picture(seed: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def redis() -> Iterator[Redis]:
-    connection = Redis.from_url(TEST_REDIS_URL)
-    connection.flushdb()
-    yield connection
-    connection.flushdb()
-    connection.close()
+def redis(owned_redis: Redis) -> Iterator[Redis]:
+    """The suite's Redis DB (refused when it holds someone else's keys), emptied around the module."""
+    empty_owned_db(owned_redis)
+    yield owned_redis
+    empty_owned_db(owned_redis)
 
 
 @pytest.fixture(autouse=True)

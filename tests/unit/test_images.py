@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import struct
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from PIL import Image
 from bench.bombs import declared_png, progressive_scan_bomb
 from imgsvc.config import PROJECT_ROOT
 from imgsvc.errors import ImageTooLarge, UnsupportedImage
-from imgsvc.images import MAX_ELEMENTS, MAX_JPEG_SCANS, inspect_image
+from imgsvc.images import MAX_ELEMENTS, MAX_JPEG_SCANS, inspect_image, sniff_type
 
 LIMITS = {"max_pixels": 40_000_000, "max_frames": 1000}
 
@@ -174,8 +176,9 @@ def test_a_gif_built_of_millions_of_tiny_blocks_is_refused(tmp_path):
 def test_non_images_and_broken_headers_are_unsupported(tmp_path, content):
     path = tmp_path / "file"
     path.write_bytes(content)
-    with pytest.raises(UnsupportedImage, match="allowed: BMP, GIF, JPEG, PNG, TIFF, WEBP"):
+    with pytest.raises(UnsupportedImage) as refused:
         inspect_image(path, **LIMITS)
+    assert refused.value.details["allowed"] == ["JPEG", "PNG", "WebP", "GIF", "BMP", "TIFF"]
 
 
 def test_a_tiff_whose_directories_loop_is_refused(tmp_path):
@@ -196,3 +199,94 @@ def test_bytes_after_a_jpeg_end_are_ignored(tmp_path):
     path = tmp_path / "trailing.jpg"
     path.write_bytes(buffer.getvalue() + b"\x00garbage" * 100)
     assert inspect_image(path, **LIMITS).format == "JPEG"
+
+
+def pillow_bytes(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 120, 200)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def zip_bytes() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.writestr("photos/cat.jpg", b"not really")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (pillow_bytes("PDF"), "a PDF document"),
+        (b"Shopping list:\n- milk\n- bread, caf\xc3\xa9 cr\xc3", "plain text"),  # UTF-8 cut mid-character
+        ("Liste de courses\n".encode("utf-16"), "plain text"),
+        (b"BMW 320d, 2019\n", "plain text"),  # starts like a BMP, reads like text
+        (b"<!DOCTYPE html>\n<html><body>404</body></html>", "an HTML document"),
+        (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', "an SVG image"),
+        (b"<svg viewBox='0 0 1 1'></svg>", "an SVG image"),
+        (b'<?xml version="1.0"?><feed/>', "an XML document"),
+        (zip_bytes(), "a ZIP archive"),
+        (gzip.compress(b"x"), "gzip-compressed data"),
+        (pillow_bytes("ICO"), "an ICO icon"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "a HEIC image"),
+        (
+            pillow_bytes("AVIF") if "AVIF" in Image.SAVE else b"\x00\x00\x00\x1cftypavif\0\0\0\0avifmif1",
+            "an AVIF image",
+        ),
+        (b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41", "an MP4 video"),
+        (pillow_bytes("JPEG")[:40], "a JPEG image"),
+        (pillow_bytes("WEBP")[:40], "a WebP image"),
+        (pillow_bytes("BMP")[:40], "a BMP image"),
+        (b"\x7fELF\x02\x01\x01", "an executable program"),
+        (bytes(range(256)), "unknown binary data"),
+        (b"", "unknown binary data"),
+    ],
+)
+def test_sniff_type_names_what_people_send_by_mistake(head, expected):
+    assert sniff_type(head) == expected
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            b"just some notes\n" * 30,
+            "the file is plain text; accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF",
+        ),
+        (
+            pillow_bytes("ICO"),
+            "the file is an ICO icon; accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF",
+        ),
+        (
+            b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64),
+            "the file is a HEIC image; accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF",
+        ),
+    ],
+)
+def test_unsupported_files_are_explained_without_python_internals(tmp_path, content, message):
+    """The web's header check and the worker's (and CLI's) decoder say the same, in words."""
+    from imgsvc.decoding import DecodeError, load_for_model
+
+    path = tmp_path / "upload"
+    path.write_bytes(content)
+    with pytest.raises(UnsupportedImage) as refused:
+        inspect_image(path, **LIMITS)
+    assert refused.value.message == message
+    assert refused.value.details["allowed"] == ["JPEG", "PNG", "WebP", "GIF", "BMP", "TIFF"]
+    with pytest.raises(DecodeError) as undecodable:
+        load_for_model(path, 10**7, 512)
+    assert str(undecodable.value) == message
+
+
+def test_a_broken_image_of_an_accepted_format_is_named_as_such(tmp_path):
+    from imgsvc.decoding import DecodeError, load_for_model
+
+    path = tmp_path / "upload"
+    path.write_bytes(pillow_bytes("PNG")[:60])
+    with pytest.raises(UnsupportedImage) as refused:
+        inspect_image(path, **LIMITS)
+    assert refused.value.message == (
+        "the file cannot be read as an image: a PNG chunk ends past the end of the file (truncated file)"
+    )
+    with pytest.raises(DecodeError, match=r"^the file looks like a PNG image but cannot be decoded$"):
+        load_for_model(path, 10**7, 512)

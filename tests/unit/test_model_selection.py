@@ -15,7 +15,10 @@ def test_auto_falls_back_to_builtin_loudly_when_the_captioner_is_absent(caplog, 
     settings = Settings(vision_model="auto", caption_model=str(tmp_path / "no-such-checkpoint"))
     with caplog.at_level(logging.WARNING, logger="imgsvc.vision"):
         assert resolve_model(settings) == DEFAULT_BUILTIN
-    assert "built-in offline describer" in caplog.text and "no-such-checkpoint" in caplog.text
+    assert (
+        "built-in offline scene describer builtin:scene" in caplog.text
+        and "no-such-checkpoint" in caplog.text
+    )
 
 
 def test_auto_falls_back_when_a_hub_id_is_not_cached():
@@ -29,9 +32,24 @@ def test_auto_picks_the_captioner_when_its_directory_is_there(tiny_model_dir):
     assert describer.name == str(tiny_model_dir) and type(describer).__name__ == "TransformersCaptioner"
 
 
-@pytest.mark.parametrize("spec", ["builtin", "builtin:efficientnet-lite0"])
-def test_builtin_shorthands(spec):
-    assert resolve_model(Settings(vision_model=spec)) == DEFAULT_BUILTIN
+@pytest.mark.parametrize(
+    ("spec", "resolved"),
+    [
+        ("builtin", "builtin:scene"),
+        ("builtin:scene", "builtin:scene"),
+        # the classifier-only describers the scene describer grew from stay selectable
+        ("builtin:efficientnet-lite0", "builtin:efficientnet-lite0"),
+        ("builtin:efficientnet-lite2", "builtin:efficientnet-lite2"),
+    ],
+)
+def test_builtin_shorthands(spec, resolved):
+    assert resolve_model(Settings(vision_model=spec)) == resolved
+    assert DEFAULT_BUILTIN == "builtin:scene"
+
+
+def test_classifier_only_describer_still_loads():
+    describer = load_describer(Settings(vision_model="builtin:efficientnet-lite0", ocr="off"))
+    assert describer.name == "builtin:efficientnet-lite0" and describer.components == ("efficientnet-lite0",)
 
 
 @pytest.mark.parametrize("spec", ["/nonexistent/model/dir", "builtin:efficientnet-b7", "someone/not-a-model"])

@@ -61,7 +61,7 @@ def test_images_come_in_order_and_errors_stay_with_their_upload(loader, store):
     first, bad, missing = loader.load([good, broken, gone])
 
     assert first.size == (11, 10)
-    assert isinstance(bad, PermanentJobError) and "cannot decode image" in str(bad)
+    assert isinstance(bad, PermanentJobError) and "plain text" in str(bad)
     assert isinstance(missing, PermanentJobError) and "missing" in str(missing)
     assert loader.decoder.threads == {"imgsvc-decode_0"}  # never on the caller's thread
 

@@ -16,7 +16,7 @@ import pytest
 from imgsvc.config import ConfigError, Settings
 from imgsvc.errors import EmptyFile, FileTooLarge, StorageUnavailable
 from imgsvc.storage.s3 import S3UploadStore
-from imgsvc.storage.uploads import LocalUploadStore, UploadStore, open_upload_store
+from imgsvc.storage.uploads import LocalUploadStore, UploadStore, client_filename, open_upload_store
 from tests.integration.procs import free_port
 
 FAR_FUTURE = datetime.now(UTC) + timedelta(days=1)
@@ -130,6 +130,27 @@ def test_upload_dir_picks_the_store(tmp_path):
             Settings.from_env({"UPLOAD_DIR": bad})
 
 
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        ("holiday.jpg", "holiday.jpg"),
+        ("C:\\Users\\me\\Pictures\\cat.png", "cat.png"),  # old browsers send the whole path
+        ("../../etc/passwd", "passwd"),
+        ("two\r\nlines\x00.png", "twolines.png"),
+        ("invoice\u202egnp.exe", "invoicegnp.exe"),  # a right-to-left override hides the real extension
+        ("Cafe\u0301.jpg", "Caf\u00e9.jpg"),  # one spelling of the same name
+        ("<img src=x onerror=alert(1)>.png", "<img src=x onerror=alert(1)>.png"),  # text, kept as text
+        ("x" * 300 + ".jpeg", "x" * 250 + ".jpeg"),
+        ("   ", None),
+        ("..", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_client_filename_keeps_a_short_safe_basename(raw, kept):
+    assert client_filename(raw) == kept
+
+
 def test_a_parsed_upload_is_staged_as_it_arrives_and_taken_without_a_copy(store):
     """The web side's multipart parser writes into a StagingFile: stage() takes that very file."""
     from imgsvc.storage.uploads import StagingFile
@@ -153,9 +174,11 @@ def test_a_staging_file_over_the_limit_or_never_taken_is_removed(store):
     from imgsvc.storage.uploads import StagingFile
 
     too_big = StagingFile(store.staging_dir, max_bytes=10)
-    too_big.write(b"x" * 10)
-    with pytest.raises(FileTooLarge):
-        too_big.write(b"x")
+    for _ in range(3):
+        too_big.write(b"x" * 6)  # over the limit: no longer stored, still counted
+    assert leftovers(store) == []
+    with pytest.raises(FileTooLarge, match="18 bytes"):
+        store.stage(too_big)
     abandoned = StagingFile(store.staging_dir, max_bytes=10)
     abandoned.write(b"x")
     assert len(leftovers(store)) == 1

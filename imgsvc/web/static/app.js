@@ -9,6 +9,9 @@
   const emptyNote = document.getElementById("empty-note");
   const template = document.getElementById("job-template");
 
+  const keyForm = document.getElementById("key-form");
+  const keyInput = document.getElementById("api-key");
+
   const maxFileSize = Number(form.dataset.maxFileSize);
   const submitUrl = form.getAttribute("action");
   const statusUrl = (id) => form.dataset.statusUrl.replace("JOB_ID", encodeURIComponent(id));
@@ -58,11 +61,55 @@
 
   // A server answer (parsed JSON or null) as one sentence a person can act on.
   function errorText(httpStatus, body) {
+    if (httpStatus === 401) return keyRefused();
     const title = ERROR_TITLES[httpStatus] || `The server answered with an error (HTTP ${httpStatus})`;
     return sentence(title, body && body.error && body.error.message);
   }
 
+  // --- API key (API_KEYS on the server): kept in this tab's sessionStorage, sent as X-API-Key. ---
+  const KEY_STORAGE = "imgsvc.apiKey";
+  try {
+    keyInput.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  } catch (_) {
+    // storage disabled: the key lasts as long as the page
+  }
+  keyInput.addEventListener("input", () => {
+    try {
+      if (keyInput.value.trim()) sessionStorage.setItem(KEY_STORAGE, keyInput.value.trim());
+      else sessionStorage.removeItem(KEY_STORAGE);
+    } catch (_) {
+      // as above
+    }
+  });
+  keyForm.addEventListener("submit", (event) => event.preventDefault());
+
+  function apiHeaders() {
+    const key = keyInput.value.trim();
+    return key ? { Accept: "application/json", "X-API-Key": key } : { Accept: "application/json" };
+  }
+
+  // A 401: show the key field (also when the page did not expect keys) and say what to do.
+  function keyRefused() {
+    keyForm.hidden = false;
+    keyInput.focus();
+    return keyInput.value.trim()
+      ? "The API key was not accepted: check it and try again."
+      : "This service needs an API key: enter it in the API key field above, then try again.";
+  }
+
+  // "Too large: this file is 10.5 MB; the limit is 10 MB." (in bytes when rounding would hide the gap)
+  function tooLargeText(size, limit) {
+    let [shown, limitShown] = [formatSize(size), formatSize(limit)];
+    if (shown === limitShown) [shown, limitShown] = [`${size} bytes`, `${limit} bytes`];
+    return `Too large: this file is ${shown}; the limit is ${limitShown}.`;
+  }
+
   const MODEL_FAILED = "The model could not describe this image";
+
+  // A job that ended without a description: failed (the model's error) or cancelled (someone's DELETE).
+  function endedText(body) {
+    return body.status === "cancelled" ? "This job was cancelled." : sentence(MODEL_FAILED, body.error);
+  }
 
   // -- What the model found: boxes over the preview, and one line in words ----------------------
 
@@ -260,9 +307,7 @@
 
     async start() {
       if (this.file.size > maxFileSize) {
-        this.fail(
-          `Too large: this file is ${formatSize(this.file.size)}; the limit is ${formatSize(maxFileSize)}.`
-        );
+        this.fail(tooLargeText(this.file.size, maxFileSize));
         return;
       }
       let submitted;
@@ -285,7 +330,7 @@
         const data = new FormData();
         data.append("file", this.file, this.file.name || "pasted-image");
         xhr.open("POST", submitUrl);
-        xhr.setRequestHeader("Accept", "application/json");
+        for (const [name, value] of Object.entries(apiHeaders())) xhr.setRequestHeader(name, value);
         xhr.upload.addEventListener("progress", (event) => {
           if (event.lengthComputable) this.setProgress((event.loaded / event.total) * UPLOADED);
         });
@@ -310,7 +355,7 @@
         let response;
         let body;
         try {
-          response = await fetch(statusUrl(this.jobId), { headers: { Accept: "application/json" } });
+          response = await fetch(statusUrl(this.jobId), { headers: apiHeaders() });
           body = parseJson(await response.text());
         } catch (_) {
           unreachableSince = unreachableSince || Date.now();
@@ -326,8 +371,8 @@
           this.fail(errorText(response.status, body));
           return;
         }
-        if (body.status === "failed") {
-          this.fail(sentence(MODEL_FAILED, body.error));
+        if (body.status === "failed" || body.status === "cancelled") {
+          this.fail(endedText(body));
           return;
         }
         if (body.status === "done") {
@@ -344,7 +389,7 @@
       let response;
       let body;
       try {
-        response = await fetch(resultUrl(this.jobId), { headers: { Accept: "application/json" } });
+        response = await fetch(resultUrl(this.jobId), { headers: apiHeaders() });
         body = parseJson(await response.text());
       } catch (_) {
         return false;
@@ -355,7 +400,7 @@
       }
       if (response.status === 202) return false;
       if (response.status === 422 && body) {
-        this.fail(sentence(MODEL_FAILED, body.error));
+        this.fail(endedText(body));
       } else {
         this.fail(errorText(response.status, body));
       }

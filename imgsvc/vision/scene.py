@@ -1,0 +1,253 @@
+"""The offline scene describer: people, objects, faces and ImageNet tags composed into one sentence.
+
+Several small models, each loaded once and run on the whole batch: a person detector
+(SSDLite), a COCO-80 object detector (CenterNet), a face detector (BlazeFace) with an emotion
+classifier on the faces, the built-in EfficientNet-Lite0 classifier (on the whole image and on
+each object's crop, to confirm or rename the detector's label) and OCR where there is text.
+What they report becomes an :class:`~imgsvc.vision.scene_sentences.Evidence`; the pure
+:mod:`imgsvc.vision.scene_sentences` weighs it and writes the sentence.
+
+A detector whose weights are not in MODELS_DIR (``imgsvc fetch-models`` not run, npm missing)
+is left out: the describer runs with the rest, says so in one log line and in its ``name``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from imgsvc.vision.base import Box, Describer, Description, Detection, Face, ModelLoadError, People, Tag
+from imgsvc.vision.blazeface import FaceDetector
+from imgsvc.vision.builtin import BuiltinDescriber
+from imgsvc.vision.centernet import ObjectDetector
+from imgsvc.vision.emotion import EmotionClassifier
+from imgsvc.vision.scene_sentences import (
+    COCO_NOUNS,
+    FACE_INSIDE,
+    OBJECT_SCORE,
+    Evidence,
+    compose_scene,
+    inside,
+    merge_people,
+    read_scene,
+    weigh_object,
+)
+from imgsvc.vision.ssd_person import PersonDetector
+from imgsvc.vision.weights import missing_components
+
+log = logging.getLogger("imgsvc.vision")
+
+CLASSIFIER = "efficientnet-lite0"
+#: Crops the classifier checks per image (the surest boxes first); each costs one more classifier pass.
+MAX_CROPS = 4
+#: Context kept around a box before classifying its crop: the classifier was trained on loose framings.
+CROP_MARGIN = 0.1
+#: A box covering this much of the photo is judged on the whole photo's tags, without a crop.
+WHOLE_IMAGE = 0.6
+#: Faces looked at per image by the emotion model (only those inside a person).
+MAX_FACES = 8
+#: A photo is black-and-white when no pixel's channels differ by more than this (out of 255).
+GREY_TOLERANCE = 12
+
+
+class Detector(Protocol):
+    """A loaded detector: for each image, its boxes (normalised), best first."""
+
+    def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]: ...
+
+
+class EmotionModel(Protocol):
+    """A loaded emotion model: for each face box in an image, its verdict, e.g. ``("happy", 0.98)``."""
+
+    def classify(self, image: Image.Image, boxes: Sequence[Box]) -> list[tuple[str, float]]: ...
+
+
+@dataclass(frozen=True)
+class Detectors:
+    """The detection models that loaded; None where the weights were missing."""
+
+    person: Detector | None = None
+    objects: Detector | None = None
+    faces: Detector | None = None
+    emotion: EmotionModel | None = None
+
+
+#: Component name (as in ``generated_by`` and /readyz) -> (Detectors field, model class).
+LOADERS: dict[str, tuple[str, Any]] = {
+    "ssdlite-person": ("person", PersonDetector),
+    "centernet": ("objects", ObjectDetector),
+    "blazeface": ("faces", FaceDetector),
+    "emotion": ("emotion", EmotionClassifier),
+}
+
+
+def load_detectors(models_dir: Path) -> tuple[Detectors, dict[str, str]]:
+    """Every detector whose weights are there; and, for each one left out, why."""
+    absent = set(missing_components(models_dir))
+    loaded: dict[str, Any] = {}
+    missing: dict[str, str] = {}
+    for component, (slot, model) in LOADERS.items():
+        if component in absent:
+            missing[component] = "weights not fetched"
+            continue
+        if component == "emotion" and "faces" not in loaded:
+            missing[component] = "needs blazeface"
+            continue
+        try:
+            loaded[slot] = model.load(models_dir)
+        except ModelLoadError as exc:
+            missing[component] = str(exc)
+    return Detectors(**loaded), missing
+
+
+def is_greyscale(image: Image.Image) -> bool:
+    """No colour anywhere (a black-and-white photo stored as RGB); checked on a thumbnail."""
+    thumb = image.convert("RGB")
+    thumb.thumbnail((128, 128))
+    pixels = np.asarray(thumb, dtype=np.int16)
+    return int((pixels.max(axis=2) - pixels.min(axis=2)).max()) <= GREY_TOLERANCE
+
+
+def needs_crop(detection: Detection, whole: Sequence[Tag]) -> bool:
+    """Whether the classifier's view of this box could change what we say about it.
+
+    Not for people (the classifier has no "person"), boxes too weak to name, boxes covering most
+    of the photo (scikit-image's chelsea), nor boxes the whole photo's tags already confirm under
+    their own name (the motorcycle, the cup of espresso): each crop is one more classifier pass.
+    """
+    noun = COCO_NOUNS.get(detection.label, (detection.label, "object"))[0]
+    if noun == "person" or detection.score < OBJECT_SCORE or detection.box.area >= WHOLE_IMAGE:
+        return False
+    confirmed = weigh_object(detection, whole)
+    return confirmed is None or not confirmed.sure or confirmed.noun != noun
+
+
+def crop(image: Image.Image, detection: Detection) -> Image.Image:
+    """The detection's box with a margin of context, in pixels of ``image``."""
+    box, w, h = detection.box, image.width, image.height
+    mx, my = (box.x2 - box.x1) * CROP_MARGIN, (box.y2 - box.y1) * CROP_MARGIN
+    left, top = max(0, int((box.x1 - mx) * w)), max(0, int((box.y1 - my) * h))
+    right, bottom = min(w, int((box.x2 + mx) * w) + 1), min(h, int((box.y2 + my) * h) + 1)
+    return image.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
+
+
+class SceneDescriber(Describer):
+    """Detectors, classifier and OCR, each loaded once; ``describe_full`` runs each on the whole batch."""
+
+    def __init__(
+        self, classifier: BuiltinDescriber, detectors: Detectors, missing: Mapping[str, str]
+    ) -> None:
+        self.classifier = classifier
+        self.detectors = detectors
+        self.missing = tuple(missing)
+        self.components = (
+            *(c for c, (slot, _) in LOADERS.items() if getattr(detectors, slot) is not None),
+            CLASSIFIER,
+            *(("rapidocr",) if classifier.reader is not None else ()),
+        )
+        self.name = f"builtin:scene({','.join(self.components)})"
+
+    @classmethod
+    def load(cls, models_dir: Path, ocr: str = "auto", device: str = "cpu") -> SceneDescriber:
+        """Load everything there is, once per worker; one log line names what is left out and why."""
+        classifier = BuiltinDescriber.load(CLASSIFIER, ocr=ocr, device=device)
+        detectors, missing = load_detectors(models_dir)
+        describer = cls(classifier, detectors, missing)
+        if missing:
+            reasons = "; ".join(f"{name}: {why}" for name, why in missing.items())
+            log.warning(
+                "scene describer running without %s (%s); run `imgsvc fetch-models` to fetch the weights "
+                "into MODELS_DIR=%s. Running: %s",
+                ", ".join(missing),
+                reasons,
+                models_dir,
+                ", ".join(describer.components),
+            )
+        return describer
+
+    def describe_full(
+        self, images: Sequence[Image.Image], options: Mapping[str, Any] | None = None
+    ) -> list[Description]:
+        self.check_options(options)
+        if not images:
+            return []
+        rgb = [image.convert("RGB") for image in images]
+        evidence = self.gather(rgb)
+        results = []
+        for item in evidence:
+            scene = read_scene(item)
+            people = None
+            if self.detectors.person is not None or self.detectors.objects is not None:
+                people = People(count=len(scene.people), faces=scene.faces, smiling=scene.smiling)
+            results.append(
+                Description(
+                    text=compose_scene(scene),
+                    tags=list(item.tags),
+                    lines=None if item.lines is None else list(item.lines),
+                    objects=scene.objects,
+                    people=people,
+                )
+            )
+        return results
+
+    def gather(self, images: list[Image.Image]) -> list[Evidence]:
+        """Every model's raw output for the batch, one :class:`Evidence` per image."""
+        n = len(images)
+        d = self.detectors
+        people = d.person.detect(images) if d.person else [None] * n
+        objects = d.objects.detect(images) if d.objects else [[] for _ in images]
+        faces = d.faces.detect(images) if d.faces else [[] for _ in images]
+
+        # The classifier on the whole photos, then on the crops that are worth a second opinion.
+        tags = self.classifier.classify(images)
+        wanted = [
+            [i for i, o in enumerate(objects[k]) if needs_crop(o, tags[k])][:MAX_CROPS] for k in range(n)
+        ]
+        crops = [crop(images[k], objects[k][i]) for k in range(n) for i in wanted[k]]
+        crop_tags = iter(self.classifier.classify(crops) if crops else [])
+        object_tags = [
+            [next(crop_tags) if i in wanted[k] else tags[k] for i in range(len(objects[k]))] for k in range(n)
+        ]
+
+        face_lists = self._faces_with_emotions(images, people, objects, faces)
+        return [
+            Evidence(
+                people=people[k],
+                objects=objects[k],
+                object_tags=object_tags[k],
+                faces=face_lists[k],
+                tags=tags[k],
+                lines=self.classifier.read_text(images[k], tags[k]),
+                greyscale=is_greyscale(images[k]),
+            )
+            for k in range(n)
+        ]
+
+    def _faces_with_emotions(
+        self,
+        images: list[Image.Image],
+        people: list[list[Detection] | None],
+        objects: list[list[Detection]],
+        detections: list[list[Detection]],
+    ) -> list[list[Face]]:
+        """Faces as :class:`Face`; the emotion model runs only on those inside a person (one batch)."""
+        faces = [[Face(score=d.score, box=d.box) for d in found] for found in detections]
+        if self.detectors.emotion is None:
+            return faces
+        for k, found in enumerate(faces):
+            persons = merge_people(Evidence(people=people[k], objects=objects[k]))
+            inner = [
+                i for i, f in enumerate(found) if any(inside(f.box, p.box) >= FACE_INSIDE for p in persons)
+            ][:MAX_FACES]
+            verdicts = (
+                self.detectors.emotion.classify(images[k], [found[i].box for i in inner]) if inner else []
+            )
+            for i, (emotion, score) in zip(inner, verdicts, strict=True):
+                found[i] = Face(found[i].score, found[i].box, emotion, round(score, 4))
+        return faces

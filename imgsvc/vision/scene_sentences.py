@@ -1,0 +1,470 @@
+"""From what the scene describer's models reported to what we believe, and from that to one sentence.
+
+Pure functions over plain data: an :class:`Evidence` holds one image's raw model outputs (person
+boxes, COCO boxes, faces with emotions, ImageNet tags of the whole image and of each box's crop,
+OCR lines); :func:`read_scene` weighs them into a :class:`Scene`; :func:`compose_scene` writes it.
+The tests feed recorded detector outputs, so every wording rule is checked without a model.
+
+The rules, in one place: a detector's box is named when it is sure, or when the classifier agrees
+on the crop; the classifier overrules a detector's label only within one kind (a "dog" box becomes
+a cat, never a cup) and only when it is sure; a face counts only inside a person; weak evidence
+makes the sentence shorter, never a confident wrong noun.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from itertools import pairwise
+from typing import Any
+
+from imgsvc.vision.base import Box, Detection, Face, Tag, TextLine
+from imgsvc.vision.boxes import overlap
+from imgsvc.vision.sentences import DOCUMENT_CHARS, display_name, quote, with_article
+
+#: A person box counts from this score, whichever detector gave it.
+PERSON_SCORE = 0.5
+#: Boxes whose overlap is this large (IoU), or one this much inside the other, are one person.
+SAME_PERSON_IOU = 0.5
+SAME_PERSON_INSIDE = 0.7
+#: This much of a face box must lie inside a person box for the face to be that person's.
+FACE_INSIDE = 0.8
+#: The emotion model must be this sure of "happy" to call a face smiling.
+SMILE_SCORE = 0.8
+#: COCO boxes below this are ignored; from SURE_OBJECT they are named without the classifier's support
+#: (0.51 "umbrella" on scikit-image's retina is below it; real objects the classifier recognises are not).
+OBJECT_SCORE = 0.3
+SURE_OBJECT = 0.6
+#: Summed (folded) probability of one noun at which the classifier is sure, alone or against a detector.
+SURE_NOUN = 0.6
+#: The crop's probability of a box's own noun that corroborates the box.
+SUPPORT = 0.1
+#: The crop's probability of the box's kind (animal, vehicle) that makes a weak box a hedged guess.
+KIND_SUPPORT = 0.3
+#: Folded probability of a place (seashore, alp) that earns "on a beach", "in the mountains".
+PLACE_SCORE = 0.5
+#: Kinds in which the classifier may rename a detector's box.
+RENAMEABLE_KINDS = frozenset({"animal", "vehicle"})
+
+_ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe")
+_VEHICLES = ("bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat")
+_FOOD = ("banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake")
+#: COCO-80 label -> (noun, kind). The nouns match the classifier's folded nouns where both exist.
+COCO_NOUNS: dict[str, tuple[str, str]] = (
+    {label: (label, "animal") for label in _ANIMALS}
+    | {label: (label, "vehicle") for label in _VEHICLES}
+    | {label: (label, "food") for label in _FOOD}
+    | {
+        "person": ("person", "person"),
+        "sports ball": ("ball", "object"),
+        "dining table": ("table", "object"),
+        "tv": ("television", "object"),
+        "cell phone": ("phone", "object"),
+        "mouse": ("computer mouse", "object"),
+        "remote": ("remote control", "object"),
+        "hair drier": ("hair dryer", "object"),
+    }
+)
+#: Containers a drink or food is named "in" ("a cup of coffee").
+CONTAINERS = frozenset({"cup", "mug", "wine glass", "bottle", "bowl"})
+#: What the classifier sees in a container vouches for the container: a crop it calls espresso
+#: (0.92 on scikit-image's coffee, "cup" itself 0.02) supports the detector's "cup" box.
+CONTENT_KINDS = {"cup": "drink", "mug": "drink", "wine glass": "drink", "bottle": "drink", "bowl": "food"}
+PLACES = {
+    "seashore": "on a beach",
+    "sandbar": "on a beach",
+    "lakeside": "by a lake",
+    "alp": "in the mountains",
+    "valley": "in a valley",
+    "cliff": "on a cliff",
+    "promontory": "on a headland",
+    "volcano": "by a volcano",
+    "coral reef": "on a coral reef",
+    "geyser": "by a geyser",
+}
+_PLURALS = {
+    "person": "people",
+    "computer mouse": "computer mice",
+    "knife": "knives",
+    "sheep": "sheep",
+    "fish": "fish",
+    "skis": "skis",
+    "scissors": "scissors",
+    "hair dryer": "hair dryers",
+}
+_NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+#: Mass nouns: "coffee", not "a coffee".
+_MASS = frozenset({"coffee", "broccoli"})
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the models said about one image, unweighed. ``None`` marks a model that did not run."""
+
+    people: Sequence[Detection] | None = None  # the person detector's boxes
+    objects: Sequence[Detection] = ()  # the COCO detector's boxes, "person" included
+    object_tags: Sequence[Sequence[Tag]] = ()  # the classifier on each object's crop, same order
+    faces: Sequence[Face] = ()  # faces, with the emotion model's verdict where it ran
+    tags: Sequence[Tag] = ()  # the classifier on the whole image, best first
+    lines: Sequence[TextLine] | None = None  # OCR
+    greyscale: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types, for recording real model outputs as test fixtures."""
+
+        def box(b: Box) -> list[float]:
+            return [round(v, 4) for v in (b.x1, b.y1, b.x2, b.y2)]
+
+        def det(d: Detection) -> dict[str, Any]:
+            return {"label": d.label, "score": round(d.score, 4), "box": box(d.box)}
+
+        return {
+            "people": None if self.people is None else [det(d) for d in self.people],
+            "objects": [det(d) for d in self.objects],
+            "object_tags": [[[t.label, t.score] for t in tags] for tags in self.object_tags],
+            "faces": [
+                {
+                    "score": round(f.score, 4),
+                    "box": box(f.box),
+                    "emotion": f.emotion,
+                    "emotion_score": f.emotion_score,
+                }
+                for f in self.faces
+            ],
+            "tags": [[t.label, t.score] for t in self.tags],
+            "lines": None if self.lines is None else [[ln.text, ln.confidence] for ln in self.lines],
+            "greyscale": self.greyscale,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Evidence:
+        def det(d: Mapping[str, Any]) -> Detection:
+            return Detection(d["label"], d["score"], Box(*d["box"]))
+
+        return cls(
+            people=None if data["people"] is None else [det(d) for d in data["people"]],
+            objects=[det(d) for d in data["objects"]],
+            object_tags=[[Tag(*t) for t in tags] for tags in data["object_tags"]],
+            faces=[Face(f["score"], Box(*f["box"]), f["emotion"], f["emotion_score"]) for f in data["faces"]],
+            tags=[Tag(*t) for t in data["tags"]],
+            lines=None if data["lines"] is None else [TextLine(*ln) for ln in data["lines"]],
+            greyscale=data["greyscale"],
+        )
+
+
+@dataclass(frozen=True)
+class Thing:
+    """Something we will name: a folded noun, its box (None for the classifier's whole-image nouns)."""
+
+    noun: str
+    score: float
+    box: Box | None = None
+    sure: bool = True  # False: mentioned only as a guess ("what may be a horse"), when nothing is sure
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What we believe is in the image, ready to be written down."""
+
+    people: list[Detection] = field(default_factory=list)
+    faces: list[Face] = field(default_factory=list)  # faces inside those people
+    smiling: int = 0
+    things: list[Thing] = field(default_factory=list)  # most prominent first
+    place: str | None = None
+    greyscale: bool = False
+    lines: Sequence[TextLine] | None = None
+
+    @property
+    def objects(self) -> list[Detection]:
+        """Every box we stand by (people first), with the label the sentence uses."""
+        boxed = [Detection(t.noun, t.score, t.box) for t in self.things if t.box is not None and t.sure]
+        return list(self.people) + boxed
+
+
+# --- the classifier's nouns --------------------------------------------------------------------
+
+
+@cache
+def imagenet_nouns() -> dict[str, tuple[str, str | None]]:
+    """ImageNet label -> (folded common noun, kind), from the generated ``data/imagenet_nouns.tsv``.
+
+    The two labels ImageNet uses twice (crane the bird and the machine; maillot) keep their own
+    name and no kind, so they never overrule a detector.
+    """
+    text = resources.files("imgsvc.vision").joinpath("data/imagenet_nouns.tsv").read_text("utf-8")
+    table: dict[str, tuple[str, str | None]] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        label, noun, kind = line.split("\t")
+        table[label] = (label, None) if label in table and table[label] != (noun, kind) else (noun, kind)
+    return table
+
+
+def fold(tags: Sequence[Tag]) -> dict[str, float]:
+    """Probabilities summed per folded noun, best first (tabby 0.1 + Egyptian cat 0.8 -> cat 0.9)."""
+    nouns = imagenet_nouns()
+    mass: dict[str, float] = {}
+    for tag in tags:
+        noun = nouns.get(tag.label, (tag.label, None))[0]
+        mass[noun] = mass.get(noun, 0.0) + tag.score
+    return dict(sorted(mass.items(), key=lambda item: -item[1]))
+
+
+def kinds(tags: Sequence[Tag]) -> dict[str, float]:
+    """Probabilities summed per kind (animal, vehicle, ...)."""
+    nouns = imagenet_nouns()
+    mass: dict[str, float] = {}
+    for tag in tags:
+        kind = nouns.get(tag.label, (tag.label, None))[1]
+        if kind:
+            mass[kind] = mass.get(kind, 0.0) + tag.score
+    return mass
+
+
+def kind_of(noun: str) -> str | None:
+    for coco_noun, kind in COCO_NOUNS.values():
+        if coco_noun == noun:
+            return kind
+    for folded, kind in imagenet_nouns().values():
+        if folded == noun:
+            return kind
+    return None
+
+
+# --- geometry ----------------------------------------------------------------------------------
+
+
+def iou(a: Box, b: Box) -> float:
+    inter = overlap(a, b)
+    union = a.area + b.area - inter
+    return inter / union if union > 0 else 0.0
+
+
+def inside(a: Box, b: Box) -> float:
+    """The fraction of ``a`` that lies inside ``b``."""
+    return overlap(a, b) / a.area if a.area > 0 else 0.0
+
+
+def relation(subject: Box, other: Box) -> str | None:
+    """Where ``subject`` is relative to ``other``, only when the boxes say it plainly.
+
+    Side by side (little horizontal overlap): left/right of. Overlapping, with the subject's
+    bottom edge clearly lower (nearer the camera on a floor or road) and much of it over the
+    other: in front of; clearly higher and sticking out above: behind. Otherwise None.
+    """
+    narrower = min(subject.x2 - subject.x1, other.x2 - other.x1)
+    x_overlap = max(0.0, min(subject.x2, other.x2) - max(subject.x1, other.x1))
+    if narrower > 0 and x_overlap <= 0.25 * narrower:
+        return "to the left of" if subject.center[0] < other.center[0] else "to the right of"
+    covered = inside(subject, other)
+    if covered >= 0.3 and subject.y2 >= other.y2 + 0.05:
+        return "in front of"
+    if covered >= 0.3 and subject.y2 <= other.y2 - 0.1 and subject.y1 < other.y1 - 0.05:
+        return "behind"
+    return None
+
+
+def in_a_row(boxes: Sequence[Box]) -> bool:
+    """Side by side: no two boxes overlap much across, and their middles are at about one height."""
+    ordered = sorted(boxes, key=lambda b: b.x1)
+    for left, right in pairwise(ordered):
+        narrower = min(left.x2 - left.x1, right.x2 - right.x1)
+        if max(0.0, left.x2 - right.x1) > 0.3 * narrower:
+            return False
+    middles = [b.center[1] for b in boxes]
+    return max(middles) - min(middles) <= 0.25
+
+
+# --- weighing the evidence ---------------------------------------------------------------------
+
+
+def merge_people(evidence: Evidence) -> list[Detection]:
+    """Person boxes from both detectors, each person once.
+
+    The person detector's boxes go first (it is the specialist); a COCO "person" box is added
+    only where it is not the same person (overlapping much, or one mostly inside the other).
+    """
+    specialist = sorted(evidence.people or (), key=lambda d: -d.score)
+    general = sorted((d for d in evidence.objects if d.label == "person"), key=lambda d: -d.score)
+    kept: list[Detection] = []
+    for candidate in [*specialist, *general]:
+        if candidate.score < PERSON_SCORE:
+            continue
+        if any(
+            iou(candidate.box, k.box) >= SAME_PERSON_IOU
+            or inside(candidate.box, k.box) >= SAME_PERSON_INSIDE
+            or inside(k.box, candidate.box) >= SAME_PERSON_INSIDE
+            for k in kept
+        ):
+            continue
+        kept.append(candidate)
+    return kept
+
+
+def weigh_object(detection: Detection, crop_tags: Sequence[Tag]) -> Thing | None:
+    """One COCO box against the classifier's view of its crop: kept, renamed, hedged or dropped."""
+    noun, kind = COCO_NOUNS.get(detection.label, (detection.label, "object"))
+    nouns = fold(crop_tags)
+    if detection.score < OBJECT_SCORE:
+        return None
+    crop_kinds = kinds(crop_tags)
+    if nouns.get(noun, 0.0) >= SUPPORT or crop_kinds.get(CONTENT_KINDS.get(noun, ""), 0.0) >= KIND_SUPPORT:
+        return Thing(noun, detection.score, detection.box)
+    best, mass = next(iter(nouns.items()), ("", 0.0))
+    if kind in RENAMEABLE_KINDS and mass >= SURE_NOUN and kind_of(best) == kind:
+        return Thing(best, detection.score, detection.box)  # "dog" 0.47 on a crop the classifier calls a cat
+    if detection.score >= SURE_OBJECT:
+        return Thing(noun, detection.score, detection.box)
+    if kind in RENAMEABLE_KINDS and crop_kinds.get(kind, 0.0) >= KIND_SUPPORT:
+        return Thing(noun, detection.score, detection.box, sure=False)
+    return None
+
+
+def read_scene(evidence: Evidence) -> Scene:
+    """Weigh one image's evidence into what we believe (see the module docstring for the rules)."""
+    people = merge_people(evidence)
+    faces = [f for f in evidence.faces if any(inside(f.box, p.box) >= FACE_INSIDE for p in people)]
+    smiling = sum(1 for f in faces if f.emotion == "happy" and (f.emotion_score or 0.0) >= SMILE_SCORE)
+
+    boxed = []
+    for i, detection in enumerate(evidence.objects):
+        if detection.label == "person":
+            continue
+        crop_tags = evidence.object_tags[i] if i < len(evidence.object_tags) else evidence.tags
+        thing = weigh_object(detection, crop_tags)
+        if thing is not None:
+            boxed.append(thing)
+    # Animals first (people say "a cat next to a motorcycle"), then by size times score.
+    boxed.sort(key=lambda t: (kind_of(t.noun) != "animal", -(t.box.area if t.box else 0.0) * t.score))
+
+    named = {t.noun for t in boxed if t.sure} | ({"person"} if people else set())
+    whole = fold(evidence.tags)
+    unboxed = [
+        Thing(noun, mass)
+        for noun, mass in whole.items()
+        if mass >= SURE_NOUN and noun not in named and noun not in PLACES
+    ]
+    place = next((PLACES[n] for n, m in whole.items() if n in PLACES and m >= PLACE_SCORE), None)
+    return Scene(
+        people=people,
+        faces=faces,
+        smiling=min(smiling, len(people)),
+        things=boxed + unboxed,
+        place=place,
+        greyscale=evidence.greyscale,
+        lines=evidence.lines,
+    )
+
+
+# --- writing it down ---------------------------------------------------------------------------
+
+
+def plural(noun: str) -> str:
+    if noun in _PLURALS:
+        return _PLURALS[noun]
+    if noun.endswith(("s", "sh", "ch", "x", "z")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2:-1] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def counted(noun: str, count: int) -> str:
+    """``"a cat"``, ``"two cups"``, ``"12 people"``."""
+    name = display_name(noun)
+    if count == 1:
+        return name if name in _MASS else with_article(name)
+    number = _NUMBERS[count] if count < len(_NUMBERS) else str(count)
+    return f"{number} {plural(name)}"
+
+
+def people_phrase(scene: Scene) -> str:
+    """``"a smiling person"``, ``"two people side by side, one of them smiling"``."""
+    count, smiling = len(scene.people), scene.smiling
+    if count == 1:
+        return "a smiling person" if smiling else "a person"
+    phrase = counted("person", count)
+    if smiling == count:
+        phrase = phrase.replace(" people", " smiling people")
+    if in_a_row([p.box for p in scene.people]):
+        phrase += " side by side"
+    if 0 < smiling < count:
+        phrase += f", {_NUMBERS[smiling] if smiling < len(_NUMBERS) else smiling} of them smiling"
+    return phrase
+
+
+def phrases(things: Sequence[Thing]) -> list[tuple[str, list[Box]]]:
+    """A noun phrase and its boxes per sure noun, most prominent first ("two cups", "a cup of coffee").
+
+    A drink or food the classifier saw in the whole image goes into a container a detector
+    boxed, rather than standing beside it.
+    """
+    groups: dict[str, list[Thing]] = {}
+    for thing in things:
+        if thing.sure:
+            groups.setdefault(thing.noun, []).append(thing)
+    contents = [
+        noun
+        for noun, items in groups.items()
+        if items[0].box is None and kind_of(noun) in {"drink", "food"} and noun not in COCO_NOUNS
+    ]
+    container = any(noun in CONTAINERS for noun in groups)
+    result = []
+    for noun, items in groups.items():
+        if noun in contents and container:
+            continue
+        phrase = counted(noun, len(items))
+        if noun in CONTAINERS and contents:
+            phrase += f" of {contents[0]}"
+        result.append((phrase, [t.box for t in items if t.box is not None]))
+    return result
+
+
+def join(words: Sequence[str]) -> str:
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def subject_and_rest(scene: Scene) -> str | None:
+    """The noun phrase after "A photo of"; None when nothing is sure enough to name."""
+    rest = phrases(scene.things)
+    if scene.people:
+        subject, boxes = people_phrase(scene), [p.box for p in scene.people]
+    elif rest:
+        (subject, boxes), rest = rest[0], rest[1:]
+    else:
+        guess = next((t for t in scene.things if not t.sure), None)
+        return f"what may be {counted(guess.noun, 1)}" if guess else None
+    if rest and len(boxes) == 1 and len(rest[0][1]) == 1:
+        where = relation(boxes[0], rest[0][1][0])
+        if where:
+            subject = f"{subject} {where} {rest[0][0]}"
+            rest = rest[1:]
+    return f"{subject} with {join([phrase for phrase, _ in rest])}" if rest else subject
+
+
+def compose_scene(evidence: Evidence | Scene) -> str:
+    """One sentence for one image, from its evidence (or an already weighed scene)."""
+    scene = read_scene(evidence) if isinstance(evidence, Evidence) else evidence
+    lines = scene.lines or ()
+    text_chars = sum(len(line.text.strip()) for line in lines)
+    if text_chars >= DOCUMENT_CHARS and not scene.people:
+        # Lots of text: the detectors' and classifier's guesses on a page are noise.
+        return f"A document with the text: {quote(lines)}."
+    subject = subject_and_rest(scene)
+    kind = "black-and-white photo" if scene.greyscale else "photo"
+    if subject is None:
+        if text_chars:
+            return f"An image with the text {quote(lines)}."
+        colour = "black-and-white " if scene.greyscale else ""
+        return f"A{'' if colour else 'n'} {colour}image with no clearly recognisable subject."
+    sentence = f"A {kind} of {subject}"
+    if scene.place:
+        sentence += f" {scene.place}"
+    if text_chars:
+        sentence += f" with the text {quote(lines)}"
+    return sentence + "."
