@@ -1,9 +1,8 @@
 """Is the service what limits a fast model? Worker jobs/s vs the raw model, and submit CPU by phase.
 
     python -m bench.throughput [--jobs 200] [--sizes 1,16] [--model instant|tiny] [--tokens 3]
-                               [--torch-threads 1]
-                               [--rounds 2] [--submits 300] [--rate 150] [--seconds 6]
-                               [--database-url URL] [--part all|worker|submit] [--quick]
+                               [--torch-threads 1] [--rounds 2] [--submits 300] [--rate 150]
+                               [--seconds 6] [--database-url URL] [--part all|worker|submit] [--quick]
 
 worker:  for each batch size k, ``--jobs`` distinct photos (512x512 JPEGs) are submitted first
          (not timed), then an in-process ImgsvcWorker (burst mode, BATCH_SIZE=k, the model
@@ -13,6 +12,8 @@ worker:  for each batch size k, ``--jobs`` distinct photos (512x512 JPEGs) are s
          the tiny BLIP generating ``--tokens`` tokens, or ``--model instant``, a trivial
          describer that returns a fixed sentence (bench only). The figure is
          per-job cost outside the model = 1/(worker jobs/s) - 1/(raw images/s).
+         Beside it, a bare loop that also decodes each JPEG (in-process, Pillow, no budget):
+         what the worker costs beyond decode + model is the service's own share.
          Each phase of the worker's main thread is timed (exclusive, wall and CPU; see
          bench/phases.py), with Redis round trips and SQL statements per job.
 submit:  POST /api/v1/submit of a ~100 KB JPEG through the Flask test client, CPU per request
@@ -33,6 +34,8 @@ import importlib
 import io
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -215,6 +218,21 @@ def raw_run(describer: Describer, images: list[Image.Image], batch_size: int) ->
     return time.perf_counter() - started
 
 
+def decoding_run(describer: Describer, files: list[Path], batch_size: int) -> float:
+    """The bare loop that also decodes each file (in this process: no child, no budget)."""
+    from imgsvc.config import Settings
+    from imgsvc.decoding import load_for_model
+
+    settings = Settings()
+    started = time.perf_counter()
+    for i in range(0, len(files), batch_size):
+        chunk = files[i : i + batch_size]
+        describer.describe_full(
+            [load_for_model(f, settings.max_image_pixels, settings.max_image_side) for f in chunk]
+        )
+    return time.perf_counter() - started
+
+
 def worker_part(args: argparse.Namespace) -> None:
     describer = load_model(args.model, args.tokens, args.torch_threads)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -233,7 +251,12 @@ def worker_part(args: argparse.Namespace) -> None:
     images = [harness.decoded(jpeg) for jpeg in photos[:n]]
     clock = PhaseClock()
     settings = {"database_url": args.database_url} if args.database_url else {}
-    results: dict[int, dict[str, list[Any]]] = {k: {"raw": [], "worker": []} for k in sizes}
+    results: dict[int, dict[str, list[Any]]] = {k: {"raw": [], "decoding": [], "worker": []} for k in sizes}
+    files_dir = Path(tempfile.mkdtemp(prefix="imgsvc-bench-"))
+    files = []
+    for i, jpeg in enumerate(photos[:n]):
+        files.append(files_dir / f"{i}.jpg")
+        files[-1].write_bytes(jpeg)
     with harness.scratch_service(describer, **settings) as service:
         instrument_worker(clock, service, describer)
         try:
@@ -246,6 +269,7 @@ def worker_part(args: argparse.Namespace) -> None:
                     for side in ("raw", "worker") if r % 2 == 0 else ("worker", "raw"):
                         if side == "raw":
                             results[k]["raw"].append(raw_run(describer, images, k))
+                            results[k]["decoding"].append(decoding_run(describer, files, k))
                             continue
                         for jpeg in photos[used : used + n]:
                             service.submit(jpeg)
@@ -258,6 +282,7 @@ def worker_part(args: argparse.Namespace) -> None:
                     )
         finally:
             clock.undo()
+            shutil.rmtree(files_dir, ignore_errors=True)
     report_worker(results, n, sizes, args)
 
 
@@ -266,16 +291,23 @@ def report_worker(results: dict[int, dict[str, list[Any]]], n: int, sizes: list[
     for k in sizes:
         worker_s = sum(run["seconds"] for run in results[k]["worker"]) / len(results[k]["worker"])
         raw_s = sum(results[k]["raw"]) / len(results[k]["raw"])
+        decoding_s = sum(results[k]["decoding"]) / len(results[k]["decoding"])
         outside[k] = (worker_s - raw_s) / n * 1000
         spread = [run["seconds"] for run in results[k]["worker"]]
         rows.append([
             k, f"{n / worker_s:.0f}", f"{n / raw_s:.0f}", f"{raw_s / worker_s:.3f}", f"{outside[k]:.2f}",
             " / ".join(f"{(s - raw_s) / n * 1000:.2f}" for s in spread),
+            f"{n / decoding_s:.0f}", f"{(worker_s - decoding_s) / n * 1000:.2f}",
         ])  # fmt: skip
     print()
     table(
-        ["batch", "worker jobs/s", "raw model img/s", "worker/raw", "outside model ms/job", "per round"],
+        ["batch", "worker jobs/s", "raw model img/s", "worker/raw", "outside model ms/job", "per round",
+         "decode+model img/s", "outside decode+model ms/job"],
         rows,
+    )  # fmt: skip
+    print(
+        "(decode+model: a bare loop that also decodes each JPEG, in its own process; what the worker\n"
+        " costs beyond it is the service: queue, rows, the decoder child's isolation)"
     )
     print("\nworker main thread per job, by phase: wall ms (CPU ms); rounds added up")
     phase_rows = []

@@ -1,6 +1,7 @@
 """Uploaded images under server-chosen names, in a local directory or in S3-compatible storage.
 
-Every upload is first staged to a local temp file in chunks (never held whole in memory),
+Every upload is first staged to a local temp file (a :class:`StagingFile`, which the web side's
+multipart parser writes into as the bytes arrive: never held whole in memory, never copied twice),
 hashed and size-limited on the way, so the web side can check its header; only once it passed
 every check is it committed to the store under a random name. The worker gets it back as a
 local file through :meth:`UploadStore.local_copy`, whichever store holds it. ``UPLOAD_DIR``
