@@ -38,8 +38,6 @@ from imgsvc.vision.base import Describer, Description, UnsupportedOption
 
 log = logging.getLogger("imgsvc.jobs")
 
-__all__ = ["PermanentJobError", "WorkerRuntime", "describe_batch", "describe_job"]
-
 #: What a job's run gives RQ: its return value, or the exception RQ retries or fails it with
 #: (the row already says which).
 Outcome = dict[str, object] | Exception
@@ -111,9 +109,8 @@ def describe_batch(
         with deadline():
             run.describe(upcoming.values())
     except Exception as exc:  # JOB_TIMEOUT, or the loader itself: the rest of the batch fails this try
-        for job_id in claims:
-            if job_id not in run.results and job_id not in run.failures:
-                run.failures[job_id] = exc
+        for job_id in claims.keys() - run.results.keys() - run.rejected.keys() - run.failures.keys():
+            run.failures[job_id] = exc
     elapsed = time.perf_counter() - started
     try:
         outcomes |= run.record(elapsed, can_retry, metrics)
