@@ -40,3 +40,12 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # would replace the first one's socket and delete it on exit. One per instance and port instead,
 # in Flask's instance folder (a volume in the image): gunicornc -s instance/gunicorn-8000.ctl
 control_socket = os.path.join(os.path.dirname(os.path.abspath(__file__)), "instance", f"gunicorn-{port}.ctl")
+
+
+def post_worker_init(worker):
+    """The app is loaded: freeze what exists (gc.freeze), so the garbage collector's passes during
+    requests scan only what requests allocate, not the ~100,000 objects of Flask, SQLAlchemy and
+    the app (about 5 % of a submit's CPU otherwise)."""
+    import gc
+
+    gc.freeze()

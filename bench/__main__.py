@@ -19,6 +19,7 @@ from imgsvc.config import PROJECT_ROOT
 BENCHES = {
     "pipeline": "raw describer vs the whole service at batch 1; dedupe hit; end-to-end latency",
     "batching": "worker dynamic batching, BATCH_SIZE 1/4/8/16",
+    "throughput": "worker jobs/s vs the raw near-free model at batch 1 and 16, by phase; submit CPU by phase",
     "inference": "fp32 vs inference_mode vs int8 vs thread counts",
     "api_load": "submit latency under open-loop load, imgsvc vs bare Flask, under gunicorn",
     "memory": "worker RSS over many jobs; the web process without torch",

@@ -44,8 +44,12 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         SECRET_KEY=settings.secret_key,
         SQLALCHEMY_DATABASE_URI=settings.sqlalchemy_url,
         # hide_parameters: SQL errors reach logs, and their parameters are users' data
-        # (callback URLs, owner hashes, descriptions).
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True, "hide_parameters": True},
+        # (callback URLs, owner hashes, descriptions). A pre-ping (a round trip per request)
+        # finds server connections that dropped; a SQLite file has none to drop.
+        SQLALCHEMY_ENGINE_OPTIONS={
+            "pool_pre_ping": not settings.sqlalchemy_url.startswith("sqlite"),
+            "hide_parameters": True,
+        },
         # Multipart framing adds a little; the exact file limit is enforced while streaming.
         MAX_CONTENT_LENGTH=settings.max_file_size + 64 * 1024,
     )

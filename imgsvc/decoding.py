@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -30,7 +31,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,6 +53,12 @@ _HEADER = struct.Struct(">I")
 _MAX_HEADER = 64 * 1024
 #: Python plus Pillow start in well under a second; a loaded host may take a few.
 _START_TIMEOUT = 60.0
+#: The answer pipe's size: a decoded image crosses in a few writes, not in 64 KB steps that
+#: each wake the parent (1 MiB is what Linux lets any process ask for).
+_PIPE_SIZE = 1 << 20
+#: The child gives memory back to the system once no request came for this long: not
+#: between the images of a batch, where malloc_trim would cost more than the decode itself.
+_IDLE_TRIM_AFTER = 0.2
 
 
 class DecodeError(Exception):
@@ -207,6 +214,9 @@ class Decoder:
         # stderr is shared: Pillow's and the child's own complaints land in the worker's log.
         self._child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         self.starts += 1
+        assert self._child.stdout is not None
+        with contextlib.suppress(OSError):  # a smaller pipe only costs more wake-ups
+            fcntl.fcntl(self._child.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         try:  # it says so once it is ready: a child that cannot start must not fail an image
             assert self._child.stdout is not None
             if _read_header(self._child.stdout, time.monotonic() + _START_TIMEOUT) != {"ready": True}:
@@ -248,22 +258,27 @@ def _read_header(stream: BinaryIO, deadline: float) -> dict[str, object]:
     return header
 
 
-def _read_exact(stream: BinaryIO, size: int, deadline: float) -> bytes:
-    """``size`` bytes from the child's stdout, or TimeoutError at ``deadline``."""
+def _read_exact(stream: BinaryIO, size: int, deadline: float) -> bytearray:
+    """``size`` bytes from the child's stdout, or TimeoutError at ``deadline``.
+
+    Read straight into one buffer of the final size: an image is a few MB, copied once.
+    """
     fd = stream.fileno()
-    chunks = bytearray()
-    while len(chunks) < size:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    while received < size:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
         readable, _, _ = select.select([fd], [], [], remaining)
         if not readable:
             raise TimeoutError
-        chunk = os.read(fd, min(size - len(chunks), 1 << 20))
-        if not chunk:
+        count = os.readv(fd, [view[received:]])
+        if not count:
             raise _ChildBroke("exited")
-        chunks += chunk
-    return bytes(chunks)
+        received += count
+    return buffer
 
 
 # -- the child --------------------------------------------------------------------------------
@@ -281,12 +296,29 @@ def main(argv: list[str] | None = None) -> int:
     # buffers from the heap and keeps a decoded canvas's memory after it is freed.
     limit = args.memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    trim = _malloc_trim()
     _answer(answers, {"ready": True})
-    for line in sys.stdin.buffer:
+    for line in _requests(sys.stdin.fileno(), _malloc_trim()):
         _answer_one(answers, Path(json.loads(line)), args.max_pixels, args.max_side, args.memory_mb)
-        trim()  # after answering: an idle worker should not sit on the last image's canvas
     return 0
+
+
+def _requests(fd: int, trim: Callable[[], object]) -> Iterator[bytes]:
+    """One request line at a time, until the parent closes the pipe.
+
+    When no request is waiting for ``_IDLE_TRIM_AFTER`` seconds, the heap is trimmed first:
+    an idle worker should not sit on the last image's canvas.
+    """
+    pending = b""
+    while True:
+        while b"\n" not in pending:
+            if not select.select([fd], [], [], _IDLE_TRIM_AFTER)[0]:
+                trim()
+            chunk = os.read(fd, 65536)  # blocks until the parent asks again
+            if not chunk:
+                return
+            pending += chunk
+        line, pending = pending.split(b"\n", 1)
+        yield line
 
 
 def _answer_one(out: BinaryIO, path: Path, max_pixels: int, max_side: int, memory_mb: int) -> None:

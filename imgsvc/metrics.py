@@ -8,11 +8,12 @@ the web side renders them in the Prometheus text format on request.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue, Worker
 
@@ -34,17 +35,34 @@ class RedisMetrics:
     def observe(self, histogram: str, seconds: float) -> None:
         self.record(None, **{histogram: seconds})
 
-    def record(self, outcome: str | None, **observations: float) -> None:
-        """A count and any histogram observations in one round trip: this runs once per job."""
-        with self.connection.pipeline(transaction=False) as pipe:
+    def record(
+        self,
+        outcome: str | None,
+        *,
+        count: int = 1,
+        pipeline: Pipeline | None = None,
+        **observations: float | Sequence[float],
+    ) -> None:
+        """``count`` jobs' outcome and their histogram observations (one value, or one per job)
+        in one round trip, or in the caller's ``pipeline``: this runs once per batch."""
+        with self.connection.pipeline(transaction=False) as own:
+            pipe = own if pipeline is None else pipeline
             if outcome:
-                pipe.hincrby(f"{self.prefix}:jobs", outcome, 1)
-            for histogram, seconds in observations.items():
-                index = bisect.bisect_left(BUCKETS, seconds)
-                bucket = str(BUCKETS[index]) if index < len(BUCKETS) else "+Inf"
-                pipe.hincrby(f"{self.prefix}:{histogram}", bucket, 1)
-                pipe.hincrbyfloat(f"{self.prefix}:{histogram}", "sum", seconds)
-            pipe.execute()
+                pipe.hincrby(f"{self.prefix}:jobs", outcome, count)
+            for histogram, values in observations.items():
+                key = f"{self.prefix}:{histogram}"
+                seconds = [values] if isinstance(values, (int, float)) else list(values)
+                buckets: dict[str, int] = {}
+                for value in seconds:
+                    index = bisect.bisect_left(BUCKETS, value)
+                    bucket = str(BUCKETS[index]) if index < len(BUCKETS) else "+Inf"
+                    buckets[bucket] = buckets.get(bucket, 0) + 1
+                for bucket, hits in buckets.items():
+                    pipe.hincrby(key, bucket, hits)
+                if seconds:
+                    pipe.hincrbyfloat(key, "sum", sum(seconds))
+            if pipeline is None:
+                own.execute()
 
     def read(self) -> tuple[dict[str, int], dict[str, dict[str, float]]]:
         with self.connection.pipeline(transaction=False) as pipe:

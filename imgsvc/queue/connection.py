@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue, Retry, Worker
 from rq.job import Job as RQJob
@@ -34,23 +35,40 @@ def job_queue(settings: Settings, connection: Redis) -> Queue:
     return Queue(settings.queue_name, connection=connection)
 
 
-def enqueue_describe(queue: Queue, settings: Settings, job_id: str, *, at_front: bool = False) -> RQJob:
-    """Enqueue under the row's own id, so re-enqueueing a job is idempotent."""
+def enqueue_describe(
+    queue: Queue,
+    settings: Settings,
+    job_id: str,
+    *,
+    at_front: bool = False,
+    also: Callable[[Pipeline], object] | None = None,
+) -> RQJob:
+    """Enqueue under the row's own id, so re-enqueueing a job is idempotent.
+
+    One round trip: RQ writes the job into a pipeline, ``also`` adds the caller's commands
+    (the submit counter) to the same one.
+    """
     retry = None
     if settings.task_max_retries > 0:
         retry = Retry(max=settings.task_max_retries, interval=settings.task_retry_delay)
     try:
-        return queue.enqueue(
-            DESCRIBE_TASK,
-            job_id,
-            job_id=job_id,
-            retry=retry,
-            job_timeout=settings.job_timeout,
-            result_ttl=settings.result_ttl,
-            failure_ttl=settings.result_ttl,
-            description=f"describe {job_id}",
-            at_front=at_front,
-        )
+        with queue.connection.pipeline() as pipe:
+            job = queue.enqueue(
+                DESCRIBE_TASK,
+                job_id,
+                job_id=job_id,
+                retry=retry,
+                job_timeout=settings.job_timeout,
+                result_ttl=settings.result_ttl,
+                failure_ttl=settings.result_ttl,
+                description=f"describe {job_id}",
+                at_front=at_front,
+                pipeline=pipe,
+            )
+            if also is not None:
+                also(pipe)
+            pipe.execute()
+            return job
     except RedisError as exc:
         raise QueueUnavailable() from exc
 

@@ -1,35 +1,46 @@
 """The job functions RQ runs inside an :class:`~imgsvc.queue.worker.ImgsvcWorker`.
 
-The worker pushes its Flask app context around every job, so a task finds the
-loaded describer and the settings on ``current_app`` and never loads anything.
+:func:`describe_batch` runs a batch of jobs: it claims their rows in one statement (which
+also reads what the jobs need), gets their images from the :class:`ImageLoader`, runs one
+forward pass per group of equal options and writes every result in one transaction.
+:func:`describe_job` is the same for one job, as RQ calls it (``rq worker``, or a job the
+worker runs on its own). The worker pushes its Flask app context around every batch, so a
+task finds the loaded describer and the settings on ``current_app`` and never loads anything.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
-from PIL import Image
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import get_current_job
+from rq.timeouts import BaseTimeoutException
 
 from imgsvc.config import Settings
-from imgsvc.decoding import DecodeError, Decoder
+from imgsvc.decoding import Decoder
 from imgsvc.errors import StorageUnavailable
 from imgsvc.metrics import RedisMetrics
+from imgsvc.queue.prefetch import ImageLoader, PermanentJobError
 from imgsvc.queue.webhooks import enqueue_delivery
 from imgsvc.storage import jobs
+from imgsvc.storage.db import db
 from imgsvc.storage.uploads import UploadStore
 from imgsvc.vision.base import Describer, Description, UnsupportedOption
 
 log = logging.getLogger("imgsvc.jobs")
+
+#: What a job's run gives RQ: its return value, or the exception RQ retries or fails it with
+#: (the row already says which).
+Outcome = dict[str, object] | Exception
 
 
 @dataclass
@@ -43,62 +54,179 @@ class WorkerRuntime:
     connection: Redis
     #: The decoder child: images are decoded under DECODE_TIMEOUT and DECODE_MEMORY_MB.
     decoder: Decoder
-    #: Results computed ahead of time by a batched forward pass, keyed by job id.
-    prefetched: dict[str, Description | Exception] = field(default_factory=dict)
+    #: Reads and decodes uploads on a thread of its own, ahead of time when told what comes next.
+    loader: ImageLoader
 
     @staticmethod
     def current() -> WorkerRuntime:
         return current_app.extensions["imgsvc.runtime"]
 
 
-class PermanentJobError(Exception):
-    """An input no retry can fix (the image does not decode)."""
-
-
 def describe_job(job_id: str) -> dict[str, object]:
-    """Describe one uploaded image and record the outcome in its row."""
-    runtime = WorkerRuntime.current()
-    if not jobs.mark_processing(job_id):
-        # Deleted, cancelled or already finished by an earlier run: nothing to do, nothing to undo.
-        log.info("job skipped", extra={"job_id": job_id, "reason": "not claimable"})
-        return {"job_id": job_id, "status": "skipped"}
-    log.info("job processing", extra={"job_id": job_id, "status": jobs.Status.PROCESSING})
+    """Describe one uploaded image and record the outcome in its row (RQ's entry point)."""
+    rq_job = get_current_job()
+    outcome = describe_batch(
+        WorkerRuntime.current(), [job_id], can_retry=lambda _: rq_job is not None and rq_job.should_retry
+    )[job_id]
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def describe_batch(
+    runtime: WorkerRuntime,
+    job_ids: Sequence[str],
+    *,
+    can_retry: Callable[[str], bool],
+    deadline: Callable[[], AbstractContextManager[object]] = nullcontext,
+    ahead: Sequence[str] = (),
+    metrics: Pipeline | None = None,
+) -> dict[str, Outcome]:
+    """Describe a batch of jobs; each job's outcome is its own, in its row and in the answer.
+
+    ``can_retry(job_id)``: whether RQ will run a job again if it fails now (its retries left),
+    so the row can say "queued again" or "failed". ``deadline``: wraps reading, decoding and
+    the model (the worker's JOB_TIMEOUT). ``ahead``: the jobs next on the queue, whose images
+    are decoded meanwhile. ``metrics``: a Redis pipeline the caller executes (one round trip
+    fewer); without it the metrics are written here.
+    """
     started = time.perf_counter()
-    row = jobs.get_job(job_id)
-    wants_callback = bool(row and row.callback_url)
-    observations: dict[str, float] = {}
     try:
-        result = runtime.prefetched.pop(job_id, None)
-        if result is None:
-            options = job_options(job_id)
-            runtime.describer.check_options(options)
-            image = load_image(runtime, job_id)
-            model_started = time.perf_counter()
-            result = runtime.describer.describe_full([image], options)[0]
-            observations["inference_seconds"] = time.perf_counter() - model_started
-        if isinstance(result, Exception):
-            raise result
-    except (PermanentJobError, UnsupportedOption) as exc:
-        _finish_failed(runtime, job_id, str(exc))
-        return {"job_id": job_id, "status": "failed"}
-    except Exception as exc:
-        _record_failure(runtime, job_id, exc)
+        claims, upcoming = jobs.claim_jobs(job_ids, peek=ahead)
+    except BaseException:
+        db.session.rollback()
         raise
+    outcomes: dict[str, Outcome] = {}
+    for job_id in job_ids:
+        if job_id not in claims:
+            # Deleted, cancelled or already finished by an earlier run: nothing to do, nothing to undo.
+            log.info("job skipped", extra={"job_id": job_id, "reason": "not claimable"})
+            outcomes[job_id] = {"job_id": job_id, "status": "skipped"}
+        else:
+            log.info("job processing", extra={"job_id": job_id, "status": jobs.Status.PROCESSING})
+    run = _Run(runtime, claims)
+    try:
+        with deadline():
+            run.describe(upcoming.values())
+    except Exception as exc:  # JOB_TIMEOUT, or the loader itself: the rest of the batch fails this try
+        for job_id in claims.keys() - run.results.keys() - run.rejected.keys() - run.failures.keys():
+            run.failures[job_id] = exc
     elapsed = time.perf_counter() - started
-    if not jobs.mark_done(job_id, result, runtime.describer.name, round(elapsed * 1000)):
-        _discard_upload(runtime, job_id)
-        log.info("job result discarded", extra={"job_id": job_id, "reason": "cancelled while processing"})
-        return {"job_id": job_id, "status": "cancelled"}
-    runtime.metrics.record("done", job_duration_seconds=elapsed, **observations)
-    log.info("job done", extra={"job_id": job_id, "status": "done", "duration_ms": round(elapsed * 1000)})
-    if wants_callback:
-        notify(runtime, job_id)
-    return {"job_id": job_id, "status": "done"}
+    try:
+        outcomes |= run.record(elapsed, can_retry, metrics)
+    except BaseException:
+        db.session.rollback()
+        raise
+    return outcomes
 
 
-def job_options(job_id: str) -> dict[str, Any]:
-    row = jobs.get_job(job_id)
-    return dict(row.options or {}) if row is not None else {}
+class _Run:
+    """One batch between its claim and its record: what each claimed job came to."""
+
+    def __init__(self, runtime: WorkerRuntime, claims: dict[str, jobs.Claim]) -> None:
+        self.runtime = runtime
+        self.claims = claims
+        self.results: dict[str, Description] = {}
+        #: Failed for good: the reason (a bad image, an option the model lacks).
+        self.rejected: dict[str, str] = {}
+        #: Failed this try: the host's or the model's fault, retried while retries are left.
+        self.failures: dict[str, Exception] = {}
+        self.inference: list[float] = []
+
+    def describe(self, upcoming: Sequence[str]) -> None:
+        """Read and decode the images (the next batch's decode queued behind), then the model."""
+        describer = self.runtime.describer
+        wanted: dict[str, jobs.Claim] = {}
+        for job_id, claim in self.claims.items():
+            try:
+                describer.check_options(claim.options)
+            except UnsupportedOption as exc:
+                self.rejected[job_id] = str(exc)
+                continue
+            if claim.upload_name is None:
+                self.rejected[job_id] = "the job has no uploaded file"
+                continue
+            wanted[job_id] = claim
+        images = self.runtime.loader.load([c.upload_name for c in wanted.values()], then=upcoming)
+        groups: dict[str, tuple[dict[str, Any], list[str], list[Any]]] = {}
+        for (job_id, claim), image in zip(wanted.items(), images, strict=True):
+            if isinstance(image, PermanentJobError):
+                self.rejected[job_id] = str(image)
+            elif isinstance(image, Exception):
+                self.failures[job_id] = image  # the store or the decoder did not answer: retried
+            else:
+                group = groups.setdefault(json.dumps(claim.options, sort_keys=True), (claim.options, [], []))
+                group[1].append(job_id)
+                group[2].append(image)
+        for options, ids, group_images in groups.values():
+            self._forward(options, ids, group_images)
+
+    def _forward(self, options: dict[str, Any], ids: list[str], images: list[Any]) -> None:
+        """One forward pass; if it fails, one image at a time, so a bad image fails only its job."""
+        describer = self.runtime.describer
+        started = time.perf_counter()
+        try:
+            self.results.update(zip(ids, describer.describe_full(images, options), strict=True))
+            self.inference += [(time.perf_counter() - started) / len(images)] * len(images)
+            return
+        except BaseTimeoutException:
+            raise
+        except Exception as exc:
+            if len(images) == 1:
+                self.failures[ids[0]] = exc
+                return
+            log.exception("batched forward pass failed; describing one image at a time")
+        for job_id, image in zip(ids, images, strict=True):
+            started = time.perf_counter()
+            try:
+                (self.results[job_id],) = describer.describe_full([image], options)
+                self.inference.append(time.perf_counter() - started)
+            except BaseTimeoutException:
+                raise
+            except Exception as exc:
+                self.failures[job_id] = exc
+
+    def record(
+        self, elapsed: float, can_retry: Callable[[str], bool], pipeline: Pipeline | None
+    ) -> dict[str, Outcome]:
+        """Every result and every rejection in one transaction, then what follows from each."""
+        runtime = self.runtime
+        duration_ms = round(elapsed * 1000)
+        name = runtime.describer.name
+        written = jobs.finish_jobs(
+            {job_id: (result, name, duration_ms) for job_id, result in self.results.items()}, self.rejected
+        )
+        outcomes: dict[str, Outcome] = {}
+        done = 0
+        for job_id in self.results:
+            if job_id in written:
+                done += 1
+                log.info("job done", extra={"job_id": job_id, "status": "done", "duration_ms": duration_ms})
+                outcomes[job_id] = {"job_id": job_id, "status": "done"}
+            else:
+                _discard_upload(runtime, self.claims[job_id])
+                log.info(
+                    "job result discarded", extra={"job_id": job_id, "reason": "cancelled while processing"}
+                )
+                outcomes[job_id] = {"job_id": job_id, "status": "cancelled"}
+        for job_id, reason in self.rejected.items():
+            _failed_for_good(runtime, self.claims[job_id], reason, written=True)
+            outcomes[job_id] = {"job_id": job_id, "status": "failed"}
+        for job_id, exc in self.failures.items():
+            _record_failure(runtime, self.claims[job_id], exc, can_retry(job_id))
+            outcomes[job_id] = exc
+        if done:
+            runtime.metrics.record(
+                "done",
+                count=done,
+                pipeline=pipeline,
+                job_duration_seconds=[elapsed] * done,
+                inference_seconds=self.inference,
+            )
+        for job_id in self.results:
+            if job_id in written and self.claims[job_id].callback_url:
+                notify(runtime, job_id)
+        return outcomes
 
 
 def notify(runtime: WorkerRuntime, job_id: str) -> None:
@@ -113,86 +241,34 @@ def notify(runtime: WorkerRuntime, job_id: str) -> None:
         log.exception("webhook not queued", extra={"job_id": job_id})
 
 
-def _discard_upload(runtime: WorkerRuntime, job_id: str) -> None:
+def _discard_upload(runtime: WorkerRuntime, claim: jobs.Claim) -> None:
     """Never fails the job's bookkeeping: an upload left behind keeps its finished row, so
     ``flask prune`` deletes it after UPLOAD_RETENTION."""
-    row = jobs.get_job(job_id)
-    if row is not None:
-        try:
-            runtime.uploads.delete(row.upload_name)
-        except StorageUnavailable:
-            log.warning("upload not deleted", extra={"job_id": job_id, "reason": "store unavailable"})
+    try:
+        runtime.uploads.delete(claim.upload_name)
+    except StorageUnavailable:
+        log.warning("upload not deleted", extra={"job_id": claim.id, "reason": "store unavailable"})
 
 
-def _finish_failed(runtime: WorkerRuntime, job_id: str, reason: str) -> None:
-    """Failed for good: the row says why, the upload is deleted, the webhook fires."""
-    jobs.mark_failed(job_id, reason)
-    _discard_upload(runtime, job_id)
+def _failed_for_good(
+    runtime: WorkerRuntime, claim: jobs.Claim, reason: str, *, written: bool = False
+) -> None:
+    """The row says why (``written``: the batch's transaction did it), the upload is deleted,
+    the webhook fires."""
+    if not written:
+        jobs.mark_failed(claim.id, reason)
+    _discard_upload(runtime, claim)
     runtime.metrics.count("failed")
-    log.warning("job failed", extra={"job_id": job_id, "status": "failed", "error": reason})
-    notify(runtime, job_id)
+    log.warning("job failed", extra={"job_id": claim.id, "status": "failed", "error": reason})
+    notify(runtime, claim.id)
 
 
-def load_image(runtime: WorkerRuntime, job_id: str) -> Image.Image:
-    """The job's image, decoded in the decoder child; one that does not decode fails for good."""
-    (image,) = load_images(runtime, [job_id])
-    if isinstance(image, Exception):
-        raise image
-    return image
-
-
-def load_images(runtime: WorkerRuntime, job_ids: list[str]) -> list[Image.Image | Exception]:
-    """Several jobs' images in one call to the decoder child, in order; errors stay with their job.
-
-    An error is a :class:`PermanentJobError` (gone, or never decodes: fail for good) or a
-    :class:`~imgsvc.errors.StorageUnavailable` (the store did not answer: retry).
-    """
-    results: dict[str, Image.Image | Exception] = {}
-    with ExitStack() as copies:
-        paths: dict[str, Path] = {}
-        for job_id in job_ids:
-            try:
-                paths[job_id] = copies.enter_context(local_upload(runtime, job_id))
-            except (PermanentJobError, StorageUnavailable) as exc:
-                results[job_id] = exc
-        for job_id, image in zip(paths, runtime.decoder.decode_many(list(paths.values())), strict=True):
-            results[job_id] = PermanentJobError(str(image)) if isinstance(image, DecodeError) else image
-    return [results[job_id] for job_id in job_ids]
-
-
-@contextmanager
-def local_upload(runtime: WorkerRuntime, job_id: str) -> Iterator[Path]:
-    """The job's upload as a local file while the block runs: the only place the worker reads it.
-
-    The file itself (local store) or a downloaded copy (object storage); a store that cannot be
-    reached raises StorageUnavailable, which is retried like any transient error.
-    """
-    row = jobs.get_job(job_id)
-    if row is None:
-        raise PermanentJobError("the job row disappeared")
-    with ExitStack() as stack:
-        try:
-            path = stack.enter_context(runtime.uploads.local_copy(row.upload_name))
-        except FileNotFoundError as exc:
-            raise PermanentJobError("the uploaded file is missing") from exc
-        yield path
-
-
-def _record_failure(runtime: WorkerRuntime, job_id: str, exc: BaseException) -> None:
+def _record_failure(runtime: WorkerRuntime, claim: jobs.Claim, exc: BaseException, retried: bool) -> None:
     """Mirror RQ's retry decision in the row: queued again with the error, or failed for good."""
-    rq_job = get_current_job()
     reason = f"{type(exc).__name__}: {exc}"
-    if rq_job is not None and rq_job.should_retry:
-        jobs.mark_retrying(job_id, reason)
-        runtime.metrics.count("retried")
-        log.warning(
-            "job retrying",
-            extra={
-                "job_id": job_id,
-                "status": "queued",
-                "error": reason,
-                "retries_left": rq_job.retries_left,
-            },
-        )
-    else:
-        _finish_failed(runtime, job_id, reason)
+    if not retried:
+        _failed_for_good(runtime, claim, reason)
+        return
+    jobs.mark_retrying(claim.id, reason)
+    runtime.metrics.count("retried")
+    log.warning("job retrying", extra={"job_id": claim.id, "status": "queued", "error": reason})

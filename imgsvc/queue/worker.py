@@ -4,16 +4,23 @@ It is a :class:`rq.SimpleWorker` (no fork per job): the model stays in this proc
 and CUDA, which cannot be re-initialised in a forked child, keeps working.
 Start it with ``python worker.py`` or ``rq worker -w imgsvc.queue.worker.ImgsvcWorker imgsvc``.
 
-Dynamic batching: when BATCH_SIZE > 1, after taking one job the worker drains up to
-BATCH_SIZE-1 more that are already waiting (or arrive within BATCH_WAIT_MS), registers
-them all as started, runs ONE forward pass over their images, then lets RQ perform each
-job as usual; each job finds its result ready. A failure in one image only fails that job.
+Batches: after RQ hands the worker a job, it takes up to BATCH_SIZE-1 more that are already
+waiting (or arrive within BATCH_WAIT_MS) and runs them together, at every step one round trip
+for the whole batch (:mod:`imgsvc.queue.batches` for RQ's side, :func:`~imgsvc.queue.tasks.
+describe_batch` for the rows and the model): take, start, claim the rows, one forward pass
+per group of equal options, write the rows, finish. A failure in one image fails only that
+job; a job that fails goes through RQ's own retry and failure handling.
+
+Decoding ahead: while a batch runs, its images having been decoded, the uploads of the jobs
+next in the queue are read and decoded on the loader's thread (:mod:`imgsvc.queue.prefetch`),
+so the next batch finds them ready. Nothing is claimed ahead: those jobs stay on the queue
+for whichever worker takes them. With other workers on the queue the guess would mostly
+decode images another worker takes, so a worker decodes ahead only while it is alone there.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import threading
 import time
@@ -21,20 +28,23 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, Worker
 from rq.job import Job as RQJob
+from rq.timeouts import JobTimeoutException
+from rq.utils import now
 from rq.worker import WorkerStatus
 
 from imgsvc.config import Settings
 from imgsvc.decoding import Decoder, DecoderUnavailable
 from imgsvc.metrics import RedisMetrics
-from imgsvc.queue import reaper
-from imgsvc.queue.connection import job_queue, publish_model, redis_connection
-from imgsvc.queue.tasks import PermanentJobError, WorkerRuntime, job_options, load_images
+from imgsvc.queue import batches, reaper, tasks
+from imgsvc.queue.connection import job_queue, live_workers, publish_model, redis_connection
+from imgsvc.queue.prefetch import ImageLoader
 from imgsvc.storage.uploads import ORPHAN_AGE, open_upload_store
 from imgsvc.vision import load_describer
-from imgsvc.vision.base import Describer, ModelLoadError, UnsupportedOption
+from imgsvc.vision.base import Describer, ModelLoadError
 
 log = logging.getLogger("imgsvc.worker")
 
@@ -96,10 +106,13 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
         self.log = _PerJobLinesAtDebug(self.log)
         self.app = app
         self.describer = describer
-        self.runtime: WorkerRuntime | None = None
+        self.runtime: tasks.WorkerRuntime | None = None
         self._heartbeat_stop = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         self._next_full_reconcile = 0.0
+        #: Whether this is the only live worker on its queue (checked every maintenance round):
+        #: only then does it decode the next jobs' images ahead.
+        self._alone = False
 
     # -- start-up ---------------------------------------------------------------
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
@@ -110,7 +123,7 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
         self._heartbeat_thread.start()
         self._reconcile()
 
-    def load_runtime(self) -> WorkerRuntime:
+    def load_runtime(self) -> tasks.WorkerRuntime:
         if self.runtime is not None:
             return self.runtime
         if self.app is None:
@@ -128,15 +141,18 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
             "model loaded",
             extra={"model": describer.name, "load_s": round(time.perf_counter() - started, 2)},
         )
-        self.runtime = WorkerRuntime(
+        uploads = open_upload_store(settings)
+        decoder = Decoder.from_settings(settings)
+        self.runtime = tasks.WorkerRuntime(
             settings,
             describer,
-            open_upload_store(settings),
+            uploads,
             RedisMetrics(self.connection, settings.queue_name),
             self.connection,
-            Decoder.from_settings(settings),
+            decoder,
+            ImageLoader(uploads, decoder, settings.batch_size),
         )
-        self.runtime.decoder.start()
+        decoder.start()
         self.app.extensions["imgsvc.runtime"] = self.runtime
         publish_model(
             self.connection,
@@ -150,72 +166,64 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
 
     # -- the loop ------------------------------------------------------------------
     def execute_job(self, job: RQJob, queue: Queue) -> None:
+        """Run ``job`` with the jobs waiting behind it as one batch (see the module docstring)."""
         assert self.app is not None and self.runtime is not None
-        with self.app.app_context():
-            batch = [job, *self._drain(queue)]
-            executions = [self.prepare_execution(j) for j in batch]
-            if len(batch) > 1:
-                self._prefetch(batch)
-            for member, execution in zip(batch, executions, strict=True):
-                self.perform_job(member, queue, execution)
-            self.runtime.prefetched.clear()
-        self.set_state(WorkerStatus.IDLE)
-
-    def _drain(self, queue: Queue) -> list[RQJob]:
-        """Take jobs that are already waiting, up to the batch size, within BATCH_WAIT_MS."""
         settings = self.runtime.settings
-        wanted = settings.batch_size - 1
-        deadline = time.monotonic() + settings.batch_wait_ms / 1000
-        taken: list[RQJob] = []
-        while len(taken) < wanted:
-            result = queue.dequeue_any([queue], None, connection=self.connection, job_class=self.job_class)
-            if result is not None:
-                taken.append(result[0])
-                continue
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.002)
-        return taken
+        with self.app.app_context():
+            taken = [job, *batches.take(self, queue, settings.batch_size - 1, settings.batch_wait_ms)]
+            for other in [j for j in taken if not batches.batchable(j)]:
+                # Not what imgsvc enqueues (another function, callbacks...): RQ's own path.
+                self.perform_job(other, queue, self.prepare_execution(other))
+            plain = [j for j in taken if batches.batchable(j)]
+            if plain:
+                self._run_batch(batches.start(self, queue, plain, peek=settings.batch_size))
+            else:
+                self.set_state(WorkerStatus.IDLE)
 
-    def _prefetch(self, batch: list[RQJob]) -> None:
-        """One forward pass per group of equal options; errors stay with their own job."""
+    def _run_batch(self, batch: batches.Batch) -> None:
         runtime = self.runtime
-        groups: dict[str, tuple[dict[str, Any], list[str], list[Any]]] = {}
-        wanted: dict[str, dict[str, Any]] = {}
-        for member in batch:
-            job_id = member.args[0]
-            options = job_options(job_id)
-            try:
-                runtime.describer.check_options(options)
-            except UnsupportedOption as exc:
-                runtime.prefetched[job_id] = exc
-                continue
-            wanted[job_id] = options
+        assert runtime is not None
+        pipe = self.connection.pipeline()
+        rq_jobs = {job.id: job for job in batch.jobs}
         try:
-            images = load_images(runtime, list(wanted))
-        except Exception:  # the decoder itself failed (not an image): each job will retry on its own
-            log.exception("decoding the batch failed; each job decodes on its own")
+            outcomes = tasks.describe_batch(
+                runtime,
+                batch.ids,
+                can_retry=lambda job_id: rq_jobs[job_id].should_retry,
+                deadline=lambda: self.death_penalty_class(
+                    batch.timeout, JobTimeoutException, job_id=batch.ids[0]
+                ),
+                ahead=batch.next_ids if self._alone else (),
+                metrics=pipe,
+            )
+        except Exception as exc:  # the database or Redis failed under the batch: each job fails this try
+            log.exception("batch failed", extra={"jobs": len(batch.jobs)})
+            pipe.reset()
+            outcomes = dict.fromkeys(batch.ids, exc)
+        batches.fail(self, batch, {i: o for i, o in outcomes.items() if isinstance(o, Exception)})
+        batches.finish(self, batch, {i: o for i, o in outcomes.items() if not isinstance(o, Exception)}, pipe)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        """RQ's heartbeat (three commands), in one round trip when it is sent on its own.
+
+        RQ's loop beats three times around every dequeue; a beat sent less than a second ago
+        (e.g. with the batch's start) has already pushed the worker's expiry WORKER_TTL + 60 s
+        away, so those are skipped. A beat with its own timeout or pipeline is always sent.
+        """
+        if pipeline is not None or timeout is not None:
+            return super().heartbeat(timeout, pipeline)
+        if self.last_heartbeat is not None and (now() - self.last_heartbeat).total_seconds() < 1:
+            return None
+        with self.connection.pipeline(transaction=False) as own:
+            super().heartbeat(timeout, own)
+            own.execute()
+        return None
+
+    def set_state(self, state: str, pipeline: Pipeline | None = None) -> None:
+        """RQ sets IDLE again before every dequeue: a state Redis already holds is not sent again."""
+        if pipeline is None and state == self._state:
             return
-        for (job_id, options), image in zip(wanted.items(), images, strict=True):
-            if isinstance(image, PermanentJobError):
-                runtime.prefetched[job_id] = image
-                continue
-            if isinstance(image, Exception):
-                continue  # the store did not answer: not prefetched, the job runs alone and RQ retries it
-            group = groups.setdefault(json.dumps(options, sort_keys=True), (options, [], []))
-            group[1].append(job_id)
-            group[2].append(image)
-        for options, ids, images in groups.values():
-            started = time.perf_counter()
-            try:
-                results = runtime.describer.describe_full(images, options)
-            except Exception:
-                log.exception("batched forward pass failed; falling back to one image at a time")
-                continue
-            per_image = (time.perf_counter() - started) / len(images)
-            for _ in images:
-                runtime.metrics.observe("inference_seconds", per_image)
-            runtime.prefetched.update(zip(ids, results, strict=True))
+        super().set_state(state, pipeline)
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()
@@ -227,6 +235,10 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
         workers on this host, at start-up and every STALE_AFTER/2 s."""
         settings = self.runtime.settings
         queue = job_queue(settings, self.connection)
+        try:
+            self._alone = [w.name for w in live_workers(queue, settings.worker_ttl)] == [self.name]
+        except RedisError:
+            self._alone = False
         with self.app.app_context():
             if time.monotonic() < self._next_full_reconcile:
                 reaper.reap_dead_workers(settings, queue)
@@ -252,6 +264,7 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
             self._heartbeat_thread.join(timeout=5)
         super().teardown()
         if self.runtime is not None:
+            self.runtime.loader.close()
             self.runtime.decoder.close()
 
 

@@ -7,11 +7,26 @@ and every state change goes through the small functions below.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, select, update
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from imgsvc.storage.db import db
@@ -28,6 +43,7 @@ class Status(StrEnum):
 
 
 FINISHED = (Status.DONE, Status.FAILED, Status.CANCELLED)
+UNFINISHED = (Status.QUEUED, Status.PROCESSING)
 
 
 def utcnow() -> datetime:
@@ -128,37 +144,128 @@ def get_job(job_id: str) -> Job | None:
 
 
 def create_job(**fields: Any) -> Job:
-    fields = {"status": Status.QUEUED, "attempts": 0, "cached": False} | fields
-    job = Job(id=new_id(), **fields)
-    db.session.add(job)
+    """Insert one row (a Core INSERT and a commit) and return it as a detached object.
+
+    The ORM's way (add, flush, commit) expires the object on commit, and the caller's first
+    look at its id or status reads the whole row back: a second query for nothing.
+    """
+    moment = utcnow()
+    values = {
+        "id": new_id(),
+        "status": Status.QUEUED,
+        "attempts": 0,
+        "cached": False,
+        "created_at": moment,
+        "updated_at": moment,
+    } | fields
+    db.session.execute(insert(Job.__table__), values)
     db.session.commit()
-    return job
+    return Job(**values)
 
 
 def delete_job(job: Job) -> None:
-    db.session.delete(job)
+    table = Job.__table__
+    db.session.execute(delete(table).where(table.c.id == job.id))
     db.session.commit()
 
 
 def _transition(job_id: str, allowed_from: tuple[Status, ...], **values: Any) -> bool:
     """Compare-and-set on status so two workers can never both own one job."""
-    values.setdefault("updated_at", utcnow())
-    result = db.session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(allowed_from)).values(**values)
-    )
+    changed = _set(job_id, allowed_from, values)
     db.session.commit()
+    return changed
+
+
+def _set(job_id: str, allowed_from: tuple[Status, ...], values: dict[str, Any]) -> bool:
+    """One row's compare-and-set, inside the caller's transaction.
+
+    A Core UPDATE on the table: the ORM's bookkeeping for a bulk update (matching the
+    session's objects against the WHERE clause) costs more than the statement itself.
+    """
+    values.setdefault("updated_at", utcnow())
+    table = Job.__table__
+    result = db.session.execute(
+        update(table).where(table.c.id == job_id, table.c.status.in_(allowed_from)).values(**values)
+    )
     return result.rowcount == 1
 
 
-def mark_processing(job_id: str) -> bool:
-    """Claim a queued job. A processing one may be re-claimed: its last worker died."""
-    return _transition(
-        job_id,
-        (Status.QUEUED, Status.PROCESSING),
+@dataclass(frozen=True)
+class Claim:
+    """What a worker needs of a row it claimed, read by the statement that claimed it."""
+
+    id: str
+    upload_name: str | None
+    options: dict[str, Any]
+    callback_url: str | None
+
+
+# A worker's statements, built once: composing a statement costs more than running it. Core
+# statements on the table, not ORM ones: the ORM's bookkeeping for a bulk UPDATE (matching the
+# session's objects against the WHERE clause) also costs more than the statement itself.
+_TABLE = Job.__table__
+_CLAIM = (
+    update(_TABLE)
+    .where(_TABLE.c.id.in_(bindparam("ids", expanding=True)), _TABLE.c.status.in_(UNFINISHED))
+    .values(
         status=Status.PROCESSING,
-        started_at=utcnow(),
-        attempts=Job.attempts + 1,
+        started_at=bindparam("now"),
+        updated_at=bindparam("now"),
+        attempts=_TABLE.c.attempts + 1,
     )
+    .returning(_TABLE.c.id, _TABLE.c.upload_name, _TABLE.c.options, _TABLE.c.callback_url)
+)
+_PEEK = select(_TABLE.c.id, _TABLE.c.upload_name).where(
+    _TABLE.c.id.in_(bindparam("ids", expanding=True)), _TABLE.c.status == Status.QUEUED
+)
+#: Executed with one parameter set per row (executemany): the SET columns are the sets' keys.
+_FINISH = update(_TABLE).where(
+    _TABLE.c.id == bindparam("job_id"), or_(*(_TABLE.c.status == status for status in UNFINISHED))
+)
+_CACHED = (
+    select(_TABLE.c.id, _TABLE.c.options)
+    .where(
+        _TABLE.c.sha256 == bindparam("sha256"),
+        _TABLE.c.status == Status.DONE,
+        _TABLE.c.generated_by == bindparam("model"),
+    )
+    .order_by(_TABLE.c.completed_at.desc())
+    .limit(20)
+)
+_CACHED_FOR_OWNER = _CACHED.where(_TABLE.c.owner == bindparam("owner"))
+_WRITTEN = select(_TABLE.c.id).where(
+    _TABLE.c.id.in_(bindparam("ids", expanding=True)), _TABLE.c.completed_at == bindparam("now")
+)
+
+
+def claim_jobs(
+    job_ids: Sequence[str], *, peek: Sequence[str] = ()
+) -> tuple[dict[str, Claim], dict[str, str]]:
+    """Claim a batch of jobs in one statement and one commit; a processing one may be re-claimed
+    (its last worker died). Ids missing from the answer were not claimable: deleted, cancelled or
+    already finished.
+
+    The claimed rows' inputs come back with the claim (RETURNING), so the worker never reads them
+    again. ``peek``: jobs next in the queue, not claimed; their upload names come back too, so the
+    worker can decode their images ahead of time (still-queued rows only).
+    """
+    claims: dict[str, Claim] = {}
+    if job_ids:
+        rows = db.session.execute(_CLAIM, {"ids": list(job_ids), "now": utcnow()})
+        claims = {
+            row.id: Claim(row.id, row.upload_name, dict(row.options or {}), row.callback_url) for row in rows
+        }
+    ahead: dict[str, str] = {}
+    if peek:
+        peeked = db.session.execute(_PEEK, {"ids": list(peek)})
+        ahead = {row.id: row.upload_name for row in peeked if row.upload_name}
+    db.session.commit()  # also ends the read: an idle worker must not hold a SQLite snapshot open
+    return claims, ahead
+
+
+def mark_processing(job_id: str) -> bool:
+    """Claim one queued job (see :func:`claim_jobs`)."""
+    return job_id in claim_jobs([job_id])[0]
 
 
 #: The columns that hold a job's result; a dedupe hit copies exactly these from the earlier job.
@@ -171,21 +278,49 @@ def stored_result(job: Job) -> dict[str, Any]:
 
 
 def mark_done(job_id: str, result: Description, generated_by: str, duration_ms: int | None = None) -> bool:
-    record = description_record(result)
-    return _transition(
-        job_id,
-        (Status.PROCESSING, Status.QUEUED),
-        status=Status.DONE,
-        description=result.text,
-        generated_by=generated_by,
-        tags=record["tags"],
-        text_lines=record["text"],
-        objects=record["objects"],
-        people=record["people"],
-        completed_at=utcnow(),
-        duration_ms=duration_ms,
-        error=None,
-    )
+    return job_id in finish_jobs({job_id: (result, generated_by, duration_ms)})
+
+
+def finish_jobs(
+    done: Mapping[str, tuple[Description, str, int | None]], failed: Mapping[str, str] | None = None
+) -> set[str]:
+    """Write a batch's outcomes in one transaction: ``done`` job id -> (result, model, duration_ms),
+    ``failed`` job id -> why. Each row is written only if it is still unfinished (compare-and-set,
+    as :func:`mark_done` and :func:`mark_failed`); returns the ids written. One that was not
+    was cancelled (or deleted) while the model ran.
+    """
+    moment = utcnow()
+    common = {"completed_at": moment, "updated_at": moment}
+    rows = []
+    for job_id, (result, generated_by, duration_ms) in done.items():
+        record = description_record(result)
+        rows.append(
+            common
+            | {
+                "job_id": job_id,
+                "status": Status.DONE,
+                "description": result.text,
+                "generated_by": generated_by,
+                "tags": record["tags"],
+                "text_lines": record["text"],
+                "objects": record["objects"],
+                "people": record["people"],
+                "duration_ms": duration_ms,
+                "error": None,
+            }
+        )
+    reasons = [common | {"job_id": i, "status": Status.FAILED, "error": e} for i, e in (failed or {}).items()]
+    ids = [row["job_id"] for row in rows + reasons]
+    complete = True
+    for batch in (rows, reasons):
+        if batch:
+            count = db.session.execute(_FINISH, batch).rowcount
+            complete &= count == len(batch) and db.engine.dialect.supports_sane_multi_rowcount
+    # Rarely (a job cancelled meanwhile), not every row was written: ask which were, by this
+    # very moment in completed_at, which no other writer gave them.
+    written = set(ids) if complete else set(db.session.scalars(_WRITTEN, {"ids": ids, "now": moment}))
+    db.session.commit()
+    return written
 
 
 def mark_retrying(job_id: str, error: str) -> bool:
@@ -209,18 +344,14 @@ def find_cached(
     """The newest finished description of the same bytes, by the same model, with the same options.
 
     With API keys (``owner`` set) only that owner's jobs count: a hit would tell another key
-    that these exact bytes were uploaded before.
+    that these exact bytes were uploaded before. Candidates are compared by id and options
+    only; the whole row is read for a hit alone (most submits are misses).
     """
-    query = (
-        select(Job)
-        .where(Job.sha256 == sha256, Job.status == Status.DONE, Job.generated_by == generated_by)
-        .order_by(Job.completed_at.desc())
-        .limit(20)
-    )
-    if owner is not None:
-        query = query.where(Job.owner == owner)
+    query = _CACHED if owner is None else _CACHED_FOR_OWNER
+    candidates = db.session.execute(query, {"sha256": sha256, "model": generated_by, "owner": owner})
     wanted = options or {}
-    return next((job for job in db.session.scalars(query) if (job.options or {}) == wanted), None)
+    hit = next((row.id for row in candidates if (row.options or {}) == wanted), None)
+    return None if hit is None else get_job(hit)
 
 
 def list_jobs(
@@ -246,13 +377,7 @@ def batch_members(batch_id: str, owner: str | None) -> list[Job]:
 
 
 def mark_failed(job_id: str, error: str) -> bool:
-    return _transition(
-        job_id,
-        (Status.PROCESSING, Status.QUEUED),
-        status=Status.FAILED,
-        error=error,
-        completed_at=utcnow(),
-    )
+    return job_id in finish_jobs({}, {job_id: error})
 
 
 def unfinished_before(cutoff: datetime, limit: int = 500) -> list[Job]:

@@ -1,6 +1,7 @@
 """Uploaded images under server-chosen names, in a local directory or in S3-compatible storage.
 
-Every upload is first staged to a local temp file in chunks (never held whole in memory),
+Every upload is first staged to a local temp file (a :class:`StagingFile`, which the web side's
+multipart parser writes into as the bytes arrive: never held whole in memory, never copied twice),
 hashed and size-limited on the way, so the web side can check its header; only once it passed
 every check is it committed to the store under a random name. The worker gets it back as a
 local file through :meth:`UploadStore.local_copy`, whichever store holds it. ``UPLOAD_DIR``
@@ -12,6 +13,7 @@ fault (503) and leaves no file behind.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import tempfile
@@ -91,6 +93,81 @@ class StagedUpload:
     sha256: str
 
 
+class StagingFile(io.RawIOBase):
+    """A temp file in the staging directory that hashes and counts what is written to it.
+
+    The web side's multipart parser writes an upload's bytes straight into one (see
+    :mod:`imgsvc.web`), so the upload is parsed, size-limited, hashed and on disk in one
+    pass; :meth:`staged` hands the file over. A file not handed over is removed on close.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        super().__init__()
+        self._handed_over = False
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._digest = hashlib.sha256()
+        with _disk_faults():
+            fd, tmp = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=directory)
+        self.path = Path(tmp)
+        self._file = io.FileIO(fd, "r+")  # unbuffered: a full disk fails the write, not a later flush
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            # Over the limit: nothing more is stored, but the rest is still counted (the request
+            # body is being received anyway), so the 413 can say how large the file is.
+            self._discard()
+            return len(data)
+        self._digest.update(data)
+        view = memoryview(data)
+        with _disk_faults():
+            while view:
+                view = view[self._file.write(view) :]
+        return len(data)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        return 0 if self._file.closed else self._file.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return 0 if self._file.closed else self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return 0 if self._file.closed else self._file.tell()
+
+    def staged(self) -> StagedUpload:
+        """The file as a :class:`StagedUpload`, now the caller's (commit or discard it)."""
+        if self.size > self.max_bytes:
+            self.close()
+            raise file_too_large(self.size, self.max_bytes)
+        if self.size == 0:
+            self.close()
+            raise EmptyFile("the uploaded file is empty")
+        self._file.close()
+        self._handed_over = True
+        return StagedUpload(self.path, self.size, self._digest.hexdigest())
+
+    def close(self) -> None:
+        if not self._handed_over:
+            self._discard()
+        super().close()
+
+    def _discard(self) -> None:
+        file = getattr(self, "_file", None)  # None: mkstemp itself failed
+        if file is not None and not file.closed:
+            file.close()
+            self.path.unlink(missing_ok=True)
+
+
 def check_name(name: str) -> str:
     """Names are only ever ours (uuid hex + extension); refuse anything else outright."""
     if not UPLOAD_NAME.fullmatch(name):
@@ -109,30 +186,20 @@ class UploadStore(ABC):
         self.staging_dir = staging_dir
 
     def stage(self, stream: BinaryIO) -> StagedUpload:
-        """Copy ``stream`` to a temp file, enforcing the size limit as bytes arrive."""
-        digest = hashlib.sha256()
-        size = 0
-        with _disk_faults():
-            fd, tmp = tempfile.mkstemp(prefix=STAGING_PREFIX, dir=self.staging_dir)
-        path = Path(tmp)
+        """Copy ``stream`` to a temp file, enforcing the size limit as bytes arrive.
+
+        A :class:`StagingFile` of this store (what the web side's multipart parser wrote the
+        upload into) is already that temp file: it is taken as it is, with no second copy.
+        """
+        if isinstance(stream, StagingFile) and stream.path.parent == self.staging_dir:
+            return stream.staged()
+        staging = StagingFile(self.staging_dir, self.max_bytes)
         try:
-            with _disk_faults(), os.fdopen(fd, "wb") as out:
-                while chunk := stream.read(CHUNK):
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        # The request body was already received: counting the rest costs no more
-                        # reading from the client, and the message can say how large the file is.
-                        while rest := stream.read(CHUNK):
-                            size += len(rest)
-                        raise file_too_large(size, self.max_bytes)
-                    digest.update(chunk)
-                    out.write(chunk)
-            if size == 0:
-                raise EmptyFile("the uploaded file is empty")
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
-        return StagedUpload(path, size, digest.hexdigest())
+            while chunk := stream.read(CHUNK):
+                staging.write(chunk)
+            return staging.staged()
+        finally:
+            staging.close()
 
     def commit(self, staged: StagedUpload, extension: str) -> str:
         """Store the staged file under a final, random name and return that name.

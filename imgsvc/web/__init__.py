@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import IO
 
-from flask import Flask, Response, current_app, g, jsonify, request
+from flask import Flask, Request, Response, current_app, g, jsonify, request
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -19,15 +20,46 @@ from imgsvc.errors import (
     QueueUnavailable,
     ServiceUnavailable,
 )
-from imgsvc.storage.uploads import file_too_large, human_size
+from imgsvc.storage.uploads import StagingFile, file_too_large, human_size
 
 log = logging.getLogger("imgsvc.web")
+
+
+class UploadRequest(Request):
+    """A request whose uploaded files are parsed straight into the upload store's staging directory.
+
+    Werkzeug's multipart parser writes each file part into what ``_get_file_stream`` returns:
+    here a :class:`StagingFile`, which hashes, counts and size-limits the bytes as they arrive.
+    So an upload is read once, as it is parsed, and the API takes the staged file as it is,
+    instead of a copy in memory (or a temp file) that is then copied, hashed and checked again.
+    Whatever no route took is removed when the request closes.
+    """
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> IO[bytes]:
+        settings = current_app.config["IMGSVC"]
+        staging = StagingFile(current_app.uploads.staging_dir, settings.max_file_size)
+        self.__dict__.setdefault("_staging_files", []).append(staging)
+        return staging  # type: ignore[return-value]
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            for staging in self.__dict__.pop("_staging_files", []):
+                staging.close()
 
 
 def register_web(app: Flask) -> None:
     from imgsvc.web import api, docs, health, pages
     from imgsvc.web.dashboard import mount_dashboard
 
+    app.request_class = UploadRequest
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)

@@ -160,12 +160,16 @@ def accept_upload(
         store.delete(name)
         raise
     try:
-        enqueue_describe(current_app.task_queue, settings, job.id)
+        enqueue_describe(
+            current_app.task_queue,
+            settings,
+            job.id,
+            also=lambda pipe: current_app.metrics.record("submitted", pipeline=pipe),
+        )
     except ImgsvcError:
         jobs.delete_job(job)
         store.delete(name)
         raise
-    current_app.metrics.count("submitted")
     return job
 
 

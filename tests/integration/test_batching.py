@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
+from rq.job import Job as RQJob
+
 from imgsvc import create_app
 from imgsvc.queue.worker import ImgsvcWorker
 from imgsvc.storage import jobs
@@ -82,3 +86,214 @@ def test_a_failing_batched_pass_runs_each_job_alone(settings, tiny_describer):
     for job_id in ids:
         status = client.get(f"/api/v1/status/{job_id}").get_json()
         assert status["status"] == "done" and status["attempts"] == 1 and "error" not in status
+
+
+# --- the batch's bookkeeping: per batch, not per job (issue 16) --------------------------------
+def submit_many(app, count: int) -> list[str]:
+    client = app.test_client()
+    payloads = [image_bytes("PNG", color=(i * 9 % 256, i * 31 % 256, 7)) for i in range(count)]
+    return [submit(client, data, "x.png", "image/png").get_json()["job_id"] for data in payloads]
+
+
+class Tally:
+    """Redis round trips (a command sent alone, or a whole pipeline) and SQL statements and
+    commits, counted only while a worker runs ``execute_job`` (not its start-up or its loop)."""
+
+    def __init__(self, monkeypatch, worker: ImgsvcWorker) -> None:
+        from redis.client import Pipeline, Redis
+        from sqlalchemy import event
+
+        from imgsvc.storage.db import db
+
+        self.counts = {"round trips": 0, "statements": 0, "commits": 0}
+        self.on = False
+        for owner, name in ((Redis, "execute_command"), (Pipeline, "execute")):
+            real = getattr(owner, name)
+
+            def counting(obj, *args, _real=real, _pipeline=owner is Pipeline, **kwargs):
+                if self.on and (_pipeline or not isinstance(obj, Pipeline)):
+                    self.counts["round trips"] += 1
+                return _real(obj, *args, **kwargs)
+
+            monkeypatch.setattr(owner, name, counting)
+        with worker.app.app_context():
+            engine = db.engine
+        event.listen(engine, "before_cursor_execute", lambda *_: self._add("statements"))
+        event.listen(engine, "commit", lambda *_: self._add("commits"))
+        execute_job = worker.execute_job
+
+        def counted(job, queue):
+            self.on = True
+            try:
+                execute_job(job, queue)
+            finally:
+                self.on = False
+
+        monkeypatch.setattr(worker, "execute_job", counted)
+
+    def _add(self, what: str) -> None:
+        if self.on:
+            self.counts[what] += 1
+
+
+def test_a_batch_costs_the_same_round_trips_and_statements_as_one_job(settings, tiny_describer, monkeypatch):
+    """Before: about ten Redis round trips and three SQL statements with two commits per job."""
+    tallies = {}
+    for count in (1, 8):
+        app = create_app(settings.with_(batch_size=8))
+        ids = submit_many(app, count)
+        worker = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer)
+        tally = Tally(monkeypatch, worker)
+        worker.work(burst=True)
+        tallies[count] = tally.counts
+        with app.app_context():
+            assert {jobs.get_job(i).status for i in ids} == {jobs.Status.DONE}
+        app.redis.flushdb()
+    one, eight = tallies[1], tallies[8]
+    assert eight["round trips"] <= one["round trips"] + 1  # + fetching the 7 drained jobs
+    assert (eight["statements"], eight["commits"]) == (one["statements"], one["commits"]) == (2, 2)
+
+
+def job_keys(connection, job_id: str) -> set[str]:
+    """Every Redis key that names the job, with the job's id (and execution ids) made generic."""
+    return {
+        key.decode().replace(job_id, "<job>")
+        for key in connection.scan_iter(count=1000)
+        if job_id in key.decode()
+    }
+
+
+def test_a_job_finished_in_a_batch_looks_to_rq_like_a_job_rq_finished_itself(app, tiny_describer):
+    """The batch's bookkeeping writes RQ's own keys with RQ's own methods, only pipelined."""
+    from rq import SimpleWorker
+    from rq.job import JobStatus
+    from rq.results import Result
+
+    by_rq, by_batch = submit_many(app, 2)
+    worker = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer)
+    worker.load_runtime()
+    worker.register_birth()
+    queue = app.task_queue
+    job, _ = queue.dequeue_any([queue], None, connection=app.redis)
+    assert job.id == by_rq
+    with app.app_context():
+        SimpleWorker.execute_job(worker, job, queue)  # RQ's own path: prepare, perform, finish
+    job, _ = queue.dequeue_any([queue], None, connection=app.redis)
+    worker.execute_job(job, queue)  # the batch path
+
+    jobs_ = {name: RQJob.fetch(i, connection=app.redis) for name, i in (("rq", by_rq), ("batch", by_batch))}
+    for name, rq_job in jobs_.items():
+        assert rq_job.get_status() == JobStatus.FINISHED, name
+        assert rq_job.return_value() == {"job_id": rq_job.id, "status": "done"}, name
+        assert rq_job.latest_result().type == Result.Type.SUCCESSFUL, name
+        assert rq_job.id in queue.finished_job_registry, name
+        assert rq_job.id not in queue.started_job_registry.get_job_ids(cleanup=False), name
+        assert app.redis.ttl(rq_job.key) > 0, name  # kept for RESULT_TTL, then gone
+    assert set(app.redis.hkeys(jobs_["rq"].key)) == set(app.redis.hkeys(jobs_["batch"].key))
+    assert job_keys(app.redis, by_rq) == job_keys(app.redis, by_batch)
+    assert queue.intermediate_queue.get_job_ids() == []
+    assert worker.executions == {} and app.redis.scard(worker.executions_key) == 0
+    assert int(app.redis.hget(worker.key, "successful_job_count")) == 2
+
+
+def test_jobs_next_on_the_queue_are_decoded_ahead_but_stay_queued(settings, tiny_describer):
+    app = create_app(settings.with_(batch_size=2))
+    ids = submit_many(app, 4)
+    seen: list[dict[str, object]] = []
+
+    class Watching(Recording):
+        def describe_full(self, images, options=None):
+            with app.app_context():
+                later = [jobs.get_job(i) for i in ids[2:]]
+                seen.append(
+                    {
+                        "ahead": set(runtime.loader._ahead),
+                        "later rows": {(row.status, row.attempts) for row in later},
+                        "later on the queue": set(ids[2:]) <= set(app.task_queue.get_job_ids()),
+                    }
+                )
+            return super().describe_full(images, options)
+
+    worker = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=Watching(tiny_describer))
+    runtime = worker.load_runtime()
+    decoded = []
+    real = runtime.decoder.decode_many
+    runtime.decoder.decode_many = lambda paths: (decoded.append(len(paths)), real(paths))[1]
+    worker.work(burst=True)
+
+    with app.app_context():
+        later_names = {jobs.get_job(i).upload_name for i in ids[2:]}
+        assert {jobs.get_job(i).status for i in ids} == {jobs.Status.DONE}
+    first = seen[0]
+    assert first["ahead"] == later_names  # decoding while the first batch is on the model ...
+    assert first["later rows"] == {(jobs.Status.QUEUED, 0)} and first["later on the queue"]  # ... unclaimed
+    assert decoded == [2, 2]  # and the second batch took those images: nothing decoded twice
+
+
+def test_a_worker_that_shares_its_queue_does_not_decode_ahead(settings, tiny_describer):
+    """Another worker would take most of what it guessed: a decode for nothing."""
+    from rq import SimpleWorker
+
+    app = create_app(settings.with_(batch_size=2))
+    submit_many(app, 4)
+    other = SimpleWorker([app.task_queue], connection=app.redis)
+    other.register_birth()
+    other.heartbeat()
+    ahead: list[set[str]] = []
+
+    class Watching(Recording):
+        def describe_full(self, images, options=None):
+            ahead.append(set(runtime.loader._ahead))
+            return super().describe_full(images, options)
+
+    worker = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=Watching(tiny_describer))
+    runtime = worker.load_runtime()
+    worker.work(burst=True)
+    assert ahead == [set(), set()]
+
+
+class Sleepy(Describer):
+    name = "sleepy"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def describe_full(self, images, options=None):
+        self.calls.append(len(images))
+        time.sleep(30)
+        raise AssertionError("JOB_TIMEOUT should have cut this")
+
+
+def test_job_timeout_bounds_a_batched_forward_pass_too(settings, redis_db):
+    """Before, a batch's forward pass ran outside RQ's death penalty: a wedged model held it forever."""
+    app = create_app(settings.with_(batch_size=3, job_timeout=1, task_max_retries=0))
+    ids = submit_many(app, 3)
+    sleepy = Sleepy()
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=sleepy).work(burst=True)
+    # Cut by the timeout (an uncut pass would end in Sleepy's AssertionError, not JobTimeoutException),
+    # once for the batch: no image-by-image second try.
+    assert sleepy.calls == [3]
+    with app.app_context():
+        rows = [jobs.get_job(i) for i in ids]
+    assert {row.status for row in rows} == {jobs.Status.FAILED}
+    assert all("JobTimeoutException" in row.error for row in rows)
+
+
+def other_task(marker: str) -> str:
+    """Not a describe job: something else someone put on the queue."""
+    return marker
+
+
+def test_a_job_that_is_not_a_describe_job_runs_through_rqs_own_path(settings, tiny_describer):
+    from rq.job import JobStatus
+
+    app = create_app(settings.with_(batch_size=4))
+    first = submit_many(app, 1)
+    other = app.task_queue.enqueue(other_task, "hello")
+    rest = submit_many(app, 2)
+    recording = Recording(tiny_describer)
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=recording).work(burst=True)
+    assert other.get_status(refresh=True) == JobStatus.FINISHED and other.return_value() == "hello"
+    with app.app_context():
+        assert {jobs.get_job(i).status for i in first + rest} == {jobs.Status.DONE}
+    assert recording.batches == [3]

@@ -7,6 +7,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -199,3 +200,24 @@ def test_a_child_that_cannot_start_is_the_hosts_fault_not_the_images(monkeypatch
     decoder = Decoder(10**7, 64, timeout=30, memory_mb=512)
     with pytest.raises(DecoderUnavailable, match="did not start"):
         decoder.decode_many([good[0]])
+
+
+def test_the_child_gives_memory_back_when_idle_not_between_the_images_of_a_batch():
+    """malloc_trim costs more than decoding a small photo: once per idle spell, not per image."""
+    from imgsvc.decoding import _requests
+
+    read, write = os.pipe()
+    trims: list[int] = []
+    requests = _requests(read, lambda: trims.append(1))
+    try:
+        os.write(write, b'"a"\n"b"\n"c"\n')  # a batch: three requests at once
+        assert [next(requests) for _ in range(3)] == [b'"a"', b'"b"', b'"c"']
+        assert trims == []
+        later = threading.Timer(1.0, os.write, (write, b'"d"\n'))  # after a pause: one trim first
+        later.start()
+        assert next(requests) == b'"d"' and trims == [1]
+        later.join()
+        os.close(write)
+        assert list(requests) == []  # the parent closed the pipe: the child ends
+    finally:
+        os.close(read)

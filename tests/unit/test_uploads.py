@@ -149,3 +149,41 @@ def test_upload_dir_picks_the_store(tmp_path):
 )
 def test_client_filename_keeps_a_short_safe_basename(raw, kept):
     assert client_filename(raw) == kept
+
+
+def test_a_parsed_upload_is_staged_as_it_arrives_and_taken_without_a_copy(store):
+    """The web side's multipart parser writes into a StagingFile: stage() takes that very file."""
+    from imgsvc.storage.uploads import StagingFile
+
+    staging = StagingFile(store.staging_dir, store.max_bytes)
+    for chunk in (b"ab", b"", b"cd" * 100):
+        staging.write(chunk)
+    staging.seek(0)
+    assert staging.read(4) == b"abcd"  # readable, as werkzeug's FileStorage expects
+    staged = store.stage(staging)
+    assert staged.path == staging.path and staged.size == 202
+    assert staged.sha256 == hashlib.sha256(b"ab" + b"cd" * 100).hexdigest()
+    staging.close()  # the request ends: a file handed over stays for the commit
+    name = store.commit(staged, ".jpg")
+    with store.local_copy(name) as path:
+        assert path.read_bytes() == b"ab" + b"cd" * 100
+    assert leftovers(store) == []
+
+
+def test_a_staging_file_over_the_limit_or_never_taken_is_removed(store):
+    from imgsvc.storage.uploads import StagingFile
+
+    too_big = StagingFile(store.staging_dir, max_bytes=10)
+    for _ in range(3):
+        too_big.write(b"x" * 6)  # over the limit: no longer stored, still counted
+    assert leftovers(store) == []
+    with pytest.raises(FileTooLarge, match="18 bytes"):
+        store.stage(too_big)
+    abandoned = StagingFile(store.staging_dir, max_bytes=10)
+    abandoned.write(b"x")
+    assert len(leftovers(store)) == 1
+    abandoned.close()  # e.g. the request failed after parsing
+    empty = StagingFile(store.staging_dir, max_bytes=10)
+    with pytest.raises(EmptyFile):
+        store.stage(empty)
+    assert leftovers(store) == []
