@@ -106,6 +106,7 @@ def _reconcile_one(
     except NoSuchJobError:
         rq_job, status = None, None
 
+    abandoned = False
     if status == JobStatus.QUEUED and row.id not in queued_ids:
         if started.get(row.id):
             return None  # in a live worker's batch, not begun yet
@@ -113,12 +114,14 @@ def _reconcile_one(
     elif status == JobStatus.STARTED and _worker_is_gone(
         queue.connection, rq_job.worker_name, settings.worker_ttl
     ):
-        status = _abandon(queue, rq_job)
+        status, abandoned = _abandon(queue, rq_job), True
     if status in ALIVE:
         if row.status == jobs.Status.PROCESSING and status in {JobStatus.QUEUED, JobStatus.SCHEDULED}:
             jobs.mark_retrying(row.id, "the worker running this job stopped; it was queued again")
             return "reset"
-        return None
+        # A batch's later jobs are STARTED in RQ while their rows still say queued: RQ retried
+        # them, and the report must say so even though the row needs no change.
+        return "requeued" if abandoned else None
     if status == JobStatus.FAILED:
         jobs.mark_failed(row.id, "the worker running this job died and no retries were left")
         return "failed"

@@ -239,16 +239,18 @@ def test_reaper_fails_a_row_whose_rq_job_failed(app, client, settings):
     assert row.status == jobs.Status.FAILED and "died" in row.error
 
 
-def orphan_started_job(app, job_id: str) -> tuple[SimpleWorker, RQJob]:
-    """What a SIGKILL leaves behind, built by hand: RQ says STARTED, the row says processing."""
+def orphan_started_job(app, job_id: str, *, row_processing: bool = True) -> tuple[SimpleWorker, RQJob]:
+    """What a SIGKILL leaves behind, built by hand: RQ says STARTED, the row says processing
+    (or, for a batch's later jobs, still queued)."""
     worker = SimpleWorker([app.task_queue], connection=app.redis)
     worker.register_birth()
     job, _ = app.task_queue.dequeue_any([app.task_queue], None, connection=app.redis)
     assert job.id == job_id
     worker.prepare_execution(job)
     worker.prepare_job_execution(job, remove_from_intermediate_queue=True)
-    with app.app_context():
-        jobs.mark_processing(job_id)
+    if row_processing:
+        with app.app_context():
+            jobs.mark_processing(job_id)
     return worker, job
 
 
@@ -275,6 +277,19 @@ def test_reaper_takes_back_a_started_job_whose_worker_is_dead(app, client, setti
     run_worker()
     row = rows(app)[job_id]
     assert row.status == jobs.Status.DONE and row.attempts == 2
+
+
+def test_reaper_reports_a_dead_workers_batch_job_that_had_not_begun(app, client, settings, run_worker):
+    """A batch starts all its jobs in RQ at once; the rows turn `processing` one model pass later.
+    Killed in between, the row needs no change, but the job was taken back and the report says so."""
+    job_id = submit_ok(client, 1)
+    dead, job = orphan_started_job(app, job_id, row_processing=False)
+    app.redis.delete(dead.key)
+    with app.app_context():
+        assert reaper.reconcile(settings, app.task_queue) == {"requeued": 1, "failed": 0, "reset": 0}
+    assert job.get_status() == JobStatus.QUEUED and app.task_queue.get_job_ids() == [job_id]
+    run_worker()
+    assert rows(app)[job_id].status == jobs.Status.DONE
 
 
 def test_reaper_fails_a_dead_workers_job_with_no_retries_left(settings, redis_db):
