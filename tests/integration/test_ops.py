@@ -9,7 +9,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from rq import Worker
 from rq.job import Job as RQJob
+from rq.utils import now, utcformat
 from sqlalchemy import inspect, text, update
 
 from imgsvc import create_app
@@ -84,6 +86,20 @@ def test_metrics_count_jobs_and_time_the_model(client, run_worker, jpeg_bytes, p
     assert "imgsvc_queue_depth 0.0" in text
     assert "imgsvc_job_duration_seconds_count 2.0" in text
     assert "imgsvc_inference_seconds_count 2.0" in text
+
+
+def test_metrics_count_the_live_workers_readyz_counts(client, app):
+    """A SIGKILLed worker stays registered until its key expires (WORKER_TTL + 60 s): only its
+    silence says it is gone, and /metrics must not report it alive while /readyz says it is not."""
+    ttl = app.config["IMGSVC"].worker_ttl
+    fresh, killed, stopped = (Worker([app.task_queue], connection=app.redis, name=n) for n in "abc")
+    for worker in (fresh, killed, stopped):
+        worker.register_birth()
+    app.redis.hset(killed.key, "last_heartbeat", utcformat(now() - timedelta(seconds=ttl + 5)))
+    stopped.register_death()
+    assert len(Worker.all(queue=app.task_queue)) == 2  # the killed one is still registered
+    assert "imgsvc_workers 1.0" in client.get("/metrics").get_data(as_text=True)
+    assert client.get("/readyz").get_json()["checks"]["workers"] == 1
 
 
 def test_dashboard_is_mounted_behind_basic_auth(settings, redis_db, jpeg_bytes):
