@@ -120,6 +120,28 @@ def test_dashboard_is_mounted_behind_basic_auth(settings, redis_db, jpeg_bytes):
     assert client.get("/rq/0/data/queues.json", auth=("ops", "pw")).get_json()["queues"][0]["count"] == 1
 
 
+def test_guessing_the_dashboard_password_is_limited_per_address(settings, redis_db):
+    dashboard = settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")
+    client = create_app(dashboard).test_client()
+    guesses = [client.get("/rq/", auth=("ops", f"guess{n}")).status_code for n in range(11)]
+    assert guesses == [401] * 10 + [429]
+    # Now the right password is refused too: a different answer would confirm a lucky guess.
+    limited = client.get("/rq/", auth=("ops", "pw"))
+    assert limited.status_code == 429 and 0 < int(limited.headers["Retry-After"]) <= 60
+    assert limited.get_json()["error"] == {
+        "code": "too_many_requests",
+        "message": "too many failed dashboard logins from this address; try again later",
+        "status": 429,
+    }
+    # Counted in Redis: another web process refuses the address as well.
+    assert create_app(dashboard).test_client().get("/rq/", auth=("ops", "pw")).status_code == 429
+
+    # Another address has its own count; a browser's visits without credentials count nothing.
+    other = {"REMOTE_ADDR": "127.0.0.2"}
+    assert {client.get("/rq/", environ_base=other).status_code for _ in range(12)} == {401}
+    assert client.get("/rq/", auth=("ops", "pw"), environ_base=other).status_code == 200
+
+
 def test_without_credentials_there_is_no_dashboard(client):
     assert client.get("/rq/").status_code == 404
     assert client.post("/rq/queue/imgsvc/queued/empty").status_code == 404
