@@ -89,7 +89,14 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
 @click.option("--url", default="http://localhost:8000", show_default=True, help="Base URL of the server.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Poll until each job ends.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for results.")
-def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float) -> None:
+@click.option(
+    "--api-key",
+    envvar="IMGSVC_API_KEY",
+    show_envvar=True,
+    default=None,
+    help="The server's API key (one of its API_KEYS), sent as X-API-Key.",
+)
+def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float, api_key: str | None) -> None:
     """Submit image files to a running server and print the results as JSON lines.
 
     The exit status is 1 when the server refused any file or any job failed.
@@ -97,8 +104,11 @@ def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float) -> Non
     import requests
 
     base = url.rstrip("/")
+    session = requests.Session()
+    if api_key:
+        session.headers["X-API-Key"] = api_key
     try:
-        failed = _submit_and_wait(requests.Session(), base, paths, wait, timeout)
+        failed = _submit_and_wait(session, base, paths, wait, timeout)
     except requests.ConnectionError as exc:
         raise click.ClickException(
             f"cannot reach the server at {base}: nothing answers there "
@@ -119,6 +129,7 @@ def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: boo
     for path in paths:
         with path.open("rb") as fh:
             response = session.post(f"{base}/api/v1/submit", files={"file": (path.name, fh)}, timeout=60)
+        _refuse_unauthorized(response)
         body = _json_of(response)
         if response.status_code != 202:
             failed += 1
@@ -131,6 +142,7 @@ def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: boo
     while wait and ids and time.monotonic() < deadline:
         for job_id, path in list(ids.items()):
             response = session.get(f"{base}/api/v1/result/{job_id}", timeout=30)
+            _refuse_unauthorized(response)
             if response.status_code != 202:
                 failed += response.status_code != 200
                 click.echo(json.dumps({"file": str(path)} | _json_of(response)))
@@ -140,6 +152,17 @@ def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: boo
     if wait and ids:
         raise click.ClickException(f"{len(ids)} job(s) did not finish within {timeout:.0f} s")
     return failed
+
+
+def _refuse_unauthorized(response: Any) -> None:
+    """A 401 is the same for every file (no or a wrong key): stop with one line, not a record each."""
+    if response.status_code != 401:
+        return
+    if "X-API-Key" in response.request.headers:
+        raise click.ClickException(
+            "the server did not accept the API key: check --api-key (or IMGSVC_API_KEY)"
+        )
+    raise click.ClickException("the server needs an API key: pass --api-key KEY (or set IMGSVC_API_KEY)")
 
 
 def _json_of(response: Any) -> dict[str, Any]:

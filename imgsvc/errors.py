@@ -72,6 +72,17 @@ class Forbidden(ImgsvcError):
     code = "forbidden"
 
 
+class TooManyRequests(ImgsvcError):
+    """A limit on this client ran out; ``Retry-After`` says when its window resets."""
+
+    status = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, retry_after: int, **details: object) -> None:
+        super().__init__(message, **details)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class ServiceUnavailable(ImgsvcError):
     """An infrastructure fault (Redis, the database, the upload disk): worth retrying shortly.
 

@@ -15,7 +15,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
-from rq import Queue, Worker
+from rq import Queue
+
+from imgsvc.queue.connection import live_workers
 
 BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 HISTOGRAMS = {
@@ -78,15 +80,17 @@ class RedisMetrics:
 
 
 class _QueueCollector(Collector):
-    def __init__(self, metrics: RedisMetrics, queue: Queue) -> None:
+    def __init__(self, metrics: RedisMetrics, queue: Queue, worker_ttl: int) -> None:
         self.metrics = metrics
         self.queue = queue
+        self.worker_ttl = worker_ttl
 
     def collect(self) -> Iterable:
         """With Redis down, say so (``imgsvc_redis_up 0``) instead of failing the scrape."""
         try:
             counters, histograms = self.metrics.read()
-            depth, workers = self.queue.count, len(Worker.all(queue=self.queue))
+            # Live workers, as /readyz counts them: a SIGKILLed one stays registered a while.
+            depth, workers = self.queue.count, len(live_workers(self.queue, self.worker_ttl))
         except RedisError:
             yield GaugeMetricFamily("imgsvc_redis_up", "Whether Redis answered this scrape.", value=0)
             return
@@ -96,7 +100,8 @@ class _QueueCollector(Collector):
             jobs.add_metric([outcome], counters.get(outcome, 0))
         yield jobs
         yield GaugeMetricFamily("imgsvc_queue_depth", "Jobs waiting in the queue.", value=depth)
-        yield GaugeMetricFamily("imgsvc_workers", "Workers registered on the queue.", value=workers)
+        live = "Workers on the queue with a fresh heartbeat."
+        yield GaugeMetricFamily("imgsvc_workers", live, value=workers)
         for name, doc in HISTOGRAMS.items():
             raw = histograms[name]
             cumulative, running = [], 0.0
@@ -108,7 +113,7 @@ class _QueueCollector(Collector):
             )
 
 
-def registry_for(metrics: RedisMetrics, queue: Queue) -> CollectorRegistry:
+def registry_for(metrics: RedisMetrics, queue: Queue, worker_ttl: int) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_QueueCollector(metrics, queue))
+    registry.register(_QueueCollector(metrics, queue, worker_ttl))
     return registry

@@ -7,21 +7,34 @@ and API keys change nothing about that. With them, every request needs the crede
 and a request that changes state must also come from a page of this very host (its
 Origin, or else its Referer, names our host): a browser that remembers the credentials
 cannot be made to empty a queue by another site's form or image tag.
+
+Wrong credentials are counted per client address in the rate limits' Redis storage (the one
+Flask-Limiter uses for the API): after FAILED_LOGINS in a minute the address gets 429, even with
+the right password, so the password cannot be guessed at request speed, nor confirmed by a
+different answer. A request with no credentials at all (a browser's first visit) is not counted.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
+import time
 from urllib.parse import urlsplit
 
 from flask import Flask, request
+from flask_limiter.util import get_remote_address
+from limits import parse
+from limits.storage import storage_from_string
+from limits.strategies import FixedWindowRateLimiter
 
 from imgsvc.config import Settings
-from imgsvc.errors import Forbidden, Unauthorized
+from imgsvc.errors import Forbidden, TooManyRequests, Unauthorized
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: rq-dashboard views that change state even on GET (``/requeue/<queue>`` answers GET too).
 STATE_CHANGING_VIEWS = frozenset({"rq_dashboard.requeue_all"})
+#: Wrong username/password pairs one client address may send before it must wait.
+FAILED_LOGINS = parse("10/minute")
 
 
 class DashboardAuthRequired(Unauthorized):
@@ -39,13 +52,26 @@ def mount_dashboard(app: Flask, settings: Settings) -> bool:
     rq_dashboard.web.setup_rq_connection(app)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")
     expected = (settings.rq_dashboard_username, settings.rq_dashboard_password)
+    # The storage and key prefix of the API's limits (imgsvc.web.auth), so every process shares it.
+    storage = storage_from_string(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+    failures = FixedWindowRateLimiter(storage)
+    prefix = f"imgsvc:limits:{settings.queue_name}"
 
     @app.before_request
     def _guard_dashboard() -> None:
         if request.blueprint != "rq_dashboard":
             return
+        client = (prefix, "dashboard-login-failures", get_remote_address())
+        if not failures.test(FAILED_LOGINS, *client):
+            reset = failures.get_window_stats(FAILED_LOGINS, *client).reset_time
+            raise TooManyRequests(
+                "too many failed dashboard logins from this address; try again later",
+                retry_after=max(1, math.ceil(reset - time.time())),
+            )
         auth = request.authorization
         if not (auth and _same(auth.username, expected[0]) and _same(auth.password, expected[1])):
+            if auth is not None:
+                failures.hit(FAILED_LOGINS, *client)
             raise DashboardAuthRequired("the dashboard needs its username and password (basic auth)")
         changes_state = request.method not in SAFE_METHODS or request.endpoint in STATE_CHANGING_VIEWS
         if changes_state and not same_origin():

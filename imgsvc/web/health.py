@@ -23,7 +23,8 @@ def healthz() -> Response:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text format; workers' figures arrive through Redis."""
-    registry = registry_for(current_app.metrics, current_app.task_queue)
+    settings = current_app.config["IMGSVC"]
+    registry = registry_for(current_app.metrics, current_app.task_queue, settings.worker_ttl)
     # content_type, not mimetype: the constant already carries its charset, and Flask would add another.
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 

@@ -90,6 +90,40 @@ def test_submit_talks_to_a_running_server(app, photos, run_worker):
         server.shutdown()
 
 
+def test_submit_sends_the_api_key_a_keyed_server_needs(settings, photos, tiny_describer, monkeypatch):
+    from imgsvc import create_app
+    from imgsvc.queue.worker import ImgsvcWorker
+
+    monkeypatch.delenv("IMGSVC_API_KEY", raising=False)
+    keyed = create_app(settings.with_(api_keys=("right-key",)))
+    server = make_server("127.0.0.1", 0, keyed, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        anonymous = CliRunner().invoke(main, ["submit", "--url", url, str(photos[0])])
+        assert anonymous.exit_code == 1 and anonymous.output == (
+            "Error: the server needs an API key: pass --api-key KEY (or set IMGSVC_API_KEY)\n"
+        )
+        wrong = CliRunner().invoke(main, ["submit", "--url", url, "--api-key", "wrong", str(photos[0])])
+        assert wrong.exit_code == 1 and wrong.output == (
+            "Error: the server did not accept the API key: check --api-key (or IMGSVC_API_KEY)\n"
+        )
+        queued = CliRunner().invoke(
+            main, ["submit", "--no-wait", "--url", url, "--api-key", "right-key", str(photos[0])]
+        )
+        assert queued.exit_code == 0 and json.loads(queued.stdout)["status"] == "queued"
+        ImgsvcWorker([keyed.task_queue], connection=keyed.redis, app=keyed, describer=tiny_describer).work(
+            burst=True
+        )
+        # The key from the environment, on the submit and on every result poll (a keyed job is its key's).
+        env = {"IMGSVC_API_KEY": "right-key"}
+        done = CliRunner().invoke(main, ["submit", "--url", url, "--timeout", "20", str(photos[0])], env=env)
+        assert done.exit_code == 0, done.output
+        assert json.loads(done.stdout)["status"] == "done"
+    finally:
+        server.shutdown()
+
+
 def test_submit_without_a_server_says_so_in_one_line(photos):
     from tests.integration.procs import free_port
 

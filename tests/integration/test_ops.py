@@ -9,7 +9,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from rq import Worker
 from rq.job import Job as RQJob
+from rq.utils import now, utcformat
 from sqlalchemy import inspect, text, update
 
 from imgsvc import create_app
@@ -86,6 +88,20 @@ def test_metrics_count_jobs_and_time_the_model(client, run_worker, jpeg_bytes, p
     assert "imgsvc_inference_seconds_count 2.0" in text
 
 
+def test_metrics_count_the_live_workers_readyz_counts(client, app):
+    """A SIGKILLed worker stays registered until its key expires (WORKER_TTL + 60 s): only its
+    silence says it is gone, and /metrics must not report it alive while /readyz says it is not."""
+    ttl = app.config["IMGSVC"].worker_ttl
+    fresh, killed, stopped = (Worker([app.task_queue], connection=app.redis, name=n) for n in "abc")
+    for worker in (fresh, killed, stopped):
+        worker.register_birth()
+    app.redis.hset(killed.key, "last_heartbeat", utcformat(now() - timedelta(seconds=ttl + 5)))
+    stopped.register_death()
+    assert len(Worker.all(queue=app.task_queue)) == 2  # the killed one is still registered
+    assert "imgsvc_workers 1.0" in client.get("/metrics").get_data(as_text=True)
+    assert client.get("/readyz").get_json()["checks"]["workers"] == 1
+
+
 def test_dashboard_is_mounted_behind_basic_auth(settings, redis_db, jpeg_bytes):
     app = create_app(settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw"))
     client = app.test_client()
@@ -102,6 +118,28 @@ def test_dashboard_is_mounted_behind_basic_auth(settings, redis_db, jpeg_bytes):
     cross_site = client.post("/rq/queue/imgsvc/queued/empty", auth=("ops", "pw"))
     assert cross_site.status_code == 403 and cross_site.get_json()["error"]["code"] == "forbidden"
     assert client.get("/rq/0/data/queues.json", auth=("ops", "pw")).get_json()["queues"][0]["count"] == 1
+
+
+def test_guessing_the_dashboard_password_is_limited_per_address(settings, redis_db):
+    dashboard = settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")
+    client = create_app(dashboard).test_client()
+    guesses = [client.get("/rq/", auth=("ops", f"guess{n}")).status_code for n in range(11)]
+    assert guesses == [401] * 10 + [429]
+    # Now the right password is refused too: a different answer would confirm a lucky guess.
+    limited = client.get("/rq/", auth=("ops", "pw"))
+    assert limited.status_code == 429 and 0 < int(limited.headers["Retry-After"]) <= 60
+    assert limited.get_json()["error"] == {
+        "code": "too_many_requests",
+        "message": "too many failed dashboard logins from this address; try again later",
+        "status": 429,
+    }
+    # Counted in Redis: another web process refuses the address as well.
+    assert create_app(dashboard).test_client().get("/rq/", auth=("ops", "pw")).status_code == 429
+
+    # Another address has its own count; a browser's visits without credentials count nothing.
+    other = {"REMOTE_ADDR": "127.0.0.2"}
+    assert {client.get("/rq/", environ_base=other).status_code for _ in range(12)} == {401}
+    assert client.get("/rq/", auth=("ops", "pw"), environ_base=other).status_code == 200
 
 
 def test_without_credentials_there_is_no_dashboard(client):

@@ -27,6 +27,7 @@ from imgsvc import create_app
 from imgsvc.config import PROJECT_ROOT, Settings
 from imgsvc.web.pages import human_size
 from tests.conftest import worker_env
+from tests.integration.procs import wait_until
 from tests.integration.scene_double import NAME, OBJECTS, PEOPLE, scene_photo
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -112,9 +113,9 @@ def live_url(app) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def running_worker(settings: Settings, log_path: Path, *command: str) -> Iterator[Path]:
+def running_worker(settings: Settings, log_path: Path, *command: str, **env_extra: str) -> Iterator[Path]:
     """A worker as deployed, in a process of its own: RQ's signal handling needs a main thread."""
-    env = worker_env(settings, MAX_NEW_TOKENS="8")
+    env = worker_env(settings, MAX_NEW_TOKENS="8", **env_extra)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [sys.executable, *command], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -376,3 +377,35 @@ def test_browser_draws_what_the_model_found_on_the_preview(browser, live_url, sc
     card.screenshot(str(ARTIFACTS / "scene-card.png"))
     severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert severe == []
+
+
+def test_browser_draws_the_real_scene_describers_person_on_the_astronaut(
+    browser, live_url, client, settings, models_dir, tmp_path
+):
+    """No double: ``python worker.py`` runs builtin:scene on a real photo; the page draws what it found."""
+    from skimage import data
+
+    photo = tmp_path / "astronaut.jpg"
+    Image.fromarray(data.astronaut()).save(photo, quality=90)
+    scene = {"VISION_MODEL": "builtin:scene", "MODELS_DIR": str(models_dir)}
+    with running_worker(settings, tmp_path / "worker.log", "worker.py", **scene) as log_path:
+        # Loading the detectors takes a while on a busy machine: the job's deadline starts once it is up.
+        up = wait_until(lambda: client.get("/readyz").status_code == 200, timeout=180, interval=0.5)
+        assert up, log_path.read_text(errors="replace")[-3000:]
+        browser.get(f"{live_url}/")
+        browser.find_element(By.ID, "file-input").send_keys(str(photo))
+        card = wait_until_settled(browser, photo.name, log_path)
+    assert card.get_attribute("data-state") == "done", text_of(card, ".error")
+    model = text_of(card, ".model")
+    assert model.startswith("builtin:scene(") and "ssdlite-person" in model and "centernet" in model
+    assert re.search(r"\bperson\b", text_of(card, ".description")), text_of(card, ".description")
+
+    WebDriverWait(browser, 10).until(lambda d: card.find_element(By.CSS_SELECTOR, ".scene").is_displayed())
+    geometry = browser.execute_script(GEOMETRY, card)
+    people = [box for box in geometry["boxes"] if box["kind"] == "person"]
+    assert people, geometry["boxes"]
+    for shown in people:
+        assert re.fullmatch(r"person \d+%", shown["label"]), shown
+        assert inside(shown["box"], geometry["image"]) and inside(shown["labelBox"], geometry["image"]), shown
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    card.screenshot(str(ARTIFACTS / "astronaut-card.png"))

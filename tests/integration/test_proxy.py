@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import http.client
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ import pytest
 from redis import Redis
 
 from imgsvc.config import PROJECT_ROOT, Settings
+from imgsvc.storage.uploads import human_size
 from tests.conftest import TEST_REDIS_URL
 from tests.integration.procs import free_port, kill_group, wait_until
 
@@ -78,6 +80,7 @@ def front(tmp_path_factory) -> Iterator[Front]:
         PROXY_UPSTREAM=f"127.0.0.1:{web_port}",
         PROXY_MAX_BODY=str(settings.max_file_size + 65536),
         PROXY_MAX_BATCH_BODY=str(settings.max_file_size * settings.max_batch_files + 65536),
+        PROXY_LIMIT_TEXT=human_size(settings.max_file_size),
     )
     (tmp / "imgsvc.conf").write_text(site)
     temp_paths = " ".join(
@@ -163,7 +166,12 @@ def test_a_body_over_the_limit_is_refused_by_the_proxy_as_json(front):
     finally:
         connection.close()
     assert response.status == 413 and response.getheader("Content-Type") == "application/json"
-    assert b'"code": "file_too_large"' in body
+    # The app's own words for a file over the limit (imgsvc.storage.uploads.file_too_large).
+    assert json.loads(body)["error"] == {
+        "code": "file_too_large",
+        "message": "this file is larger than the limit of 10 MB",
+        "status": 413,
+    }
 
 
 @pytest.mark.parametrize(("hops", "seen"), [(0, "10.0.0.9"), (1, "192.0.2.1"), (2, "203.0.113.5")])

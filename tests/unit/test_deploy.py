@@ -94,26 +94,53 @@ def test_the_proxy_publishes_the_port_and_renders_the_repository_template():
     script = command_of(proxy)[-1].replace("$$", "$")  # compose's escape for a literal $
     template = (PROJECT_ROOT / "deploy" / "nginx.conf.template").read_text()
     used = set(re.findall(r"\$\{(PROXY_[A-Z_]+)\}", template))
-    assert used == {"PROXY_LISTEN", "PROXY_UPSTREAM", "PROXY_MAX_BODY", "PROXY_MAX_BATCH_BODY"}
+    assert used == {
+        "PROXY_LISTEN",
+        "PROXY_UPSTREAM",
+        "PROXY_MAX_BODY",
+        "PROXY_MAX_BATCH_BODY",
+        "PROXY_LIMIT_TEXT",
+    }
     assert all(f"${{{name}}}" in script for name in used)  # envsubst is told about each one
     assert "/etc/nginx/imgsvc.conf.template > /etc/nginx/conf.d/default.conf" in script
 
 
-@pytest.mark.parametrize("env", [{}, {"MAX_FILE_SIZE": "1000", "MAX_BATCH_FILES": "3"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"MAX_FILE_SIZE": "1000", "MAX_BATCH_FILES": "3"},
+        {"MAX_FILE_SIZE": "1024"},
+        {"MAX_FILE_SIZE": "2304"},  # 2.25 KB: a tie, rounded to even like Python's format
+        {"MAX_FILE_SIZE": "2406"},  # 2.3496... KB
+        {"MAX_FILE_SIZE": str(1536 * 1024)},
+        {"MAX_FILE_SIZE": str(1024**2 - 1)},  # rounds up to 1024 KB, as the app says it
+        {"MAX_FILE_SIZE": str(5 * 1024**3 + 1)},
+    ],
+)
 def test_the_proxy_body_limits_follow_the_apps(env):
-    """The limits nginx enforces are the app's: MAX_FILE_SIZE (and per batch) plus multipart framing."""
+    """The limits nginx enforces are the app's: MAX_FILE_SIZE (and per batch) plus multipart framing;
+    its 413 states the limit in the words of the app's own 413."""
+    from imgsvc.storage.uploads import human_size
+
     script = command_of(SERVICES["proxy"])[-1].replace("$$", "$")
     exports = script.split(" && ")[0]
     out = subprocess.run(
-        ["sh", "-c", f'{exports} && echo "$PROXY_MAX_BODY $PROXY_MAX_BATCH_BODY"'],
+        [
+            "sh",
+            "-c",
+            f'{exports} && echo "$PROXY_MAX_BODY $PROXY_MAX_BATCH_BODY" && echo "$PROXY_LIMIT_TEXT"',
+        ],
         env={"PATH": "/usr/bin:/bin", **env},
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.split()
+    ).stdout.splitlines()
     settings = Settings.from_env(env)
-    assert int(out[0]) == settings.max_file_size + 64 * 1024
-    assert int(out[1]) == settings.max_file_size * settings.max_batch_files + 64 * 1024
+    limits, text = out[0].split(), out[1]
+    assert int(limits[0]) == settings.max_file_size + 64 * 1024
+    assert int(limits[1]) == settings.max_file_size * settings.max_batch_files + 64 * 1024
+    assert text == human_size(settings.max_file_size)
 
 
 def test_workers_run_worker_py_and_scale_with_worker_count():
