@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from redis import Redis
 
 from imgsvc.config import PROJECT_ROOT, Settings
 from imgsvc.storage.uploads import human_size
-from tests.conftest import TEST_REDIS_URL
+from tests.conftest import TEST_REDIS_URL, empty_owned_db
 from tests.integration.procs import free_port, kill_group, wait_until
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -51,9 +50,9 @@ def render(template: str, **values: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def front(tmp_path_factory) -> Iterator[Front]:
+def front(tmp_path_factory, owned_redis) -> Iterator[Front]:
     tmp = tmp_path_factory.mktemp("front")
-    Redis.from_url(TEST_REDIS_URL).flushdb()
+    empty_owned_db(owned_redis)  # the suite's DB, checked and marked as its own
     web_port, proxy_port = free_port(), free_port()
     settings = Settings()
     env = {
