@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     steady = per_job["model"] / per_job["total"]
     detail = f"{ratio:.3f} measured, {steady:.3f} with the model's noise taken out, on {args.model}"
     goal("service/raw >= 0.95 at batch 1", min(ratio, steady) >= 0.95, detail, args.model == "blip-base")
-    goal("overhead per job < 10 ms", overhead < 10, f"{overhead:.2f} ms")
+    # With --quick's 4 jobs the worker's start-up (decoder child, first pass) is most of the figure.
+    goal("overhead per job < 10 ms", overhead < 10, f"{overhead:.2f} ms", not args.quick)
 
 
 if __name__ == "__main__":
