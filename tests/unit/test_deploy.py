@@ -205,6 +205,12 @@ def test_production_web_and_workers_share_no_upload_disk_only_the_object_store()
             assert depends_on(service)["init-uploads"] == {"condition": "service_completed_successfully"}
 
 
+def test_the_object_store_has_time_to_stop_cleanly():
+    # `weed server` drains for ~25 s after SIGTERM (make container-check saw it killed at 10 s).
+    grace = re.fullmatch(r"(\d+)(s|m)", SERVICES["s3"]["stop_grace_period"])
+    assert grace and int(grace.group(1)) * {"s": 1, "m": 60}[grace.group(2)] >= 30
+
+
 def test_every_volume_is_declared_and_every_bind_mount_exists():
     for name, service in SERVICES.items():
         for source in mounts(service).values():
