@@ -16,5 +16,5 @@ mutate:  ## mutation testing of the guarantee modules; MODULE=imgsvc/storage/job
 	scripts/bootstrap.sh --dev && scripts/ensure-redis.sh "$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}" \
 	  && .venv/bin/python scripts/mutate.py $(MODULE) --functions "$(FUNCTIONS)"
 
-container-check:  ## build the image and run compose's production profile for real (root; ~13 min, cached ~2 min)
+container-check:  ## build the image and run compose's production profile for real (root; 5-13 min, cached ~1 min)
 	scripts/container-check.sh

@@ -820,7 +820,7 @@ def exercise(deployment: Deployment, env: dict[str, str]) -> None:
     say(f"done in {took:.1f} s: {result['image_description']!r} ({result.get('generated_by')})")
 
     status, answer = http("GET", f"{base}/readyz")
-    say(f"/readyz: {status} {answer.decode(errors='replace').strip()[:300]}")
+    say(f"/readyz: {status} {answer.decode(errors='replace').strip()[:600]}")
     if status != 200:
         raise CheckFailed(f"/readyz answered {status}")
 

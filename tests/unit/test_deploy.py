@@ -88,7 +88,11 @@ def test_web_runs_gunicorn_behind_the_proxy_only():
 
 def test_the_proxy_publishes_the_port_and_renders_the_repository_template():
     proxy = SERVICES["proxy"]
-    assert proxy["ports"] == ["${WEB_PORT:-8000}:8000"] and proxy["environment"]["PROXY_LISTEN"] == "8000"
+    # nginx listens on 80 in its own container (the stand-in's and the official image's EXPOSE);
+    # WEB_PORT publishes it, and the health check asks that same port.
+    listen = proxy["environment"]["PROXY_LISTEN"]
+    assert proxy["ports"] == [f"${{WEB_PORT:-8000}}:{listen}"] and listen == "80"
+    assert f"http://127.0.0.1:{listen}/healthz" in proxy["healthcheck"]["test"]
     assert proxy["environment"]["PROXY_UPSTREAM"] == "web:8000"
     assert mounts(proxy)["/etc/nginx/imgsvc.conf.template"] == "./deploy/nginx.conf.template"
     script = command_of(proxy)[-1].replace("$$", "$")  # compose's escape for a literal $
@@ -226,6 +230,12 @@ def test_production_web_and_workers_share_no_upload_disk_only_the_object_store()
             assert env[key] == s3["environment"][key], (name, key)
         if name != "init-uploads":
             assert depends_on(service)["init-uploads"] == {"condition": "service_completed_successfully"}
+
+
+def test_the_object_store_has_time_to_stop_cleanly():
+    # `weed server` drains for ~25 s after SIGTERM (make container-check saw it killed at 10 s).
+    grace = re.fullmatch(r"(\d+)(s|m)", SERVICES["s3"]["stop_grace_period"])
+    assert grace and int(grace.group(1)) * {"s": 1, "m": 60}[grace.group(2)] >= 30
 
 
 def test_every_volume_is_declared_and_every_bind_mount_exists():
@@ -428,3 +438,15 @@ def test_the_scene_describers_weights_are_fetched_strictly_in_the_builder_and_ba
     assert "COPY --from=builder /opt/models /opt/models" in runtime_text
     assert "MODELS_DIR=/opt/models" in runtime_text
     assert not re.search(r"\bnpm\b", runtime_text)  # the runtime image carries the weights, not npm
+
+
+def test_every_app_container_finds_the_baked_in_weights_whatever_env_says():
+    """.env.example's empty MODELS_DIR reaches every app container through env_file, and env_file
+    beats the image's ENV: compose's own environment must name the directory the image bakes."""
+    env = " ".join(args for instruction, args in runtime_stage() if instruction == "ENV")
+    baked = re.search(r"(?<!\S)MODELS_DIR=(\S+)", env)
+    assert baked and baked.group(1) == "/opt/models"
+    apps = {name: s for name, s in SERVICES.items() if s.get("image") == "imgsvc:latest"}
+    assert set(apps) >= APP_SERVICES
+    for name, service in apps.items():
+        assert service["environment"].get("MODELS_DIR") == baked.group(1), name
