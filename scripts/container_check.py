@@ -832,6 +832,15 @@ def exercise(deployment: Deployment, env: dict[str, str]) -> None:
             for target, host_port in other.published.items():
                 if host_port == port:
                     continue
+                if other.service == "dashboard":
+                    # rq-dashboard is under /rq/: the logins from .env open it, no login is refused.
+                    url = f"http://127.0.0.1:{host_port}/rq/"
+                    status, anonymous = http("GET", url, headers=auth)[0], http("GET", url)[0]
+                    verdict = f"/rq/ {status} with the logins, {anonymous} without"
+                    say(f"dashboard on its published port {target}: {verdict}")
+                    if (status, anonymous) != (200, 401):
+                        raise CheckFailed(f"the dashboard answered {verdict}")
+                    continue
                 status, _ = http("GET", f"http://127.0.0.1:{host_port}/", headers=auth)
                 say(f"{other.service} on its published port {target}: HTTP {status}")
                 if status >= 500:
