@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from PIL import Image
@@ -20,7 +21,21 @@ from tests import loopback
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 loopback.install()  # no test may open a connection to anything but loopback
 
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+def _per_process(url: str) -> str:
+    """Under pytest-xdist each process gets a Redis DB of its own: gw0 the given one, gw1 the one
+    below it, and so on (every test empties its DB)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    parts = urlsplit(url)
+    db = int(parts.path.lstrip("/") or 0) - int(worker[2:])
+    if db < 0:
+        raise RuntimeError(f"{url}: too few Redis DBs below it for {worker}")
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+TEST_REDIS_URL = _per_process(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
 #: The tests create a schema of their own in this database and drop only that.
 TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 #: Set in the test Redis DB while the suite owns it. A DB that holds keys but not this one
@@ -148,6 +163,29 @@ def redis_db(owned_redis: Redis) -> Iterator[Redis]:
 
 
 @pytest.fixture()
+def postgres_url() -> Iterator[str]:
+    """TEST_POSTGRES_URL, narrowed to a schema of the test's own, dropped afterwards.
+
+    Whatever else that database holds (even a ``jobs`` table) is never touched, and tests in
+    parallel processes (``make test`` runs two) never share a table.
+    """
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    schema = f"imgsvc_test_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(TEST_POSTGRES_URL)
+    with engine.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        url = make_url(TEST_POSTGRES_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@pytest.fixture()
 def settings(tmp_path: Path, tiny_model_dir: Path, redis_db: Redis) -> Settings:
     return Settings(
         redis_url=TEST_REDIS_URL,
@@ -244,3 +282,32 @@ def jpeg_bytes() -> bytes:
 @pytest.fixture()
 def png_bytes() -> bytes:
     return image_bytes("PNG")
+
+
+# -- the security suite's tally, reported once per run (tests/security/tally.py) ---------------------
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """In a pytest-xdist worker: hand this process's tally to the controller, which reports it."""
+    from tests.security.tally import TALLY
+
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None and TALLY.statuses:
+        output["security_tally"] = TALLY.summary()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist's controller, as each worker ends: its tally joins the run's."""
+    from tests.security.tally import TALLY
+
+    part = getattr(node, "workeroutput", {}).get("security_tally")
+    if part:
+        TALLY.merge(part)
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput"):
+        return  # a pytest-xdist worker: the controller reports
+    from tests.security.tally import TALLY
+
+    if line := TALLY.report():
+        terminalreporter.write_line(line)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from imgsvc import create_app
@@ -11,16 +9,17 @@ from imgsvc.storage import jobs
 from imgsvc.storage.db import db
 from imgsvc.vision.base import Description, Tag
 
-POSTGRES = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_app(request, settings):
-    app = create_app(settings.with_(database_url=POSTGRES) if request.param == "postgresql" else settings)
+    postgresql = request.param == "postgresql"
+    app = create_app(
+        settings.with_(database_url=request.getfixturevalue("postgres_url")) if postgresql else settings
+    )
     with app.app_context():
         yield app
         db.session.remove()
-        if request.param == "postgresql":
+        if postgresql:
             db.drop_all()
         db.engine.dispose()
 

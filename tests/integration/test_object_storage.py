@@ -7,7 +7,6 @@ real S3 server (SeaweedFS on loopback, started once per session) holds the uploa
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,18 +29,16 @@ from tests.conftest import image_bytes, worker_env
 from tests.integration.procs import free_port, kill_group, start_worker, wait_until
 from tests.integration.test_faults import rows, statuses, submit_image, submit_ok
 
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 ANY_AGE = timedelta(0)  # an orphan age that spares nothing
 
 
 @pytest.fixture()
-def deployed(settings: Settings, s3_upload_dir: str):
+def deployed(settings: Settings, s3_upload_dir: str, postgres_url: str):
     """Settings for the three shared services, with the tables made (as compose's init-db does)
     before any process starts, and dropped afterwards."""
-    shared = settings.with_(database_url=POSTGRES_URL, upload_dir=s3_upload_dir)
+    shared = settings.with_(database_url=postgres_url, upload_dir=s3_upload_dir)
     app = create_app(shared)
     with app.app_context():
-        db.drop_all()  # whatever an interrupted earlier run left
         db.create_all()
     yield shared
     with app.app_context():

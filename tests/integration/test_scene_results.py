@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sqlite3
 
 import numpy as np
@@ -161,10 +160,9 @@ def test_an_older_sqlite_database_is_upgraded_in_place(settings, tmp_path, scene
     upgrade_and_use(settings, url, scene_describer)
 
 
-def test_an_older_postgresql_database_is_upgraded_in_place(settings, scene_describer):
-    url = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-    create_old_jobs_table(url)
-    upgrade_and_use(settings, url, scene_describer)
+def test_an_older_postgresql_database_is_upgraded_in_place(settings, scene_describer, postgres_url):
+    create_old_jobs_table(postgres_url)
+    upgrade_and_use(settings, postgres_url, scene_describer)
 
 
 # -- the general mechanism, on a table that is not ``jobs`` ------------------------------------

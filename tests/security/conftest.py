@@ -9,14 +9,12 @@ at the end of the run and written to ``tests/artifacts/security-tally.json``.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,39 +28,7 @@ from imgsvc.config import PROJECT_ROOT
 from tests.conftest import TEST_REDIS_URL
 from tests.integration.procs import free_port, kill_group, wait_until
 from tests.loopback import SITE_DIR
-
-TALLY_FILE = PROJECT_ROOT / "tests" / "artifacts" / "security-tally.json"
-
-
-@dataclass
-class Tally:
-    """Hostile requests sent and 5xx answers seen, across the whole run."""
-
-    hostile: int = 0
-    statuses: Counter = field(default_factory=Counter)
-    expected_503: int = 0
-    unexpected_5xx: list[str] = field(default_factory=list)
-
-    def record(self, what: str, status: int, *, hostile: bool, expect_503: bool = False) -> None:
-        self.hostile += hostile
-        self.statuses[status] += 1
-        if status >= 500:
-            if expect_503 and status == 503:
-                self.expected_503 += 1
-            else:
-                self.unexpected_5xx.append(f"{what} -> {status}")
-
-    def summary(self) -> dict[str, object]:
-        return {
-            "hostile_requests": self.hostile,
-            "requests": sum(self.statuses.values()),
-            "statuses": dict(sorted(self.statuses.items())),
-            "expected_503": self.expected_503,
-            "unexpected_5xx": self.unexpected_5xx,
-        }
-
-
-TALLY = Tally()
+from tests.security.tally import TALLY, Tally
 
 
 @pytest.fixture(scope="session")
@@ -76,19 +42,6 @@ def no_unexpected_5xx(tally: Tally) -> Iterator[None]:
     before = len(tally.unexpected_5xx)
     yield
     assert tally.unexpected_5xx[before:] == []
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    if not TALLY.statuses:
-        return
-    summary = TALLY.summary()
-    TALLY_FILE.parent.mkdir(parents=True, exist_ok=True)
-    TALLY_FILE.write_text(json.dumps(summary, indent=2) + "\n")
-    terminalreporter.write_line(
-        f"security suite: {summary['hostile_requests']} hostile requests, "
-        f"{len(TALLY.unexpected_5xx)} unexpected 5xx, {TALLY.expected_503} expected 503 "
-        f"(infrastructure faults); details in {TALLY_FILE.relative_to(PROJECT_ROOT)}"
-    )
 
 
 class Attacker:

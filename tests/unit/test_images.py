@@ -226,7 +226,7 @@ def zip_bytes() -> bytes:
         (b"<svg viewBox='0 0 1 1'></svg>", "an SVG image"),
         (b'<?xml version="1.0"?><feed/>', "an XML document"),
         (zip_bytes(), "a ZIP archive"),
-        (gzip.compress(b"x"), "gzip-compressed data"),
+        (gzip.compress(b"x", mtime=0), "gzip-compressed data"),
         (pillow_bytes("ICO"), "an ICO icon"),
         (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "a HEIC image"),
         (

@@ -31,5 +31,5 @@ def test_quick_start_says_how_to_reach_the_cli_the_page_and_which_redis_db_the_t
     quick = section("## Quick start (a fresh Debian/Ubuntu machine with Python 3.11)")
     assert ".venv/bin/imgsvc" in quick and ". .venv/bin/activate" in quick
     assert "http://127.0.0.1:8000/" in quick and "Ctrl+C" in quick
-    assert "Redis DB 15" in quick and "TEST_REDIS_URL" in quick and "refuse" in quick
+    assert "Redis DBs 15\nand 14" in quick and "TEST_REDIS_URL" in quick and "refuse" in quick
     assert "python3-venv" in quick
