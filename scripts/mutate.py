@@ -84,16 +84,20 @@ MODULE_TESTS: dict[str, list[str]] = {
 
 #: Tests that mostly wait on subprocesses and signals (5-30 s each): `make test` runs them, a
 #: mutation run does not, or every surviving mutant of a busy function would pay for them again.
+#: Also the one test that cannot pass in a mutated copy (see its comment).
 SLOW_TESTS = [
     "sigkilled",
     "sigterm",
     "worker_script_runs",
     "unloadable_model",
     "survive_its_restart",
+    # Measures a bare interpreter's memory: mutmut's trampolines in the mutated copy import more.
+    "never_decodes_or_even_imports_pillow",
 ]
 
-#: Besides imgsvc/ and tests/: what tests start as subprocesses from PROJECT_ROOT.
-ALSO_COPY = ["worker.py", "wsgi.py", "gunicorn.conf.py", "pyproject.toml"]
+#: Besides imgsvc/ and tests/: what tests start as subprocesses from PROJECT_ROOT, and bench/,
+#: whose bomb builders tests/unit/test_images.py imports.
+ALSO_COPY = ["worker.py", "wsgi.py", "gunicorn.conf.py", "pyproject.toml", "bench"]
 KILLED = {"killed", "timeout"}
 #: Lines whose mutants say nothing about a guarantee: log calls (their words and extras).
 DO_NOT_MUTATE = [r"^\s*log\.(debug|info|warning|error|exception|critical)\("]
