@@ -290,3 +290,117 @@ def test_a_broken_image_of_an_accepted_format_is_named_as_such(tmp_path):
     )
     with pytest.raises(DecodeError, match=r"^the file looks like a PNG image but cannot be decoded$"):
         load_for_model(path, 10**7, 512)
+
+
+# -- JPEG structure: what the marker walk accepts and refuses (found by `make mutate`) -----------------
+def jpeg_bytes_of(image: Image.Image | None = None, **options) -> bytes:
+    buffer = io.BytesIO()
+    (image or noise()).save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+def first_marker(data: bytes, marker: int) -> int:
+    """Offset of the first segment with ``marker`` (before any entropy-coded data)."""
+    return data.index(bytes([0xFF, marker]))
+
+
+def com_segment(payload: bytes) -> bytes:
+    return b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload
+
+
+def inspect_bytes(tmp_path: Path, data: bytes):
+    path = tmp_path / "probe.jpg"
+    path.write_bytes(data)
+    return inspect_image(path, **LIMITS)
+
+
+@pytest.mark.parametrize("payload", [b"", b"x" * 40_000], ids=["empty segment", "40 KB segment"])
+def test_jpeg_segments_of_every_legal_length_are_read(tmp_path, payload):
+    """An empty comment (length 2) and a segment over 32 KB (EXIF blocks reach 64 KB) are legal."""
+    data = jpeg_bytes_of()
+    info = inspect_bytes(tmp_path, data[:2] + com_segment(payload) + data[2:])
+    assert (info.format, info.width, info.height) == ("JPEG", 64, 48)
+
+
+def test_a_standalone_marker_between_scans_does_not_end_the_scan_count(tmp_path):
+    """A TEM marker (no length) may sit between segments: the walk goes on counting scans after it."""
+    bomb = progressive_scan_bomb(64, MAX_JPEG_SCANS + 10)
+    second_scan = bomb.index(b"\xff\xda", first_marker(bomb, 0xDA) + 2)
+    with pytest.raises(ImageTooLarge, match=f"more than {MAX_JPEG_SCANS} scans"):
+        inspect_bytes(tmp_path, bomb[:second_scan] + b"\xff\x01" + bomb[second_scan:])
+
+
+def _junk_after_first_segment(data: bytes) -> bytes:
+    (length,) = struct.unpack_from(">H", data, 4)
+    return data[: 4 + length] + b"\x00" + data[4 + length :]
+
+
+def _two_frames(data: bytes) -> bytes:
+    sof = first_marker(data, 0xC0)
+    (length,) = struct.unpack_from(">H", data, sof + 2)
+    return data[: sof + 2 + length] + data[sof:]
+
+
+def _scan_first(data: bytes) -> bytes:
+    sof, sos = first_marker(data, 0xC0), first_marker(data, 0xDA)
+    return data[:sof] + data[sos:]
+
+
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [
+        (_junk_after_first_segment, "a JPEG marker is missing where one must be"),
+        (lambda d: d[:2] + b"\xff\xfe\x00\x01" + d[2:], "a JPEG segment has an impossible length"),
+        (_two_frames, "the JPEG has two frame headers"),
+        (_scan_first, "a JPEG scan comes before the frame header"),
+        (lambda d: d[: first_marker(d, 0xDA)] + b"\xff\xd9", "the JPEG has no image data"),
+        (lambda d: d[: first_marker(d, 0xDA) + 40], "the JPEG data ends inside a scan"),
+    ],
+    ids=["no marker", "impossible length", "two frames", "scan first", "no scan", "cut in a scan"],
+)
+def test_a_broken_jpeg_is_refused_with_what_is_wrong(tmp_path, broken, reason):
+    with pytest.raises(UnsupportedImage) as refused:
+        inspect_bytes(tmp_path, broken(jpeg_bytes_of()))
+    assert refused.value.message.startswith(f"the file cannot be read as an image: {reason}")
+
+
+def test_an_empty_file_is_refused_as_empty(tmp_path):
+    path = tmp_path / "empty.jpg"
+    path.write_bytes(b"")
+    with pytest.raises(UnsupportedImage) as refused:
+        inspect_image(path, **LIMITS)
+    assert refused.value.message == "the file cannot be read as an image: the file is empty"
+
+
+def with_frame_size(data: bytes, width: int, height: int) -> bytes:
+    sof = first_marker(data, 0xC0)
+    return data[: sof + 5] + struct.pack(">HH", height, width) + data[sof + 9 :]
+
+
+def test_a_jpeg_wider_than_32767_pixels_is_read_as_such(tmp_path):
+    """Sizes are unsigned 16-bit: 40000 x 1000 is exactly the default pixel limit, and allowed."""
+    info = inspect_bytes(tmp_path, with_frame_size(jpeg_bytes_of(), 40_000, 1000))
+    assert (info.width, info.height) == (40_000, 1000)
+
+
+def test_a_jpeg_with_an_empty_frame_is_refused(tmp_path):
+    with pytest.raises(UnsupportedImage) as refused:
+        inspect_bytes(tmp_path, with_frame_size(jpeg_bytes_of(), 0, 48))
+    assert refused.value.message.endswith("the JPEG header gives an empty size 0x48")
+
+
+def test_a_jpeg_of_countless_tiny_segments_is_refused(tmp_path):
+    data = jpeg_bytes_of()
+    padded = data[:2] + com_segment(b"") * (MAX_ELEMENTS + 1) + data[2:]
+    with pytest.raises(UnsupportedImage) as refused:
+        inspect_bytes(tmp_path, padded)
+    assert refused.value.message.endswith(
+        f"it has more than {MAX_ELEMENTS} JPEG markers; real images have far fewer"
+    )
+
+
+def test_the_scan_bomb_413_says_why_and_names_the_limit(tmp_path):
+    with pytest.raises(ImageTooLarge) as refused:
+        inspect_bytes(tmp_path, progressive_scan_bomb(64, MAX_JPEG_SCANS + 10))
+    assert refused.value.message.endswith("refused as a decompression bomb")
+    assert refused.value.details == {"max_scans": MAX_JPEG_SCANS}
