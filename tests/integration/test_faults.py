@@ -279,6 +279,61 @@ def test_reaper_takes_back_a_started_job_whose_worker_is_dead(app, client, setti
     assert row.status == jobs.Status.DONE and row.attempts == 2
 
 
+def test_the_reset_row_tells_the_user_the_job_is_queued_again(app, client, settings):
+    """Between the reaper's pass and the next worker, status says queued and why, not processing."""
+    job_id = submit_ok(client, 1)
+    dead, _ = orphan_started_job(app, job_id)
+    app.redis.delete(dead.key)
+    with app.app_context():
+        assert reaper.reconcile(settings, app.task_queue)["reset"] == 1
+    row = rows(app)[job_id]
+    assert (row.status, row.error) == (
+        jobs.Status.QUEUED,
+        "the worker running this job stopped; it was queued again",
+    )
+
+
+def test_a_job_taken_off_the_queue_by_a_worker_that_died_before_starting_it_is_requeued(
+    app, client, settings, run_worker
+):
+    """RQ moved it to the queue's intermediate list (as a dequeue or a batch take does); no run began."""
+    job_id = submit_ok(client, 1)
+    app.redis.lmove(app.task_queue.key, app.task_queue.intermediate_queue.key)
+    assert app.task_queue.get_job_ids() == []
+    with app.app_context():
+        assert reaper.reconcile(settings, app.task_queue) == {"requeued": 1, "failed": 0, "reset": 0}
+    assert app.task_queue.get_job_ids() == [job_id]
+    assert app.task_queue.intermediate_queue.get_job_ids() == []  # else RQ would fail the new run later
+    run_worker()
+    assert rows(app)[job_id].status == jobs.Status.DONE
+
+
+@pytest.mark.parametrize(("attempts", "action"), [(1, "requeued"), (2, "requeued"), (3, "failed")])
+def test_a_lost_job_is_requeued_until_its_tries_are_spent(settings, redis_db, attempts, action):
+    """TASK_MAX_RETRIES=2 allows three tries: a row that lost its RQ job after its third is failed."""
+    settings = settings.with_(task_max_retries=2)
+    app = create_app(settings)
+    job_id = submit_ok(app.test_client(), 1)
+    with app.app_context():
+        jobs.mark_processing(job_id)
+        row = db.session.get(jobs.Job, job_id)
+        row.attempts = attempts
+        db.session.commit()
+    app.redis.delete(RQJob.key_for(job_id))
+    app.redis.lrem(app.task_queue.key, 0, job_id)
+    with app.app_context():
+        assert reaper.reconcile(settings, app.task_queue)[action] == 1
+    row = rows(app)[job_id]
+    if action == "failed":
+        assert (row.status, row.error) == (jobs.Status.FAILED, f"gave up after {row.attempts} attempts")
+    else:
+        assert (row.status, row.error) == (
+            jobs.Status.QUEUED,
+            "the job was lost by the queue; it was queued again",
+        )
+        assert app.task_queue.get_job_ids() == [job_id]
+
+
 def test_reaper_reports_a_dead_workers_batch_job_that_had_not_begun(app, client, settings, run_worker):
     """A batch starts all its jobs in RQ at once; the rows turn `processing` one model pass later.
     Killed in between, the row needs no change, but the job was taken back and the report says so."""
