@@ -57,13 +57,14 @@ FEATURES = "tests/integration/test_features.py"
 BATCHING = "tests/integration/test_batching.py"
 OPS = "tests/integration/test_ops.py"
 FAULTS = "tests/integration/test_faults.py"
+LIVENESS = "tests/integration/test_liveness.py"  # other hosts' workers: only the heartbeat tells
 
 #: module -> the test files that exercise its guarantees (the whole list runs once, clean, first).
 MODULE_TESTS: dict[str, list[str]] = {
     "imgsvc/queue/connection.py": [API, FEATURES, OPS, FAULTS],
     "imgsvc/queue/tasks.py": [API, FEATURES, BATCHING, FAULTS],
     "imgsvc/queue/worker.py": [API, BATCHING, FAULTS],
-    "imgsvc/queue/reaper.py": [FAULTS, OPS],
+    "imgsvc/queue/reaper.py": [FAULTS, LIVENESS, OPS],
     "imgsvc/queue/webhooks.py": [
         "tests/unit/test_webhooks.py",
         "tests/security/test_webhook_delivery.py",
