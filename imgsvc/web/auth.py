@@ -59,6 +59,15 @@ def _rate_key() -> str:
     return f"key:{owner_of(key)}" if key else f"ip:{get_remote_address()}"
 
 
+#: How the limits reach Redis: a Redis that hangs must not hang the request for long.
+LIMITS_STORAGE_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 2}
+
+
+def limits_prefix(settings: Settings) -> str:
+    """Where every limit's counters live in Redis: the API's and the dashboard's logins alike."""
+    return f"imgsvc:limits:{settings.queue_name}"
+
+
 def init_rate_limits(app: Flask, settings: Settings) -> None:
     """Flask-Limiter on the same Redis; only the /api routes count, health checks never do."""
     if not settings.rate_limit:
@@ -70,7 +79,7 @@ def init_rate_limits(app: Flask, settings: Settings) -> None:
         application_limits=[settings.rate_limit],
         application_limits_exempt_when=lambda: request.blueprint != "api",
         storage_uri=settings.redis_url,
-        storage_options={"socket_connect_timeout": 2, "socket_timeout": 2},
-        key_prefix=f"imgsvc:limits:{settings.queue_name}",
+        storage_options=LIMITS_STORAGE_OPTIONS,
+        key_prefix=limits_prefix(settings),
         strategy="fixed-window",
     )

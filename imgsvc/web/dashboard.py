@@ -29,6 +29,7 @@ from limits.strategies import FixedWindowRateLimiter
 
 from imgsvc.config import Settings
 from imgsvc.errors import Forbidden, TooManyRequests, Unauthorized
+from imgsvc.web.auth import LIMITS_STORAGE_OPTIONS, limits_prefix
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: rq-dashboard views that change state even on GET (``/requeue/<queue>`` answers GET too).
@@ -52,10 +53,9 @@ def mount_dashboard(app: Flask, settings: Settings) -> bool:
     rq_dashboard.web.setup_rq_connection(app)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix="/rq")
     expected = (settings.rq_dashboard_username, settings.rq_dashboard_password)
-    # The storage and key prefix of the API's limits (imgsvc.web.auth), so every process shares it.
-    storage = storage_from_string(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
-    failures = FixedWindowRateLimiter(storage)
-    prefix = f"imgsvc:limits:{settings.queue_name}"
+    # The storage and key prefix of the API's limits, so every process shares the count.
+    failures = FixedWindowRateLimiter(storage_from_string(settings.redis_url, **LIMITS_STORAGE_OPTIONS))
+    prefix = limits_prefix(settings)
 
     @app.before_request
     def _guard_dashboard() -> None:
