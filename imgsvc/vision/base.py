@@ -9,6 +9,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,11 @@ def model_file(models_dir: Path, relative: str, component: str) -> Path:
             f"(or point MODELS_DIR at the directory it filled)"
         )
     return path
+
+
+def packaged_labels(filename: str, count: int) -> list[str]:
+    """A model's class names from ``imgsvc/vision/data/``, one per line, in its output order."""
+    labels = resources.files("imgsvc.vision").joinpath(f"data/{filename}").read_text("utf-8").splitlines()
+    if len(labels) != count:
+        raise ModelLoadError(f"{filename} has {len(labels)} labels, expected {count}")
+    return labels

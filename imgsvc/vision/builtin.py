@@ -8,14 +8,13 @@ scenes; :mod:`imgsvc.vision.sentences` keeps its sentences as confident as its s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from imgsvc.vision.base import Describer, Description, ModelLoadError, Tag, TextLine
+from imgsvc.vision.base import Describer, Description, ModelLoadError, Tag, TextLine, packaged_labels
 from imgsvc.vision.devices import resolve_device
 from imgsvc.vision.efficientnet_lite import VARIANTS, EfficientNetLite, load_efficientnet_lite
 from imgsvc.vision.ocr import TextReader, looks_like_text
@@ -27,11 +26,7 @@ OCR_MODES = ("auto", "on", "off")
 
 def imagenet_labels() -> list[str]:
     """The 1,000 ImageNet class names, in the classifier's output order."""
-    text = resources.files("imgsvc.vision").joinpath("data/imagenet_classes.txt").read_text("utf-8")
-    labels = text.splitlines()
-    if len(labels) != 1000:
-        raise ModelLoadError(f"imagenet_classes.txt has {len(labels)} labels, expected 1000")
-    return labels
+    return packaged_labels("imagenet_classes.txt", 1000)
 
 
 class BuiltinDescriber(Describer):

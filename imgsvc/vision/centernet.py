@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from imgsvc.vision.base import Detection, ModelLoadError, model_file
+from imgsvc.vision.base import Detection, model_file, packaged_labels
 from imgsvc.vision.boxes import batched_nms, normalised_box
 from imgsvc.vision.tfgraph import Program, compile_graph, image_batch, letterboxed, resized
 from imgsvc.vision.tfjs import load_tfjs
@@ -45,11 +44,7 @@ NMS_IOU = 0.4
 @cache
 def coco_labels() -> list[str]:
     """The 80 COCO class names in the model's output order (``person``, ``bicycle``, ...)."""
-    text = resources.files("imgsvc.vision").joinpath("data/coco_labels.txt").read_text("utf-8")
-    labels = text.splitlines()
-    if len(labels) != 80:
-        raise ModelLoadError(f"coco_labels.txt has {len(labels)} labels, expected 80")
-    return labels
+    return packaged_labels("coco_labels.txt", 80)
 
 
 def decode(heatmap: torch.Tensor, sizes: torch.Tensor, k: int = TOP_K) -> torch.Tensor:
