@@ -85,7 +85,10 @@ def _builder_digest() -> str:
 
 
 def load_captioner(size: str, *, quantize: str | None = None, tokens: int = TOKENS) -> TransformersCaptioner:
-    """Through the production loader, generating exactly ``tokens`` tokens per image."""
+    """Through the production loader, generating exactly ``tokens`` tokens per image.
+
+    On the CPU unless ``DEVICE`` says otherwise (``DEVICE=cuda``; ``DTYPE`` as for the worker).
+    """
     import torch
 
     from imgsvc.vision.captioner import TransformersCaptioner
@@ -93,7 +96,8 @@ def load_captioner(size: str, *, quantize: str | None = None, tokens: int = TOKE
     torch.set_num_threads(os.cpu_count() or 1)  # what one worker on this machine gets (TORCH_THREADS=0)
     return TransformersCaptioner.load(
         str(model_dir(size)),
-        device="cpu",
+        device=os.environ.get("DEVICE") or "cpu",
+        dtype=os.environ.get("DTYPE") or "auto",
         max_new_tokens=tokens,
         min_new_tokens=tokens,
         quantize=quantize,
@@ -396,6 +400,10 @@ def goal(label: str, met: bool, detail: str, applies: bool = True) -> None:
 def header(title: str, **context: Any) -> None:
     facts: dict[str, Any] = {"cpus": os.cpu_count()}
     if "torch" in sys.modules:
-        facts["torch threads"] = sys.modules["torch"].get_num_threads()
+        torch = sys.modules["torch"]
+        facts["torch threads"] = torch.get_num_threads()
+        if torch.cuda.is_available() and os.environ.get("DEVICE", "").startswith("cuda"):
+            facts["device"] = torch.cuda.get_device_name()
+            facts["dtype"] = os.environ.get("DTYPE") or "auto"
     facts |= context
     print(f"\n== {title} ==  " + "  ".join(f"{k}={v}" for k, v in facts.items()), flush=True)

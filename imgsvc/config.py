@@ -91,6 +91,8 @@ class Settings:
     caption_model: str = field(default=DEFAULT_CAPTION_MODEL, metadata={"env": "CAPTION_MODEL"})
     fetch_captioner: str = field(default="auto", metadata={"env": "FETCH_CAPTIONER"})
     device: str = field(default="auto", metadata={"env": "DEVICE"})
+    # Half precision is what a GPU runs a captioner at; a CPU has no fast float16 path.
+    dtype: str = field(default="auto", metadata={"env": "DTYPE"})
     max_new_tokens: int = field(default=30, metadata={"env": "MAX_NEW_TOKENS"})
     quantize: str = field(default="", metadata={"env": "QUANTIZE"})
     max_image_side: int = field(default=1024, metadata={"env": "MAX_IMAGE_SIDE"})
@@ -134,6 +136,8 @@ class Settings:
             raise ConfigError("OCR must be auto, on or off")
         if self.fetch_captioner not in {"auto", "off"}:
             raise ConfigError("FETCH_CAPTIONER must be auto or off")
+        if self.dtype not in {"auto", "float32", "float16", "bfloat16"}:
+            raise ConfigError("DTYPE must be auto, float32, float16 or bfloat16")
         if self.quantize not in {"", "int8"}:
             raise ConfigError("QUANTIZE must be empty or int8")
         if isinstance(self.upload_dir, str):

@@ -66,6 +66,7 @@ def load_describer(settings: Settings) -> Describer:
         spec,
         device=settings.device,
         max_new_tokens=settings.max_new_tokens,
+        dtype=settings.dtype,
         quantize=settings.quantize or None,
     )
 

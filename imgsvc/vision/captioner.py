@@ -185,8 +185,11 @@ def _family(source: str, name: str) -> str:
 
 
 def _resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """``auto``: float16 on CUDA (half the memory traffic, tensor cores), float32 elsewhere."""
     if dtype is None:
         return torch.float32
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     if DTYPES[dtype] != torch.float32 and device.type != "cuda":

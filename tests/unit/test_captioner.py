@@ -14,7 +14,7 @@ from huggingface_hub import constants as hub_constants
 from PIL import Image
 
 from imgsvc.vision.base import ModelLoadError, UnsupportedOption
-from imgsvc.vision.captioner import TransformersCaptioner
+from imgsvc.vision.captioner import TransformersCaptioner, _resolve_dtype
 from imgsvc.vision.hub import download_model, weights_available
 from imgsvc.vision.tiny import FAMILIES, build_tiny_model
 
@@ -129,6 +129,21 @@ def test_half_precision_stays_off_the_cpu(tiny_model_dir: Path) -> None:
 
     assert captioner.dtype == torch.float32
     assert next(captioner.model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize(("device", "expected"), [("cuda", torch.float16), ("cpu", torch.float32)])
+def test_auto_precision_is_half_on_a_gpu_only(device: str, expected: torch.dtype) -> None:
+    assert _resolve_dtype("auto", torch.device(device)) == expected
+
+
+def test_the_worker_passes_its_dtype_setting_to_the_captioner(tiny_model_dir: Path) -> None:
+    from imgsvc.config import Settings
+    from imgsvc.vision import load_describer
+
+    settings = Settings(vision_model=str(tiny_model_dir), device="cpu", dtype="float8-is-not-one")
+
+    with pytest.raises(ModelLoadError, match="unknown dtype 'float8-is-not-one'"):
+        load_describer(settings)
 
 
 @pytest.mark.parametrize(

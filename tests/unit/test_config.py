@@ -46,6 +46,7 @@ def test_environment_overrides_and_types():
         {"TASK_RETRY_DELAY": "-1"},
         {"OCR": "sometimes"},
         {"QUANTIZE": "int4"},
+        {"DTYPE": "float8"},
         {"FETCH_CAPTIONER": "sometimes"},
         {"WEBHOOK_ALLOW_PRIVATE": "maybe"},
     ],
