@@ -1,8 +1,9 @@
 """Is the service what limits a fast model? Worker jobs/s vs the raw model, and submit CPU by phase.
 
     python -m bench.throughput [--jobs 200] [--sizes 1,16] [--model instant|tiny|blip-base] [--tokens 3]
-                               [--torch-threads 1] [--rounds 2] [--submits 300] [--rate 150]
-                               [--seconds 6] [--database-url URL] [--part all|worker|submit] [--quick]
+                               [--torch-threads 1] [--rounds 2] [--decode-processes 1] [--submits 300]
+                               [--rate 150] [--seconds 6] [--database-url URL] [--part all|worker|submit]
+                               [--quick]
 
 worker:  for each batch size k, ``--jobs`` distinct photos (512x512 JPEGs) are submitted first
          (not timed), then an in-process ImgsvcWorker (burst mode, BATCH_SIZE=k, the model
@@ -146,12 +147,14 @@ def instrument_worker(clock: PhaseClock, service: Service, describer: Describer)
         clock.count_sql(db.engine)
 
 
-def worker_run(clock: PhaseClock, service: Service, batch_size: int, jobs: int) -> dict[str, Any]:
+def worker_run(
+    clock: PhaseClock, service: Service, batch_size: int, jobs: int, decode_processes: int = 1
+) -> dict[str, Any]:
     """Drain what is queued; the clock runs from the first dequeue to the last job's end."""
     from rq.worker.base import BaseWorker
 
-    worker = service.worker(batch_size=batch_size)
-    worker.load_runtime()  # the decoder child starts here, before the clock
+    worker = service.worker(batch_size=batch_size, decode_processes=decode_processes)
+    worker.load_runtime()  # the decoder children start here, before the clock
     marks: dict[str, Any] = {}
     dequeue, execute = BaseWorker.dequeue_job_and_maintain_ttl, type(worker).execute_job
 
@@ -166,13 +169,13 @@ def worker_run(clock: PhaseClock, service: Service, batch_size: int, jobs: int) 
         result = execute(worker, *args, **kwargs)
         marks["end"] = time.perf_counter()
         marks["phases"] = clock.snapshot()
-        marks["decoder_cpu"] = process_cpu(child.pid)
+        marks["decoder_cpu"] = sum(process_cpu(pid) for pid in children)
         return result
 
     worker.dequeue_job_and_maintain_ttl = first_dequeue  # type: ignore[method-assign]
     worker.execute_job = timed_execute  # type: ignore[method-assign]
-    child = worker.runtime.decoder._child
-    decoder_before = process_cpu(child.pid)
+    children = worker.runtime.decoder.pids()
+    decoder_before = sum(process_cpu(pid) for pid in children)
     try:
         worker.work(burst=True, logging_level="INFO")
     finally:
@@ -246,6 +249,7 @@ def worker_part(args: argparse.Namespace) -> None:
         sizes=args.sizes,
         rounds=args.rounds,
         database="PostgreSQL" if args.database_url else "SQLite",
+        decode_processes=args.decode_processes,
         load=load_average(),
     )
     photos = harness.photos(n * len(sizes) * args.rounds + 1)
@@ -275,7 +279,8 @@ def worker_part(args: argparse.Namespace) -> None:
                         for jpeg in photos[used : used + n]:
                             service.submit(jpeg)
                         used += n
-                        results[k]["worker"].append(worker_run(clock, service, k, n))
+                        run = worker_run(clock, service, k, n, args.decode_processes)
+                        results[k]["worker"].append(run)
                     print(
                         f"  batch {k:>2} round {r + 1}: worker {results[k]['worker'][-1]['seconds']:.2f} s, "
                         f"raw {results[k]['raw'][-1]:.2f} s  (load {load_average()})",
@@ -337,7 +342,7 @@ def report_worker(results: dict[int, dict[str, list[Any]]], n: int, sizes: list[
         return sum(figure(run) for run in runs) / (n * len(runs))
 
     phase_rows.append(
-        ["decoder child CPU ms", *(f"{per_job(k, lambda r: r['decoder_cpu']) * 1000:.3f}" for k in sizes)]
+        ["decoder children CPU ms", *(f"{per_job(k, lambda r: r['decoder_cpu']) * 1000:.3f}" for k in sizes)]
     )
     for counter in ("redis round trips", "sql statements", "sql commits"):
         phase_rows.append(
@@ -462,6 +467,7 @@ def main(argv: list[str] | None = None) -> None:
         "--torch-threads", type=int, default=1, help="tiny model: 1 keeps it off the decoder child's core"
     )
     parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds per batch size")
+    parser.add_argument("--decode-processes", type=int, default=1, help="the worker's DECODE_PROCESSES")
     parser.add_argument("--submits", type=int, default=300, help="in-process submits timed by phase")
     parser.add_argument("--rate", type=float, default=150, help="submits/s against each gunicorn")
     parser.add_argument("--seconds", type=float, default=6, help="load duration per gunicorn")

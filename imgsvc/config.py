@@ -43,6 +43,7 @@ POSITIVE = (
     "batch_size",
     "decode_timeout",
     "decode_memory_mb",
+    "decode_processes",
     "worker_ttl",
 )
 
@@ -98,6 +99,7 @@ class Settings:
     max_image_side: int = field(default=1024, metadata={"env": "MAX_IMAGE_SIDE"})
     decode_timeout: int = field(default=10, metadata={"env": "DECODE_TIMEOUT"})
     decode_memory_mb: int = field(default=1024, metadata={"env": "DECODE_MEMORY_MB"})
+    decode_processes: int = field(default=1, metadata={"env": "DECODE_PROCESSES"})
     ocr: str = field(default="auto", metadata={"env": "OCR"})
     models_dir: Path = field(default=PROJECT_ROOT / "instance" / "models", metadata={"env": "MODELS_DIR"})
     torch_threads: int = field(default=0, metadata={"env": "TORCH_THREADS"})

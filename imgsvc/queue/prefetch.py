@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from imgsvc.decoding import DecodeError, Decoder
+from imgsvc.decoding import DecodeError, Decoder, DecoderPool
 from imgsvc.errors import StorageUnavailable
 from imgsvc.storage.uploads import UploadStore
 
@@ -38,7 +38,7 @@ Loaded = Image.Image | Exception
 class ImageLoader:
     """``load(names, then=next_names)`` -> images in order; the next ones are decoded meanwhile."""
 
-    def __init__(self, uploads: UploadStore, decoder: Decoder, batch_size: int = 1) -> None:
+    def __init__(self, uploads: UploadStore, decoder: Decoder | DecoderPool, batch_size: int = 1) -> None:
         self.uploads = uploads
         self.decoder = decoder
         # Pillow gives a freed image's memory back to the system by default, and the next image

@@ -26,7 +26,7 @@ from rq import get_current_job
 from rq.timeouts import BaseTimeoutException
 
 from imgsvc.config import Settings
-from imgsvc.decoding import Decoder
+from imgsvc.decoding import DecoderPool
 from imgsvc.errors import StorageUnavailable
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue.prefetch import ImageLoader, PermanentJobError
@@ -52,8 +52,8 @@ class WorkerRuntime:
     uploads: UploadStore
     metrics: RedisMetrics
     connection: Redis
-    #: The decoder child: images are decoded under DECODE_TIMEOUT and DECODE_MEMORY_MB.
-    decoder: Decoder
+    #: The decoder children: images are decoded under DECODE_TIMEOUT and DECODE_MEMORY_MB.
+    decoder: DecoderPool
     #: Reads and decodes uploads on a thread of its own, ahead of time when told what comes next.
     loader: ImageLoader
 

@@ -37,7 +37,7 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 
 from imgsvc.config import Settings
-from imgsvc.decoding import Decoder, DecoderUnavailable
+from imgsvc.decoding import DecoderPool, DecoderUnavailable
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue import batches, reaper, tasks
 from imgsvc.queue.connection import job_queue, live_workers, publish_model, redis_connection
@@ -142,7 +142,7 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
             extra={"model": describer.name, "load_s": round(time.perf_counter() - started, 2)},
         )
         uploads = open_upload_store(settings)
-        decoder = Decoder.from_settings(settings)
+        decoder = DecoderPool.from_settings(settings)
         self.runtime = tasks.WorkerRuntime(
             settings,
             describer,

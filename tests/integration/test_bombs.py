@@ -127,8 +127,8 @@ def test_a_decoder_that_cannot_start_retries_the_job_instead_of_failing_it(
     job_id = submit(app.test_client(), image_bytes("PNG")).get_json()["job_id"]
     worker = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer)
     runtime = worker.load_runtime()  # the child starts here
-    os.kill(runtime.decoder._child.pid, signal.SIGKILL)
-    runtime.decoder._child.wait()
+    os.kill(runtime.decoder.decoders[0]._child.pid, signal.SIGKILL)
+    runtime.decoder.decoders[0]._child.wait()
     monkeypatch.setattr(sys, "executable", "/bin/false")  # and cannot be started again
     worker.work(burst=True)
 

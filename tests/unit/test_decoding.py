@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from imgsvc.config import PROJECT_ROOT, Settings
-from imgsvc.decoding import DecodeError, Decoder, load_for_model
+from imgsvc.decoding import DecodeError, Decoder, DecoderPool, load_for_model
 from tests.integration.procs import wait_until
 
 
@@ -181,6 +181,48 @@ def test_pillow_output_buffer_round_trips(tmp_path):
     path = save(tmp_path, img, "PNG")
     with Decoder(10**7, 1024, timeout=30, memory_mb=512) as decoder:
         assert decoder.decode(path).tobytes() == img.tobytes()
+
+
+def test_answers_asked_ahead_are_never_mixed_up(tmp_path):
+    """The next image is asked for before this one's answer is read, into a reused buffer."""
+    images = [Image.effect_noise((90 - 20 * i, 40 + i), 60).convert("RGB") for i in range(4)]
+    paths = [save(tmp_path, img, "PNG", f"noise{i}") for i, img in enumerate(images)]
+    with Decoder(10**7, 1024, timeout=30, memory_mb=512) as decoder:
+        for _ in range(2):  # the second batch finds the buffer full of the first one's pixels
+            decoded = decoder.decode_many(paths)
+            assert [d.tobytes() for d in decoded] == [img.tobytes() for img in images]
+        assert decoder.decode(paths[2]).tobytes() == images[2].tobytes()
+        assert decoder.starts == 1
+
+
+def test_a_pool_decodes_a_batch_in_order_on_every_child(tmp_path):
+    paths = [save(tmp_path, Image.new("RGB", (20 + i, 10), (i, 0, 0)), "PNG", f"p{i}") for i in range(7)]
+    with DecoderPool([Decoder(10**7, 1024, timeout=30, memory_mb=512) for _ in range(2)]) as pool:
+        pool.start()
+        assert len(set(pool.pids())) == 2
+        decoded = pool.decode_many([*paths, tmp_path / "missing.png"])
+        assert pool.starts == 2
+    assert [d.size for d in decoded[:-1]] == [(20 + i, 10) for i in range(7)]
+    assert [d.getpixel((0, 0)) for d in decoded[:-1]] == [(i, 0, 0) for i in range(7)]
+    assert isinstance(decoded[-1], DecodeError) and "missing" in str(decoded[-1])
+
+
+def test_in_a_pool_a_bomb_holds_up_only_its_own_child(tmp_path, good, scan_bomb):
+    bomb = tmp_path / "scans.jpg"
+    bomb.write_bytes(scan_bomb)
+    with DecoderPool([Decoder(10**8, 1024, timeout=3, memory_mb=1024) for _ in range(2)]) as pool:
+        pool.start()
+        stopped, *fine = pool.decode_many([bomb, *good, *good])
+        # the other child decoded all six meanwhile; the bomb's was killed and had nothing left to do
+        assert len(pool.pids()) == 1 and pool.starts == 2
+    assert isinstance(stopped, DecodeError) and "DECODE_TIMEOUT=3 s" in str(stopped)
+    assert [image.size for image in fine] == [(30, 20), (31, 20), (32, 20)] * 2
+
+
+def test_decode_processes_sets_the_pool_size():
+    settings = Settings(decode_processes=3, decode_timeout=7, decode_memory_mb=300, max_image_side=512)
+    pool = DecoderPool.from_settings(settings)
+    assert [(d.timeout, d.memory_mb, d.max_side) for d in pool.decoders] == [(7, 300, 512)] * 3
 
 
 def test_what_the_child_says_is_reduced_to_plain_text():
