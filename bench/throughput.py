@@ -1,7 +1,7 @@
 """Is the service what limits a fast model? Worker jobs/s vs the raw model, and submit CPU by phase.
 
     python -m bench.throughput [--jobs 200] [--sizes 1,16] [--model instant|tiny|blip-base] [--tokens 3]
-                               [--torch-threads 1] [--rounds 2] [--decode-processes 1] [--submits 300]
+                               [--torch-threads 1] [--rounds 2] [--decode-processes 0] [--submits 300]
                                [--rate 150] [--seconds 6] [--database-url URL] [--part all|worker|submit]
                                [--quick]
 
@@ -48,6 +48,7 @@ from PIL import Image
 from bench import api_load, harness
 from bench.harness import Service, goal, table
 from bench.phases import PhaseClock
+from imgsvc.decoding import auto_decode_processes
 from imgsvc.vision.base import Describer, Description
 
 #: The worker's phases, in the order a job meets them.
@@ -148,7 +149,7 @@ def instrument_worker(clock: PhaseClock, service: Service, describer: Describer)
 
 
 def worker_run(
-    clock: PhaseClock, service: Service, batch_size: int, jobs: int, decode_processes: int = 1
+    clock: PhaseClock, service: Service, batch_size: int, jobs: int, decode_processes: int = 0
 ) -> dict[str, Any]:
     """Drain what is queued; the clock runs from the first dequeue to the last job's end."""
     from rq.worker.base import BaseWorker
@@ -249,7 +250,7 @@ def worker_part(args: argparse.Namespace) -> None:
         sizes=args.sizes,
         rounds=args.rounds,
         database="PostgreSQL" if args.database_url else "SQLite",
-        decode_processes=args.decode_processes,
+        decode_processes=args.decode_processes or f"auto ({auto_decode_processes(1)})",
         load=load_average(),
     )
     photos = harness.photos(n * len(sizes) * args.rounds + 1)
@@ -467,7 +468,9 @@ def main(argv: list[str] | None = None) -> None:
         "--torch-threads", type=int, default=1, help="tiny model: 1 keeps it off the decoder child's core"
     )
     parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds per batch size")
-    parser.add_argument("--decode-processes", type=int, default=1, help="the worker's DECODE_PROCESSES")
+    parser.add_argument(
+        "--decode-processes", type=int, default=0, help="the worker's DECODE_PROCESSES (0: its default)"
+    )
     parser.add_argument("--submits", type=int, default=300, help="in-process submits timed by phase")
     parser.add_argument("--rate", type=float, default=150, help="submits/s against each gunicorn")
     parser.add_argument("--seconds", type=float, default=6, help="load duration per gunicorn")

@@ -43,7 +43,6 @@ POSITIVE = (
     "batch_size",
     "decode_timeout",
     "decode_memory_mb",
-    "decode_processes",
     "worker_ttl",
 )
 
@@ -99,7 +98,7 @@ class Settings:
     max_image_side: int = field(default=1024, metadata={"env": "MAX_IMAGE_SIDE"})
     decode_timeout: int = field(default=10, metadata={"env": "DECODE_TIMEOUT"})
     decode_memory_mb: int = field(default=1024, metadata={"env": "DECODE_MEMORY_MB"})
-    decode_processes: int = field(default=1, metadata={"env": "DECODE_PROCESSES"})
+    decode_processes: int = field(default=0, metadata={"env": "DECODE_PROCESSES"})
     ocr: str = field(default="auto", metadata={"env": "OCR"})
     models_dir: Path = field(default=PROJECT_ROOT / "instance" / "models", metadata={"env": "MODELS_DIR"})
     torch_threads: int = field(default=0, metadata={"env": "TORCH_THREADS"})
@@ -134,6 +133,8 @@ class Settings:
             raise ConfigError("TASK_MAX_RETRIES and TASK_RETRY_DELAY must be >= 0")
         if self.trusted_proxies < 0:
             raise ConfigError("TRUSTED_PROXIES must be >= 0")
+        if self.decode_processes < 0:
+            raise ConfigError("DECODE_PROCESSES must be >= 0 (0: one per 4 cores a worker has, at most 4)")
         if self.ocr not in {"auto", "on", "off"}:
             raise ConfigError("OCR must be auto, on or off")
         if self.fetch_captioner not in {"auto", "off"}:

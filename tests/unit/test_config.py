@@ -47,7 +47,7 @@ def test_environment_overrides_and_types():
         {"OCR": "sometimes"},
         {"QUANTIZE": "int4"},
         {"DTYPE": "float8"},
-        {"DECODE_PROCESSES": "0"},
+        {"DECODE_PROCESSES": "-1"},
         {"FETCH_CAPTIONER": "sometimes"},
         {"WEBHOOK_ALLOW_PRIVATE": "maybe"},
     ],

@@ -225,6 +225,15 @@ def test_decode_processes_sets_the_pool_size():
     assert [(d.timeout, d.memory_mb, d.max_side) for d in pool.decoders] == [(7, 300, 512)] * 3
 
 
+@pytest.mark.parametrize(
+    ("cores", "workers", "children"), [(1, 1, 1), (2, 1, 1), (8, 1, 2), (16, 1, 4), (64, 1, 4), (16, 4, 1)]
+)
+def test_by_default_a_worker_gets_a_decoder_child_per_four_cores(cores, workers, children, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    pool = DecoderPool.from_settings(Settings(worker_count=workers))
+    assert len(pool.decoders) == children
+
+
 def test_what_the_child_says_is_reduced_to_plain_text():
     """A child's error can quote bytes from a hostile file; it reaches job rows, logs and pages."""
     from imgsvc.decoding import _printable
