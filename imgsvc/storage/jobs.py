@@ -143,11 +143,11 @@ def get_job(job_id: str) -> Job | None:
     return db.session.get(Job, job_id)
 
 
-def create_job(**fields: Any) -> Job:
-    """Insert one row (a Core INSERT and a commit) and return it as a detached object.
+def insert_job(**fields: Any) -> dict[str, Any]:
+    """Insert one row (a Core INSERT and a commit) and return the values it was given.
 
-    The ORM's way (add, flush, commit) expires the object on commit, and the caller's first
-    look at its id or status reads the whole row back: a second query for nothing.
+    The submit path's way: it needs only the new row's id and status, and building an ORM
+    object of 17 instrumented attributes for that costs more than the values themselves.
     """
     moment = utcnow()
     values = {
@@ -158,14 +158,23 @@ def create_job(**fields: Any) -> Job:
         "created_at": moment,
         "updated_at": moment,
     } | fields
-    db.session.execute(insert(Job.__table__), values)
+    db.session.execute(_INSERT, values)
     db.session.commit()
-    return Job(**values)
+    return values
 
 
-def delete_job(job: Job) -> None:
+def create_job(**fields: Any) -> Job:
+    """:func:`insert_job`, returned as a detached object.
+
+    The ORM's way (add, flush, commit) expires the object on commit, and the caller's first
+    look at its id or status reads the whole row back: a second query for nothing.
+    """
+    return Job(**insert_job(**fields))
+
+
+def delete_job(job_id: str) -> None:
     table = Job.__table__
-    db.session.execute(delete(table).where(table.c.id == job.id))
+    db.session.execute(delete(table).where(table.c.id == job_id))
     db.session.commit()
 
 
@@ -200,10 +209,11 @@ class Claim:
     callback_url: str | None
 
 
-# A worker's statements, built once: composing a statement costs more than running it. Core
-# statements on the table, not ORM ones: the ORM's bookkeeping for a bulk UPDATE (matching the
-# session's objects against the WHERE clause) also costs more than the statement itself.
+# The submit's and the worker's statements, built once: composing a statement costs more than
+# running it. Core statements on the table, not ORM ones: the ORM's bookkeeping for a bulk UPDATE
+# (matching the session's objects against the WHERE clause) also costs more than the statement itself.
 _TABLE = Job.__table__
+_INSERT = insert(_TABLE)
 _CLAIM = (
     update(_TABLE)
     .where(_TABLE.c.id.in_(bindparam("ids", expanding=True)), _TABLE.c.status.in_(UNFINISHED))

@@ -42,6 +42,15 @@ class Submission:
     callback_url: str | None = None
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """What a submit answers about the job it made: no ORM object is built for three values."""
+
+    id: str
+    status: str
+    cached: bool = False
+
+
 def parse_submission(form: MultiDict, settings: Settings) -> Submission:
     """Options come as fields (``-F max_length=20``) or one JSON ``options`` field; unknown names are 400."""
     # str(): a multipart part without a name arrives as the key None
@@ -104,7 +113,7 @@ def accept_upload(
     submission: Submission,
     batch_id: str | None = None,
     filename: str | None = None,
-) -> jobs.Job:
+) -> Accepted:
     """Stage, check, store, record, enqueue; on any failure undo what was done so far.
 
     Identical bytes already described by the running model with the same options are
@@ -152,10 +161,10 @@ def accept_upload(
         current_app.metrics.count("cached")
         if job.callback_url:
             enqueue_delivery(current_app.redis, settings, job.callback_url, job.result_dict())
-        return job
+        return Accepted(job.id, job.status, cached=True)
     name = store.commit(staged, info.extension)
     try:
-        job = jobs.create_job(**common, upload_name=name)
+        job_id = jobs.insert_job(**common, upload_name=name)["id"]
     except BaseException:
         store.delete(name)
         raise
@@ -163,14 +172,14 @@ def accept_upload(
         enqueue_describe(
             current_app.task_queue,
             settings,
-            job.id,
+            job_id,
             also=lambda pipe: current_app.metrics.record("submitted", pipeline=pipe),
         )
     except ImgsvcError:
-        jobs.delete_job(job)
+        jobs.delete_job(job_id)
         store.delete(name)
         raise
-    return job
+    return Accepted(job_id, jobs.Status.QUEUED)
 
 
 def _check_supported(model: dict[str, Any] | None, options: dict[str, Any]) -> None:
@@ -347,7 +356,7 @@ def delete_job(job_id: str) -> Response:
     if job.status in jobs.FINISHED:
         canonical = job.id  # read before the row is gone
         current_app.uploads.delete(job.upload_name)
-        jobs.delete_job(job)
+        jobs.delete_job(canonical)
         return jsonify({"job_id": canonical, "status": "deleted"})
     was = job.status
     jobs.mark_cancelled(job.id)
