@@ -44,6 +44,10 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 OUT = PROJECT_ROOT / "bench" / "out"
 #: A Redis DB index of the benches' own; the test suite uses 15 and flushes it.
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
+#: Where the benches' captioners run: the CPU unless ``DEVICE`` says otherwise (``DEVICE=cuda``),
+#: in ``DTYPE`` as for the worker (``auto``: float16 on CUDA).
+DEVICE = os.environ.get("DEVICE") or "cpu"
+DTYPE = os.environ.get("DTYPE") or "auto"
 #: Both sides of a comparison generate exactly this many tokens, so they do the same work.
 TOKENS = 20
 MODEL_DIRS = {"tiny": "tiny-blip", "blip-base": "blip-base"}
@@ -85,10 +89,7 @@ def _builder_digest() -> str:
 
 
 def load_captioner(size: str, *, quantize: str | None = None, tokens: int = TOKENS) -> TransformersCaptioner:
-    """Through the production loader, generating exactly ``tokens`` tokens per image.
-
-    On the CPU unless ``DEVICE`` says otherwise (``DEVICE=cuda``; ``DTYPE`` as for the worker).
-    """
+    """Through the production loader, generating exactly ``tokens`` tokens per image, on ``DEVICE``."""
     import torch
 
     from imgsvc.vision.captioner import TransformersCaptioner
@@ -96,8 +97,8 @@ def load_captioner(size: str, *, quantize: str | None = None, tokens: int = TOKE
     torch.set_num_threads(os.cpu_count() or 1)  # what one worker on this machine gets (TORCH_THREADS=0)
     return TransformersCaptioner.load(
         str(model_dir(size)),
-        device=os.environ.get("DEVICE") or "cpu",
-        dtype=os.environ.get("DTYPE") or "auto",
+        device=DEVICE,
+        dtype=DTYPE,
         max_new_tokens=tokens,
         min_new_tokens=tokens,
         quantize=quantize,
@@ -402,8 +403,8 @@ def header(title: str, **context: Any) -> None:
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         facts["torch threads"] = torch.get_num_threads()
-        if torch.cuda.is_available() and os.environ.get("DEVICE", "").startswith("cuda"):
+        if torch.cuda.is_available() and DEVICE.startswith("cuda"):
             facts["device"] = torch.cuda.get_device_name()
-            facts["dtype"] = os.environ.get("DTYPE") or "auto"
+            facts["dtype"] = DTYPE
     facts |= context
     print(f"\n== {title} ==  " + "  ".join(f"{k}={v}" for k, v in facts.items()), flush=True)
