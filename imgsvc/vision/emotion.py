@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from imgsvc.vision.base import Box, model_file
-from imgsvc.vision.tfgraph import Program, compile_graph, image_batch, resized
-from imgsvc.vision.tfjs import load_tfjs
+from imgsvc.vision.graphs.compiler import Program, compile_graph
+from imgsvc.vision.graphs.images import image_batch, resized
+from imgsvc.vision.graphs.tfjs import load_tfjs
 
 MODEL_FILE = "human/emotion.json"
 INPUT_NODE, OUTPUT_NODE = "input_1", "Identity"
