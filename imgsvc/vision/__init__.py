@@ -51,11 +51,11 @@ def load_describer(settings: Settings) -> Describer:
     _configure_torch(settings)
     spec = resolve_model(settings)
     if spec == DEFAULT_BUILTIN:
-        from imgsvc.vision.scene import SceneDescriber
+        from imgsvc.vision.scene.describer import SceneDescriber
 
         return SceneDescriber.load(settings.models_dir, ocr=settings.ocr, device=settings.device)
     if spec.startswith(BUILTIN_PREFIX):
-        from imgsvc.vision.builtin import BuiltinDescriber
+        from imgsvc.vision.classifier.describer import BuiltinDescriber
 
         return BuiltinDescriber.load(
             spec.removeprefix(BUILTIN_PREFIX), ocr=settings.ocr, device=settings.device

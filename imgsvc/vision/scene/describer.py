@@ -4,8 +4,8 @@ Several small models, each loaded once and run on the whole batch: a person dete
 (SSDLite), a COCO-80 object detector (CenterNet), a face detector (BlazeFace) with an emotion
 classifier on the faces, the built-in EfficientNet-Lite0 classifier (on the whole image and on
 each object's crop, to confirm or rename the detector's label) and OCR where there is text.
-What they report becomes an :class:`~imgsvc.vision.scene_sentences.Evidence`; the pure
-:mod:`imgsvc.vision.scene_sentences` weighs it and writes the sentence.
+What they report becomes an :class:`~imgsvc.vision.scene.sentences.Evidence`; the pure
+:mod:`imgsvc.vision.scene.sentences` weighs it and writes the sentence.
 
 A detector whose weights are not in MODELS_DIR (``imgsvc fetch-models`` not run, npm missing)
 is left out: the describer runs with the rest, says so in one log line and in its ``name``.
@@ -23,11 +23,11 @@ import numpy as np
 from PIL import Image
 
 from imgsvc.vision.base import Box, Describer, Description, Detection, Face, ModelLoadError, People, Tag
-from imgsvc.vision.blazeface import FaceDetector
-from imgsvc.vision.builtin import BuiltinDescriber
-from imgsvc.vision.centernet import ObjectDetector
-from imgsvc.vision.emotion import EmotionClassifier
-from imgsvc.vision.scene_sentences import (
+from imgsvc.vision.classifier.describer import BuiltinDescriber
+from imgsvc.vision.scene.blazeface import FaceDetector
+from imgsvc.vision.scene.centernet import ObjectDetector
+from imgsvc.vision.scene.emotion import EmotionClassifier
+from imgsvc.vision.scene.sentences import (
     COCO_NOUNS,
     FACE_INSIDE,
     OBJECT_SCORE,
@@ -38,8 +38,8 @@ from imgsvc.vision.scene_sentences import (
     read_scene,
     weigh_object,
 )
-from imgsvc.vision.ssd_person import PersonDetector
-from imgsvc.vision.weights import missing_components
+from imgsvc.vision.scene.ssd_person import PersonDetector
+from imgsvc.vision.scene.weights import missing_components
 
 log = logging.getLogger("imgsvc.vision")
 

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from imgsvc.vision.base import Detection, model_file, packaged_labels
-from imgsvc.vision.boxes import batched_nms, normalised_box
 from imgsvc.vision.graphs.compiler import Program, compile_graph
 from imgsvc.vision.graphs.images import image_batch, letterboxed, resized
 from imgsvc.vision.graphs.tfjs import load_tfjs
+from imgsvc.vision.scene.boxes import batched_nms, normalised_box
 
 MODEL_FILE = "human/centernet.json"
 INPUT_NODE = "tower_0/images"

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from imgsvc.vision.base import Detection, model_file
-from imgsvc.vision.boxes import nms, normalised_box
 from imgsvc.vision.graphs.compiler import Program, compile_graph
 from imgsvc.vision.graphs.images import image_batch, letterboxed, resized
 from imgsvc.vision.graphs.tfjs import load_tfjs
+from imgsvc.vision.scene.boxes import nms, normalised_box
 
 MODEL_FILE = "human/blazeface.json"
 INPUT_NODE = "input"

@@ -19,10 +19,10 @@ import torch
 from PIL import Image
 
 from imgsvc.vision.base import Detection, model_file
-from imgsvc.vision.boxes import drop_contained, nms, normalised_box
 from imgsvc.vision.graphs.compiler import Program, compile_graph
 from imgsvc.vision.graphs.graphdef import load_graphdef
 from imgsvc.vision.graphs.images import image_batch, resized
+from imgsvc.vision.scene.boxes import drop_contained, nms, normalised_box
 
 GRAPH_FILE = "ssdlite-person/frozen_inference_graph.pb"
 #: The float image after the graph's per-image resize loop; the graph scales it to [-1, 1] itself.
