@@ -51,7 +51,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Building it takes seconds; ``make mutate`` starts a pytest session per mutant, so it sets
     TEST_MODEL_CACHE to keep one copy across sessions (the build is seeded: same weights).
     """
-    from imgsvc.vision.tiny import build_tiny_model
+    from imgsvc.vision.testing_utils import build_tiny_model
 
     cache = os.environ.get("TEST_MODEL_CACHE")
     if not cache:

@@ -31,7 +31,7 @@ def resolve_model(settings: Settings) -> str:
         return DEFAULT_BUILTIN
     if spec != "auto":
         return spec
-    from imgsvc.vision.hub import weights_available
+    from imgsvc.vision.captioners.hub import weights_available
 
     if weights_available(settings.caption_model):
         return settings.caption_model
@@ -60,7 +60,7 @@ def load_describer(settings: Settings) -> Describer:
         return BuiltinDescriber.load(
             spec.removeprefix(BUILTIN_PREFIX), ocr=settings.ocr, device=settings.device
         )
-    from imgsvc.vision.captioner import TransformersCaptioner
+    from imgsvc.vision.captioners.captioner import TransformersCaptioner
 
     return TransformersCaptioner.load(
         spec,
