@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from imgsvc.vision.base import Detection, model_file, packaged_labels
+from imgsvc.vision.base import Detection, Detector, model_file, packaged_labels
 from imgsvc.vision.graphs.compiler import Program, compile_graph
 from imgsvc.vision.graphs.images import image_batch, letterboxed, resized
 from imgsvc.vision.graphs.tfjs import load_tfjs
@@ -77,7 +77,7 @@ def decode(heatmap: torch.Tensor, sizes: torch.Tensor, k: int = TOP_K) -> torch.
     )
 
 
-class ObjectDetector:
+class ObjectDetector(Detector):
     """``detect(images)`` -> for each image, COCO objects (``person``, ``cup``, ``cat``...), best first."""
 
     name = "centernet-mobilenet-v3"

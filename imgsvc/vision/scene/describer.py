@@ -17,12 +17,22 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from imgsvc.vision.base import Box, Describer, Description, Detection, Face, ModelLoadError, People, Tag
+from imgsvc.vision.base import (
+    Describer,
+    Description,
+    Detection,
+    Detector,
+    EmotionModel,
+    Face,
+    ModelLoadError,
+    People,
+    Tag,
+)
 from imgsvc.vision.classifier.describer import BuiltinDescriber
 from imgsvc.vision.scene.blazeface import FaceDetector
 from imgsvc.vision.scene.centernet import ObjectDetector
@@ -56,18 +66,6 @@ MAX_FACES = 8
 GREY_TOLERANCE = 12
 
 
-class Detector(Protocol):
-    """A loaded detector: for each image, its boxes (normalised), best first."""
-
-    def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]: ...
-
-
-class EmotionModel(Protocol):
-    """A loaded emotion model: for each face box in an image, its verdict, e.g. ``("happy", 0.98)``."""
-
-    def classify(self, image: Image.Image, boxes: Sequence[Box]) -> list[tuple[str, float]]: ...
-
-
 @dataclass(frozen=True)
 class Detectors:
     """The detection models that loaded; None where the weights were missing."""
@@ -79,7 +77,7 @@ class Detectors:
 
 
 #: Component name (as in ``generated_by`` and /readyz) -> (Detectors field, model class).
-LOADERS: dict[str, tuple[str, Any]] = {
+LOADERS: dict[str, tuple[str, type[Detector] | type[EmotionModel]]] = {
     "ssdlite-person": ("person", PersonDetector),
     "centernet": ("objects", ObjectDetector),
     "blazeface": ("faces", FaceDetector),

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from imgsvc.vision.base import Detection, model_file
+from imgsvc.vision.base import Detection, Detector, model_file
 from imgsvc.vision.graphs.compiler import Program, compile_graph
 from imgsvc.vision.graphs.graphdef import load_graphdef
 from imgsvc.vision.graphs.images import image_batch, resized
@@ -119,7 +119,7 @@ def views(width: int, height: int) -> list[tuple[int, int, int, int]]:
     return regions
 
 
-class PersonDetector:
+class PersonDetector(Detector):
     """``detect(images)`` -> for each image, the people in it (label ``person``), best first."""
 
     name = "ssdlite-mobilenet-v2-person"
