@@ -26,7 +26,7 @@ from imgsvc.vision.captioners.family import Family
 from imgsvc.vision.captioners.hub import cached_snapshot, download_model, looks_like_path, offline
 from imgsvc.vision.devices import resolve_device
 
-log = logging.getLogger("imgsvc.vision.captioner")
+log = logging.getLogger("imgsvc.vision.captioners")
 
 #: The families this captioner runs, by ``model_type``: a new family is a module beside this one, listed here.
 FAMILIES: dict[str, Family] = {
