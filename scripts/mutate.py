@@ -160,7 +160,9 @@ def model_cache() -> Path:
     """Where the tiny test model is kept across mutants: one per version of the code that builds it."""
     import transformers
 
-    recipe = (ROOT / "imgsvc" / "vision" / "tiny.py").read_bytes() + transformers.__version__.encode()
+    recipe = (
+        ROOT / "imgsvc" / "vision" / "testing_utils.py"
+    ).read_bytes() + transformers.__version__.encode()
     return WORK / f"model-{hashlib.sha256(recipe).hexdigest()[:12]}"
 
 
