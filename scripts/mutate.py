@@ -79,6 +79,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "imgsvc/storage/retention.py": [OPS],
     "imgsvc/storage/db.py": [OPS, "tests/security/test_infrastructure_faults.py"],
     "imgsvc/web/api.py": [API, FEATURES, BATCHING],
+    "imgsvc/submissions.py": ["tests/unit/test_submissions.py", API, FEATURES, BATCHING],
     "imgsvc/web/auth.py": [FEATURES],
     "imgsvc/images.py": ["tests/unit/test_images.py", API],
 }
