@@ -70,6 +70,12 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/security/test_webhook_delivery.py",
         FEATURES,
     ],
+    "imgsvc/callback_urls.py": [
+        "tests/unit/test_webhooks.py",
+        "tests/security/test_webhook_delivery.py",
+        FEATURES,
+    ],
+    "imgsvc/results.py": ["tests/unit/test_results.py", API, "tests/integration/test_job_rows.py"],
     "imgsvc/storage/jobs.py": [API, FEATURES, BATCHING, OPS, FAULTS],
     "imgsvc/storage/uploads.py": [
         "tests/unit/test_uploads.py",

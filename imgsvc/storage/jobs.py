@@ -277,11 +277,6 @@ def claim_jobs(
     return claims, ahead
 
 
-def mark_processing(job_id: str) -> bool:
-    """Claim one queued job (see :func:`claim_jobs`)."""
-    return job_id in claim_jobs([job_id])[0]
-
-
 #: The columns that hold a job's result; a dedupe hit copies exactly these from the earlier job.
 RESULT_COLUMNS = ("description", "generated_by", "tags", "text_lines", "objects", "people")
 
@@ -291,16 +286,12 @@ def stored_result(job: Job) -> dict[str, Any]:
     return {name: getattr(job, name) for name in RESULT_COLUMNS}
 
 
-def mark_done(job_id: str, result: Description, generated_by: str, duration_ms: int | None = None) -> bool:
-    return job_id in finish_jobs({job_id: (result, generated_by, duration_ms)})
-
-
 def finish_jobs(
     done: Mapping[str, tuple[Description, str, int | None]], failed: Mapping[str, str] | None = None
 ) -> set[str]:
     """Write a batch's outcomes in one transaction: ``done`` job id -> (result, model, duration_ms),
     ``failed`` job id -> why. Each row is written only if it is still unfinished (compare-and-set,
-    as :func:`mark_done` and :func:`mark_failed`); returns the ids written. One that was not
+    as :func:`mark_failed`); returns the ids written. One that was not
     was cancelled (or deleted) while the model ran.
     """
     moment = utcnow()

@@ -19,9 +19,9 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from werkzeug.datastructures import FileStorage, MultiDict
 
-from imgsvc.config import Settings
+from imgsvc.callback_urls import check_callback_url
+from imgsvc.config import Settings, app_settings
 from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound, ServiceUnavailable
-from imgsvc.queue.webhooks import check_callback_url
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import client_filename
 from imgsvc.submissions import OPTION_SPECS, Intake, Submission, accept_upload, checked_option
@@ -59,18 +59,14 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _settings() -> Settings:
-    return current_app.config["IMGSVC"]
-
-
 def _intake() -> Intake:
     app = current_app
-    return Intake(_settings(), app.uploads, app.redis, app.task_queue, app.metrics)
+    return Intake(app_settings(), app.uploads, app.redis, app.task_queue, app.metrics)
 
 
 @bp.post("/submit")
 def submit() -> tuple[Response, int, dict[str, str]]:
-    settings = _settings()
+    settings = app_settings()
     uploads = request.files.getlist("file")
     if not uploads:
         raise MissingFile("send the image as the multipart form field 'file'")
@@ -98,7 +94,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
 @bp.post("/batch")
 def submit_batch() -> tuple[Response, int]:
     """Several ``file`` fields; each is checked on its own, so one bad file spoils nothing."""
-    settings = _settings()
+    settings = app_settings()
     request.max_content_length = settings.max_file_size * settings.max_batch_files + 64 * 1024
     uploads: list[FileStorage] = request.files.getlist("file")
     if not uploads:
