@@ -38,9 +38,9 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
     the rest go on. The exit status is 1 when any file failed.
     """
     from imgsvc.decoding import DecodeError, Decoder
+    from imgsvc.results import described
     from imgsvc.vision import load_describer
     from imgsvc.vision.base import ModelLoadError
-    from imgsvc.vision.records import description_record
 
     settings = Settings.from_env()
     if model:
@@ -69,12 +69,7 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
                     continue
                 result = next(results)
                 if as_json:
-                    record = {
-                        "file": str(path),
-                        "image_description": result.text,
-                        "generated_by": describer.name,
-                    }
-                    click.echo(json.dumps(record | description_record(result)))
+                    click.echo(json.dumps({"file": str(path)} | described(result, describer.name)))
                 else:
                     click.echo(f"{path}: {result.text}")
             bar.update(len(chunk))
