@@ -209,3 +209,10 @@ def test_facts_that_went_stale_once_are_stated_once_and_agree_with_what_they_cou
     assigned = re.findall(r"(?:^|\s)([A-Z][A-Z0-9_]+)=", block)
     numbers = {"three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8}
     assert numbers[counted.group(1)] == len(assigned), assigned
+
+
+def test_messages_that_point_at_the_docs_name_a_page_and_heading_that_exist():
+    for source in sorted((PROJECT_ROOT / "imgsvc").rglob("*.py")):
+        for page, heading in re.findall(r"see (docs/\w+\.md), '([^']+)'", source.read_text()):
+            assert slug(heading) in anchors(PROJECT_ROOT / page), f"{source.name}: {page} has no '{heading}'"
+        assert "see the README's" not in source.read_text(), source.name  # the manual is in docs/ now
