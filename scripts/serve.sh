@@ -36,17 +36,7 @@ then
   note "port $port is busy (another make run?); stop it, or choose another with WEB_PORT=..."
   exit 1
 fi
-# 2. Redis: one that answers, or a local one started now (stopped again with the rest).
-redis_pidfile=$(scripts/ensure-redis.sh --quiet)
-# 3. The environment and the weights (both are no-ops once done).
-scripts/bootstrap.sh
-. .venv/bin/activate
-# The offline scene describer's detector weights (pinned, checked). Not strict: without npm or a
-# network the worker runs with what there is and says so. Its lines are set-up notes like this one's.
-imgsvc fetch-models --quiet 2>&1 | sed -u 's/^/imgsvc: /' >&2
-imgsvc fetch-captioner   # the captioner's weights, when the Hub answers (FETCH_CAPTIONER=off skips)
-initialised=$(flask --app imgsvc init-db)
-
+redis_pidfile=
 pids=()
 stop_redis() {
   [ -n "$redis_pidfile" ] && [ -f "$redis_pidfile" ] || return 0
@@ -69,9 +59,21 @@ stop() {
   wait "${pids[@]}" 2>/dev/null || true
   stop_redis
 }
+# From here on, Ctrl+C, a kill or a failed step stops what was started, the Redis included.
 # Ctrl+C or a kill is how this is meant to end: stop the processes and exit 0 (make then says nothing).
 trap 'stop; note "stopped"; exit 0' INT TERM
 trap 'status=$?; stop; exit $status' EXIT
+
+# 2. Redis: one that answers, or a local one started now (stopped again with the rest).
+redis_pidfile=$(scripts/ensure-redis.sh --quiet)
+# 3. The environment and the weights (both are no-ops once done).
+scripts/bootstrap.sh
+. .venv/bin/activate
+# The offline scene describer's detector weights (pinned, checked). Not strict: without npm or a
+# network the worker runs with what there is and says so. Its lines are set-up notes like this one's.
+imgsvc fetch-models --quiet 2>&1 | sed -u 's/^/imgsvc: /' >&2
+imgsvc fetch-captioner   # the captioner's weights, when the Hub answers (FETCH_CAPTIONER=off skips)
+initialised=$(flask --app imgsvc init-db)
 
 workers="${WORKER_COUNT:-1}"
 # What runs, in two lines (a third, above, when fetch-captioner had something to say about the model).

@@ -21,13 +21,20 @@ class Captured:
 
 @pytest.fixture()
 def captured(monkeypatch, capsys):
-    """imgsvc's and RQ's loggers without handlers, to be configured by the test (onto its stderr)."""
+    """imgsvc's and RQ's loggers without handlers, to be configured by the test (onto its stderr).
+
+    Levels go back through ``setLevel``, which also clears the loggers' caches of enabled levels;
+    ``rq.worker``'s own level (an RQ worker earlier in the session sets one) is left to ``rq``'s.
+    """
+    levels = {name: logging.getLogger(name).level for name in (*logs.LOGGERS, "rq.worker")}
     for name in logs.LOGGERS:
         logger = logging.getLogger(name)
         monkeypatch.setattr(logger, "handlers", [])
         monkeypatch.setattr(logger, "propagate", logger.propagate)
-        monkeypatch.setattr(logger, "level", logger.level)
-    return Captured(capsys)
+    logging.getLogger("rq.worker").setLevel(logging.NOTSET)
+    yield Captured(capsys)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def test_the_default_is_one_readable_line_per_event_with_its_fields(captured, monkeypatch):
