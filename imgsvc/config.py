@@ -62,6 +62,10 @@ class Settings:
     max_image_frames: int = field(default=1000, metadata={"env": "MAX_IMAGE_FRAMES"})
     #: A local directory (a Path), or object storage as an ``s3://BUCKET/PREFIX`` URL (a str).
     upload_dir: Path | str = field(default=PROJECT_ROOT / "uploads", metadata={"env": "UPLOAD_DIR"})
+    #: Where uploads are staged and object-store downloads land when UPLOAD_DIR is s3://: a
+    #: directory of imgsvc's own (made 0700), never the shared system temp directory, since
+    #: workers and ``flask prune`` delete the stale ``.upload-*``/``.download-*`` files in it.
+    staging_dir: Path = field(default=PROJECT_ROOT / "instance" / "staging", metadata={"env": "STAGING_DIR"})
     secret_key: str = field(default="dev-not-secret", metadata={"env": "SECRET_KEY"})
     rq_dashboard_username: str = field(default="", metadata={"env": "RQ_DASHBOARD_USERNAME"})
     rq_dashboard_password: str = field(default="", metadata={"env": "RQ_DASHBOARD_PASSWORD"})

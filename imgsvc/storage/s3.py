@@ -39,10 +39,16 @@ MISSING = {"NoSuchKey", "404", "NotFound"}
 
 
 class S3UploadStore(UploadStore):
-    """Objects ``PREFIX/NAME`` in one bucket; uploads are staged in the system temp directory."""
+    """Objects ``PREFIX/NAME`` in one bucket; uploads are staged in a directory of imgsvc's own.
 
-    def __init__(self, url: str, max_bytes: int, staging_dir: Path | None = None) -> None:
-        super().__init__(max_bytes, staging_dir or Path(tempfile.gettempdir()))
+    Not the system temp directory: the sweep of stale ``.upload-*``/``.download-*`` files
+    (workers, ``flask prune``) would delete other programs' files there.
+    """
+
+    def __init__(self, url: str, max_bytes: int, staging_dir: Path) -> None:
+        staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        staging_dir.chmod(0o700)  # mkdir's mode is masked by the umask, and skipped when it exists
+        super().__init__(max_bytes, staging_dir)
         self.bucket, self.prefix = parse_s3_url(url)
         self._client: Any = None
         self._lock = threading.Lock()
