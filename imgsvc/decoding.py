@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print from any library must not corrupt the answers
-    _die_with_parent()
+    die_with_parent()
     # The whole address space, not RLIMIT_DATA: under RLIMIT_DATA glibc serves big
     # buffers from the heap and keeps a decoded canvas's memory after it is freed.
     limit = args.memory_mb * 1024 * 1024
@@ -476,8 +476,8 @@ def _malloc_trim() -> Callable[[], object]:
         return lambda: None
 
 
-def _die_with_parent() -> None:
-    """Linux: be SIGKILLed when the worker dies, even in the middle of a decode."""
+def die_with_parent() -> None:
+    """Linux: be SIGKILLed when the parent dies (a decoder mid-decode, RQ's scheduler)."""
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
