@@ -44,6 +44,9 @@ POSITIVE = (
     "decode_timeout",
     "decode_memory_mb",
     "worker_ttl",
+    "webhook_timeout",
+    "webhook_workers",
+    "webhook_per_host",
 )
 
 
@@ -74,6 +77,12 @@ class Settings:
     trusted_proxies: int = field(default=0, metadata={"env": "TRUSTED_PROXIES"})
     webhook_secret: str = field(default="", metadata={"env": "WEBHOOK_SECRET"})
     webhook_allow_private: bool = field(default=False, metadata={"env": "WEBHOOK_ALLOW_PRIVATE"})
+    #: One delivery attempt, connect to headers, in seconds (a receiver that drips is cut here).
+    webhook_timeout: int = field(default=15, metadata={"env": "WEBHOOK_TIMEOUT"})
+    #: Deliveries ``imgsvc webhooks`` runs side by side (one worker process each).
+    webhook_workers: int = field(default=4, metadata={"env": "WEBHOOK_WORKERS"})
+    #: Deliveries to one host and port queued or running at once; the rest wait their turn.
+    webhook_per_host: int = field(default=2, metadata={"env": "WEBHOOK_PER_HOST"})
     # storage
     database_url: str = field(default="", metadata={"env": "DATABASE_URL"})
     # queue

@@ -38,6 +38,7 @@ from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
+from rq.worker_pool import WorkerPool
 
 from imgsvc.config import Settings
 from imgsvc.decoding import DecoderPool, DecoderUnavailable, die_with_parent
@@ -148,6 +149,27 @@ class PromptStop:
 
 class WebhookWorker(PromptStop, Worker):
     """A plain (forking) RQ worker for webhook deliveries, which load no model."""
+
+
+class _PooledWebhookWorker(WebhookWorker):
+    """One of :class:`WebhookPool`'s workers: it ends with the pool, even one killed by SIGKILL."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        die_with_parent()
+        super().__init__(*args, **kwargs)
+
+
+class WebhookPool(WorkerPool):
+    """RQ's worker pool of webhook workers (``imgsvc webhooks``), named ``PREFIX-<id>`` if asked."""
+
+    def __init__(self, queues: list[Queue], connection: Any, count: int, prefix: str | None = None) -> None:
+        super().__init__(queues, connection, num_workers=count, worker_class=_PooledWebhookWorker)
+        self.prefix = prefix
+
+    def get_worker_process(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return super().get_worker_process(
+            f"{self.prefix}-{name[:8]}" if self.prefix else name, *args, **kwargs
+        )
 
 
 class ImgsvcWorker(PromptStop, SimpleWorker):

@@ -127,9 +127,9 @@ class Stack:
         self.wait_for("worker", lambda: self._answers("/readyz"))
 
     def start_webhook_worker(self) -> None:
+        """What production runs: ``imgsvc webhooks`` (WEBHOOK_WORKERS RQ workers, with the scheduler)."""
         queue = self.env["WEBHOOK_QUEUE"]
-        rq = str(Path(sys.executable).parent / "rq")
-        self.spawn("webhooks", [rq, "worker", "--url", TEST_REDIS_URL, "--with-scheduler", queue])
+        self.spawn("webhooks", [str(Path(sys.executable).parent / "imgsvc"), "webhooks"])
         redis = Redis.from_url(TEST_REDIS_URL)
         self.wait_for("webhooks", lambda: Worker.all(queue=Queue(queue, connection=redis)))
 
