@@ -47,6 +47,8 @@ POSITIVE = (
     "webhook_timeout",
     "webhook_workers",
     "webhook_per_host",
+    "s3_timeout",
+    "s3_cooldown",
 )
 
 
@@ -68,6 +70,10 @@ class Settings:
     #: Where uploads are staged and object-store downloads land when UPLOAD_DIR is s3://: a
     #: directory of imgsvc's own (made 0700), never the shared system temp directory, since
     #: workers and ``flask prune`` delete the stale ``.upload-*``/``.download-*`` files in it.
+    #: S3 mode: a submit's PUT gets one try and this many seconds in all, then a 503.
+    s3_timeout: int = field(default=5, metadata={"env": "S3_TIMEOUT"})
+    #: S3 mode: after the store failed, submits answer 503 at once for this many seconds.
+    s3_cooldown: int = field(default=30, metadata={"env": "S3_COOLDOWN"})
     staging_dir: Path = field(default=PROJECT_ROOT / "instance" / "staging", metadata={"env": "STAGING_DIR"})
     secret_key: str = field(default="dev-not-secret", metadata={"env": "SECRET_KEY"})
     rq_dashboard_username: str = field(default="", metadata={"env": "RQ_DASHBOARD_USERNAME"})
