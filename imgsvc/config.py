@@ -49,6 +49,7 @@ POSITIVE = (
     "webhook_per_host",
     "s3_timeout",
     "s3_cooldown",
+    "web_header_timeout",
 )
 
 
@@ -61,6 +62,8 @@ class Settings:
     web_host: str = field(default="127.0.0.1", metadata={"env": "WEB_HOST"})
     web_port: int = field(default=8000, metadata={"env": "WEB_PORT"})
     web_workers: int = field(default=2, metadata={"env": "WEB_WORKERS"})
+    #: A request's line and headers must be in within this many seconds (read by gunicorn's worker).
+    web_header_timeout: int = field(default=10, metadata={"env": "WEB_HEADER_TIMEOUT"})
     max_file_size: int = field(default=10 * 1024 * 1024, metadata={"env": "MAX_FILE_SIZE"})
     max_batch_files: int = field(default=20, metadata={"env": "MAX_BATCH_FILES"})
     max_image_pixels: int = field(default=40_000_000, metadata={"env": "MAX_IMAGE_PIXELS"})
