@@ -156,8 +156,13 @@ class Stack:
         return row
 
     def stop(self) -> None:
+        """SIGTERM each group; one still busy 10 s later (a worker mid-job) is killed, so that no
+        process outlives its test and takes the next test's jobs from the same queue name."""
         for proc in reversed(self.procs):
-            kill_group(proc, signal.SIGTERM)
+            try:
+                kill_group(proc, signal.SIGTERM)
+            except subprocess.TimeoutExpired:
+                kill_group(proc, signal.SIGKILL)
 
     def unhandled_errors(self) -> list[str]:
         """Lines where the app logged an unexpected exception (its one 500 path)."""
