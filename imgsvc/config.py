@@ -40,6 +40,7 @@ POSITIVE = (
     "job_timeout",
     "max_image_pixels",
     "max_image_frames",
+    "header_check_ms",
     "batch_size",
     "decode_timeout",
     "decode_memory_mb",
@@ -60,6 +61,8 @@ class Settings:
     max_batch_files: int = field(default=20, metadata={"env": "MAX_BATCH_FILES"})
     max_image_pixels: int = field(default=40_000_000, metadata={"env": "MAX_IMAGE_PIXELS"})
     max_image_frames: int = field(default=1000, metadata={"env": "MAX_IMAGE_FRAMES"})
+    #: Wall-clock for the header check of all the files of one request together (a real file: ms).
+    header_check_ms: int = field(default=2000, metadata={"env": "HEADER_CHECK_MS"})
     #: A local directory (a Path), or object storage as an ``s3://BUCKET/PREFIX`` URL (a str).
     upload_dir: Path | str = field(default=PROJECT_ROOT / "uploads", metadata={"env": "UPLOAD_DIR"})
     secret_key: str = field(default="dev-not-secret", metadata={"env": "SECRET_KEY"})

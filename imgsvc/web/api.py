@@ -7,6 +7,7 @@ import binascii
 import contextlib
 import json
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -122,7 +123,9 @@ def accept_upload(
     """
     staged = store.stage(stream)
     try:
-        info = inspect_image(staged.path, settings.max_image_pixels, settings.max_image_frames)
+        # One deadline per request: the files of a batch share the header check's budget.
+        deadline = g.setdefault("header_deadline", time.monotonic() + settings.header_check_ms / 1000)
+        info = inspect_image(staged.path, settings.max_image_pixels, settings.max_image_frames, deadline)
         model = running_model(current_app.redis, settings)
         _check_supported(model, submission.options)
     except BaseException:

@@ -8,16 +8,25 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from bench.bombs import declared_png, progressive_scan_bomb
+from bench.bombs import declared_png, progressive_scan_bomb, tiff_tag_bomb
 from imgsvc.config import PROJECT_ROOT
 from imgsvc.errors import ImageTooLarge, UnsupportedImage
-from imgsvc.images import MAX_ELEMENTS, MAX_JPEG_SCANS, inspect_image, sniff_type
+from imgsvc.images import (
+    MAX_ELEMENTS,
+    MAX_JPEG_SCANS,
+    MAX_TIFF_STRIPS,
+    ImageInfo,
+    _Walker,
+    inspect_image,
+    sniff_type,
+)
 
 LIMITS = {"max_pixels": 40_000_000, "max_frames": 1000}
 
@@ -190,6 +199,105 @@ def test_a_tiff_whose_directories_loop_is_refused(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(UnsupportedImage, match="loop"):
         inspect_image(path, **LIMITS)
+
+
+# -- TIFF tag arrays (issue 23, row 1) ------------------------------------------------------------------
+def tiff_of(entries: list[tuple[int, int, int, int]], tail: bytes = b"") -> bytes:
+    """A little-endian TIFF of one IFD of (tag, type, count, value) entries, then ``tail``."""
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + tail
+
+
+def test_the_tiff_tag_array_bomb_is_refused_without_reading_its_arrays(tmp_path):
+    """The review's 9.5 MB file: 3 x 65,530 StripOffsets arrays of 3.6 M values after a 1x1 page.
+
+    Before the fix every array was unpacked (an hour of CPU); now the repeated tag is refused.
+    """
+    path = tmp_path / "bomb.tiff"
+    path.write_bytes(tiff_tag_bomb())
+    with pytest.raises(UnsupportedImage, match="lists tag 273 twice in one directory"):
+        inspect_image(path, **LIMITS)
+
+
+def test_the_bomb_s_valid_first_page_alone_is_accepted(tmp_path):
+    path = tmp_path / "page.tiff"
+    path.write_bytes(tiff_tag_bomb(pages=0, values=4))
+    assert Image.open(path).size == (1, 1)
+    assert inspect_image(path, **LIMITS) == ImageInfo("TIFF", 1, 1)
+
+
+def test_a_tag_repeated_in_one_directory_is_refused(tmp_path):
+    size = [(256, 3, 1, 1), (257, 3, 1, 1)]
+    path = tmp_path / "twice.tiff"
+    path.write_bytes(tiff_of([*size, (257, 3, 1, 5)]))
+    with pytest.raises(UnsupportedImage, match="lists tag 257 twice"):
+        inspect_image(path, **LIMITS)
+
+
+def test_only_the_first_value_of_a_size_array_is_read(tmp_path, monkeypatch):
+    """A width array of 3.6 M values: one is read (the rest of the array is never unpacked)."""
+    values = 3_600_000
+    region = 8 + 2 + 2 * 12 + 4
+    path = tmp_path / "wide.tiff"
+    path.write_bytes(
+        tiff_of([(256, 3, values, region), (257, 3, 1, 1)], struct.pack("<H", 7) + bytes(values * 2))
+    )
+    reads: list[str] = []
+    original = _Walker.read
+    monkeypatch.setattr(
+        _Walker, "read", lambda self, fmt, offset: reads.append(fmt) or original(self, fmt, offset)
+    )
+    assert inspect_image(path, **LIMITS) == ImageInfo("TIFF", 7, 1)
+    assert all(len(fmt) <= 4 for fmt in reads), reads  # "<1H", never "<3600000H"
+
+
+def test_more_strips_than_the_limit_on_the_first_page_are_refused(tmp_path):
+    count = MAX_TIFF_STRIPS + 1
+    region = 8 + 2 + 4 * 12 + 4
+    entries = [(256, 3, 1, 1), (257, 3, 1, 1), (273, 4, count, region), (279, 4, count, region)]
+    path = tmp_path / "strips.tiff"
+    path.write_bytes(tiff_of(entries, bytes(count * 4)))
+    with pytest.raises(
+        UnsupportedImage, match=f"lists {count} strips or tiles; the limit is {MAX_TIFF_STRIPS}"
+    ):
+        inspect_image(path, **LIMITS)
+
+
+def test_strip_values_count_toward_the_element_limit(tmp_path):
+    """Strip and tile arrays each under the cap: their values together pass MAX_ELEMENTS."""
+    count = 60_000
+    region = 8 + 2 + 6 * 12 + 4
+    arrays = [(tag, 4, count, region) for tag in (273, 279, 324, 325)]
+    assert count < MAX_TIFF_STRIPS and 4 * count > MAX_ELEMENTS
+    path = tmp_path / "elements.tiff"
+    path.write_bytes(tiff_of([(256, 3, 1, 1), (257, 3, 1, 1), *arrays], bytes(count * 4)))
+    with pytest.raises(UnsupportedImage, match=f"more than {MAX_ELEMENTS} TIFF strip and tile entries"):
+        inspect_image(path, **LIMITS)
+
+
+def test_a_header_check_past_its_deadline_is_refused_as_a_bomb(tmp_path):
+    path = sample(tmp_path, "pages.tiff")
+    with pytest.raises(ImageTooLarge, match="ran out of its time budget"):
+        inspect_image(path, **LIMITS, deadline=time.monotonic() - 1)
+    assert inspect_image(path, **LIMITS, deadline=time.monotonic() + 60).frames == 3
+
+
+def test_a_tiff_of_many_strips_written_by_pillow_is_accepted(tmp_path):
+    path = tmp_path / "strips.tiff"
+    noise((300, 400)).save(
+        path, "TIFF", compression="tiff_adobe_deflate", tiffinfo={278: 16}
+    )  # 16 rows a strip
+    with Image.open(path) as image:
+        strips = len(image.tag_v2[273])
+    assert strips == 25
+    assert inspect_image(path, **LIMITS) == ImageInfo("TIFF", 300, 400)
+
+
+def test_a_multi_page_tiff_of_pages_of_different_sizes_is_accepted(tmp_path):
+    path = tmp_path / "pages.tiff"
+    first, *rest = [noise((20 + i, 30 + i)) for i in range(4)]
+    first.save(path, "TIFF", save_all=True, append_images=rest, compression="tiff_lzw")
+    assert inspect_image(path, **LIMITS) == ImageInfo("TIFF", 20, 30, frames=4)
 
 
 def test_bytes_after_a_jpeg_end_are_ignored(tmp_path):
