@@ -120,6 +120,30 @@ def test_dashboard_is_mounted_behind_basic_auth(settings, redis_db, jpeg_bytes):
     assert client.get("/rq/0/data/queues.json", auth=("ops", "pw")).get_json()["queues"][0]["count"] == 1
 
 
+def test_the_dashboard_needs_the_username_as_well_as_the_password(settings, redis_db):
+    client = create_app(settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")).test_client()
+    assert client.get("/rq/", auth=("someone", "pw")).status_code == 401
+    assert client.get("/rq/", auth=("", "pw")).status_code == 401
+    assert client.get("/rq/", auth=("ops", "pw")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://localhost.evil.example",
+        "http://evil.example/http://localhost",
+        "http://xlocalhost",
+        "http://local",
+    ],
+)
+def test_an_origin_that_only_contains_the_host_is_cross_site(settings, redis_db, origin):
+    client = create_app(settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")).test_client()
+    refused = client.get("/rq/requeue/imgsvc", auth=("ops", "pw"), headers={"Origin": origin})
+    assert refused.status_code == 403
+    accepted = client.get("/rq/requeue/imgsvc", auth=("ops", "pw"), headers={"Origin": "http://localhost"})
+    assert accepted.get_json() == {"status": "OK", "count": 0}
+
+
 def test_guessing_the_dashboard_password_is_limited_per_address(settings, redis_db):
     dashboard = settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")
     client = create_app(dashboard).test_client()

@@ -512,3 +512,38 @@ def test_the_scan_bomb_413_says_why_and_names_the_limit(tmp_path):
         inspect_bytes(tmp_path, progressive_scan_bomb(64, MAX_JPEG_SCANS + 10))
     assert refused.value.message.endswith("refused as a decompression bomb")
     assert refused.value.details == {"max_scans": MAX_JPEG_SCANS}
+
+
+# -- mutation audit gaps (issue 23's last section) ------------------------------------------------------
+def test_a_gif_frame_placed_far_outside_a_small_canvas_is_refused(tmp_path):
+    """Pillow grows the canvas to hold the frame: a 10x10 GIF with a frame at (60000, 60000) is 60010^2."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (10, 10)).save(buffer, "GIF")
+    data = bytearray(buffer.getvalue())
+    descriptor = data.index(b"\x2c" + struct.pack("<HHHH", 0, 0, 10, 10))
+    struct.pack_into("<HH", data, descriptor + 1, 60_000, 60_000)
+    path = tmp_path / "far.gif"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageTooLarge, match="an animation frame has 60010x60010 pixels"):
+        inspect_image(path, **LIMITS)
+
+
+def test_a_webp_with_an_odd_length_chunk_is_read_past_its_padding(tmp_path):
+    """RIFF pads a chunk of odd length with one byte: a 13-byte ICC profile is followed by a pad."""
+    path = tmp_path / "icc.webp"
+    Image.new("RGB", (10, 12)).save(path, "WEBP", icc_profile=b"x" * 13)
+    assert b"ICCP\x0d\x00\x00\x00" in path.read_bytes()
+    assert inspect_image(path, **LIMITS) == ImageInfo("WEBP", 10, 12)
+
+
+def test_a_top_down_bmp_is_accepted_with_its_height(tmp_path):
+    """A negative height in the header means rows stored top-down (Windows writes them)."""
+    buffer = io.BytesIO()
+    noise((16, 9)).save(buffer, "BMP")
+    data = bytearray(buffer.getvalue())
+    struct.pack_into("<i", data, 22, -9)
+    path = tmp_path / "top-down.bmp"
+    path.write_bytes(bytes(data))
+    with Image.open(path) as image:
+        assert image.size == (16, 9)
+    assert inspect_image(path, **LIMITS) == ImageInfo("BMP", 16, 9)
