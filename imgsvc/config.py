@@ -59,6 +59,8 @@ class Settings:
     web_workers: int = field(default=2, metadata={"env": "WEB_WORKERS"})
     max_file_size: int = field(default=10 * 1024 * 1024, metadata={"env": "MAX_FILE_SIZE"})
     max_batch_files: int = field(default=20, metadata={"env": "MAX_BATCH_FILES"})
+    #: Multipart parts per request, files and fields together; 0 = MAX_BATCH_FILES + 5 (the fields).
+    max_form_parts: int = field(default=0, metadata={"env": "MAX_FORM_PARTS"})
     max_image_pixels: int = field(default=40_000_000, metadata={"env": "MAX_IMAGE_PIXELS"})
     max_image_frames: int = field(default=1000, metadata={"env": "MAX_IMAGE_FRAMES"})
     #: Wall-clock for the header check of all the files of one request together (a real file: ms).
@@ -134,6 +136,8 @@ class Settings:
                 raise ConfigError(f"{name.upper()} must be positive")
         if self.task_max_retries < 0 or self.task_retry_delay < 0:
             raise ConfigError("TASK_MAX_RETRIES and TASK_RETRY_DELAY must be >= 0")
+        if self.max_form_parts < 0:
+            raise ConfigError("MAX_FORM_PARTS must be >= 0 (0: MAX_BATCH_FILES + 5)")
         if self.trusted_proxies < 0:
             raise ConfigError("TRUSTED_PROXIES must be >= 0")
         if self.decode_processes < 0:
@@ -149,6 +153,11 @@ class Settings:
         if isinstance(self.upload_dir, str):
             parse_s3_url(self.upload_dir)
         return self
+
+    @property
+    def form_parts_limit(self) -> int:
+        """MAX_FORM_PARTS, or room for a full batch and every form field (MAX_BATCH_FILES + 5)."""
+        return self.max_form_parts or self.max_batch_files + 5
 
     @property
     def sqlalchemy_url(self) -> str:

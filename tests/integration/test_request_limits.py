@@ -1,0 +1,74 @@
+"""What a request may carry and who may read what (issue 23, rows 4, 6 and 10), through the app."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+import imgsvc.web
+from imgsvc import create_app
+from tests.integration.test_api import submit
+
+
+@pytest.fixture()
+def staged(monkeypatch) -> list[object]:
+    """Every staging file the request parser opens (each one an open temp file)."""
+    opened: list[object] = []
+    real = imgsvc.web.StagingFile
+
+    def counting(*args, **kwargs):
+        opened.append(real(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(imgsvc.web, "StagingFile", counting)
+    return opened
+
+
+def many_parts(count: int, name: str = "file") -> bytes:
+    boundary = "parts"
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="p"\r\n\r\nx\r\n'
+    return (part * count + f"--{boundary}--\r\n").encode()
+
+
+def post_form(client, path: str, body: bytes):
+    return client.post(path, data=body, content_type="multipart/form-data; boundary=parts")
+
+
+# -- row 6: form parts ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/api/v1/submit", "/api/v1/batch"])
+def test_a_form_of_1500_parts_is_refused_for_its_parts_before_they_are_staged(client, staged, path):
+    response = post_form(client, path, many_parts(1500))
+    assert response.status_code == 413
+    error = response.get_json()["error"]
+    assert error["code"] == "too_many_form_parts"
+    assert error["message"].startswith("the form has more than 25 parts; the limit is 25")
+    assert len(staged) <= 25
+
+
+def test_the_part_limit_follows_max_batch_files_and_max_form_parts(settings, redis_db):
+    assert settings.form_parts_limit == settings.max_batch_files + 5
+    client = create_app(settings.with_(max_form_parts=3)).test_client()
+    assert (
+        post_form(client, "/api/v1/batch", many_parts(4)).get_json()["error"]["code"] == "too_many_form_parts"
+    )
+    assert post_form(client, "/api/v1/batch", many_parts(3)).status_code == 400  # parsed: "x" is no image
+
+
+def test_a_full_batch_with_its_fields_is_within_the_part_limit(client, settings, jpeg_bytes):
+    files = [(io.BytesIO(jpeg_bytes + bytes([n])), f"{n}.jpg") for n in range(settings.max_batch_files)]
+    response = client.post(
+        "/api/v1/batch",
+        data={"file": files, "options": "{}", "callback_url": ""},
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["accepted"] == settings.max_batch_files
+
+
+def test_a_file_part_under_another_name_is_refused_before_it_is_staged(client, staged):
+    response = post_form(client, "/api/v1/submit", many_parts(1, name="image"))
+    assert response.status_code == 400
+    assert response.get_json()["error"]["message"] == "a file can only be sent in the form field 'file'"
+    assert staged == []
+    assert submit(client, b"not an image").status_code == 415  # the field named file is parsed as before
