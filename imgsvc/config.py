@@ -72,6 +72,8 @@ class Settings:
     rq_dashboard_password: str = field(default="", metadata={"env": "RQ_DASHBOARD_PASSWORD"})
     api_keys: tuple[str, ...] = field(default=(), metadata={"env": "API_KEYS"})
     rate_limit: str = field(default="", metadata={"env": "RATE_LIMIT"})
+    #: Bearer token for /metrics and /readyz's checks; required for them once API_KEYS is set.
+    metrics_token: str = field(default="", metadata={"env": "METRICS_TOKEN"})
     trusted_proxies: int = field(default=0, metadata={"env": "TRUSTED_PROXIES"})
     webhook_secret: str = field(default="", metadata={"env": "WEBHOOK_SECRET"})
     webhook_allow_private: bool = field(default=False, metadata={"env": "WEBHOOK_ALLOW_PRIVATE"})

@@ -135,7 +135,15 @@ def register_web(app: Flask) -> None:
     mount_dashboard(app, app.config["IMGSVC"])
     register_errors(app)
     app.before_request(_start_timer)
+    app.after_request(no_sniffing)
     app.after_request(_log_request)
+
+
+def no_sniffing(response: Response) -> Response:
+    """Every response, errors included: a browser must take our Content-Type as it is, so an
+    uploaded file or a JSON body quoting one is never run as HTML or script."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def register_errors(app: Flask) -> None:

@@ -72,3 +72,71 @@ def test_a_file_part_under_another_name_is_refused_before_it_is_staged(client, s
     assert response.get_json()["error"]["message"] == "a file can only be sent in the form field 'file'"
     assert staged == []
     assert submit(client, b"not an image").status_code == 415  # the field named file is parsed as before
+
+
+# -- row 10: nosniff, and who reads /metrics and /readyz ---------------------------------------------
+def test_every_response_says_nosniff(settings, redis_db):
+    client = create_app(settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")).test_client()
+    responses = {
+        "healthz": client.get("/healthz"),
+        "readyz": client.get("/readyz"),
+        "metrics": client.get("/metrics"),
+        "jobs": client.get("/api/v1/jobs"),
+        "page": client.get("/"),
+        "openapi": client.get("/openapi.json"),
+        "no such route": client.get("/nowhere"),
+        "415": submit(client, b"%PDF-1.4 not an image"),
+        "413": post_form(client, "/api/v1/submit", many_parts(100)),
+        "dashboard 401": client.get("/rq/"),
+    }
+    assert {name: r.headers.get("X-Content-Type-Options") for name, r in responses.items()} == dict.fromkeys(
+        responses, "nosniff"
+    )
+
+
+def test_the_standalone_dashboard_says_nosniff(monkeypatch, settings):
+    from imgsvc.web.dashboard import create_dashboard_app
+
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("RQ_DASHBOARD_USERNAME", "ops")
+    monkeypatch.setenv("RQ_DASHBOARD_PASSWORD", "pw")
+    client = create_dashboard_app().test_client()
+    assert client.get("/rq/").headers["X-Content-Type-Options"] == "nosniff"
+    assert client.get("/rq/", auth=("ops", "pw")).headers["X-Content-Type-Options"] == "nosniff"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.mark.parametrize(
+    ("api_keys", "metrics_token", "headers", "open_"),
+    [
+        ((), "", {}, True),  # development: nothing configured, nothing to hide behind
+        (("alpha",), "", {}, False),
+        (("alpha",), "", bearer("alpha"), False),  # an API key is a client's, not an operator's
+        (("alpha",), "m-token", bearer("m-token"), True),
+        (("alpha",), "m-token", bearer("alpha"), False),
+        (("alpha",), "m-token", {"X-API-Key": "m-token"}, True),
+        ((), "m-token", {}, False),
+        ((), "m-token", bearer("m-token"), True),
+        ((), "m-token", bearer("m-tokeN"), False),
+        ((), "m-token", bearer("ünïcode"), False),
+    ],
+)
+def test_metrics_and_readiness_details_are_for_operators(
+    settings, redis_db, api_keys, metrics_token, headers, open_
+):
+    client = create_app(settings.with_(api_keys=api_keys, metrics_token=metrics_token)).test_client()
+    metrics = client.get("/metrics", headers=headers)
+    ready = client.get("/readyz", headers=headers)
+    assert (
+        ready.status_code == 503 and ready.get_json()["status"] == "not ready"
+    )  # no worker: probes still see it
+    if open_:
+        assert metrics.status_code == 200 and "imgsvc_" in metrics.get_data(as_text=True)
+        assert ready.get_json()["checks"]["workers"] == 0
+    else:
+        assert metrics.status_code == 401
+        assert metrics.get_json()["error"]["message"].startswith("metrics need METRICS_TOKEN")
+        assert "checks" not in ready.get_json()
