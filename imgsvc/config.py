@@ -74,6 +74,9 @@ class Settings:
     rate_limit: str = field(default="", metadata={"env": "RATE_LIMIT"})
     #: Bearer token for /metrics and /readyz's checks; required for them once API_KEYS is set.
     metrics_token: str = field(default="", metadata={"env": "METRICS_TOKEN"})
+    #: Jobs and uploaded bytes a day per API key (per address without one); 0 = no quota.
+    quota_jobs_per_day: int = field(default=0, metadata={"env": "QUOTA_JOBS_PER_DAY"})
+    quota_bytes_per_day: int = field(default=0, metadata={"env": "QUOTA_BYTES_PER_DAY"})
     trusted_proxies: int = field(default=0, metadata={"env": "TRUSTED_PROXIES"})
     webhook_secret: str = field(default="", metadata={"env": "WEBHOOK_SECRET"})
     webhook_allow_private: bool = field(default=False, metadata={"env": "WEBHOOK_ALLOW_PRIVATE"})
@@ -138,6 +141,8 @@ class Settings:
                 raise ConfigError(f"{name.upper()} must be positive")
         if self.task_max_retries < 0 or self.task_retry_delay < 0:
             raise ConfigError("TASK_MAX_RETRIES and TASK_RETRY_DELAY must be >= 0")
+        if self.quota_jobs_per_day < 0 or self.quota_bytes_per_day < 0:
+            raise ConfigError("QUOTA_JOBS_PER_DAY and QUOTA_BYTES_PER_DAY must be >= 0 (0: no quota)")
         if self.max_form_parts < 0:
             raise ConfigError("MAX_FORM_PARTS must be >= 0 (0: MAX_BATCH_FILES + 5)")
         if self.trusted_proxies < 0:

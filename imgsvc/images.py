@@ -6,7 +6,11 @@ tiny WebP with a 40-megapixel canvas), and Pillow's C decoders release the GIL, 
 gunicorn's timeout never fires. Instead each format's structure is walked here (JPEG
 markers, PNG chunks, GIF blocks, RIFF chunks, TIFF IFDs, the BMP header) without
 decompressing anything: a file whose structure does not hold together is refused (415),
-one that declares too many pixels, frames or scans is refused as a bomb (413). Pixels
+one that declares too many pixels, frames or scans is refused as a bomb (413), and so is
+(415) one with more than :data:`TRAILING_SLACK` bytes after its end (JPEG after EOI unless
+what follows is more JPEG streams, as in an MPO; PNG after IEND; GIF after its trailer;
+WebP after the RIFF size; an uncompressed BMP after its rows; a TIFF, whose parts are
+found by offsets and may lie anywhere, is not checked). Pixels
 are decoded by the worker, in a child process under a time and memory budget
 (:mod:`imgsvc.decoding`).
 
@@ -53,6 +57,13 @@ MAX_ELEMENTS = 200_000
 #: 10 MB file is walked in milliseconds; the web tier passes one deadline per request
 #: (``HEADER_CHECK_SECONDS``) so a batch of crafted files shares one budget.
 DEFAULT_CHECK_SECONDS = 2.0
+
+#: Bytes allowed after an image's end (encoders and tools pad to a block or a word; seen:
+#: a few zero bytes). Anything longer is refused: stored data that no decoder reads only
+#: fills the disk, and a varied tail makes identical images look different to dedupe.
+#: Refused rather than stripped, so the stored file is byte for byte what was sent (its
+#: hash, size and dedupe match the client's own) and the client learns why.
+TRAILING_SLACK = 512
 
 
 #: The allowed formats as a person reads them, for error messages.
@@ -201,9 +212,19 @@ def inspect_image(path: Path, max_pixels: int, max_frames: int, deadline: float 
             raise unsupported_image(path)
         walker = _Walker(data, max_pixels, max_frames, deadline)
         try:
-            return WALKERS[kind](walker)
+            info = WALKERS[kind](walker)
+            if kind == "JPEG":
+                _jpeg_followers(walker)
         except (struct.error, IndexError) as exc:
             raise unsupported(f"the {kind} data ends early (truncated file)") from exc
+        trailing = walker.size - walker.end
+        if trailing > TRAILING_SLACK:
+            name = "WebP" if kind == "WEBP" else kind
+            raise unsupported(
+                f"{trailing} bytes follow the end of the {name} image (at most {TRAILING_SLACK} may); "
+                "send the image alone",
+            )
+        return info
 
 
 def unsupported(reason: str) -> UnsupportedImage:
@@ -238,6 +259,8 @@ class _Walker:
         self.max_frames = max_frames
         self.deadline = deadline
         self.elements = 0
+        #: Where the image's data ends; a walker that cannot tell leaves the file's end.
+        self.end = self.size
 
     def read(self, fmt: str, offset: int) -> tuple[int, ...]:
         """struct.unpack_from that raises struct.error (= truncated) past the end."""
@@ -288,9 +311,9 @@ _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7 carry no length
 _SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 
 
-def _jpeg(w: _Walker) -> ImageInfo:
-    """Walk the markers from SOI to EOI, counting scans; bytes after EOI are ignored (MPO)."""
-    offset, size, scans = 2, None, 0
+def _jpeg(w: _Walker, start: int = 2) -> ImageInfo:
+    """Walk the markers from SOI to EOI, counting scans; ``w.end`` is set after EOI."""
+    offset, size, scans = start, None, 0
     while True:
         w.step("JPEG markers")
         if w.data[offset] != 0xFF:
@@ -300,6 +323,7 @@ def _jpeg(w: _Walker) -> ImageInfo:
         marker = w.data[offset]
         offset += 1
         if marker == 0xD9:  # EOI
+            w.end = offset
             break
         if marker in _STANDALONE:
             continue
@@ -334,6 +358,16 @@ def _jpeg(w: _Walker) -> ImageInfo:
     return ImageInfo("JPEG", *size, scans=scans)
 
 
+def _jpeg_followers(w: _Walker) -> None:
+    """JPEG streams after the first one's EOI: an MPO's other images, a camera's appended preview.
+
+    Each is walked like the first (its structure must hold, its size and scans are checked),
+    so what follows an image is only accepted when it is images too.
+    """
+    while w.size - w.end > TRAILING_SLACK and w.data[w.end : w.end + 3] == b"\xff\xd8\xff":
+        _jpeg(w, w.end + 2)
+
+
 # -- PNG ----------------------------------------------------------------------------------------
 def _png(w: _Walker) -> ImageInfo:
     """Walk chunks from IHDR to IEND; an APNG's acTL gives its frame count."""
@@ -355,6 +389,7 @@ def _png(w: _Walker) -> ImageInfo:
             frame = w.read(">II", offset + 12)
             w.check_size("PNG", *frame, what="an animation frame")
         elif kind == b"IEND":
+            w.end = end
             break
         offset = end
     return ImageInfo("PNG", *size, frames=max(frames, 1))
@@ -375,6 +410,7 @@ def _gif(w: _Walker) -> ImageInfo:
         w.step("GIF blocks")
         introducer = w.data[offset]
         if introducer == 0x3B:  # trailer
+            w.end = offset + 1
             break
         if introducer == 0x21:  # extension: label, then sub-blocks
             offset = _gif_sub_blocks(w, offset + 2)
@@ -416,6 +452,7 @@ def _webp(w: _Walker) -> ImageInfo:
     (riff_size,) = w.read("<I", 4)
     end_of_riff = 8 + riff_size
     w.need(end_of_riff, "the WebP RIFF container")
+    w.end = end_of_riff
     offset, size, frames = 12, None, 0
     while offset + 8 <= end_of_riff:
         w.step("WebP chunks")
@@ -477,7 +514,13 @@ def _bmp(w: _Walker) -> ImageInfo:
         raise unsupported(f"the BMP has {bits} bits per pixel (corrupt file)")
     if compression in _BMP_UNCOMPRESSED:
         stride = (width * bits + 31) // 32 * 4
-        w.need(pixel_offset + stride * height, "the BMP's pixel rows")
+        w.end = pixel_offset + stride * height
+        w.need(w.end, "the BMP's pixel rows")
+        if header_size >= 124:  # BITMAPV5HEADER: an embedded ICC profile may follow the rows
+            profile, profile_size = w.read("<II", 14 + 112)
+            if profile_size:
+                w.need(14 + profile + profile_size, "the BMP's colour profile")
+                w.end = max(w.end, 14 + profile + profile_size)
     return ImageInfo("BMP", width, height)
 
 

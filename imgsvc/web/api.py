@@ -27,6 +27,7 @@ from imgsvc.queue.webhooks import check_callback_url, enqueue_delivery
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import UploadStore, client_filename
 from imgsvc.web.auth import require_api_key
+from imgsvc.web.quotas import charge_quota, check_quota, refund_quota
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_key)
@@ -128,6 +129,7 @@ def accept_upload(
         info = inspect_image(staged.path, settings.max_image_pixels, settings.max_image_frames, deadline)
         model = running_model(current_app.redis, settings)
         _check_supported(model, submission.options)
+        charge_quota(settings, staged.size)  # last: a refused file is not counted
     except BaseException:
         store.discard(staged)
         raise
@@ -148,6 +150,7 @@ def accept_upload(
         hit = jobs.find_cached(staged.sha256, submission.options, model["name"], owner=g.get("owner"))
     if hit is not None:
         store.discard(staged)
+        refund_quota(settings, 0, staged.size)  # answered from a stored result: nothing kept
         now = jobs.utcnow()  # one instant: a row answered at once is created, started and completed together
         job = jobs.create_job(
             **common,
@@ -170,6 +173,7 @@ def accept_upload(
         job_id = jobs.insert_job(**common, upload_name=name)["id"]
     except BaseException:
         store.delete(name)
+        refund_quota(settings, 1, staged.size)
         raise
     try:
         enqueue_describe(
@@ -181,6 +185,7 @@ def accept_upload(
     except ImgsvcError:
         jobs.delete_job(job_id)
         store.delete(name)
+        refund_quota(settings, 1, staged.size)
         raise
     return Accepted(job_id, jobs.Status.QUEUED)
 
@@ -207,6 +212,7 @@ def _settings() -> Settings:
 @bp.post("/submit")
 def submit() -> tuple[Response, int, dict[str, str]]:
     settings = _settings()
+    check_quota(settings)  # before the body is parsed: a client over its quota costs no staging
     uploads = request.files.getlist("file")
     if not uploads:
         raise MissingFile("send the image as the multipart form field 'file'")
@@ -236,6 +242,7 @@ def submit_batch() -> tuple[Response, int]:
     """Several ``file`` fields; each is checked on its own, so one bad file spoils nothing."""
     settings = _settings()
     request.max_content_length = settings.max_file_size * settings.max_batch_files + 64 * 1024
+    check_quota(settings)
     uploads: list[FileStorage] = request.files.getlist("file")
     if not uploads:
         raise MissingFile("send the images as repeated multipart form fields 'file'")

@@ -140,3 +140,77 @@ def test_metrics_and_readiness_details_are_for_operators(
         assert metrics.status_code == 401
         assert metrics.get_json()["error"]["message"].startswith("metrics need METRICS_TOKEN")
         assert "checks" not in ready.get_json()
+
+
+# -- row 4: daily quotas per key and per address ---------------------------------------------------------
+def distinct_jpegs(jpeg_bytes: bytes, count: int) -> list[bytes]:
+    return [jpeg_bytes + bytes([n]) for n in range(count)]  # one byte of padding each: distinct bytes
+
+
+def test_a_client_over_its_daily_jobs_quota_gets_429_with_retry_after(settings, redis_db, jpeg_bytes):
+    client = create_app(settings.with_(quota_jobs_per_day=2)).test_client()
+    images = distinct_jpegs(jpeg_bytes, 3)
+    assert submit(client, b"not an image").status_code == 415  # refused files count nothing
+    assert [submit(client, image).status_code for image in images[:2]] == [202, 202]
+    refused = submit(client, images[2])
+    assert refused.status_code == 429
+    assert 0 < int(refused.headers["Retry-After"]) <= 24 * 3600
+    error = refused.get_json()["error"]
+    assert error["code"] == "too_many_requests"
+    assert error["message"] == "this client's daily quota of 2 jobs is used up; it resets at midnight UTC"
+    other = {"REMOTE_ADDR": "127.0.0.2"}  # another address has its own quota
+    assert (
+        client.post(
+            "/api/v1/submit",
+            data={"file": (io.BytesIO(images[2]), "x.jpg")},
+            content_type="multipart/form-data",
+            environ_base=other,
+        ).status_code
+        == 202
+    )
+
+
+def test_the_bytes_quota_counts_stored_bytes(settings, redis_db, jpeg_bytes):
+    client = create_app(settings.with_(quota_bytes_per_day=len(jpeg_bytes) * 5 // 2)).test_client()
+    first, second, third = distinct_jpegs(jpeg_bytes, 3)
+    assert [submit(client, first).status_code, submit(client, second).status_code] == [202, 202]
+    refused = submit(client, third)
+    assert (
+        refused.status_code == 429 and "bytes of uploads is used up" in refused.get_json()["error"]["message"]
+    )
+
+
+def test_quotas_are_per_valid_key(settings, redis_db, jpeg_bytes):
+    client = create_app(settings.with_(quota_jobs_per_day=1, api_keys=("alpha", "beta"))).test_client()
+    images = distinct_jpegs(jpeg_bytes, 3)
+
+    def send(key: str, image: bytes) -> int:
+        data = {"file": (io.BytesIO(image), "x.jpg")}
+        return client.post(
+            "/api/v1/submit", data=data, content_type="multipart/form-data", headers={"X-API-Key": key}
+        ).status_code
+
+    assert [send("alpha", images[0]), send("alpha", images[1]), send("beta", images[2])] == [202, 429, 202]
+
+
+def test_a_client_over_its_quota_is_refused_before_its_upload_is_staged(
+    settings, redis_db, jpeg_bytes, staged
+):
+    client = create_app(settings.with_(quota_jobs_per_day=1)).test_client()
+    assert submit(client, jpeg_bytes).status_code == 202
+    staged.clear()
+    assert submit(client, jpeg_bytes + b"\x00").status_code == 429
+    assert staged == []
+
+
+def test_a_batch_takes_what_the_quota_allows(settings, redis_db, jpeg_bytes):
+    client = create_app(settings.with_(quota_jobs_per_day=3)).test_client()
+    files = [(io.BytesIO(image), f"{n}.jpg") for n, image in enumerate(distinct_jpegs(jpeg_bytes, 5))]
+    body = client.post("/api/v1/batch", data={"file": files}, content_type="multipart/form-data").get_json()
+    assert body["accepted"] == 3
+    assert [job.get("status") or job["error"]["status"] for job in body["jobs"]] == ["queued"] * 3 + [
+        429,
+        429,
+    ]
+    again = {"file": (io.BytesIO(jpeg_bytes + b"\x09"), "again.jpg")}
+    assert client.post("/api/v1/batch", data=again, content_type="multipart/form-data").status_code == 429

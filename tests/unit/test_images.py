@@ -22,6 +22,7 @@ from imgsvc.images import (
     MAX_ELEMENTS,
     MAX_JPEG_SCANS,
     MAX_TIFF_STRIPS,
+    TRAILING_SLACK,
     ImageInfo,
     _Walker,
     inspect_image,
@@ -300,13 +301,75 @@ def test_a_multi_page_tiff_of_pages_of_different_sizes_is_accepted(tmp_path):
     assert inspect_image(path, **LIMITS) == ImageInfo("TIFF", 20, 30, frames=4)
 
 
-def test_bytes_after_a_jpeg_end_are_ignored(tmp_path):
-    """Phones append a second image (MPO) or trailing data after the first image's EOI."""
-    buffer = io.BytesIO()
-    noise().save(buffer, "JPEG")
-    path = tmp_path / "trailing.jpg"
-    path.write_bytes(buffer.getvalue() + b"\x00garbage" * 100)
-    assert inspect_image(path, **LIMITS).format == "JPEG"
+# -- trailing data (issue 23, row 4) --------------------------------------------------------------------
+TRAILING = ["baseline.jpg", "progressive.jpg", "plain.png", "animated.png", "still.gif", "animated.gif"]
+TRAILING += ["lossy.webp", "animated.webp", "plain.bmp"]
+
+
+@pytest.mark.parametrize("name", TRAILING)
+def test_a_few_hundred_bytes_after_an_image_s_end_are_padding(tmp_path, name):
+    path = sample(tmp_path, name)
+    path.write_bytes(path.read_bytes() + b"\x00" * TRAILING_SLACK)
+    assert inspect_image(path, **LIMITS).format == SAMPLES[name][2]
+
+
+@pytest.mark.parametrize("name", TRAILING)
+@pytest.mark.parametrize("tail", [b"PADDING-7" * 60, bytes(9 * 1024 * 1024)], ids=["600 B", "9 MB of zeros"])
+def test_data_after_an_image_s_end_is_refused(tmp_path, name, tail):
+    """The review's uploads: one JPEG with PADDING-%d after it (dedupe bypassed), 600 B + 9 MB of zeros."""
+    path = sample(tmp_path, name)
+    path.write_bytes(path.read_bytes() + tail)
+    kind = "WebP" if SAMPLES[name][2] == "WEBP" else SAMPLES[name][2]
+    with pytest.raises(UnsupportedImage, match=f"^.*{len(tail)} bytes follow the end of the {kind} image"):
+        inspect_image(path, **LIMITS)
+
+
+def test_jpeg_streams_after_a_jpeg_are_accepted_as_an_mpo_s_images(tmp_path):
+    """Cameras store an MPO's second image (and some a preview) right after the first's EOI."""
+    first, second = jpeg_bytes_of(noise((64, 48))), jpeg_bytes_of(noise((32, 24)))
+    path = tmp_path / "two.jpg"
+    path.write_bytes(first + second + second + b"\x00" * 100)
+    assert inspect_image(path, **LIMITS) == ImageInfo("JPEG", 64, 48)
+    path.write_bytes(first + second + b"junk" * 200)
+    with pytest.raises(UnsupportedImage, match="800 bytes follow the end of the JPEG image"):
+        inspect_image(path, **LIMITS)
+
+
+def test_an_mpo_written_by_pillow_is_accepted(tmp_path):
+    path = tmp_path / "pair.mpo"
+    first, second = noise((40, 30)), noise((40, 30))
+    first.save(path, "MPO", save_all=True, append_images=[second])
+    with Image.open(path) as image:
+        assert image.format == "MPO" and image.n_frames == 2
+    assert inspect_image(path, **LIMITS) == ImageInfo("JPEG", 40, 30)
+
+
+def test_a_jpeg_after_a_jpeg_is_checked_like_the_first(tmp_path):
+    """What follows is walked: a bomb appended to a small JPEG is no way around the scan limit."""
+    path = tmp_path / "hidden-bomb.jpg"
+    path.write_bytes(jpeg_bytes_of() + progressive_scan_bomb(64, MAX_JPEG_SCANS + 1))
+    with pytest.raises(ImageTooLarge, match="scans"):
+        inspect_image(path, **LIMITS)
+
+
+def test_a_bmp_s_colour_profile_after_its_rows_is_not_trailing_data(tmp_path):
+    """BITMAPV5HEADER may embed an ICC profile after the pixel rows, found by its offset."""
+    path = tmp_path / "v5.bmp"
+    noise((8, 4)).save(path, "BMP")
+    data = bytearray(path.read_bytes())
+    rows_end = len(data)
+    header = bytearray(124)
+    header[:40] = data[14:54]
+    struct.pack_into("<I", header, 0, 124)
+    profile = b"p" * 2000
+    struct.pack_into("<II", header, 112, rows_end + 84 - 14, len(profile))  # relative to the DIB header
+    body = data[:14] + header + data[54:] + profile
+    struct.pack_into("<I", body, 10, 14 + 124)  # the rows moved by the longer header
+    path.write_bytes(bytes(body))
+    assert inspect_image(path, **LIMITS) == ImageInfo("BMP", 8, 4)
+    path.write_bytes(bytes(body) + b"x" * 1000)
+    with pytest.raises(UnsupportedImage, match="1000 bytes follow the end of the BMP image"):
+        inspect_image(path, **LIMITS)
 
 
 def pillow_bytes(fmt: str) -> bytes:
