@@ -309,6 +309,8 @@ _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7 carry no length
 #: restart marker (a second 0xFF is a fill byte before the marker). Written so that the
 #: regex engine can skip to each 0xFF at C speed: ``\xff+`` made it 50x slower.
 _SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+#: The first byte after a run of 0xFF fill bytes.
+_FILL_END = re.compile(rb"[^\xff]")
 
 
 def _jpeg(w: _Walker, start: int = 2) -> ImageInfo:
@@ -318,8 +320,15 @@ def _jpeg(w: _Walker, start: int = 2) -> ImageInfo:
         w.step("JPEG markers")
         if w.data[offset] != 0xFF:
             raise unsupported("a JPEG marker is missing where one must be (corrupt file)")
-        while w.data[offset] == 0xFF:  # fill bytes
-            offset += 1
+        offset += 1
+        if w.data[offset] == 0xFF:
+            # Fill bytes before a marker: rare and few in real files. The run's length is a
+            # count read from the file, so it is found at C speed and counted, not looped over.
+            found = _FILL_END.search(w.data, offset)
+            if found is None:
+                raise unsupported("the JPEG data ends early (truncated file)")
+            w.count(found.start() - offset, "JPEG fill bytes")
+            offset = found.start()
         marker = w.data[offset]
         offset += 1
         if marker == 0xD9:  # EOI

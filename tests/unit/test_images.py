@@ -610,3 +610,25 @@ def test_a_top_down_bmp_is_accepted_with_its_height(tmp_path):
     with Image.open(path) as image:
         assert image.size == (16, 9)
     assert inspect_image(path, **LIMITS) == ImageInfo("BMP", 16, 9)
+
+
+# -- counts read from a file bound no loop before they are capped ------------------------------------
+@pytest.mark.parametrize(("fill", "accepted"), [(1000, True), (MAX_ELEMENTS + 1, False)])
+def test_a_run_of_jpeg_fill_bytes_counts_toward_the_element_limit(tmp_path, fill, accepted):
+    """0xFF fill bytes may precede a marker; a 10 MB run of them cost 0.6 s of CPU a file, byte by byte."""
+    data = jpeg_bytes_of()
+    sos = first_marker(data, 0xDA)
+    path = tmp_path / "fill.jpg"
+    path.write_bytes(data[:sos] + b"\xff" * fill + data[sos:])
+    if accepted:
+        assert inspect_image(path, **LIMITS).format == "JPEG"
+    else:
+        with pytest.raises(UnsupportedImage, match=f"more than {MAX_ELEMENTS} JPEG fill bytes"):
+            inspect_image(path, **LIMITS)
+
+
+def test_a_jpeg_of_nothing_but_fill_bytes_is_truncated(tmp_path):
+    path = tmp_path / "all-fill.jpg"
+    path.write_bytes(b"\xff\xd8" + b"\xff" * 5000)
+    with pytest.raises(UnsupportedImage, match="the JPEG data ends early"):
+        inspect_image(path, **LIMITS)
