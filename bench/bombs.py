@@ -5,7 +5,8 @@
 Builds the security review's files: a 6000x6000 progressive JPEG whose one AC scan is
 repeated 20,000 times (1.8 MB) and 125,000 times (10.5 MB), a 6300x6300 WebP of 70 KB,
 PNG and TIFF canvases just under MAX_IMAGE_PIXELS and one far over it, and (issue 23) the
-9.5 MB TIFF tag-array bomb (:func:`tiff_tag_bomb`, see :func:`tiff_table`). For each it
+9.5 MB TIFF tag-array bomb (:func:`tiff_tag_bomb`, see :func:`tiff_table`) and a small JPEG
+followed by 9 MB of zeros (:func:`trailing_zeros`: accepted and stored before). For each it
 measures, in a fresh process each, CPU seconds, peak RSS and wall-clock of
 
 - the web check: *before* = the pre-fix check (a reduced Pillow decode in the web
@@ -144,12 +145,20 @@ def tiff_tag_bomb(entries: int = 65_530, values: int = 3_600_000, pages: int = 3
     return bytes(out)
 
 
+def trailing_zeros(zeros: int = 9 * 1024 * 1024) -> bytes:
+    """The review's disk filler: a small JPEG and megabytes of zeros after its end (accepted, stored)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 12), (200, 80, 40)).save(buffer, "JPEG")
+    return buffer.getvalue() + bytes(zeros)
+
+
 def bombs(quick: bool) -> dict[str, bytes]:
     if quick:
         return {
             "jpeg, 1,000 scans, 3000x3000": progressive_scan_bomb(3000, 1000),
             "webp 3000x3000": webp_canvas_bomb(3000),
             "png 100000x100000 (declared)": declared_png(100_000, 100_000),
+            "small jpeg + 1 MB of zeros after its end": trailing_zeros(1024 * 1024),
         }
     return {
         "jpeg, 20,000 scans (1.8 MB)": progressive_scan_bomb(6000, 20_000),
@@ -158,6 +167,7 @@ def bombs(quick: bool) -> dict[str, bytes]:
         "png 6300x6300": canvas("PNG"),
         "tiff 6300x6300 (deflate)": canvas("TIFF"),
         "png 100000x100000 (declared)": declared_png(100_000, 100_000),
+        "small jpeg + 9 MB of zeros after its end": trailing_zeros(),
     }
 
 
