@@ -55,7 +55,7 @@ MAX_ELEMENTS = 200_000
 
 #: Seconds of wall-clock the header walk may take when the caller gives no deadline. A real
 #: 10 MB file is walked in milliseconds; the web tier passes one deadline per request
-#: (``HEADER_CHECK_SECONDS``) so a batch of crafted files shares one budget.
+#: (``HEADER_CHECK_MS``) so a batch of crafted files shares one budget.
 DEFAULT_CHECK_SECONDS = 2.0
 
 #: Bytes allowed after an image's end (encoders and tools pad to a block or a word; seen:
