@@ -214,3 +214,45 @@ def test_a_batch_takes_what_the_quota_allows(settings, redis_db, jpeg_bytes):
     ]
     again = {"file": (io.BytesIO(jpeg_bytes + b"\x09"), "again.jpg")}
     assert client.post("/api/v1/batch", data=again, content_type="multipart/form-data").status_code == 429
+
+
+# -- row 1: one header-check budget per request -------------------------------------------------------
+def test_the_files_of_one_request_share_one_header_check_deadline(
+    settings, redis_db, jpeg_bytes, monkeypatch
+):
+    import time
+
+    import imgsvc.web.api
+
+    deadlines: list[float] = []
+    real = imgsvc.web.api.inspect_image
+
+    def recording(path, max_pixels, max_frames, deadline):
+        deadlines.append(deadline)
+        return real(path, max_pixels, max_frames, deadline)
+
+    monkeypatch.setattr(imgsvc.web.api, "inspect_image", recording)
+    client = create_app(settings.with_(header_check_ms=1500)).test_client()
+    files = [(io.BytesIO(image), f"{n}.jpg") for n, image in enumerate(distinct_jpegs(jpeg_bytes, 3))]
+    started = time.monotonic()
+    assert (
+        client.post("/api/v1/batch", data={"file": files}, content_type="multipart/form-data").status_code
+        == 202
+    )
+    assert len(deadlines) == 3 and len(set(deadlines)) == 1
+    assert started < deadlines[0] - 1.5 <= time.monotonic()
+    assert submit(client, jpeg_bytes).status_code == 202
+    assert deadlines[-1] > deadlines[0]  # a new request, a new budget
+
+
+def test_a_request_past_its_header_check_budget_is_413(settings, redis_db, jpeg_bytes, monkeypatch):
+    import imgsvc.web.api
+
+    real = imgsvc.web.api.inspect_image
+    monkeypatch.setattr(
+        imgsvc.web.api, "inspect_image", lambda p, px, fr, deadline: real(p, px, fr, deadline - 60)
+    )
+    client = create_app(settings.with_(header_check_ms=1000)).test_client()
+    refused = submit(client, jpeg_bytes)
+    assert refused.status_code == 413
+    assert "ran out of its time budget" in refused.get_json()["error"]["message"]
