@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.formparser import FormDataParser, MultiPartParser
 from werkzeug.sansio.multipart import File
 
-from imgsvc.config import Settings
+from imgsvc.config import app_settings
 from imgsvc.errors import (
     BadRequest,
     DatabaseUnavailable,
@@ -74,7 +74,7 @@ class _UploadPartParser(MultiPartParser):
 
 class _UploadFormParser(FormDataParser):
     def _parse_multipart(self, stream, mimetype, content_length, options):  # type: ignore[no-untyped-def]
-        limit = current_app.config["IMGSVC"].form_parts_limit
+        limit = app_settings().form_parts_limit
         parser = _UploadPartParser(
             stream_factory=self.stream_factory,
             max_form_memory_size=self.max_form_memory_size,
@@ -110,7 +110,7 @@ class UploadRequest(Request):
         filename: str | None = None,
         content_length: int | None = None,
     ) -> IO[bytes]:
-        settings = current_app.config["IMGSVC"]
+        settings = app_settings()
         staging = StagingFile(current_app.uploads.staging_dir, settings.max_file_size)
         self.__dict__.setdefault("_staging_files", []).append(staging)
         return staging  # type: ignore[return-value]
@@ -132,7 +132,7 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(pages.bp)
-    mount_dashboard(app, app.config["IMGSVC"])
+    mount_dashboard(app, app_settings(app))
     register_errors(app)
     app.before_request(_start_timer)
     app.after_request(no_sniffing)
@@ -191,7 +191,7 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
 
 def _body_too_large() -> FileTooLarge:
     """Werkzeug refused the body before it was parsed: word it like the per-file check does."""
-    settings: Settings = current_app.config["IMGSVC"]
+    settings = app_settings()
     size = request.content_length
     if size is not None and request.max_content_length and size <= request.max_content_length:
         return FileTooLarge("a form field is larger than the form parser allows")

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from sqlalchemy import text
 
-from imgsvc.config import Settings
+from imgsvc.config import app_settings
 from imgsvc.errors import Unauthorized
 from imgsvc.metrics import registry_for
 from imgsvc.queue.connection import live_workers, running_model
@@ -34,7 +34,7 @@ def healthz() -> Response:
 
 def operator() -> bool:
     """Whether this request may see the service's internals (see the module's docstring)."""
-    settings: Settings = current_app.config["IMGSVC"]
+    settings = app_settings()
     if not settings.metrics_token:
         return not settings.api_keys
     given = presented_key()
@@ -45,7 +45,7 @@ def operator() -> bool:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text format; workers' figures arrive through Redis."""
-    settings = current_app.config["IMGSVC"]
+    settings = app_settings()
     if not operator():
         raise Unauthorized(
             "metrics need METRICS_TOKEN (Authorization: Bearer TOKEN)"
@@ -73,10 +73,10 @@ def readyz() -> tuple[Response, int]:
     try:
         current_app.redis.ping()
         checks["redis"] = "ok"
-        workers = live_workers(current_app.task_queue, current_app.config["IMGSVC"].worker_ttl)
+        workers = live_workers(current_app.task_queue, app_settings().worker_ttl)
         checks["workers"] = len(workers)
         checks["queue_depth"] = current_app.task_queue.count
-        model = running_model(current_app.redis, current_app.config["IMGSVC"])
+        model = running_model(current_app.redis, app_settings())
         checks["model"] = model["name"] if model else None
         if model and "components" in model:
             # A composed describer (the offline scene one): what runs, and what it runs without.

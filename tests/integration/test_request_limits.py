@@ -222,16 +222,16 @@ def test_the_files_of_one_request_share_one_header_check_deadline(
 ):
     import time
 
-    import imgsvc.web.api
+    import imgsvc.submissions
 
     deadlines: list[float] = []
-    real = imgsvc.web.api.inspect_image
+    real = imgsvc.submissions.inspect_image
 
     def recording(path, max_pixels, max_frames, deadline):
         deadlines.append(deadline)
         return real(path, max_pixels, max_frames, deadline)
 
-    monkeypatch.setattr(imgsvc.web.api, "inspect_image", recording)
+    monkeypatch.setattr(imgsvc.submissions, "inspect_image", recording)
     client = create_app(settings.with_(header_check_ms=1500)).test_client()
     files = [(io.BytesIO(image), f"{n}.jpg") for n, image in enumerate(distinct_jpegs(jpeg_bytes, 3))]
     started = time.monotonic()
@@ -246,11 +246,11 @@ def test_the_files_of_one_request_share_one_header_check_deadline(
 
 
 def test_a_request_past_its_header_check_budget_is_413(settings, redis_db, jpeg_bytes, monkeypatch):
-    import imgsvc.web.api
+    import imgsvc.submissions
 
-    real = imgsvc.web.api.inspect_image
+    real = imgsvc.submissions.inspect_image
     monkeypatch.setattr(
-        imgsvc.web.api, "inspect_image", lambda p, px, fr, deadline: real(p, px, fr, deadline - 60)
+        imgsvc.submissions, "inspect_image", lambda p, px, fr, deadline: real(p, px, fr, deadline - 60)
     )
     client = create_app(settings.with_(header_check_ms=1000)).test_client()
     refused = submit(client, jpeg_bytes)

@@ -1,5 +1,8 @@
 """Daily quotas per client: jobs and stored bytes per API key, or per address without one.
 
+Request-free, like the submit use case that charges them: the caller names the client's
+``bucket`` (the web side: :func:`imgsvc.web.auth.client_bucket`).
+
 The rate limit (RATE_LIMIT) spaces requests out; a quota caps what one client may leave on
 the disk and the queue in a day (QUOTA_JOBS_PER_DAY, QUOTA_BYTES_PER_DAY; 0 = no quota).
 A client is what the rate limit counts: a valid API key, else the client's address (so a
@@ -12,16 +15,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from flask import current_app
 from redis import Redis
 
 from imgsvc.config import Settings
 from imgsvc.errors import TooManyRequests
-from imgsvc.web.auth import client_bucket
 
 
-def _key(settings: Settings, now: datetime) -> str:
-    return f"imgsvc:quota:{settings.queue_name}:{client_bucket()}:{now:%Y%m%d}"
+def _key(settings: Settings, bucket: str, now: datetime) -> str:
+    return f"imgsvc:quota:{settings.queue_name}:{bucket}:{now:%Y%m%d}"
 
 
 def _retry_after(now: datetime) -> int:
@@ -49,36 +50,35 @@ def _over(settings: Settings, jobs: int, size: int) -> bool:
     )
 
 
-def check_quota(settings: Settings) -> None:
+def check_quota(redis: Redis, settings: Settings, bucket: str) -> None:
     """Before any work: refuse a client whose quota is already used up (one more job would pass it)."""
     if not (settings.quota_jobs_per_day or settings.quota_bytes_per_day):
         return
     now = datetime.now(UTC)
-    redis: Redis = current_app.redis
-    jobs, size = (int(v or 0) for v in redis.hmget(_key(settings, now), "jobs", "bytes"))
+    jobs, size = (int(v or 0) for v in redis.hmget(_key(settings, bucket, now), "jobs", "bytes"))
     if _over(settings, jobs + 1, size):
         raise _refuse(settings, jobs + 1, now)
 
 
-def charge_quota(settings: Settings, size: int) -> None:
+def charge_quota(redis: Redis, settings: Settings, bucket: str, size: int) -> None:
     """Count one job of ``size`` stored bytes, or refuse it (and count nothing) if it passes a quota."""
     if not (settings.quota_jobs_per_day or settings.quota_bytes_per_day):
         return
     now = datetime.now(UTC)
-    key = _key(settings, now)
-    with current_app.redis.pipeline(transaction=True) as pipe:
+    key = _key(settings, bucket, now)
+    with redis.pipeline(transaction=True) as pipe:
         pipe.hincrby(key, "jobs", 1).hincrby(key, "bytes", size).expire(key, 2 * 24 * 3600)
         jobs, total, _ = pipe.execute()
     if _over(settings, jobs, total):
-        with current_app.redis.pipeline(transaction=True) as pipe:
+        with redis.pipeline(transaction=True) as pipe:
             pipe.hincrby(key, "jobs", -1).hincrby(key, "bytes", -size).execute()
         raise _refuse(settings, jobs, now)
 
 
-def refund_quota(settings: Settings, jobs: int, size: int) -> None:
+def refund_quota(redis: Redis, settings: Settings, bucket: str, jobs: int, size: int) -> None:
     """Give back what :func:`charge_quota` counted for a job that was not kept (or stored nothing)."""
     if not (settings.quota_jobs_per_day or settings.quota_bytes_per_day):
         return
-    key = _key(settings, datetime.now(UTC))
-    with current_app.redis.pipeline(transaction=True) as pipe:
+    key = _key(settings, bucket, datetime.now(UTC))
+    with redis.pipeline(transaction=True) as pipe:
         pipe.hincrby(key, "jobs", -jobs).hincrby(key, "bytes", -size).execute()
