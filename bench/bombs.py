@@ -231,7 +231,7 @@ def legacy_app():
     """The real app with the pre-fix check patched in: ``gunicorn 'bench.bombs:legacy_app()'``."""
     from imgsvc import create_app, submissions
 
-    submissions.inspect_image = lambda path, max_pixels, max_frames: legacy_inspect(path, max_pixels)
+    submissions.inspect_image = lambda path, max_pixels, max_frames, *_: legacy_inspect(path, max_pixels)
     return create_app()
 
 
