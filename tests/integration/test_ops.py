@@ -356,3 +356,28 @@ def test_sqlite_is_shared_safely_by_web_and_workers(app, client, jpeg_bytes, set
         assert db.session.execute(text("PRAGMA busy_timeout")).scalar() == 10000
     with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # kept in the file itself
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Referer": "http://localhost/rq/"}, 200),  # no Origin: the Referer decides
+        ({"Referer": "http://evil.example/rq/"}, 403),
+        ({"Origin": "https://localhost"}, 200),
+        ({"Origin": "null"}, 403),  # sandboxed frames and file:// pages send "null"
+        ({"Origin": "ftp://localhost"}, 403),
+        ({}, 403),
+    ],
+)
+def test_a_state_change_needs_an_origin_or_referer_of_this_host(settings, redis_db, headers, status):
+    client = create_app(settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")).test_client()
+    assert client.get("/rq/requeue/imgsvc", auth=("ops", "pw"), headers=headers).status_code == status
+
+
+@pytest.mark.parametrize("credentials", [("ops", ""), ("", "pw")])
+def test_one_dashboard_credential_alone_mounts_nothing(settings, redis_db, credentials):
+    user, password = credentials
+    client = create_app(
+        settings.with_(rq_dashboard_username=user, rq_dashboard_password=password)
+    ).test_client()
+    assert client.get("/rq/", auth=credentials).status_code == 404
