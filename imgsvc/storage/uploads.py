@@ -8,9 +8,8 @@ every check is it committed to the store under a random name. What follows the i
 (:func:`trim_staged`), so the hash, the size and the stored bytes are the image's alone. The
 worker gets it back as a local file through :meth:`UploadStore.local_copy`, whichever store
 holds it. ``UPLOAD_DIR`` picks the store (:mod:`imgsvc.storage.stores`): a directory, or
-``s3://BUCKET/PREFIX`` (``s3.py``).
-A disk that is full, read-only or not ours (ENOSPC, EROFS, EACCES ...) is an infrastructure
-fault (503) and leaves no file behind.
+``s3://BUCKET/PREFIX`` (``s3.py``). A disk that is full, read-only or not ours (ENOSPC, EROFS,
+EACCES ...) is an infrastructure fault (503) and leaves no file behind.
 """
 
 from __future__ import annotations

@@ -305,14 +305,14 @@ TRAILING = ["baseline.jpg", "progressive.jpg", "plain.png", "animated.png", "sti
 TRAILING += ["lossy.webp", "animated.webp", "plain.bmp"]
 
 
+#: What a phone appends to a motion photo: an MP4 (an ISO-BMFF ``ftyp`` box, then its media).
+MP4 = struct.pack(">I4s4sI4s", 20, b"ftyp", b"mp42", 0, b"isom") + struct.pack(">I4s", 16, b"mdat") + b"v" * 8
 TAILS = {
     "none": b"",
     "a few zeros": bytes(4),
     "PADDING-7 x 60": b"PADDING-7" * 60,
     "9 MB of zeros": bytes(9 * 1024 * 1024),
-    "an MP4 (motion photo)": struct.pack(">I4s4sI4s", 20, b"ftyp", b"mp42", 0, b"isom")
-    + b"\0\0\0\x10mdat"
-    + b"v" * 8,
+    "an MP4 (motion photo)": MP4,
 }
 
 
