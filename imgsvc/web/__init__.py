@@ -55,6 +55,21 @@ class UploadRequest(Request):
                 staging.close()
 
 
+#: The ``code`` of werkzeug's own errors, by status. Any other status is reported under its
+#: class (``bad_request``, ``internal_error``), so every code the API answers is one the
+#: OpenAPI document lists and a generated client can parse.
+WERKZEUG_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "service_unavailable",
+}
+
+
 def register_web(app: Flask) -> None:
     from imgsvc.web import api, docs, health, pages
     from imgsvc.web.dashboard import mount_dashboard
@@ -106,11 +121,12 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
     """Werkzeug's own errors (404 route, 405, 413 from MAX_CONTENT_LENGTH) as JSON too."""
     if exc.code == 413:
         return _imgsvc_error(_body_too_large())
-    code = (exc.name or "error").lower().replace(" ", "_")
+    status = exc.code or 500
+    code = WERKZEUG_CODES.get(status, "bad_request" if status < 500 else "internal_error")
     body = {"error": {"code": code, "message": exc.description, "status": exc.code}}
     # Keep the exception's own headers (Allow on a 405, WWW-Authenticate ...), not its HTML type.
     headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
-    return jsonify(body), exc.code or 500, headers
+    return jsonify(body), status, headers
 
 
 def _body_too_large() -> FileTooLarge:

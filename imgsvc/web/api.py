@@ -52,22 +52,27 @@ class Accepted:
 
 
 def parse_submission(form: MultiDict, settings: Settings) -> Submission:
-    """Options come as fields (``-F max_length=20``) or one JSON ``options`` field; unknown names are 400."""
+    """Options come as fields (``-F max_length=20``) or one JSON ``options`` field; unknown names are 400.
+
+    An empty field is an absent one (``options=``, ``max_length=``, ``prompt=``, ``callback_url=``):
+    form builders such as Swagger UI send every field they show, filled in or not.
+    """
     # str(): a multipart part without a name arrives as the key None
     unknown = sorted(str(name) for name in set(form) - FORM_FIELDS)
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}", allowed=sorted(FORM_FIELDS))
+    given = {name: form[name] for name in FORM_FIELDS if form.get(name)}
     raw: dict[str, Any] = {}
-    if "options" in form:
+    if "options" in given:
         try:
-            raw = json.loads(form["options"], parse_constant=_no_constant)
+            raw = json.loads(given["options"], parse_constant=_no_constant)
         except (ValueError, RecursionError) as exc:  # RecursionError: [[[[... nested too deep
             raise BadRequest("options must be a JSON object") from exc
         if not isinstance(raw, dict):
             raise BadRequest("options must be a JSON object")
-    raw |= {name: form[name] for name in OPTION_SPECS if name in form}
+    raw |= {name: given[name] for name in OPTION_SPECS if name in given}
     options = {name: _option(name, value) for name, value in raw.items()}
-    callback_url = form.get("callback_url") or None
+    callback_url = given.get("callback_url")
     if callback_url:
         check_callback_url(callback_url, settings.webhook_allow_private)
     return Submission(options, callback_url)
