@@ -78,6 +78,24 @@ def parse_submission(form: MultiDict, settings: Settings) -> Submission:
     return Submission(options, callback_url)
 
 
+#: The most of a text field read from a part sent as a file (options is a short JSON object).
+MAX_TEXT_PART = 64 * 1024
+
+
+def form_fields(files: MultiDict, form: MultiDict) -> MultiDict:
+    """The form's text fields, with those a client sent as file parts read back as text.
+
+    A form builder that honours the OpenAPI ``encoding`` of ``options`` (Swagger UI) sends it as
+    a part with its own content type, ``application/json``, which arrives as a file named "blob".
+    """
+    fields = MultiDict(form)
+    for name, part in files.items(multi=True):
+        if name in FORM_FIELDS - {"file"}:
+            part.stream.seek(0)
+            fields.add(name, part.stream.read(MAX_TEXT_PART).decode("utf-8", "replace"))
+    return fields
+
+
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -223,7 +241,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         settings,
         current_app.uploads,
         upload.stream,
-        parse_submission(request.form, settings),
+        parse_submission(form_fields(request.files, request.form), settings),
         filename=client_filename(upload.filename),
     )
     g.job_id = job.id
@@ -243,7 +261,7 @@ def submit_batch() -> tuple[Response, int]:
         raise MissingFile("send the images as repeated multipart form fields 'file'")
     if len(uploads) > settings.max_batch_files:
         raise BadRequest(f"at most {settings.max_batch_files} files per batch")
-    submission = parse_submission(request.form, settings)
+    submission = parse_submission(form_fields(request.files, request.form), settings)
     batch_id = jobs.new_id()
     entries: list[dict[str, Any]] = []
     outage: ServiceUnavailable | None = None

@@ -26,6 +26,7 @@ from werkzeug.exceptions import default_exceptions
 import imgsvc.queue.webhooks  # noqa: F401  (its error class joins the hierarchy)
 from imgsvc.config import PROJECT_ROOT, Settings
 from imgsvc.errors import ImgsvcError
+from imgsvc.storage import jobs
 from imgsvc.web import WERKZEUG_CODES
 from imgsvc.web.docs import openapi_spec
 from tests.conftest import image_bytes, worker_env
@@ -228,3 +229,50 @@ def test_promtool_finds_the_metrics_page_clean(live_service):
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), (
         done.stdout + done.stderr
     )
+
+
+def test_swagger_ui_try_it_out_submits_an_image(app, tmp_path):
+    """/docs as a person uses it: open submit, "Try it out", pick a file, Execute: 202."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.integration.test_pages import serving, start_chromium
+
+    photo = tmp_path / "swagger.png"
+    photo.write_bytes(image_bytes("PNG"))
+    driver = start_chromium(tmp_path / "profile")
+    try:
+        with serving(app) as url:
+            driver.get(f"{url}/docs#/jobs/submitImage")
+            wait = WebDriverWait(driver, 30, poll_frequency=0.2)
+            block = wait.until(lambda d: d.find_element(By.ID, "operations-jobs-submitImage"))
+            if not block.find_elements(By.CSS_SELECTOR, ".try-out__btn"):
+                block.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+            wait.until(lambda d: block.find_element(By.CSS_SELECTOR, ".try-out__btn")).click()
+            files = wait.until(lambda d: block.find_elements(By.CSS_SELECTOR, "input[type=file]"))
+            prefilled = {
+                field.get_attribute("placeholder") or field.get_attribute("name"): field.get_attribute(
+                    "value"
+                )
+                for field in block.find_elements(
+                    By.CSS_SELECTOR, "tbody input:not([type=file]):not([type=checkbox]), tbody textarea"
+                )
+            }
+            assert len(files) == 1, "options must be a text field, not a second file picker"
+            assert not any(prefilled.values()), prefilled
+            files[0].send_keys(str(photo))
+            block.find_element(By.CSS_SELECTOR, "tbody [placeholder=options]").send_keys('{"max_length": 12}')
+            block.find_element(By.CSS_SELECTOR, "button.execute").click()
+            status = wait.until(
+                lambda d: block.find_elements(
+                    By.CSS_SELECTOR, ".live-responses-table tbody .response-col_status"
+                )
+            )
+            body = block.find_element(By.CSS_SELECTOR, ".live-responses-table .microlight").text
+            assert status[0].text.strip() == "202", body
+            assert "queued" in body
+        with app.app_context():
+            (job,) = jobs.list_jobs(status=None, owner=None, limit=5, before=None)
+            assert job.options == {"max_length": 12}  # sent as the JSON text part its encoding says
+    finally:
+        driver.quit()
