@@ -197,6 +197,8 @@ def accept_upload(
             settings,
             job_id,
             also=lambda pipe: current_app.metrics.record("submitted", pipeline=pipe),
+            filename=filename,
+            model=model["name"] if model else None,
         )
     except ImgsvcError:
         jobs.delete_job(job_id)
@@ -380,12 +382,18 @@ def delete_job(job_id: str) -> Response:
         canonical = job.id  # read before the row is gone
         current_app.uploads.delete(job.upload_name)
         jobs.delete_job(canonical)
+        _delete_rq_job(canonical)
         return jsonify({"job_id": canonical, "status": "deleted"})
     was = job.status
     jobs.mark_cancelled(job.id)
     if was == jobs.Status.QUEUED:
-        # If RQ cannot be told, the worker still finds the row cancelled and skips it.
-        with contextlib.suppress(NoSuchJobError, RedisError):
-            RQJob.fetch(job.id, connection=current_app.redis).cancel()
+        _delete_rq_job(job.id)
         current_app.uploads.delete(job.upload_name)
     return jsonify({"job_id": job.id, "status": "cancelled", "was": was})
+
+
+def _delete_rq_job(job_id: str) -> None:
+    """RQ's job and its registry entries go too, so the dashboard lists no deleted job. If RQ
+    cannot be told, the worker still finds the row cancelled or gone and skips the job."""
+    with contextlib.suppress(NoSuchJobError, RedisError):
+        RQJob.fetch(job_id, connection=current_app.redis).delete()

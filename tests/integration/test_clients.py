@@ -21,16 +21,23 @@ from pathlib import Path
 
 import pytest
 import requests
+from redis import Redis
+from rq import Queue
+from rq.job import Job as RQJob
+from rq.registry import FailedJobRegistry
 from werkzeug.exceptions import default_exceptions
 
 import imgsvc.queue.webhooks  # noqa: F401  (its error class joins the hierarchy)
+from imgsvc import create_app
 from imgsvc.config import PROJECT_ROOT, Settings
 from imgsvc.errors import ImgsvcError
+from imgsvc.queue import reaper
 from imgsvc.storage import jobs
 from imgsvc.web import WERKZEUG_CODES
 from imgsvc.web.docs import openapi_spec
 from tests.conftest import image_bytes, worker_env
 from tests.integration.procs import free_port, kill_group, start_worker, wait_until
+from tests.integration.test_ops import stored_files
 
 VENV_BIN = Path(sys.executable).parent
 ERROR_CODES = set(openapi_spec()["components"]["schemas"]["ErrorCode"]["enum"])
@@ -94,15 +101,45 @@ class Service:
     settings: Settings
     env: dict[str, str]
     logs: Path
+    workers: list[subprocess.Popen]
+
+    def start_worker(self) -> None:
+        """``python worker.py`` with the tiny captioner; returns once /readyz counts it."""
+        self.workers.append(start_worker(self.env, log=self.logs / "worker.log"))
+        assert wait_until(self.ready, timeout=90, interval=0.25), service_logs(self.logs)
+
+    def ready(self) -> bool:
+        with contextlib.suppress(requests.RequestException):
+            return requests.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        return False
+
+    def rq(self, *args: str) -> str:
+        """RQ's own command line, as an operator runs it."""
+        command = [str(VENV_BIN / "rq"), *args, "-u", self.settings.redis_url]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=self.env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    def submit(self, data: bytes, name: str = "photo.jpg") -> str:
+        response = requests.post(f"{self.url}/api/v1/submit", files={"file": (name, data)}, timeout=10)
+        assert response.status_code == 202, response.text
+        return response.json()["job_id"]
+
+    def status(self, job_id: str) -> dict:
+        return requests.get(f"{self.url}/api/v1/status/{job_id}", timeout=10).json()
 
 
 def service_logs(directory: Path) -> str:
-    return "".join((directory / n).read_text(errors="replace")[-2000:] for n in ("web.log", "worker.log"))
+    return "".join(
+        (directory / n).read_text(errors="replace")[-2000:]
+        for n in ("web.log", "worker.log")
+        if (directory / n).exists()
+    )
 
 
 @pytest.fixture()
 def live_service(settings, tiny_model_dir, tmp_path) -> Iterator[Service]:
-    """gunicorn (two processes, as shipped) and ``python worker.py`` with the tiny captioner."""
+    """gunicorn (two processes, as shipped), and workers started by the test (``start_worker``)."""
     port = free_port()
     env = worker_env(
         settings,
@@ -113,24 +150,25 @@ def live_service(settings, tiny_model_dir, tmp_path) -> Iterator[Service]:
         STALE_AFTER="3600",
         TASK_MAX_RETRIES="0",
     )
+    create_app(settings)  # the tables, before two gunicorn processes race to create them
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--no-control-socket", "wsgi:app"]
     with (tmp_path / "web.log").open("ab") as out:
         web = subprocess.Popen(
             command, cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    worker = start_worker(env, "--name", "clients-test", log=tmp_path / "worker.log")
-    url = f"http://127.0.0.1:{port}"
+    service = Service(f"http://127.0.0.1:{port}", settings, env, tmp_path, [])
 
-    def ready() -> bool:
+    def answers() -> bool:
         with contextlib.suppress(requests.RequestException):
-            return requests.get(f"{url}/readyz", timeout=2).status_code == 200
-        return False
+            return requests.get(f"{service.url}/healthz", timeout=2).status_code == 200
+        return web.poll() is not None
 
     try:
-        assert wait_until(ready, timeout=90, interval=0.25), service_logs(tmp_path)
-        yield Service(url, settings, env, tmp_path)
+        assert wait_until(answers, timeout=60, interval=0.25) and web.poll() is None, service_logs(tmp_path)
+        yield service
     finally:
-        kill_group(worker, signal.SIGTERM)
+        for worker in service.workers:
+            kill_group(worker, signal.SIGTERM)
         kill_group(web, signal.SIGTERM)
 
 
@@ -160,6 +198,7 @@ def generated_client(live_service, tmp_path, monkeypatch) -> str:
 
 
 def test_a_generated_client_runs_every_call_unedited(live_service, generated_client):
+    live_service.start_worker()
     from imgsvc_live_client import Client
     from imgsvc_live_client.api.jobs import (
         delete_job,
@@ -276,3 +315,51 @@ def test_swagger_ui_try_it_out_submits_an_image(app, tmp_path):
             assert job.options == {"max_length": 12}  # sent as the JSON text part its encoding says
     finally:
         driver.quit()
+
+
+def test_rq_fails_a_bad_image_in_its_failed_registry_and_rq_requeue_runs_it_again(live_service):
+    """A permanent failure is failed in RQ too, with the reason as plain exception text; the
+    operator's ``rq requeue --all`` really runs it again, from the upload kept for that."""
+    good = image_bytes()
+    job_id = live_service.submit(good, name="<img src=x onerror=alert(1)>.jpg")
+    (stored,) = stored_files(live_service.settings)
+    stored.write_bytes(b"corrupted")  # passed the web's header check; the worker cannot decode it
+    live_service.start_worker()
+    assert wait_until(lambda: live_service.status(job_id)["status"] == "failed", timeout=60)
+    reason = live_service.status(job_id)["error"]
+
+    connection = Redis.from_url(live_service.settings.redis_url)
+    queue = Queue(live_service.settings.queue_name, connection=connection)
+    assert FailedJobRegistry(queue=queue).get_job_ids() == [job_id]
+    rq_job = RQJob.fetch(job_id, connection=connection)
+    assert rq_job.get_status() == "failed" and reason in rq_job.latest_result().exc_string
+    # Submitted before any worker said which model it runs.
+    assert rq_job.description == "describe _img src_x onerror_alert_1_.jpg with the running model"
+    # What the dashboard shows is plain text: nothing in it for a browser to read as markup.
+    for shown in (rq_job.description, rq_job.latest_result().exc_string):
+        assert not set(shown) & set("<>&\"'"), shown
+    assert stored.exists()  # kept until UPLOAD_RETENTION, so the job can run again
+
+    stored.write_bytes(good)
+    assert "Requeueing 1 jobs" in live_service.rq("requeue", "--all", "--queue", queue.name)
+    assert wait_until(lambda: live_service.status(job_id)["status"] == "done", timeout=60), service_logs(
+        live_service.logs
+    )
+    assert requests.get(f"{live_service.url}/api/v1/result/{job_id}", timeout=5).json()["image_description"]
+    assert FailedJobRegistry(queue=queue).get_job_ids() == []
+
+
+def test_rq_empty_cancels_the_waiting_jobs_with_a_reason(live_service):
+    """``rq empty``: the rows say cancelled and why, and no reaper pass brings the jobs back."""
+    waiting = [live_service.submit(image_bytes(color=(n, 9, 9))) for n in range(2)]
+    assert "2 jobs removed" in live_service.rq("empty", live_service.settings.queue_name)
+    live_service.start_worker()  # its start-up reconciles the rows with RQ
+    assert wait_until(
+        lambda: all(live_service.status(j)["status"] == "cancelled" for j in waiting), timeout=30
+    )
+    assert {live_service.status(j)["error"] for j in waiting} == {reaper.REMOVED_FROM_QUEUE}
+    app = create_app(live_service.settings)
+    with app.app_context():
+        counts = reaper.reconcile(live_service.settings, app.task_queue)
+    assert counts["requeued"] == 0
+    assert all(live_service.status(j)["status"] == "cancelled" for j in waiting)
