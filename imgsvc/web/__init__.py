@@ -20,6 +20,7 @@ from imgsvc.errors import (
     QueueUnavailable,
     ServiceUnavailable,
 )
+from imgsvc.metrics import HttpMetrics
 from imgsvc.storage.uploads import StagingFile, file_too_large, human_size
 
 log = logging.getLogger("imgsvc.web")
@@ -81,6 +82,7 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(pages.bp)
     mount_dashboard(app, app.config["IMGSVC"])
     register_errors(app)
+    app.extensions["imgsvc.http_metrics"] = HttpMetrics(app.metrics)
     app.before_request(_start_timer)
     app.after_request(_log_request)
 
@@ -157,7 +159,14 @@ def _start_timer() -> None:
 
 
 def _log_request(response: Response) -> Response:
-    elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+    elapsed_ms = elapsed * 1000
+    # The route's template (/api/v1/status/<job_id>), never the path: a job id per series would
+    # grow without bound.
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    current_app.extensions["imgsvc.http_metrics"].observe(
+        request.method, route, response.status_code, elapsed
+    )
     # The one line per request (gunicorn's access log is off): what an access log would say, plus job_id.
     extra = {
         "method": request.method,

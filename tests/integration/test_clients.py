@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,18 +258,48 @@ def test_a_generated_client_runs_every_call_unedited(live_service, generated_cli
     assert rejected.status_code == 415 and rejected.parsed.error.code == ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
 
-def test_promtool_finds_the_metrics_page_clean(live_service):
+def test_http_requests_are_counted_by_route_template_never_by_path(app, client):
+    job_ids = [str(uuid.uuid4()) for _ in range(3)]
+    for job_id in job_ids:
+        assert client.get(f"/api/v1/status/{job_id}").status_code == 404
+    client.get("/no/such/page")
+    app.extensions["imgsvc.http_metrics"].flush()
+    page = client.get("/metrics").get_data(as_text=True)
+    assert 'imgsvc_http_requests_total{method="GET",route="/api/v1/status/<job_id>",status="404"} 3.0' in page
+    assert 'imgsvc_http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in page
+    count = 'imgsvc_http_request_duration_seconds_count{method="GET",route="/api/v1/status/<job_id>"} 3.0'
+    assert count in page
+    assert not any(job_id in page for job_id in job_ids)
+
+
+def test_metrics_sum_every_web_process_and_show_each_process(live_service):
+    """Two gunicorn processes answer; /metrics (from either) counts every request, and lists the
+    process_* figures of each web process and of the worker; promtool finds the page clean."""
+    live_service.start_worker()
+    with requests.Session() as session:
+        for _ in range(40):
+            assert session.get(f"{live_service.url}/api/v1/jobs", timeout=5).status_code == 200
+    line = 'imgsvc_http_requests_total{method="GET",route="/api/v1/jobs",status="200"} 40.0'
+    pages: list[str] = []
+
+    def counted() -> bool:
+        pages.append(requests.get(f"{live_service.url}/metrics", timeout=5).text)
+        return line in pages[-1] and 'role="worker"' in pages[-1]
+
+    assert wait_until(counted, timeout=30, interval=0.5), pages[-1]
+    page = pages[-1]
+    web_pids = set(re.findall(r'process_resident_memory_bytes\{host="[^"]+",pid="(\d+)",role="web"\}', page))
+    assert len(web_pids) >= 1
+    assert re.search(r'process_cpu_seconds_total\{host="[^"]+",pid="\d+",role="worker"\} [0-9.e+-]+', page)
+    assert "imgsvc_http_request_duration_seconds_bucket" in page
+
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is absent: apt-get install prometheus (Debian ships it there)")
-    requests.get(f"{live_service.url}/api/v1/jobs", timeout=5)
-    page = requests.get(f"{live_service.url}/metrics", timeout=5).text
     done = subprocess.run(
         [promtool, "check", "metrics"], input=page, capture_output=True, text=True, timeout=60
     )
-    assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), (
-        done.stdout + done.stderr
-    )
+    assert done.returncode == 0 and not (done.stdout + done.stderr).strip(), done.stdout + done.stderr
 
 
 def test_swagger_ui_try_it_out_submits_an_image(app, tmp_path):
