@@ -5,9 +5,11 @@ only Redis, so counters and histogram buckets live in one Redis hash per metric 
 the web side renders them in the Prometheus text format on request.
 
 HTTP requests are counted the same way, by method, route template (never the raw path,
-which holds job ids) and status: each web process adds its counts to Redis every
-FLUSH_INTERVAL seconds (a request costs no round trip). Every web and worker process
-also publishes its own ``process_*`` figures there, labelled with its role, host and pid.
+which holds job ids) and status: each web process adds its counts to Redis at most every
+FLUSH_INTERVAL seconds, with the next request (one round trip every few seconds, not one
+per request) and, under gunicorn, from a thread (so an idle process's figures stay fresh).
+Every web and worker process also publishes its own ``process_*`` figures there, labelled
+with its role, host and pid.
 """
 
 from __future__ import annotations
@@ -156,10 +158,11 @@ class RedisMetrics:
 
 
 class HttpMetrics:
-    """This web process's request counts, added to Redis by a thread every FLUSH_INTERVAL seconds.
+    """This web process's request counts, added to Redis every FLUSH_INTERVAL seconds.
 
-    A request only bumps counters in memory; the thread starts with the first request (after
-    gunicorn has forked this worker) and also publishes the process's own figures.
+    A request bumps counters in memory; the first request after FLUSH_INTERVAL also adds them
+    to Redis, with the process's own figures. :meth:`start` (gunicorn's ``post_worker_init``)
+    adds a thread that flushes on the same beat while no request comes.
     """
 
     def __init__(self, metrics: RedisMetrics, interval: float = FLUSH_INTERVAL) -> None:
@@ -169,8 +172,13 @@ class HttpMetrics:
         self._requests: Counter = Counter()
         self._buckets: Counter = Counter()
         self._seconds: Counter = Counter()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._flushed = time.monotonic()
+
+    def start(self) -> threading.Thread:
+        """Flush from a daemon thread too, for the life of this process."""
+        thread = threading.Thread(target=self._run, name="imgsvc-http-metrics", daemon=True)
+        thread.start()
+        return thread
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in HTTP_METHODS else "other"
@@ -180,14 +188,14 @@ class HttpMetrics:
             self._requests[method, route, str(status)] += 1
             self._buckets[method, route, bucket] += 1
             self._seconds[method, route] += seconds
-            if self._pid != os.getpid():  # first request in this process (a fork has no threads)
-                self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="imgsvc-http-metrics", daemon=True)
-                self._thread.start()
+            due = time.monotonic() - self._flushed >= self.interval
+        if due:
+            self.flush()
 
     def flush(self) -> None:
         """Add what was counted since the last flush to Redis; kept for the next try if Redis fails."""
         with self._lock:
+            self._flushed = time.monotonic()
             taken = self._requests, self._buckets, self._seconds
             self._requests, self._buckets, self._seconds = Counter(), Counter(), Counter()
         try:
@@ -206,7 +214,8 @@ class HttpMetrics:
     def _run(self) -> None:
         while True:
             time.sleep(self.interval)
-            self.flush()
+            if time.monotonic() - self._flushed >= self.interval:
+                self.flush()
 
 
 class _QueueCollector(Collector):

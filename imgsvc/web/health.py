@@ -24,6 +24,7 @@ def healthz() -> Response:
 def metrics() -> Response:
     """Prometheus text format; workers' figures arrive through Redis."""
     settings = current_app.config["IMGSVC"]
+    current_app.extensions["imgsvc.http_metrics"].flush()  # this process's own counts, up to now
     registry = registry_for(current_app.metrics, current_app.task_queue, settings.worker_ttl)
     # content_type, not mimetype: the constant already carries its charset, and Flask would add another.
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
