@@ -47,6 +47,12 @@ POSITIVE = (
     "decode_timeout",
     "decode_memory_mb",
     "worker_ttl",
+    "webhook_timeout",
+    "webhook_workers",
+    "webhook_per_host",
+    "s3_timeout",
+    "s3_cooldown",
+    "web_header_timeout",
 )
 
 
@@ -59,12 +65,22 @@ class Settings:
     web_host: str = field(default="127.0.0.1", metadata={"env": "WEB_HOST"})
     web_port: int = field(default=8000, metadata={"env": "WEB_PORT"})
     web_workers: int = field(default=2, metadata={"env": "WEB_WORKERS"})
+    #: A request's line and headers must be in within this many seconds (read by gunicorn's worker).
+    web_header_timeout: int = field(default=10, metadata={"env": "WEB_HEADER_TIMEOUT"})
     max_file_size: int = field(default=10 * 1024 * 1024, metadata={"env": "MAX_FILE_SIZE"})
     max_batch_files: int = field(default=20, metadata={"env": "MAX_BATCH_FILES"})
     max_image_pixels: int = field(default=40_000_000, metadata={"env": "MAX_IMAGE_PIXELS"})
     max_image_frames: int = field(default=1000, metadata={"env": "MAX_IMAGE_FRAMES"})
     #: A local directory (a Path), or object storage as an ``s3://BUCKET/PREFIX`` URL (a str).
     upload_dir: Path | str = field(default=PROJECT_ROOT / "uploads", metadata={"env": "UPLOAD_DIR"})
+    #: Where uploads are staged and object-store downloads land when UPLOAD_DIR is s3://: a
+    #: directory of imgsvc's own (made 0700), never the shared system temp directory, since
+    #: workers and ``flask prune`` delete the stale ``.upload-*``/``.download-*`` files in it.
+    #: S3 mode: a submit's PUT gets one try and this many seconds in all, then a 503.
+    s3_timeout: int = field(default=5, metadata={"env": "S3_TIMEOUT"})
+    #: S3 mode: after the store failed, submits answer 503 at once for this many seconds.
+    s3_cooldown: int = field(default=30, metadata={"env": "S3_COOLDOWN"})
+    staging_dir: Path = field(default=PROJECT_ROOT / "instance" / "staging", metadata={"env": "STAGING_DIR"})
     secret_key: str = field(default="dev-not-secret", metadata={"env": "SECRET_KEY"})
     rq_dashboard_username: str = field(default="", metadata={"env": "RQ_DASHBOARD_USERNAME"})
     rq_dashboard_password: str = field(default="", metadata={"env": "RQ_DASHBOARD_PASSWORD"})
@@ -73,6 +89,12 @@ class Settings:
     trusted_proxies: int = field(default=0, metadata={"env": "TRUSTED_PROXIES"})
     webhook_secret: str = field(default="", metadata={"env": "WEBHOOK_SECRET"})
     webhook_allow_private: bool = field(default=False, metadata={"env": "WEBHOOK_ALLOW_PRIVATE"})
+    #: One delivery attempt, connect to headers, in seconds (a receiver that drips is cut here).
+    webhook_timeout: int = field(default=15, metadata={"env": "WEBHOOK_TIMEOUT"})
+    #: Deliveries ``imgsvc webhooks`` runs side by side (one worker process each).
+    webhook_workers: int = field(default=4, metadata={"env": "WEBHOOK_WORKERS"})
+    #: Deliveries to one host and port queued or running at once; the rest wait their turn.
+    webhook_per_host: int = field(default=2, metadata={"env": "WEBHOOK_PER_HOST"})
     # storage
     database_url: str = field(default="", metadata={"env": "DATABASE_URL"})
     # queue
