@@ -117,7 +117,7 @@ def accept_upload(
         if bucket is not None:  # answered from a stored result: no bytes kept
             refund_quota(intake.redis, intake.settings, bucket, 0, staged.size)
         return _answer_from(hit, intake, row)
-    return _store_and_enqueue(intake, staged, info, row, bucket)
+    return _store_and_enqueue(intake, staged, info, row, model["name"] if model else None, bucket)
 
 
 def _stage_and_check(
@@ -190,7 +190,12 @@ def _answer_from(hit: jobs.Job, intake: Intake, row: dict[str, Any]) -> Accepted
 
 
 def _store_and_enqueue(
-    intake: Intake, staged: StagedUpload, info: ImageInfo, row: dict[str, Any], bucket: str | None = None
+    intake: Intake,
+    staged: StagedUpload,
+    info: ImageInfo,
+    row: dict[str, Any],
+    model: str | None,
+    bucket: str | None = None,
 ) -> Accepted:
     """Keep the upload, insert a queued row, enqueue it; a failed step undoes the earlier ones."""
     name = intake.uploads.commit(staged, info.extension)
@@ -207,6 +212,8 @@ def _store_and_enqueue(
             intake.settings,
             job_id,
             also=lambda pipe: intake.metrics.record("submitted", pipeline=pipe),
+            filename=row["filename"],
+            model=model,
         )
     except ImgsvcError:
         jobs.delete_job(job_id)
