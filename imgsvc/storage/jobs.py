@@ -1,7 +1,9 @@
 """The job row: one per submitted image, the source of truth for status and result.
 
 RQ's own job hashes expire and vanish with Redis; the API answers from these rows,
-and every state change goes through the small functions below.
+and every state change goes through the small functions below. Each notes the jobs whose
+status it wrote, and their change is published once the transaction commits
+(:mod:`imgsvc.queue.changes`), so a waiting client wakes without polling.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from imgsvc.queue.changes import note_change
 from imgsvc.storage.db import db
 from imgsvc.vision.base import Description
 from imgsvc.vision.records import description_record
@@ -175,6 +178,7 @@ def create_job(**fields: Any) -> Job:
 def delete_job(job_id: str) -> None:
     table = Job.__table__
     db.session.execute(delete(table).where(table.c.id == job_id))
+    note_change(db.session(), job_id, "deleted")
     db.session.commit()
 
 
@@ -196,7 +200,10 @@ def _set(job_id: str, allowed_from: tuple[Status, ...], values: dict[str, Any]) 
     result = db.session.execute(
         update(table).where(table.c.id == job_id, table.c.status.in_(allowed_from)).values(**values)
     )
-    return result.rowcount == 1
+    changed = result.rowcount == 1
+    if changed and "status" in values:
+        note_change(db.session(), job_id, values["status"])
+    return changed
 
 
 @dataclass(frozen=True)
@@ -265,6 +272,8 @@ def claim_jobs(
         claims = {
             row.id: Claim(row.id, row.upload_name, dict(row.options or {}), row.callback_url) for row in rows
         }
+        for job_id in claims:
+            note_change(db.session(), job_id, Status.PROCESSING)
     ahead: dict[str, str] = {}
     if peek:
         peeked = db.session.execute(_PEEK, {"ids": list(peek)})
@@ -329,6 +338,9 @@ def finish_jobs(
     # Rarely (a job cancelled meanwhile), not every row was written: ask which were, by this
     # very moment in completed_at, which no other writer gave them.
     written = set(ids) if complete else set(db.session.scalars(_WRITTEN, {"ids": ids, "now": moment}))
+    for row in rows + reasons:
+        if row["job_id"] in written:
+            note_change(db.session(), row["job_id"], row["status"])
     db.session.commit()
     return written
 

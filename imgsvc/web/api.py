@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, BinaryIO
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context, url_for
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
@@ -26,6 +26,7 @@ from imgsvc.queue.webhooks import check_callback_url, enqueue_delivery
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import UploadStore, client_filename
 from imgsvc.web.auth import require_api_key
+from imgsvc.web.waits import event_stream, preferred_wait, wait_for
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_key)
@@ -296,9 +297,25 @@ def _find(job_id: str) -> jobs.Job:
     return job
 
 
+def _waited(job: jobs.Job) -> tuple[jobs.Job, dict[str, str]]:
+    """The job once finished, if the request asked to wait for it (``Prefer: wait=N``), and the
+    headers that say whether the wait was applied (RFC 7240's Preference-Applied)."""
+    headers = {"Vary": "Prefer"}
+    seconds = preferred_wait(request.headers.get("Prefer"), _settings())
+    if seconds is None or job.status in jobs.FINISHED:
+        return job, headers
+    later, applied = wait_for(job.id, seconds)
+    if later is None:
+        raise NotFound(f"no job with id {job.id!r}")  # deleted while the client waited
+    if applied:
+        headers["Preference-Applied"] = f"wait={seconds}"
+    return later, headers
+
+
 @bp.get("/status/<job_id>")
-def status(job_id: str) -> Response:
-    return jsonify(_find(job_id).status_dict())
+def status(job_id: str) -> tuple[Response, int, dict[str, str]]:
+    job, headers = _waited(_find(job_id))
+    return jsonify(job.status_dict()), 200, headers
 
 
 #: What /result says about a job that ended without a description.
@@ -309,13 +326,32 @@ FINISHED_MESSAGES = {
 
 
 @bp.get("/result/<job_id>")
-def result(job_id: str) -> tuple[Response, int]:
-    job = _find(job_id)
+def result(job_id: str) -> tuple[Response, int, dict[str, str]]:
+    job, headers = _waited(_find(job_id))
+    return (*result_answer(job), headers)
+
+
+def result_answer(job: jobs.Job) -> tuple[Response, int]:
+    """/result's body and status for a job as it is: 200 done, 422 ended without one, 202 not yet."""
     if job.status == jobs.Status.DONE:
         return jsonify(job.result_dict()), 200
     if job.status in FINISHED_MESSAGES:
         return jsonify(job.status_dict() | {"message": FINISHED_MESSAGES[job.status]}), 422
     return jsonify(job.status_dict() | {"message": f"the job is {job.status}; try again shortly"}), 202
+
+
+def event_payload(job: jobs.Job) -> dict[str, Any]:
+    """What each server-sent event carries: the result once done, else the status."""
+    return job.result_dict() if job.status == jobs.Status.DONE else job.status_dict()
+
+
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id: str) -> Response:
+    """Server-sent events: the job's state now, each change, and the end at a finished state."""
+    job = _find(job_id)
+    stream = stream_with_context(event_stream(job.id, event_payload))
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: pass each event on now
+    return Response(stream, mimetype="text/event-stream", headers=headers)
 
 
 @bp.get("/jobs")
