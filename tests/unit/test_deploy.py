@@ -155,7 +155,7 @@ def test_workers_run_worker_py_and_scale_with_worker_count():
     assert "deploy" not in SERVICES["worker-dev"]  # one is enough while developing
     # Each replica must know how many there are: TORCH_THREADS=0 means cores / WORKER_COUNT.
     assert SERVICES["worker"]["environment"]["WORKER_COUNT"] == f"${{WORKER_COUNT:-{default}}}"
-    readme = (PROJECT_ROOT / "README.md").read_text()
+    readme = (PROJECT_ROOT / "docs" / "configuration.md").read_text()
     assert f"| `WORKER_COUNT` | `{default}` |" in readme
 
 
@@ -255,10 +255,10 @@ def test_env_file_is_optional_and_app_variables_are_real_settings():
             assert entry == {"path": ".env", "required": False}, name
         if name in APP_SERVICES:
             assert set(service["environment"]) <= known, name
-    # `required: false` is Compose 2.24 syntax: the README says so where it says how to start.
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    compose_section = readme[readme.index("### Docker Compose") :]
-    assert "Docker Compose 2.24" in compose_section.split("\n### ")[0]
+    # `required: false` is Compose 2.24 syntax: the docs say so where they say how to start.
+    deploy = (PROJECT_ROOT / "docs" / "deploy.md").read_text()
+    compose_section = deploy.split("\n## Docker Compose\n")[1].split("\n## ")[0]
+    assert "Docker Compose 2.24" in compose_section
 
 
 def test_dashboard_is_its_own_service_behind_imgsvcs_guard_and_needs_credentials():
