@@ -90,6 +90,9 @@ class Job(db.Model):
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Which attempt of the job this is: 1, then one more per POST /jobs/<id>/retry (NULL: 1, rows
+    #: written before the column). ``attempts`` counts the runs of the current attempt.
+    attempt: Mapped[int | None] = mapped_column(Integer)
     description: Mapped[str | None] = mapped_column(Text)
     generated_by: Mapped[str | None] = mapped_column(String(255))
     tags: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
@@ -112,6 +115,7 @@ class Job(db.Model):
             "created_at": isoformat(self.created_at),
             "updated_at": isoformat(self.updated_at),
             "attempts": self.attempts,
+            "attempt": self.attempt or 1,
         }
         if self.started_at:
             body["started_at"] = isoformat(self.started_at)
@@ -137,6 +141,7 @@ class Job(db.Model):
             "objects": self.objects,
             "people": self.people,
             "cached": self.cached,
+            "attempt": self.attempt or 1,
             "options": self.options or {},
             "image": {"format": self.image_format, "width": self.width, "height": self.height},
         }
@@ -358,6 +363,32 @@ def mark_cancelled(job_id: str) -> bool:
         completed_at=utcnow(),
         error="cancelled by the user",
     )
+
+
+#: What a retry clears: the last attempt's outcome and its run count (the reaper fails a row whose
+#: runs exceed TASK_MAX_RETRIES, and a new attempt starts with all of its retries).
+_CLEARED_FOR_RETRY = dict.fromkeys(
+    ("started_at", "completed_at", "error", "duration_ms", *RESULT_COLUMNS)
+) | {"attempts": 0, "cached": False}
+
+
+def mark_retried(job: Job) -> dict[str, Any] | None:
+    """A failed or cancelled job queued again as its next attempt (compare-and-set: of two retries
+    at once, one wins). Returns what :func:`undo_retry` needs, or None when the row had moved on."""
+    before = {name: getattr(job, name) for name in ("status", "attempt", *_CLEARED_FOR_RETRY)}
+    changed = _transition(
+        job.id,
+        (Status.FAILED, Status.CANCELLED),
+        status=Status.QUEUED,
+        attempt=(job.attempt or 1) + 1,
+        **_CLEARED_FOR_RETRY,
+    )
+    return before if changed else None
+
+
+def undo_retry(job_id: str, before: dict[str, Any]) -> None:
+    """Back to what the row said before :func:`mark_retried`, when the new attempt could not be queued."""
+    _transition(job_id, (Status.QUEUED,), **before)
 
 
 def find_cached(

@@ -23,6 +23,7 @@ from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound, Servic
 from imgsvc.images import inspect_image
 from imgsvc.queue.connection import enqueue_describe, running_model
 from imgsvc.queue.webhooks import check_callback_url, enqueue_delivery
+from imgsvc.retries import retry_job
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import UploadStore, client_filename
 from imgsvc.web.auth import require_api_key
@@ -387,7 +388,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 @bp.delete("/jobs/<job_id>")
 def delete_job(job_id: str) -> Response:
-    """Queued: cancelled and dropped from RQ. Processing: its result will be discarded. Finished: deleted."""
+    """Queued: cancelled and dropped from RQ. Processing: its result will be discarded. Finished
+    (cancelled included): deleted, with its image."""
     job = _find(job_id)
     if job.status in jobs.FINISHED:
         canonical = job.id  # read before the row is gone
@@ -400,5 +402,16 @@ def delete_job(job_id: str) -> Response:
         # If RQ cannot be told, the worker still finds the row cancelled and skips it.
         with contextlib.suppress(NoSuchJobError, RedisError):
             RQJob.fetch(job.id, connection=current_app.redis).cancel()
-        current_app.uploads.delete(job.upload_name)
+    # The image stays, as a finished job's does, so the job can be retried; a DELETE of the
+    # cancelled job deletes it at once, `flask prune` after UPLOAD_RETENTION.
     return jsonify({"job_id": job.id, "status": "cancelled", "was": was})
+
+
+@bp.post("/jobs/<job_id>/retry")
+def retry(job_id: str) -> tuple[Response, int, dict[str, str]]:
+    """A failed or cancelled job, again: same id, its ``attempt`` one higher; 409 says why not."""
+    job = _find(job_id)
+    canonical = job.id  # read before the row is written (the write expires the object)
+    attempt = retry_job(_settings(), current_app.task_queue, current_app.uploads, job)
+    body = {"job_id": canonical, "status": jobs.Status.QUEUED, "attempt": attempt}
+    return jsonify(body), 202, {"Location": url_for("api.status", job_id=canonical)}
