@@ -68,7 +68,7 @@ def served(tmp_path_factory, owned_redis, tiny_model_dir) -> Iterator[Served]:
         "TORCH_THREADS": "1",
         "WEB_WORKERS": "1",
         "WEB_THREADS": "4",  # the shipped default: two requests may wait at once
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": "INFO",  # the web log's one line per request is what the CLI test counts
     }
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{web_port}"]
     with (tmp / "web.log").open("wb") as web_log:
@@ -189,3 +189,27 @@ def _next_event(response: http.client.HTTPResponse) -> tuple[str, dict]:
             data = json.loads(line.removeprefix("data: "))
         elif not line and name is not None:
             return name, data or {}
+
+
+def test_the_cli_waits_for_each_job_with_one_result_request(served, tmp_path):
+    """``imgsvc submit --wait``: the server holds the result request until the job ends, instead of
+    the CLI polling every half second while the slowed worker takes its 1.5 s."""
+    photo = tmp_path / "blue.png"
+    photo.write_bytes(image_bytes("PNG", color=(3, 4, 250)))
+    done = subprocess.run(
+        [sys.executable, "-m", "imgsvc", "submit", "--url", served.proxy, "--timeout", "60", str(photo)],
+        cwd=PROJECT_ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["status"] == "done" and record["image_description"]
+    requests_for_it = [
+        line
+        for line in (served.tmp / "web.log").read_text().splitlines()
+        if f'"/api/v1/result/{record["job_id"]}"' in line
+    ]
+    assert len(requests_for_it) == 1
