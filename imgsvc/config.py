@@ -10,8 +10,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:  # the vision side imports this module too, and must not pull in Flask
+    from flask import Flask
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
@@ -191,3 +194,17 @@ def parse_s3_url(url: str) -> tuple[str, str]:
         raise ConfigError(f"UPLOAD_DIR must be a directory or s3://BUCKET/PREFIX, not {url!r}")
     prefix = parts.path.strip("/")
     return parts.netloc, f"{prefix}/" if prefix else ""
+
+
+#: Where ``create_app`` keeps the :class:`Settings` in ``app.config``.
+SETTINGS_KEY = "IMGSVC"
+
+
+def app_settings(app: Flask | None = None) -> Settings:
+    """The :class:`Settings` of ``app``, else of the current app (a request, a CLI command or the
+    worker's app context): the one way in, typed, instead of ``current_app.config[...]``."""
+    if app is None:
+        from flask import current_app  # here, not at the top: see the TYPE_CHECKING import
+
+        app = current_app
+    return app.config[SETTINGS_KEY]

@@ -51,7 +51,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Building it takes seconds; ``make mutate`` starts a pytest session per mutant, so it sets
     TEST_MODEL_CACHE to keep one copy across sessions (the build is seeded: same weights).
     """
-    from imgsvc.vision.tiny import build_tiny_model
+    from imgsvc.vision.testing_utils import build_tiny_model
 
     cache = os.environ.get("TEST_MODEL_CACHE")
     if not cache:
@@ -78,7 +78,7 @@ def models_dir() -> Path:
     Fails rather than skips when they are missing: the detector tests are real tests, and CI runs
     ``imgsvc fetch-models`` before the suite.
     """
-    from imgsvc.vision.weights import missing_components
+    from imgsvc.vision.scene.weights import missing_components
 
     path = Path(os.environ.get("MODELS_DIR") or Settings().models_dir)
     missing = missing_components(path)
@@ -94,7 +94,7 @@ def models_dir() -> Path:
 @pytest.fixture(scope="session")
 def scene_describer(models_dir: Path):
     """The default offline describer with every component, loaded once per session."""
-    from imgsvc.vision.scene import SceneDescriber
+    from imgsvc.vision.scene.describer import SceneDescriber
 
     return SceneDescriber.load(models_dir, ocr="auto")
 

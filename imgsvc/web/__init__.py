@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from imgsvc.config import Settings
+from imgsvc.config import app_settings
 from imgsvc.errors import (
     DatabaseUnavailable,
     FileTooLarge,
@@ -42,7 +42,7 @@ class UploadRequest(Request):
         filename: str | None = None,
         content_length: int | None = None,
     ) -> IO[bytes]:
-        settings = current_app.config["IMGSVC"]
+        settings = app_settings()
         staging = StagingFile(current_app.uploads.staging_dir, settings.max_file_size)
         self.__dict__.setdefault("_staging_files", []).append(staging)
         return staging  # type: ignore[return-value]
@@ -64,7 +64,7 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(pages.bp)
-    mount_dashboard(app, app.config["IMGSVC"])
+    mount_dashboard(app, app_settings(app))
     register_errors(app)
     app.before_request(_start_timer)
     app.after_request(_log_request)
@@ -115,7 +115,7 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
 
 def _body_too_large() -> FileTooLarge:
     """Werkzeug refused the body before it was parsed: word it like the per-file check does."""
-    settings: Settings = current_app.config["IMGSVC"]
+    settings = app_settings()
     size = request.content_length
     if size is not None and request.max_content_length and size <= request.max_content_length:
         return FileTooLarge("a form field is larger than the form parser allows")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 from flask import current_app
 
-from imgsvc.config import Settings
+from imgsvc.config import Settings, app_settings
 from imgsvc.queue.changes import JobWatcher
 from imgsvc.storage import jobs
 from imgsvc.storage.db import db
@@ -44,7 +44,7 @@ def watcher() -> JobWatcher:
     """The process's watcher, made on first use (after gunicorn forked: each worker its own)."""
     found = current_app.extensions.get("imgsvc.watcher")
     if found is None:
-        settings: Settings = current_app.config["IMGSVC"]
+        settings = app_settings()
         found = JobWatcher(settings.redis_url, capacity=max(settings.web_threads - 2, 0))
         found = current_app.extensions.setdefault("imgsvc.watcher", found)
     return found

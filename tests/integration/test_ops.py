@@ -47,7 +47,7 @@ def test_healthz_and_readyz_name_the_missing_part(client, app, tiny_describer):
 
 
 def test_readyz_lists_the_scene_describers_components_and_what_it_runs_without(client, app, tmp_path):
-    from imgsvc.vision.scene import SceneDescriber
+    from imgsvc.vision.scene.describer import SceneDescriber
 
     # Weights of none of the detectors: the describer runs on its classifier alone, and says so.
     describer = SceneDescriber.load(tmp_path / "empty-models", ocr="off")

@@ -7,15 +7,15 @@ import json
 
 import pytest
 
-from imgsvc.queue.webhooks import (
+from imgsvc.callback_urls import (
     UnsafeCallbackURL,
     check_callback_url,
     embedded_ipv4,
     is_public,
-    json_body,
     parse_callback_url,
     vetted_addresses,
 )
+from imgsvc.queue.webhooks import json_body
 
 PUBLIC = "93.184.216.34"  # never contacted: every URL naming it must be refused or only parsed
 
