@@ -87,10 +87,19 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         filename=client_filename(upload.filename),
     )
     g.job_id = job.id
+    headers = {"Location": url_for("api.status", job_id=job.id), "Vary": "Prefer"}
+    seconds = preferred_wait(request.headers.get("Prefer"), settings)
+    if seconds is not None:
+        # One request per job: the answer is /result's once the job ends within the wait.
+        ended, applied = wait_for(job.id, seconds)
+        if applied:
+            headers["Preference-Applied"] = f"wait={seconds}"
+        if ended is not None and ended.status in jobs.FINISHED:
+            return (*result_answer(ended), headers)
     body = {"job_id": job.id, "status": job.status, "message": "Job submitted successfully"}
     if job.cached:
         body |= {"cached": True, "message": "Identical image already described; result is ready"}
-    return jsonify(body), 202, {"Location": url_for("api.status", job_id=job.id)}
+    return jsonify(body), 202, headers
 
 
 @bp.post("/batch")

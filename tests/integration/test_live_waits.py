@@ -213,3 +213,14 @@ def test_the_cli_waits_for_each_job_with_one_result_request(served, tmp_path):
         if f'"/api/v1/result/{record["job_id"]}"' in line
     ]
     assert len(requests_for_it) == 1
+
+
+@needs_nginx
+def test_one_submit_through_the_proxy_answers_with_the_description(served):
+    files = {"file": ("x.png", image_bytes("PNG", color=(77, 1, 200)), "image/png")}
+    response = requests.post(
+        f"{served.proxy}/api/v1/submit", files=files, headers={"Prefer": "wait=60"}, timeout=90
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["Preference-Applied"] == "wait=60"
+    assert response.json()["status"] == "done" and response.json()["image_description"]

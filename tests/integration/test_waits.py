@@ -6,6 +6,7 @@ live gunicorn and nginx runs are in tests/integration/test_live_waits.py.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -144,3 +145,50 @@ def test_the_watcher_wakes_a_waiter_for_a_change_published_right_after_it_subscr
         assert woken.wait(10)
         assert not other.is_set()
     assert watcher.waiting == 0
+
+
+def test_a_submit_that_waits_answers_with_the_description(client, run_worker):
+    """One request per job: the submit is held until the worker writes the row, then answered as
+    /result would answer."""
+    image = image_bytes(color=(40, 50, 60))
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(
+            client.post,
+            "/api/v1/submit",
+            data={"file": (io.BytesIO(image), "a.jpg", "image/jpeg")},
+            content_type="multipart/form-data",
+            headers={"Prefer": "wait=60"},
+        )
+        for _ in range(200):  # the worker runs whatever is queued, until the held submit answers
+            run_worker()
+            if waiting.done():
+                break
+            threading.Event().wait(0.05)
+        response = waiting.result(timeout=30)
+    assert response.status_code == 200 and response.headers["Preference-Applied"] == "wait=60"
+    body = response.get_json()
+    assert body["status"] == "done" and body["image_description"]
+    assert response.headers["Location"].endswith(f"/api/v1/status/{body['job_id']}")
+
+
+def test_a_submit_that_waits_in_vain_gets_the_usual_202(client):
+    response = submit_with(client, image_bytes(color=(1, 2, 3)), {"Prefer": "wait=1"})
+    assert response.status_code == 202 and response.get_json()["status"] == "queued"
+    assert response.headers["Preference-Applied"] == "wait=1"
+
+
+def test_a_submit_of_a_cached_image_that_waits_gets_the_result_at_once(client, run_worker):
+    image = image_bytes(color=(9, 9, 9))
+    submit(client, image)
+    run_worker()
+    response = submit_with(client, image, {"Prefer": "wait=30"})
+    assert response.status_code == 200 and response.get_json()["cached"] is True
+
+
+def submit_with(client, data: bytes, headers: dict[str, str]):
+    return client.post(
+        "/api/v1/submit",
+        data={"file": (io.BytesIO(data), "a.jpg", "image/jpeg")},
+        content_type="multipart/form-data",
+        headers=headers,
+    )
