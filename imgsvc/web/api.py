@@ -25,14 +25,21 @@ from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound, Servic
 from imgsvc.retries import retry_job
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import client_filename
-from imgsvc.submissions import OPTION_SPECS, Intake, Submission, accept_upload, checked_option
+from imgsvc.submissions import (
+    OPTION_SPECS,
+    WEBHOOK_EVENTS,
+    Intake,
+    Submission,
+    accept_upload,
+    checked_option,
+)
 from imgsvc.web.auth import require_api_key
 from imgsvc.web.waits import event_stream, preferred_wait, wait_for
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_key)
 
-FORM_FIELDS = {"file", "callback_url", "options", *OPTION_SPECS}
+FORM_FIELDS = {"file", "callback_url", "webhook_events", "options", *OPTION_SPECS}
 
 
 def parse_submission(form: MultiDict, settings: Settings) -> Submission:
@@ -54,7 +61,22 @@ def parse_submission(form: MultiDict, settings: Settings) -> Submission:
     callback_url = form.get("callback_url") or None
     if callback_url:
         check_callback_url(callback_url, settings.webhook_allow_private)
-    return Submission(options, callback_url)
+    return Submission(options, callback_url, _webhook_events(form, callback_url))
+
+
+def _webhook_events(form: MultiDict, callback_url: str | None) -> tuple[str, ...]:
+    """``webhook_events=start,completed`` (or the field repeated); ``completed`` when absent."""
+    named = [name.strip() for value in form.getlist("webhook_events") for name in value.split(",")]
+    if not any(named):
+        return ("completed",)
+    if not callback_url:
+        raise BadRequest("webhook_events needs a callback_url to send them to")
+    if any(name not in WEBHOOK_EVENTS for name in named):  # not quoted back: it is the client's text
+        raise BadRequest(
+            f"webhook_events takes {' and '.join(WEBHOOK_EVENTS)}, comma-separated",
+            allowed=list(WEBHOOK_EVENTS),
+        )
+    return tuple(name for name in WEBHOOK_EVENTS if name in named)
 
 
 def _no_constant(name: str) -> None:
