@@ -34,6 +34,7 @@ from imgsvc.submissions import (
     checked_option,
 )
 from imgsvc.web.auth import require_api_key
+from imgsvc.web.idempotency import idempotent
 from imgsvc.web.waits import event_stream, preferred_wait, wait_for
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -89,6 +90,7 @@ def _intake() -> Intake:
 
 
 @bp.post("/submit")
+@idempotent
 def submit() -> tuple[Response, int, dict[str, str]]:
     settings = app_settings()
     uploads = request.files.getlist("file")
@@ -125,6 +127,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
 
 
 @bp.post("/batch")
+@idempotent
 def submit_batch() -> tuple[Response, int]:
     """Several ``file`` fields; each is checked on its own, so one bad file spoils nothing."""
     settings = app_settings()
