@@ -1,7 +1,7 @@
 """Waiting for a job in one request: ``Prefer: wait=N`` on status and result, and server-sent events.
 
 In-process: the app's test client in threads, a real Redis, the real worker (burst mode). The
-live gunicorn and nginx runs are in tests/integration/test_live_waits.py.
+live gunicorn and nginx runs are in tests/integration/test_live_api.py.
 """
 
 from __future__ import annotations
