@@ -104,9 +104,11 @@ def describe_batch(
             outcomes[job_id] = {"job_id": job_id, "status": "skipped"}
         else:
             log.info("job processing", extra={"job_id": job_id, "status": jobs.Status.PROCESSING})
-    for claim in claims.values():
-        if claim.callback_url and "start" in claim.webhooks:
-            notify(runtime, claim.id, "start")
+    starting = [c.id for c in claims.values() if c.callback_url and "start" in c.webhooks]
+    for job_id in starting:
+        notify(runtime, job_id, "start")
+    if starting:
+        db.session.commit()  # ends the rows' read: no SQLite snapshot stays open while the model runs
     run = _Run(runtime, claims)
     try:
         with deadline():
