@@ -192,3 +192,23 @@ def submit_with(client, data: bytes, headers: dict[str, str]):
         content_type="multipart/form-data",
         headers=headers,
     )
+
+
+def test_a_waiter_is_woken_when_redis_goes_away_and_answers_from_the_row(tmp_path):
+    """A change published while nobody listens would be lost: so losing Redis wakes every waiter,
+    which re-reads its row and answers, instead of sleeping out its whole wait."""
+    from tests.integration.procs import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    watcher = JobWatcher(server.url, capacity=4)
+    try:
+        with watcher.watch("job-c") as woken:
+            assert woken is not None
+            server.kill()
+            assert woken.wait(10)
+        with watcher.watch("job-d") as unwatched:
+            assert unwatched is None  # no Redis: the caller answers at once, from the row
+    finally:
+        watcher.close()
+        server.kill()
