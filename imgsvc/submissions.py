@@ -216,6 +216,6 @@ def check_supported(model: dict[str, Any] | None, options: dict[str, Any]) -> No
         raise BadRequest(
             f"option(s) {', '.join(unsupported)} not supported by the running model {model['name']}, "
             f"which takes {takes}; {' and '.join(OPTION_SPECS)} need a transformers captioner "
-            "(VISION_MODEL; see the README's 'Which model runs')",
+            "(VISION_MODEL; see docs/models.md, 'Which model runs')",
             supported=list(supported),
         )
