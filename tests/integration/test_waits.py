@@ -12,12 +12,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from redis import Redis
 
 from imgsvc.config import Settings
-from imgsvc.queue.changes import JobWatcher, channel
 from imgsvc.web.waits import preferred_wait
-from tests.conftest import TEST_REDIS_URL, image_bytes
+from tests.conftest import image_bytes
 from tests.integration.test_api import submit
 
 
@@ -135,18 +133,6 @@ def test_the_event_stream_of_an_unknown_job_is_404(client):
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
 
 
-def test_the_watcher_wakes_a_waiter_for_a_change_published_right_after_it_subscribed(redis_db: Redis):
-    """The lost-wakeup case: once ``watch`` yields, Redis has the subscription, so a change
-    published at that very moment (before the row is read) still sets the event."""
-    watcher = JobWatcher(TEST_REDIS_URL, capacity=4)
-    with watcher.watch("job-a") as woken, watcher.watch("job-b") as other:
-        assert woken is not None and other is not None
-        redis_db.publish(channel("job-a"), "{}")
-        assert woken.wait(10)
-        assert not other.is_set()
-    assert watcher.waiting == 0
-
-
 def test_a_submit_that_waits_answers_with_the_description(client, run_worker):
     """One request per job: the submit is held until the worker writes the row, then answered as
     /result would answer."""
@@ -192,23 +178,3 @@ def submit_with(client, data: bytes, headers: dict[str, str]):
         content_type="multipart/form-data",
         headers=headers,
     )
-
-
-def test_a_waiter_is_woken_when_redis_goes_away_and_answers_from_the_row(tmp_path):
-    """A change published while nobody listens would be lost: so losing Redis wakes every waiter,
-    which re-reads its row and answers, instead of sleeping out its whole wait."""
-    from tests.integration.procs import RedisServer
-
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    watcher = JobWatcher(server.url, capacity=4)
-    try:
-        with watcher.watch("job-c") as woken:
-            assert woken is not None
-            server.kill()
-            assert woken.wait(10)
-        with watcher.watch("job-d") as unwatched:
-            assert unwatched is None  # no Redis: the caller answers at once, from the row
-    finally:
-        watcher.close()
-        server.kill()
