@@ -69,7 +69,8 @@ def served(tmp_path_factory, owned_redis, tiny_model_dir) -> Iterator[Served]:
         "TORCH_THREADS": "1",
         "WEB_WORKERS": "1",
         "WEB_THREADS": "4",  # the shipped default: two requests may wait at once
-        "LOG_LEVEL": "INFO",  # the web log's one line per request is what the CLI test counts
+        "LOG_LEVEL": "DEBUG",  # the web log's line per request (polls at DEBUG) is what the CLI test counts
+        "LOG_FORMAT": "json",
         "WEBHOOK_ALLOW_PRIVATE": "true",  # the receiver is this test, on loopback
         "WEBHOOK_SECRET": "live",
     }
