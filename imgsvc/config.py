@@ -48,6 +48,7 @@ POSITIVE = (
     "decode_timeout",
     "decode_memory_mb",
     "worker_ttl",
+    "web_threads",
     "webhook_timeout",
     "webhook_workers",
     "webhook_per_host",
@@ -66,6 +67,11 @@ class Settings:
     web_host: str = field(default="127.0.0.1", metadata={"env": "WEB_HOST"})
     web_port: int = field(default=8000, metadata={"env": "WEB_PORT"})
     web_workers: int = field(default=2, metadata={"env": "WEB_WORKERS"})
+    #: gunicorn's threads per web worker (gunicorn.conf.py reads the same variable); a request
+    #: that waits (``Prefer: wait``, an event stream) holds one, and all but two may wait at once.
+    web_threads: int = field(default=4, metadata={"env": "WEB_THREADS"})
+    #: The longest ``Prefer: wait=N`` honoured, in seconds; a longer one is cut to this.
+    max_wait: int = field(default=60, metadata={"env": "MAX_WAIT"})
     #: A request's line and headers must be in within this many seconds (read by gunicorn's worker).
     web_header_timeout: int = field(default=10, metadata={"env": "WEB_HEADER_TIMEOUT"})
     max_file_size: int = field(default=10 * 1024 * 1024, metadata={"env": "MAX_FILE_SIZE"})
@@ -168,6 +174,8 @@ class Settings:
                 raise ConfigError(f"{name.upper()} must be positive")
         if self.task_max_retries < 0 or self.task_retry_delay < 0:
             raise ConfigError("TASK_MAX_RETRIES and TASK_RETRY_DELAY must be >= 0")
+        if self.max_wait < 0:
+            raise ConfigError("MAX_WAIT must be >= 0 (0: Prefer: wait is never applied)")
         if self.quota_jobs_per_day < 0 or self.quota_bytes_per_day < 0:
             raise ConfigError("QUOTA_JOBS_PER_DAY and QUOTA_BYTES_PER_DAY must be >= 0 (0: no quota)")
         if self.max_form_parts < 0:

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from imgsvc.metrics import RedisMetrics
 
 #: Per-job options: name -> (type, min, max). Which ones a model honours is its own business.
+#: A job's webhook moments: ``start`` when a worker starts it (its status, ``processing``),
+#: ``completed`` when it ends done or failed (the result, or the status with its error).
+WEBHOOK_EVENTS = ("start", "completed")
 OPTION_SPECS: dict[str, tuple[type, int, int]] = {"max_length": (int, 1, 200), "prompt": (str, 1, 300)}
 INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
 
@@ -47,6 +50,8 @@ class Intake:
 class Submission:
     options: dict[str, Any] = field(default_factory=dict)
     callback_url: str | None = None
+    #: Which of the job's moments POST to ``callback_url`` (:data:`WEBHOOK_EVENTS`).
+    webhook_events: tuple[str, ...] = ("completed",)
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,10 @@ def _row_fields(
         "sha256": staged.sha256,
         "options": submission.options or None,
         "callback_url": submission.callback_url,
+        # NULL is the default, ``completed`` alone: rows written before the column mean that too.
+        "webhook_events": None
+        if submission.webhook_events == ("completed",)
+        else ",".join(submission.webhook_events),
         "batch_id": batch_id,
         "owner": owner,
         "filename": filename,
@@ -184,7 +193,7 @@ def _answer_from(hit: jobs.Job, intake: Intake, row: dict[str, Any]) -> Accepted
         duration_ms=0,
     )
     intake.metrics.count("cached")
-    if job.callback_url:
+    if job.callback_url and "completed" in job.webhooks:  # done at once: it never starts
         enqueue_delivery(intake.redis, intake.settings, job.callback_url, job.result_dict())
     return Accepted(job.id, job.status, cached=True)
 

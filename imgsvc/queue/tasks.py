@@ -27,7 +27,6 @@ from rq.timeouts import BaseTimeoutException
 
 from imgsvc.config import Settings
 from imgsvc.decoding import DecoderPool
-from imgsvc.errors import StorageUnavailable
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue.connection import waiting_key
 from imgsvc.queue.prefetch import ImageLoader, PermanentJobError
@@ -115,6 +114,11 @@ def describe_batch(
             outcomes[job_id] = {"job_id": job_id, "status": "skipped"}
         else:
             log.info("job processing", extra={"job_id": job_id, "status": jobs.Status.PROCESSING})
+    starting = [c.id for c in claims.values() if c.callback_url and "start" in c.webhooks]
+    for job_id in starting:
+        notify(runtime, job_id, "start")
+    if starting:
+        db.session.commit()  # ends the rows' read: no SQLite snapshot stays open while the model runs
     run = _Run(runtime, claims)
     try:
         with deadline():
@@ -237,7 +241,8 @@ class _Run:
                 log.info("job done", extra={"job_id": job_id, "status": "done", "duration_ms": duration_ms})
                 outcomes[job_id] = {"job_id": job_id, "status": "done"}
             else:
-                _discard_upload(runtime, self.claims[job_id])
+                # Its image is kept, as a finished job's is, so the job can be retried; `flask prune`
+                # deletes it after UPLOAD_RETENTION, or a DELETE of the job at once.
                 log.info(
                     "job result discarded", extra={"job_id": job_id, "reason": "cancelled while processing"}
                 )
@@ -263,25 +268,17 @@ class _Run:
         return outcomes
 
 
-def notify(runtime: WorkerRuntime, job_id: str) -> None:
-    """Queue the webhook of a finished job, if it asked for one; never fails the job."""
+def notify(runtime: WorkerRuntime, job_id: str, moment: str = "completed") -> None:
+    """Queue the webhook of a job that started or ended, if it asked for that moment's; never
+    fails the job."""
     row = jobs.get_job(job_id)
-    if row is None or not row.callback_url:
+    if row is None or not row.callback_url or moment not in row.webhooks:
         return
     payload = row.result_dict() if row.status == jobs.Status.DONE else row.status_dict()
     try:
         enqueue_delivery(runtime.connection, runtime.settings, row.callback_url, payload)
     except RedisError:
         log.exception("webhook not queued", extra={"job_id": job_id})
-
-
-def _discard_upload(runtime: WorkerRuntime, claim: jobs.Claim) -> None:
-    """Never fails the job's bookkeeping: an upload left behind keeps its finished row, so
-    ``flask prune`` deletes it after UPLOAD_RETENTION."""
-    try:
-        runtime.uploads.delete(claim.upload_name)
-    except StorageUnavailable:
-        log.warning("upload not deleted", extra={"job_id": claim.id, "reason": "store unavailable"})
 
 
 def _failed_for_good(

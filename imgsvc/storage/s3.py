@@ -163,6 +163,14 @@ class S3UploadStore(UploadStore):
         with self._reachable("delete", name):
             self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
 
+    def _exists(self, name: str) -> bool:
+        try:
+            with self._reachable("look up", name):
+                self.client.head_object(Bucket=self.bucket, Key=self.key(name))
+        except FileNotFoundError:
+            return False
+        return True
+
     @contextmanager
     def _reachable(self, action: str, name: str) -> Iterator[None]:
         """Refused at once while the breaker is open; a store that cannot be reached opens it."""

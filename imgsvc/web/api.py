@@ -14,7 +14,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context, url_for
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
@@ -24,15 +24,25 @@ from imgsvc.callback_urls import check_callback_url
 from imgsvc.config import Settings, app_settings
 from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound, ServiceUnavailable
 from imgsvc.quotas import check_quota
+from imgsvc.retries import retry_job
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import client_filename
-from imgsvc.submissions import OPTION_SPECS, Intake, Submission, accept_upload, checked_option
+from imgsvc.submissions import (
+    OPTION_SPECS,
+    WEBHOOK_EVENTS,
+    Intake,
+    Submission,
+    accept_upload,
+    checked_option,
+)
 from imgsvc.web.auth import client_bucket, require_api_key
+from imgsvc.web.idempotency import idempotent
+from imgsvc.web.waits import event_stream, preferred_wait, wait_for
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_key)
 
-FORM_FIELDS = {"file", "callback_url", "options", *OPTION_SPECS}
+FORM_FIELDS = {"file", "callback_url", "webhook_events", "options", *OPTION_SPECS}
 
 
 def parse_submission(form: MultiDict, settings: Settings) -> Submission:
@@ -59,7 +69,22 @@ def parse_submission(form: MultiDict, settings: Settings) -> Submission:
     callback_url = given.get("callback_url")
     if callback_url:
         check_callback_url(callback_url, settings.webhook_allow_private)
-    return Submission(options, callback_url)
+    return Submission(options, callback_url, _webhook_events(form, callback_url))
+
+
+def _webhook_events(form: MultiDict, callback_url: str | None) -> tuple[str, ...]:
+    """``webhook_events=start,completed`` (or the field repeated); ``completed`` when absent."""
+    named = [name.strip() for value in form.getlist("webhook_events") for name in value.split(",")]
+    if not any(named):
+        return ("completed",)
+    if not callback_url:
+        raise BadRequest("webhook_events needs a callback_url to send them to")
+    if any(name not in WEBHOOK_EVENTS for name in named):  # not quoted back: it is the client's text
+        raise BadRequest(
+            f"webhook_events takes {' and '.join(WEBHOOK_EVENTS)}, comma-separated",
+            allowed=list(WEBHOOK_EVENTS),
+        )
+    return tuple(name for name in WEBHOOK_EVENTS if name in named)
 
 
 #: The most of a text field read from a part sent as a file (options is a short JSON object).
@@ -98,6 +123,7 @@ def _limits(settings: Settings) -> dict[str, Any]:
 
 
 @bp.post("/submit")
+@idempotent
 def submit() -> tuple[Response, int, dict[str, str]]:
     settings = app_settings()
     limits = _limits(settings)  # before the body is parsed: a client over its quota costs no staging
@@ -120,13 +146,23 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         **limits,
     )
     g.job_id = job.id
+    headers = {"Location": url_for("api.status", job_id=job.id), "Vary": "Prefer"}
+    seconds = preferred_wait(request.headers.get("Prefer"), settings)
+    if seconds is not None:
+        # One request per job: the answer is /result's once the job ends within the wait.
+        ended, applied = wait_for(job.id, seconds)
+        if applied:
+            headers["Preference-Applied"] = f"wait={seconds}"
+        if ended is not None and ended.status in jobs.FINISHED:
+            return (*result_answer(ended), headers)
     body = {"job_id": job.id, "status": job.status, "message": "Job submitted successfully"}
     if job.cached:
         body |= {"cached": True, "message": "Identical image already described; result is ready"}
-    return jsonify(body), 202, {"Location": url_for("api.status", job_id=job.id)}
+    return jsonify(body), 202, headers
 
 
 @bp.post("/batch")
+@idempotent
 def submit_batch() -> tuple[Response, int]:
     """Several ``file`` fields; each is checked on its own, so one bad file spoils nothing."""
     settings = app_settings()
@@ -204,9 +240,25 @@ def _find(job_id: str) -> jobs.Job:
     return job
 
 
+def _waited(job: jobs.Job) -> tuple[jobs.Job, dict[str, str]]:
+    """The job once finished, if the request asked to wait for it (``Prefer: wait=N``), and the
+    headers that say whether the wait was applied (RFC 7240's Preference-Applied)."""
+    headers = {"Vary": "Prefer"}
+    seconds = preferred_wait(request.headers.get("Prefer"), app_settings())
+    if seconds is None or job.status in jobs.FINISHED:
+        return job, headers
+    later, applied = wait_for(job.id, seconds)
+    if later is None:
+        raise NotFound(f"no job with id {job.id!r}")  # deleted while the client waited
+    if applied:
+        headers["Preference-Applied"] = f"wait={seconds}"
+    return later, headers
+
+
 @bp.get("/status/<job_id>")
-def status(job_id: str) -> Response:
-    return jsonify(_find(job_id).status_dict())
+def status(job_id: str) -> tuple[Response, int, dict[str, str]]:
+    job, headers = _waited(_find(job_id))
+    return jsonify(job.status_dict()), 200, headers
 
 
 #: What /result says about a job that ended without a description.
@@ -217,13 +269,32 @@ FINISHED_MESSAGES = {
 
 
 @bp.get("/result/<job_id>")
-def result(job_id: str) -> tuple[Response, int]:
-    job = _find(job_id)
+def result(job_id: str) -> tuple[Response, int, dict[str, str]]:
+    job, headers = _waited(_find(job_id))
+    return (*result_answer(job), headers)
+
+
+def result_answer(job: jobs.Job) -> tuple[Response, int]:
+    """/result's body and status for a job as it is: 200 done, 422 ended without one, 202 not yet."""
     if job.status == jobs.Status.DONE:
         return jsonify(job.result_dict()), 200
     if job.status in FINISHED_MESSAGES:
         return jsonify(job.status_dict() | {"message": FINISHED_MESSAGES[job.status]}), 422
     return jsonify(job.status_dict() | {"message": f"the job is {job.status}; try again shortly"}), 202
+
+
+def event_payload(job: jobs.Job) -> dict[str, Any]:
+    """What each server-sent event carries: the result once done, else the status."""
+    return job.result_dict() if job.status == jobs.Status.DONE else job.status_dict()
+
+
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id: str) -> Response:
+    """Server-sent events: the job's state now, each change, and the end at a finished state."""
+    job = _find(job_id)
+    stream = stream_with_context(event_stream(job.id, event_payload))
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: pass each event on now
+    return Response(stream, mimetype="text/event-stream", headers=headers)
 
 
 @bp.get("/jobs")
@@ -259,7 +330,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 @bp.delete("/jobs/<job_id>")
 def delete_job(job_id: str) -> Response:
-    """Queued: cancelled and dropped from RQ. Processing: its result will be discarded. Finished: deleted."""
+    """Queued: cancelled and dropped from RQ. Processing: its result will be discarded. Finished
+    (cancelled included): deleted, with its image."""
     job = _find(job_id)
     if job.status in jobs.FINISHED:
         canonical = job.id  # read before the row is gone
@@ -271,7 +343,8 @@ def delete_job(job_id: str) -> Response:
     jobs.mark_cancelled(job.id)
     if was == jobs.Status.QUEUED:
         _delete_rq_job(job.id)
-        current_app.uploads.delete(job.upload_name)
+    # The image stays, as a finished job's does, so the job can be retried; a DELETE of the
+    # cancelled job deletes it at once, `flask prune` after UPLOAD_RETENTION.
     return jsonify({"job_id": job.id, "status": "cancelled", "was": was})
 
 
@@ -280,3 +353,13 @@ def _delete_rq_job(job_id: str) -> None:
     cannot be told, the worker still finds the row cancelled or gone and skips the job."""
     with contextlib.suppress(NoSuchJobError, RedisError):
         RQJob.fetch(job_id, connection=current_app.redis).delete()
+
+
+@bp.post("/jobs/<job_id>/retry")
+def retry(job_id: str) -> tuple[Response, int, dict[str, str]]:
+    """A failed or cancelled job, again: same id, its ``attempt`` one higher; 409 says why not."""
+    job = _find(job_id)
+    canonical = job.id  # read before the row is written (the write expires the object)
+    attempt = retry_job(app_settings(), current_app.task_queue, current_app.uploads, job)
+    body = {"job_id": canonical, "status": jobs.Status.QUEUED, "attempt": attempt}
+    return jsonify(body), 202, {"Location": url_for("api.status", job_id=canonical)}
