@@ -173,11 +173,16 @@ def _json_of(response: Any) -> dict[str, Any]:
 
 @main.command()
 @click.option("--burst", is_flag=True, help="Quit when the queue is empty.")
-def worker(burst: bool) -> None:
+@click.option(
+    "--model",
+    default=None,
+    help="Serve this model on a queue of its own (default: VISION_MODEL, on the default queue).",
+)
+def worker(burst: bool, model: str | None) -> None:
     """Start one worker (same as ``python worker.py``)."""
     from imgsvc.queue.worker import main as worker_main
 
-    sys.exit(worker_main(["--burst"] if burst else []))
+    sys.exit(worker_main(["--burst"] * burst + (["--model", model] if model else [])))
 
 
 @main.command()

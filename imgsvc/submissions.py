@@ -12,10 +12,13 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from redis.exceptions import RedisError
+
 from imgsvc.config import Settings
-from imgsvc.errors import BadRequest, ImgsvcError
+from imgsvc.errors import BadRequest, ImgsvcError, QueueUnavailable
 from imgsvc.images import ImageInfo, inspect_image
-from imgsvc.queue.connection import enqueue_describe, running_model
+from imgsvc.queue.connection import enqueue_describe
+from imgsvc.queue.routing import MAX_MODEL_NAME, ModelRegistry, Route, ServedModel
 from imgsvc.queue.webhooks import enqueue_delivery
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import StagedUpload, UploadStore
@@ -46,6 +49,8 @@ class Intake:
 class Submission:
     options: dict[str, Any] = field(default_factory=dict)
     callback_url: str | None = None
+    #: The model to run (``GET /api/v1/models`` lists them); None: the deployment's default.
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,14 @@ def checked_option(name: str, value: Any) -> Any:
     return converted
 
 
+def checked_model(value: str) -> str:
+    """A ``model`` field: a name as a worker publishes it, not any text (it reaches the logs)."""
+    name = value.strip()
+    if not 1 <= len(name) <= MAX_MODEL_NAME or not name.isprintable():
+        raise BadRequest(f"model must be a model's name, 1 to {MAX_MODEL_NAME} printable characters")
+    return name
+
+
 def _exactly(kind: type, value: Any) -> Any:
     """The value as ``kind`` without coercion: ``true`` is not 1 and ``5.9`` is not 5.
 
@@ -98,33 +111,47 @@ def accept_upload(
 ) -> Accepted:
     """Stage, check, store, record, enqueue; on any failure undo what was done so far.
 
-    Identical bytes already described by the running model with the same options are
-    answered from the stored result (``cached: true``) without running the model again,
-    but only from the same ``owner``'s jobs: another key must not learn what was uploaded.
+    The job goes to the queue of ``submission.model`` (:meth:`ModelRegistry.route`: a model
+    no live worker serves is refused). Identical bytes already described by that model with
+    the same options are answered from the stored result (``cached: true``) without running
+    the model again, but only from the same ``owner``'s jobs: another key must not learn what
+    was uploaded.
     """
-    staged, info, model = _stage_and_check(intake, stream, submission)
+    staged, info, route = _stage_and_check(intake, stream, submission)
     row = _row_fields(staged, info, submission, owner=owner, batch_id=batch_id, filename=filename)
-    hit = jobs.find_cached(staged.sha256, submission.options, model["name"], owner=owner) if model else None
+    row["queue"] = None if route.is_default else route.queue.name
+    model = route.model
+    hit = None
+    if model is not None:
+        hit = jobs.find_cached(staged.sha256, submission.options, model.generated_by, owner=owner)
     if hit is not None:
         intake.uploads.discard(staged)
         return _answer_from(hit, intake, row)
-    return _store_and_enqueue(intake, staged, info, row)
+    return _store_and_enqueue(intake, staged, info, row, route)
 
 
 def _stage_and_check(
     intake: Intake, stream: BinaryIO, submission: Submission
-) -> tuple[StagedUpload, ImageInfo, dict[str, Any] | None]:
+) -> tuple[StagedUpload, ImageInfo, Route]:
     """Stream the upload to a staged file and read its header; a refused upload leaves nothing."""
     settings = intake.settings
     staged = intake.uploads.stage(stream)
     try:
         info = inspect_image(staged.path, settings.max_image_pixels, settings.max_image_frames)
-        model = running_model(intake.redis, settings)
-        check_supported(model, submission.options)
+        route = model_route(intake, submission.model)
+        check_supported(route.model, submission.options)
     except BaseException:
         intake.uploads.discard(staged)
         raise
-    return staged, info, model
+    return staged, info, route
+
+
+def model_route(intake: Intake, model: str | None) -> Route:
+    """Where a job for ``model`` goes; Redis failing here is the queue's outage (503), as when enqueueing."""
+    try:
+        return ModelRegistry(intake.task_queue, intake.settings.worker_ttl).route(model)
+    except RedisError as exc:
+        raise QueueUnavailable() from exc
 
 
 def _row_fields(
@@ -173,7 +200,7 @@ def _answer_from(hit: jobs.Job, intake: Intake, row: dict[str, Any]) -> Accepted
 
 
 def _store_and_enqueue(
-    intake: Intake, staged: StagedUpload, info: ImageInfo, row: dict[str, Any]
+    intake: Intake, staged: StagedUpload, info: ImageInfo, row: dict[str, Any], route: Route
 ) -> Accepted:
     """Keep the upload, insert a queued row, enqueue it; a failed step undoes the earlier ones."""
     name = intake.uploads.commit(staged, info.extension)
@@ -184,7 +211,7 @@ def _store_and_enqueue(
         raise
     try:
         enqueue_describe(
-            intake.task_queue,
+            route.queue,
             intake.settings,
             job_id,
             also=lambda pipe: intake.metrics.record("submitted", pipeline=pipe),
@@ -196,17 +223,17 @@ def _store_and_enqueue(
     return Accepted(job_id, jobs.Status.QUEUED)
 
 
-def check_supported(model: dict[str, Any] | None, options: dict[str, Any]) -> None:
-    """Refuse options the running model does not take, before anything is stored (400)."""
+def check_supported(model: ServedModel | None, options: dict[str, Any]) -> None:
+    """Refuse options the chosen model does not take, before anything is stored (400)."""
     if model is None:
         return  # no worker has said what it runs yet; the worker checks again
-    supported = model.get("options", ())
+    supported = model.options
     unsupported = sorted(set(options) - set(supported))
     if unsupported:
         takes = f"only {', '.join(supported)}" if supported else "none"
         raise BadRequest(
-            f"option(s) {', '.join(unsupported)} not supported by the running model {model['name']}, "
-            f"which takes {takes}; {' and '.join(OPTION_SPECS)} need a transformers captioner "
-            "(VISION_MODEL; see the README's 'Which model runs')",
+            f"option(s) {', '.join(unsupported)} not supported by the model {model.name}, "
+            f"which takes {takes}; GET /api/v1/models says which model takes which options",
+            model=model.name,
             supported=list(supported),
         )

@@ -22,15 +22,24 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from imgsvc.callback_urls import check_callback_url
 from imgsvc.config import Settings, app_settings
 from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound, ServiceUnavailable
+from imgsvc.queue.routing import ModelRegistry
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import client_filename
-from imgsvc.submissions import OPTION_SPECS, Intake, Submission, accept_upload, checked_option
+from imgsvc.submissions import (
+    OPTION_SPECS,
+    Intake,
+    Submission,
+    accept_upload,
+    checked_model,
+    checked_option,
+    model_route,
+)
 from imgsvc.web.auth import require_api_key
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_key)
 
-FORM_FIELDS = {"file", "callback_url", "options", *OPTION_SPECS}
+FORM_FIELDS = {"file", "callback_url", "options", "model", *OPTION_SPECS}
 
 
 def parse_submission(form: MultiDict, settings: Settings) -> Submission:
@@ -52,7 +61,8 @@ def parse_submission(form: MultiDict, settings: Settings) -> Submission:
     callback_url = form.get("callback_url") or None
     if callback_url:
         check_callback_url(callback_url, settings.webhook_allow_private)
-    return Submission(options, callback_url)
+    model = checked_model(form["model"]) if form.get("model") else None
+    return Submission(options, callback_url, model)
 
 
 def _no_constant(name: str) -> None:
@@ -103,6 +113,7 @@ def submit_batch() -> tuple[Response, int]:
         raise BadRequest(f"at most {settings.max_batch_files} files per batch")
     submission = parse_submission(request.form, settings)
     intake = _intake()
+    model_route(intake, submission.model)  # a model nobody serves refuses the batch, not each file
     batch_id = jobs.new_id()
     entries: list[dict[str, Any]] = []
     outage: ServiceUnavailable | None = None
@@ -131,6 +142,15 @@ def submit_batch() -> tuple[Response, int]:
         }
         return jsonify(body), 400
     return jsonify(body), 202
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    """The models this deployment's workers serve (or served lately), the default first."""
+    registry = ModelRegistry(current_app.task_queue, app_settings().worker_ttl)
+    models = registry.served(depths=True)
+    default = next((m.name for m in models if m.default), None)
+    return jsonify({"default": default, "models": [m.to_json() for m in models]})
 
 
 @bp.get("/batch/<batch_id>")
