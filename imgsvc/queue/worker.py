@@ -293,16 +293,7 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run an imgsvc worker: load the model once, then take jobs.")
-    parser.add_argument("--burst", action="store_true", help="quit when the queue is empty")
-    parser.add_argument("--max-jobs", type=int, default=None, help="quit after this many jobs")
-    parser.add_argument("--name", default=None, help="worker name shown in rq-dashboard")
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="the model to serve, on a queue of its own (default: VISION_MODEL, on the default queue)",
-    )
-    args = parser.parse_args(argv)
+    args = argument_parser().parse_args(argv)
 
     from imgsvc import create_app
 
@@ -332,6 +323,20 @@ def main(argv: list[str] | None = None) -> int:
         logging_level=settings.log_level,
     )
     return 0
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """``python worker.py``'s arguments (compose.yaml's worker commands are checked against it)."""
+    parser = argparse.ArgumentParser(description="Run an imgsvc worker: load the model once, then take jobs.")
+    parser.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+    parser.add_argument("--max-jobs", type=int, default=None, help="quit after this many jobs")
+    parser.add_argument("--name", default=None, help="worker name shown in rq-dashboard")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="the model to serve, on a queue of its own (default: VISION_MODEL, on the default queue)",
+    )
+    return parser
 
 
 def worker_queue(settings: Settings, connection: Redis, model: str | None) -> Queue:
