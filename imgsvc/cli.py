@@ -91,7 +91,12 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
     default=None,
     help="The server's API key (one of its API_KEYS), sent as X-API-Key.",
 )
-def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float, api_key: str | None) -> None:
+@click.option(
+    "--model", default=None, help="The model to run (GET /api/v1/models lists them; default: the server's)."
+)
+def submit(
+    paths: tuple[Path, ...], url: str, wait: bool, timeout: float, api_key: str | None, model: str | None
+) -> None:
     """Submit image files to a running server and print the results as JSON lines.
 
     The exit status is 1 when the server refused any file or any job failed.
@@ -102,8 +107,9 @@ def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float, api_ke
     session = requests.Session()
     if api_key:
         session.headers["X-API-Key"] = api_key
+    fields = {"model": model} if model else {}
     try:
-        failed = _submit_and_wait(session, base, paths, wait, timeout)
+        failed = _submit_and_wait(session, base, paths, wait, timeout, fields)
     except requests.ConnectionError as exc:
         raise click.ClickException(
             f"cannot reach the server at {base}: nothing answers there "
@@ -117,13 +123,17 @@ def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float, api_ke
         raise click.ClickException(f"{failed} of {len(paths)} file(s) could not be described")
 
 
-def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: bool, timeout: float) -> int:
+def _submit_and_wait(
+    session: Any, base: str, paths: tuple[Path, ...], wait: bool, timeout: float, fields: dict[str, str]
+) -> int:
     """Print one JSON line per file (refused, queued or finished); return how many failed."""
     failed = 0
     ids: dict[str, Path] = {}
     for path in paths:
         with path.open("rb") as fh:
-            response = session.post(f"{base}/api/v1/submit", files={"file": (path.name, fh)}, timeout=60)
+            response = session.post(
+                f"{base}/api/v1/submit", files={"file": (path.name, fh)}, data=fields, timeout=60
+            )
         _refuse_unauthorized(response)
         body = _json_of(response)
         if response.status_code != 202:
