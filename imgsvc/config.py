@@ -106,6 +106,8 @@ class Settings:
     models_dir: Path = field(default=PROJECT_ROOT / "instance" / "models", metadata={"env": "MODELS_DIR"})
     torch_threads: int = field(default=0, metadata={"env": "TORCH_THREADS"})
     log_level: str = field(default="INFO", metadata={"env": "LOG_LEVEL"})
+    # text for a person at a terminal (make run); json for a log collector (compose's production profile).
+    log_format: str = field(default="text", metadata={"env": "LOG_FORMAT"})
 
     def __post_init__(self) -> None:
         # Settings(upload_dir="some/dir") is a directory, exactly as UPLOAD_DIR=some/dir is.
@@ -138,6 +140,8 @@ class Settings:
             raise ConfigError("TRUSTED_PROXIES must be >= 0")
         if self.decode_processes < 0:
             raise ConfigError("DECODE_PROCESSES must be >= 0 (0: one per 4 cores a worker has, at most 4)")
+        if self.log_format not in {"text", "json"}:
+            raise ConfigError("LOG_FORMAT must be text or json")
         if self.ocr not in {"auto", "on", "off"}:
             raise ConfigError("OCR must be auto, on or off")
         if self.fetch_captioner not in {"auto", "off"}:

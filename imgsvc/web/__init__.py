@@ -23,6 +23,9 @@ from imgsvc.errors import (
 from imgsvc.storage.uploads import StagingFile, file_too_large, human_size
 
 log = logging.getLogger("imgsvc.web")
+#: GETs a probe or a waiting client repeats every second or so: logged at DEBUG (see _log_request).
+HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
+POLL_PATHS = ("/api/v1/status/", "/api/v1/result/", "/api/v1/batch/")
 
 
 class UploadRequest(Request):
@@ -152,5 +155,9 @@ def _log_request(response: Response) -> Response:
     }
     if job_id := g.get("job_id"):
         extra["job_id"] = job_id
-    log.info("request", extra=extra)
+    # Health checks (a 503 from /readyz is its answer, not a fault) and polls that did not fail on
+    # the server's side: DEBUG. Everything else, submits and cancels included, at INFO.
+    polled = request.path.startswith(POLL_PATHS) and response.status_code < 500
+    routine = request.method == "GET" and (request.path in HEALTH_PATHS or polled)
+    log.log(logging.DEBUG if routine else logging.INFO, "request", extra=extra)
     return response

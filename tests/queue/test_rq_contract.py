@@ -7,7 +7,7 @@ and ``rq==3.0.0`` is pinned for it. An upgrade breaks here, by name, instead of 
 **When bumping rq**, run these tests and the fault tests, which exercise the same seam under
 killed workers and lost jobs::
 
-    python -m pytest -p no:randomly tests/unit/test_rq_contract.py \
+    python -m pytest -p no:randomly tests/queue/test_rq_contract.py \
         tests/integration/test_faults.py tests/integration/test_liveness.py
 
 A test failing here names the RQ method or attribute whose contract changed; read RQ's new
