@@ -20,6 +20,7 @@ from imgsvc.images import ImageInfo, inspect_image
 from imgsvc.queue.connection import enqueue_describe
 from imgsvc.queue.routing import MAX_MODEL_NAME, ModelRegistry, Route, ServedModel
 from imgsvc.queue.webhooks import enqueue_delivery
+from imgsvc.quotas import charge_quota, refund_quota
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import StagedUpload, UploadStore
 
@@ -108,6 +109,8 @@ def accept_upload(
     owner: str | None = None,
     batch_id: str | None = None,
     filename: str | None = None,
+    deadline: float | None = None,
+    bucket: str | None = None,
 ) -> Accepted:
     """Stage, check, store, record, enqueue; on any failure undo what was done so far.
 
@@ -115,9 +118,11 @@ def accept_upload(
     no live worker serves is refused). Identical bytes already described by that model with
     the same options are answered from the stored result (``cached: true``) without running
     the model again, but only from the same ``owner``'s jobs: another key must not learn what
-    was uploaded.
+    was uploaded. ``deadline`` (a :func:`time.monotonic` instant) bounds the header check; the
+    web side gives every file of a request the same one. With a quota ``bucket`` (the client),
+    the job and its stored bytes are charged to its daily quota (:mod:`imgsvc.quotas`).
     """
-    staged, info, route = _stage_and_check(intake, stream, submission)
+    staged, info, route = _stage_and_check(intake, stream, submission, deadline, bucket)
     row = _row_fields(staged, info, submission, owner=owner, batch_id=batch_id, filename=filename)
     row["queue"] = None if route.is_default else route.queue.name
     model = route.model
@@ -126,20 +131,28 @@ def accept_upload(
         hit = jobs.find_cached(staged.sha256, submission.options, model.generated_by, owner=owner)
     if hit is not None:
         intake.uploads.discard(staged)
+        if bucket is not None:  # answered from a stored result: no bytes kept
+            refund_quota(intake.redis, intake.settings, bucket, 0, staged.size)
         return _answer_from(hit, intake, row)
-    return _store_and_enqueue(intake, staged, info, row, route)
+    return _store_and_enqueue(intake, staged, info, row, route, bucket)
 
 
 def _stage_and_check(
-    intake: Intake, stream: BinaryIO, submission: Submission
+    intake: Intake,
+    stream: BinaryIO,
+    submission: Submission,
+    deadline: float | None = None,
+    bucket: str | None = None,
 ) -> tuple[StagedUpload, ImageInfo, Route]:
     """Stream the upload to a staged file and read its header; a refused upload leaves nothing."""
     settings = intake.settings
     staged = intake.uploads.stage(stream)
     try:
-        info = inspect_image(staged.path, settings.max_image_pixels, settings.max_image_frames)
+        info = inspect_image(staged.path, settings.max_image_pixels, settings.max_image_frames, deadline)
         route = model_route(intake, submission.model)
         check_supported(route.model, submission.options)
+        if bucket is not None:  # last: a refused file is not counted
+            charge_quota(intake.redis, settings, bucket, staged.size)
     except BaseException:
         intake.uploads.discard(staged)
         raise
@@ -200,7 +213,12 @@ def _answer_from(hit: jobs.Job, intake: Intake, row: dict[str, Any]) -> Accepted
 
 
 def _store_and_enqueue(
-    intake: Intake, staged: StagedUpload, info: ImageInfo, row: dict[str, Any], route: Route
+    intake: Intake,
+    staged: StagedUpload,
+    info: ImageInfo,
+    row: dict[str, Any],
+    route: Route,
+    bucket: str | None = None,
 ) -> Accepted:
     """Keep the upload, insert a queued row, enqueue it; a failed step undoes the earlier ones."""
     name = intake.uploads.commit(staged, info.extension)
@@ -208,6 +226,8 @@ def _store_and_enqueue(
         job_id = jobs.insert_job(**row, upload_name=name)["id"]
     except BaseException:
         intake.uploads.delete(name)
+        if bucket is not None:
+            refund_quota(intake.redis, intake.settings, bucket, 1, staged.size)
         raise
     try:
         enqueue_describe(
@@ -219,6 +239,8 @@ def _store_and_enqueue(
     except ImgsvcError:
         jobs.delete_job(job_id)
         intake.uploads.delete(name)
+        if bucket is not None:
+            refund_quota(intake.redis, intake.settings, bucket, 1, staged.size)
         raise
     return Accepted(job_id, jobs.Status.QUEUED)
 

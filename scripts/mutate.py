@@ -57,7 +57,8 @@ FEATURES = "tests/integration/test_features.py"
 BATCHING = "tests/integration/test_batching.py"
 OPS = "tests/integration/test_ops.py"
 FAULTS = "tests/integration/test_faults.py"
-LIVENESS = "tests/integration/test_liveness.py"  # other hosts' workers: only the heartbeat tells
+LIVENESS = "tests/integration/test_liveness.py"
+LIMITS = "tests/integration/test_request_limits.py"  # other hosts' workers: only the heartbeat tells
 
 #: module -> the test files that exercise its guarantees (the whole list runs once, clean, first).
 MODULE_TESTS: dict[str, list[str]] = {
@@ -84,10 +85,14 @@ MODULE_TESTS: dict[str, list[str]] = {
     ],
     "imgsvc/storage/retention.py": [OPS],
     "imgsvc/storage/db.py": [OPS, "tests/security/test_infrastructure_faults.py"],
-    "imgsvc/web/api.py": [API, FEATURES, BATCHING],
-    "imgsvc/submissions.py": ["tests/core/test_submissions.py", API, FEATURES, BATCHING],
-    "imgsvc/web/auth.py": [FEATURES],
-    "imgsvc/images.py": ["tests/core/test_images.py", API],
+    "imgsvc/web/api.py": [API, FEATURES, BATCHING, LIMITS],
+    "imgsvc/submissions.py": ["tests/core/test_submissions.py", API, FEATURES, BATCHING, LIMITS],
+    "imgsvc/web/auth.py": [FEATURES, LIMITS],
+    "imgsvc/images.py": ["tests/core/test_images.py", API, LIMITS],
+    "imgsvc/quotas.py": [LIMITS],
+    "imgsvc/web/health.py": [LIMITS, OPS],
+    "imgsvc/web/dashboard.py": [OPS, LIMITS],
+    "imgsvc/vision/scene/sentences.py": ["tests/vision/test_scene_sentences.py"],
 }
 
 #: Tests that mostly wait on subprocesses and signals (5-30 s each): `make test` runs them, a
