@@ -377,7 +377,7 @@ def instrument_submit(clock: PhaseClock, service: Service) -> None:
     for method in ("stage", "commit", "discard"):
         clock.wrap(UploadStore, method, "staging + hash")
     clock.wrap(submissions, "inspect_image", "header check")
-    clock.wrap(submissions, "running_model", "model lookup (redis)")
+    clock.wrap(submissions, "model_route", "model lookup (redis)")
     clock.wrap_module(jobs, "sql insert")
     clock.wrap(submissions, "enqueue_describe", "enqueue (rq)")
     for method in ("record", "count", "observe"):

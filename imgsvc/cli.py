@@ -110,7 +110,12 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
     default=None,
     help="The server's API key (one of its API_KEYS), sent as X-API-Key.",
 )
-def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float, api_key: str | None) -> None:
+@click.option(
+    "--model", default=None, help="The model to run (GET /api/v1/models lists them; default: the server's)."
+)
+def submit(
+    paths: tuple[Path, ...], url: str, wait: bool, timeout: float, api_key: str | None, model: str | None
+) -> None:
     """Submit image files to a running server and print the results as JSON lines.
 
     The exit status is 1 when the server refused any file or any job failed.
@@ -121,8 +126,9 @@ def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float, api_ke
     session = requests.Session()
     if api_key:
         session.headers["X-API-Key"] = api_key
+    fields = {"model": model} if model else {}
     try:
-        failed = _submit_and_wait(session, base, paths, wait, timeout)
+        failed = _submit_and_wait(session, base, paths, wait, timeout, fields)
     except requests.ConnectionError as exc:
         raise click.ClickException(
             f"cannot reach the server at {base}: nothing answers there "
@@ -140,7 +146,9 @@ def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float, api_ke
 WAIT_CAP = 60
 
 
-def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: bool, timeout: float) -> int:
+def _submit_and_wait(
+    session: Any, base: str, paths: tuple[Path, ...], wait: bool, timeout: float, fields: dict[str, str]
+) -> int:
     """Print one JSON line per file (refused, queued or finished); return how many failed.
 
     A 429 or 503 is the server asking to come back later: the file is sent again, or the poll
@@ -153,7 +161,9 @@ def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: boo
     for path in paths:
         while True:
             with path.open("rb") as fh:
-                response = session.post(f"{base}/api/v1/submit", files={"file": (path.name, fh)}, timeout=60)
+                response = session.post(
+                    f"{base}/api/v1/submit", files={"file": (path.name, fh)}, data=fields, timeout=60
+                )
             delay = _retry_after(response)
             if delay is None or time.monotonic() + delay > deadline:
                 break
@@ -230,12 +240,17 @@ def _json_of(response: Any) -> dict[str, Any]:
 
 @main.command()
 @click.option("--burst", is_flag=True, help="Quit when the queue is empty.")
-def worker(burst: bool) -> None:
+@click.option(
+    "--model",
+    default=None,
+    help="Serve this model on a queue of its own (default: VISION_MODEL, on the default queue).",
+)
+def worker(burst: bool, model: str | None) -> None:
     """Start one worker (same as ``python worker.py``)."""
     from imgsvc.queue.worker import main as worker_main
 
     _redis_answers(Settings.from_env())
-    sys.exit(worker_main(["--burst"] if burst else []))
+    sys.exit(worker_main(["--burst"] * burst + (["--model", model] if model else [])))
 
 
 @main.command()

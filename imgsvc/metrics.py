@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from rq import Queue
 
 from imgsvc.queue.connection import live_workers
+from imgsvc.queue.routing import ModelRegistry
 
 log = logging.getLogger("imgsvc.metrics")
 
@@ -228,8 +229,12 @@ class _QueueCollector(Collector):
         """With Redis down, say so (``imgsvc_redis_up 0``) instead of failing the scrape."""
         try:
             counters, histograms = self.metrics.read()
+            registry = ModelRegistry(self.queue, self.worker_ttl)
+            queues = registry.queues()
+            models = registry.served(depths=True)
             # Live workers, as /readyz counts them: a SIGKILLed one stays registered a while.
-            depth, workers = self.queue.count, len(live_workers(self.queue, self.worker_ttl))
+            depth = sum(queue.count for queue in queues)
+            workers = len({w.name for queue in queues for w in live_workers(queue, self.worker_ttl)})
         except RedisError:
             yield GaugeMetricFamily("imgsvc_redis_up", "Whether Redis answered this scrape.", value=0)
             return
@@ -238,9 +243,19 @@ class _QueueCollector(Collector):
         for outcome in ("submitted", "done", "failed", "retried", "cached"):
             jobs.add_metric([outcome], counters.get(outcome, 0))
         yield jobs
-        yield GaugeMetricFamily("imgsvc_queue_depth", "Jobs waiting in the queue.", value=depth)
-        live = "Workers on the queue with a fresh heartbeat."
+        yield GaugeMetricFamily("imgsvc_queue_depth", "Jobs waiting, in every model's queue.", value=depth)
+        live = "Workers on any model's queue with a fresh heartbeat."
         yield GaugeMetricFamily("imgsvc_workers", live, value=workers)
+        per_model = "Jobs waiting in the model's queue."
+        model_depth = GaugeMetricFamily("imgsvc_model_queue_depth", per_model, labels=["model"])
+        model_workers = GaugeMetricFamily(
+            "imgsvc_model_workers", "Live workers serving the model.", labels=["model"]
+        )
+        for model in models:
+            model_depth.add_metric([model.name], model.queue_depth)
+            model_workers.add_metric([model.name], model.workers)
+        yield model_depth
+        yield model_workers
         for name, doc in HISTOGRAMS.items():
             raw = histograms[name]
             cumulative, running = [], 0.0

@@ -12,10 +12,13 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from redis.exceptions import RedisError
+
 from imgsvc.config import Settings
-from imgsvc.errors import BadRequest, ImgsvcError
+from imgsvc.errors import BadRequest, ImgsvcError, QueueUnavailable
 from imgsvc.images import ImageInfo, inspect_image
-from imgsvc.queue.connection import enqueue_describe, running_model
+from imgsvc.queue.connection import enqueue_describe
+from imgsvc.queue.routing import MAX_MODEL_NAME, ModelRegistry, Route, ServedModel
 from imgsvc.queue.webhooks import enqueue_delivery
 from imgsvc.quotas import charge_quota, refund_quota
 from imgsvc.storage import jobs
@@ -52,6 +55,8 @@ class Submission:
     callback_url: str | None = None
     #: Which of the job's moments POST to ``callback_url`` (:data:`WEBHOOK_EVENTS`).
     webhook_events: tuple[str, ...] = ("completed",)
+    #: The model to run (``GET /api/v1/models`` lists them); None: the deployment's default.
+    model: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,14 @@ def checked_option(name: str, value: Any) -> Any:
             f"option {name} must be between {low} and {high}" + (" characters" if kind is str else "")
         )
     return converted
+
+
+def checked_model(value: str) -> str:
+    """A ``model`` field: a name as a worker publishes it, not any text (it reaches the logs)."""
+    name = value.strip()
+    if not 1 <= len(name) <= MAX_MODEL_NAME or not name.isprintable():
+        raise BadRequest(f"model must be a model's name, 1 to {MAX_MODEL_NAME} printable characters")
+    return name
 
 
 def _exactly(kind: type, value: Any) -> Any:
@@ -106,23 +119,28 @@ def accept_upload(
 ) -> Accepted:
     """Stage, check, store, record, enqueue; on any failure undo what was done so far.
 
-    Identical images (what follows an image's end is cut off first, so padding does not
-    count) already described by the running model with the same options are answered from
-    the stored result (``cached: true``) without running the model again, but only from the
-    same ``owner``'s jobs: another key must not learn what was uploaded.
-    ``deadline`` (a :func:`time.monotonic` instant) bounds the header check; the web side
-    gives every file of a request the same one. With a quota ``bucket`` (the client), the
-    job and its stored bytes are charged to its daily quota (:mod:`imgsvc.quotas`).
+    The job goes to the queue of ``submission.model`` (:meth:`ModelRegistry.route`: a model
+    no live worker serves is refused). Identical images (what follows an image's end is cut off
+    first, so padding does not count) already described by that model with the same options are
+    answered from the stored result (``cached: true``) without running the model again, but
+    only from the same ``owner``'s jobs: another key must not learn what was uploaded.
+    ``deadline`` (a :func:`time.monotonic` instant) bounds the header check; the web side gives
+    every file of a request the same one. With a quota ``bucket`` (the client), the job and its
+    stored bytes are charged to its daily quota (:mod:`imgsvc.quotas`).
     """
-    staged, info, model = _stage_and_check(intake, stream, submission, deadline, bucket)
+    staged, info, route = _stage_and_check(intake, stream, submission, deadline, bucket)
     row = _row_fields(staged, info, submission, owner=owner, batch_id=batch_id, filename=filename)
-    hit = jobs.find_cached(staged.sha256, submission.options, model["name"], owner=owner) if model else None
+    row["queue"] = None if route.is_default else route.queue.name
+    model = route.model
+    hit = None
+    if model is not None:
+        hit = jobs.find_cached(staged.sha256, submission.options, model.generated_by, owner=owner)
     if hit is not None:
         intake.uploads.discard(staged)
         if bucket is not None:  # answered from a stored result: no bytes kept
             refund_quota(intake.redis, intake.settings, bucket, 0, staged.size)
         return _answer_from(hit, intake, row)
-    return _store_and_enqueue(intake, staged, info, row, model["name"] if model else None, bucket)
+    return _store_and_enqueue(intake, staged, info, row, route, bucket)
 
 
 def _stage_and_check(
@@ -131,7 +149,7 @@ def _stage_and_check(
     submission: Submission,
     deadline: float | None = None,
     bucket: str | None = None,
-) -> tuple[StagedUpload, ImageInfo, dict[str, Any] | None]:
+) -> tuple[StagedUpload, ImageInfo, Route]:
     """Stream the upload to a staged file, read its header and cut off what follows the image
     (before it is hashed for dedupe, charged to a quota or stored); a refused upload leaves nothing."""
     settings = intake.settings
@@ -139,14 +157,22 @@ def _stage_and_check(
     try:
         info = inspect_image(staged.path, settings.max_image_pixels, settings.max_image_frames, deadline)
         staged = trim_staged(staged, info.end)
-        model = running_model(intake.redis, settings)
-        check_supported(model, submission.options)
+        route = model_route(intake, submission.model)
+        check_supported(route.model, submission.options)
         if bucket is not None:  # last: a refused file is not counted
             charge_quota(intake.redis, settings, bucket, staged.size)
     except BaseException:
         intake.uploads.discard(staged)
         raise
-    return staged, info, model
+    return staged, info, route
+
+
+def model_route(intake: Intake, model: str | None) -> Route:
+    """Where a job for ``model`` goes; Redis failing here is the queue's outage (503), as when enqueueing."""
+    try:
+        return ModelRegistry(intake.task_queue, intake.settings.worker_ttl).route(model)
+    except RedisError as exc:
+        raise QueueUnavailable() from exc
 
 
 def _row_fields(
@@ -203,7 +229,7 @@ def _store_and_enqueue(
     staged: StagedUpload,
     info: ImageInfo,
     row: dict[str, Any],
-    model: str | None,
+    route: Route,
     bucket: str | None = None,
 ) -> Accepted:
     """Keep the upload, insert a queued row, enqueue it; a failed step undoes the earlier ones."""
@@ -217,12 +243,12 @@ def _store_and_enqueue(
         raise
     try:
         enqueue_describe(
-            intake.task_queue,
+            route.queue,
             intake.settings,
             job_id,
             also=lambda pipe: intake.metrics.record("submitted", pipeline=pipe),
             filename=row["filename"],
-            model=model,
+            model=route.model.name if route.model else None,
         )
     except ImgsvcError:
         jobs.delete_job(job_id)
@@ -233,17 +259,17 @@ def _store_and_enqueue(
     return Accepted(job_id, jobs.Status.QUEUED)
 
 
-def check_supported(model: dict[str, Any] | None, options: dict[str, Any]) -> None:
-    """Refuse options the running model does not take, before anything is stored (400)."""
+def check_supported(model: ServedModel | None, options: dict[str, Any]) -> None:
+    """Refuse options the chosen model does not take, before anything is stored (400)."""
     if model is None:
         return  # no worker has said what it runs yet; the worker checks again
-    supported = model.get("options", ())
+    supported = model.options
     unsupported = sorted(set(options) - set(supported))
     if unsupported:
         takes = f"only {', '.join(supported)}" if supported else "none"
         raise BadRequest(
-            f"option(s) {', '.join(unsupported)} not supported by the running model {model['name']}, "
-            f"which takes {takes}; {' and '.join(OPTION_SPECS)} need a transformers captioner "
-            "(VISION_MODEL; see docs/models.md, 'Which model runs')",
+            f"option(s) {', '.join(unsupported)} not supported by the model {model.name}, "
+            f"which takes {takes}; GET /api/v1/models says which model takes which options",
+            model=model.name,
             supported=list(supported),
         )

@@ -760,6 +760,54 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
         return error.code, error.read()
 
 
+def multipart(boundary: str, filename: str, data: bytes, **fields: str) -> bytes:
+    """A multipart/form-data body: the image as ``file``, then the plain ``fields``."""
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n".encode()
+        + data
+        + b"\r\n"
+    ]
+    for name, value in fields.items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        )
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def live_models(listing: dict) -> dict[str, str]:
+    """GET /api/v1/models's models that a live worker serves: name -> their ``generated_by``."""
+    return {m["name"]: m["generated_by"] for m in listing.get("models", []) if m.get("workers")}
+
+
+def describe(deployment: Deployment, base: str, filename: str, data: bytes, **fields: str) -> dict:
+    """Submit the photo (with ``fields``, e.g. ``model``), wait for done, return the result."""
+    boundary = secrets.token_hex(12)
+    body = multipart(boundary, filename, data, **fields)
+    start = time.monotonic()
+    status, answer = http(
+        "POST", f"{base}/api/v1/submit", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    if status != 202:
+        raise CheckFailed(f"submit answered {status}: {answer[:300]!r}")
+    job_id = json.loads(answer)["job_id"]
+    chosen = "".join(f", {name}={value}" for name, value in fields.items())
+    say(f"submitted {filename} ({len(data)} bytes{chosen}): 202, job {job_id}")
+    while True:
+        deployment.assert_running()
+        status, answer = http("GET", f"{base}/api/v1/status/{job_id}")
+        state = json.loads(answer).get("status") if status == 200 else f"HTTP {status}"
+        if state == "done":
+            break
+        if state in {"failed", "cancelled"} or time.monotonic() - start > 300:
+            raise CheckFailed(f"job {job_id} is {state}: {answer[:500]!r}")
+        time.sleep(0.5)
+    result = json.loads(http("GET", f"{base}/api/v1/result/{job_id}")[1])
+    took = time.monotonic() - start
+    say(f"done in {took:.1f} s: {result['image_description']!r} ({result.get('generated_by')})")
+    return result
+
+
 def exercise(deployment: Deployment, env: dict[str, str]) -> None:
     """A user's first minutes: submit a photo on the public port, wait for the answer, ask /readyz."""
     public = int(env.get("WEB_PORT") or 8000)
@@ -789,35 +837,20 @@ def exercise(deployment: Deployment, env: dict[str, str]) -> None:
         time.sleep(1)
 
     filename, data = photo()
-    boundary = secrets.token_hex(12)
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    start = time.monotonic()
-    status, answer = http(
-        "POST", f"{base}/api/v1/submit", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    )
-    if status != 202:
-        raise CheckFailed(f"submit answered {status}: {answer[:300]!r}")
-    job_id = json.loads(answer)["job_id"]
-    say(f"submitted {filename} ({len(data)} bytes): 202, job {job_id}")
-    while True:
+    describe(deployment, base, filename, data)
+
+    # Every model a worker service serves (compose.yaml runs two), each chosen by `model`.
+    deadline = time.monotonic() + 180
+    while not (served := live_models(json.loads(http("GET", f"{base}/api/v1/models")[1]))):
         deployment.assert_running()
-        status, answer = http("GET", f"{base}/api/v1/status/{job_id}")
-        state = json.loads(answer).get("status") if status == 200 else f"HTTP {status}"
-        if state == "done":
-            break
-        if state in {"failed", "cancelled"} or time.monotonic() - start > 300:
-            raise CheckFailed(f"job {job_id} is {state}: {answer[:500]!r}")
-        time.sleep(0.5)
-    result = json.loads(http("GET", f"{base}/api/v1/result/{job_id}")[1])
-    took = time.monotonic() - start
-    say(f"done in {took:.1f} s: {result['image_description']!r} ({result.get('generated_by')})")
+        if time.monotonic() > deadline:
+            raise CheckFailed("GET /api/v1/models listed no model with a live worker within 180 s")
+        time.sleep(1)
+    say(f"models served: {', '.join(served)}")
+    for name, generated_by in served.items():
+        result = describe(deployment, base, filename, data, model=name)
+        if result.get("generated_by") != generated_by:
+            raise CheckFailed(f"a job for {name} was described by {result.get('generated_by')}")
 
     status, answer = http("GET", f"{base}/readyz")
     say(f"/readyz: {status} {answer.decode(errors='replace').strip()[:600]}")
@@ -881,7 +914,7 @@ def main() -> int:
         deployment = Deployment(config, images, project, tmp)
         with step("start services"):
             deployment.up()
-        with step("submit a photo, wait for done, /readyz"):
+        with step("submit a photo, wait for done, once per model, /readyz"):
             exercise(deployment, env)
             deployment.assert_running()
         with step("stop services"):

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
@@ -104,34 +102,3 @@ def live_workers(queue: Queue, worker_ttl: int) -> list[Worker]:
     """
     fresh_since = now() - timedelta(seconds=worker_ttl)
     return [w for w in Worker.all(queue=queue) if w.last_heartbeat and w.last_heartbeat >= fresh_since]
-
-
-def _model_key(settings: Settings) -> str:
-    return f"imgsvc:model:{settings.queue_name}"
-
-
-def publish_model(
-    connection: Redis,
-    settings: Settings,
-    name: str,
-    options: list[str],
-    components: Sequence[str] = (),
-    missing: Sequence[str] = (),
-) -> None:
-    """What the workers run, so the web side can dedupe, check options and report it without loading it.
-
-    ``components``/``missing``: the models inside a composed describer that run, and those it runs
-    without (weights not fetched); readers of older entries get neither key.
-    """
-    info: dict[str, Any] = {"name": name, "options": sorted(options)}
-    if components or missing:
-        info |= {"components": list(components), "missing": list(missing)}
-    connection.set(_model_key(settings), json.dumps(info))
-
-
-def running_model(connection: Redis, settings: Settings) -> dict[str, Any] | None:
-    try:
-        raw = connection.get(_model_key(settings))
-    except RedisError:
-        return None  # enqueueing will report the outage
-    return json.loads(raw) if raw else None

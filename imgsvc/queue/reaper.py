@@ -14,7 +14,9 @@ dashboard) -> cancelled, with the reason; failed but put back on the queue (``rq
 :func:`reap_dead_workers` (the first kind only) runs in every worker's maintenance loop,
 every WORKER_TTL/3 seconds, so a dead worker's jobs are running again within about a
 minute; :func:`reconcile` (both) runs at worker start-up, every STALE_AFTER/2 seconds
-and as ``flask reap``.
+and as ``flask reap``. Both go over every model's queue, whichever worker runs them, so the
+jobs of a model whose workers all died are reaped by the others; a lost job is enqueued
+again on the queue its row names.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from rq.job import JobStatus
 from rq.utils import now, utcparse
 
 from imgsvc.config import Settings, app_settings
-from imgsvc.queue.connection import enqueue_describe, running_model, waiting_key
+from imgsvc.queue.connection import enqueue_describe, job_queue, waiting_key
+from imgsvc.queue.routing import ModelRegistry
 from imgsvc.storage import jobs
 
 log = logging.getLogger("imgsvc.reaper")
@@ -46,7 +49,10 @@ ALIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEF
 
 
 def reconcile(settings: Settings, queue: Queue) -> dict[str, int]:
-    """One pass over dead workers' jobs and stale rows; returns counts per action (for logs and tests)."""
+    """One pass over dead workers' jobs and stale rows; returns counts per action (for logs and tests).
+
+    ``queue`` is the default queue; every model's queue is gone over (:mod:`imgsvc.queue.routing`).
+    """
     return _reconcile_rows(settings, queue, stale_rows=True)
 
 
@@ -62,11 +68,16 @@ REMOVED_FROM_QUEUE = "cancelled: its job was removed from the queue in RQ (rq em
 def _reconcile_rows(settings: Settings, queue: Queue, *, stale_rows: bool) -> dict[str, int]:
     counts = {"requeued": 0, "failed": 0, "reset": 0, "cancelled": 0}
     try:
-        queued_ids = set(queue.get_job_ids())
-        counts["cancelled"] = cancel_removed(queue, queued_ids)
+        registry = ModelRegistry(queue, settings.worker_ttl)
+        queued_ids: set[str] = set()
+        started: dict[str, bool] = {}
+        for each in registry.queues():  # job ids are row ids, unique across queues
+            ids = set(each.get_job_ids())
+            counts["cancelled"] += cancel_removed(each, ids)
+            queued_ids |= ids
+            started |= started_jobs(each, settings.worker_ttl)
         if stale_rows and queued_ids:
             reopen_requeued(queued_ids)
-        started = started_jobs(queue, settings.worker_ttl)
         rows: dict[str, jobs.Job] = {}
         if stale_rows:
             cutoff = jobs.utcnow() - timedelta(seconds=settings.stale_after)
@@ -76,7 +87,7 @@ def _reconcile_rows(settings: Settings, queue: Queue, *, stale_rows: bool) -> di
             if row is not None and row.status in (jobs.Status.QUEUED, jobs.Status.PROCESSING):
                 rows[job_id] = row
         for row in rows.values():
-            action = _reconcile_one(settings, queue, row, queued_ids, started)
+            action = _reconcile_one(settings, registry.queue(row.queue), row, queued_ids, started)
             if action:
                 counts[action] += 1
                 log.warning("job reconciled", extra={"job_id": row.id, "action": action})
@@ -176,8 +187,9 @@ def _reconcile_one(
     queue.intermediate_queue.remove(row.id)  # else RQ's own cleanup later fails the new run
     if row.status == jobs.Status.PROCESSING:
         jobs.mark_retrying(row.id, "the job was lost by the queue; it was queued again")
-    model = running_model(queue.connection, settings)
-    enqueue_describe(queue, settings, row.id, filename=row.filename, model=model["name"] if model else None)
+    served = ModelRegistry(job_queue(settings, queue.connection), settings.worker_ttl).served()
+    model = next((each.name for each in served if each.queue == queue.name), None)
+    enqueue_describe(queue, settings, row.id, filename=row.filename, model=model)
     return "requeued"
 
 

@@ -56,6 +56,8 @@ class WorkerRuntime:
     decoder: DecoderPool
     #: Reads and decodes uploads on a thread of its own, ahead of time when told what comes next.
     loader: ImageLoader
+    #: The queue this worker takes jobs from (its model's); None: the default queue.
+    queue_name: str | None = None
 
     @staticmethod
     def current() -> WorkerRuntime:
@@ -303,6 +305,8 @@ def _record_failure(runtime: WorkerRuntime, claim: jobs.Claim, exc: BaseExceptio
         return
     jobs.mark_retrying(claim.id, reason)
     # Waiting again (RQ re-enqueues it): an ``rq empty`` meanwhile must cancel it, not lose it.
-    runtime.connection.zadd(waiting_key(runtime.settings.queue_name), {claim.id: time.time()})
+    runtime.connection.zadd(
+        waiting_key(runtime.queue_name or runtime.settings.queue_name), {claim.id: time.time()}
+    )
     runtime.metrics.count("retried")
     log.warning("job retrying", extra={"job_id": claim.id, "status": "queued", "error": reason})

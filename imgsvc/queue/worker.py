@@ -2,7 +2,9 @@
 
 It is a :class:`rq.SimpleWorker` (no fork per job): the model stays in this process,
 and CUDA, which cannot be re-initialised in a forked child, keeps working.
-Start it with ``python worker.py`` or ``rq worker -w imgsvc.queue.worker.ImgsvcWorker imgsvc``.
+Start it with ``python worker.py`` or ``rq worker -w imgsvc.queue.worker.ImgsvcWorker imgsvc``; it
+serves VISION_MODEL on the default queue. ``python worker.py --model NAME`` (``imgsvc worker
+--model NAME``) serves another model on that model's own queue (:mod:`imgsvc.queue.routing`).
 
 Batches: after RQ hands the worker a job, it takes up to BATCH_SIZE-1 more that are already
 waiting (or arrive within BATCH_WAIT_MS) and runs them together, at every step one round trip
@@ -29,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask
+from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, Worker
@@ -40,15 +43,16 @@ from rq.utils import now
 from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from imgsvc.config import app_settings
+from imgsvc.config import Settings, app_settings
 from imgsvc.decoding import DecoderPool, DecoderUnavailable, die_with_parent
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue import batches, reaper, tasks
-from imgsvc.queue.connection import job_queue, live_workers, publish_model, redis_connection
+from imgsvc.queue.connection import job_queue, live_workers, redis_connection
 from imgsvc.queue.prefetch import ImageLoader
+from imgsvc.queue.routing import ModelEntry, ModelRegistry, model_queue_name
 from imgsvc.storage.stores import open_upload_store
 from imgsvc.storage.uploads import ORPHAN_AGE
-from imgsvc.vision import load_describer
+from imgsvc.vision import load_describer, resolve_model
 from imgsvc.vision.base import Describer, ModelLoadError
 
 log = logging.getLogger("imgsvc.worker")
@@ -178,13 +182,25 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
     log_result_lifespan = False
 
     def __init__(
-        self, *args: Any, app: Flask | None = None, describer: Describer | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        app: Flask | None = None,
+        describer: Describer | None = None,
+        model: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        """``describer`` lets a caller that already loaded the model (tests, CLI) hand it over."""
+        """``describer`` lets a caller that already loaded the model (tests, CLI) hand it over.
+
+        ``model``: the model this worker serves (``--model``); None is VISION_MODEL, resolved.
+        It is published under the name of its first queue (:mod:`imgsvc.queue.routing`).
+        """
         super().__init__(*args, **kwargs)
         self.log = _PerJobLinesAtDebug(self.log)
         self.app = app
         self.describer = describer
+        self.model = model
+        self.registry: ModelRegistry | None = None
+        self.served: ModelEntry | None = None
         self.runtime: tasks.WorkerRuntime | None = None
         self._heartbeat_stop = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
@@ -214,6 +230,8 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
         # the reaper, which every worker runs every WORKER_TTL/3 s (RQ's default is 7 min).
         self.worker_ttl = settings.worker_ttl
         self.maintenance_interval = max(1, settings.worker_ttl // 3)
+        self.model = self.model or resolve_model(settings)
+        settings = settings.with_(vision_model=self.model)
         started = time.perf_counter()
         describer = self.describer or load_describer(settings)
         log.info(
@@ -230,17 +248,21 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
             self.connection,
             decoder,
             ImageLoader(uploads, decoder, settings.batch_size),
+            queue_name=self.queues[0].name,
         )
         decoder.start()
         self.app.extensions["imgsvc.runtime"] = self.runtime
-        publish_model(
-            self.connection,
-            settings,
-            describer.name,
-            sorted(describer.supported_options),
-            describer.components,
-            describer.missing,
+        self.registry = ModelRegistry(job_queue(settings, self.connection), settings.worker_ttl)
+        self.served = ModelEntry(
+            name=self.model,
+            generated_by=describer.name,
+            options=tuple(sorted(describer.supported_options)),
+            queue=self.queues[0].name,
+            worker=self.name,
+            components=describer.components,
+            missing=describer.missing,
         )
+        self.registry.publish(self.served)
         return self.runtime
 
     # -- the loop ------------------------------------------------------------------
@@ -313,11 +335,13 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
         """Dead workers' jobs every round; every row left behind, and the temp files of killed
         workers on this host, at start-up and every STALE_AFTER/2 s."""
         settings = self.runtime.settings
-        queue = job_queue(settings, self.connection)
         try:
-            self._alone = [w.name for w in live_workers(queue, settings.worker_ttl)] == [self.name]
+            self._alone = [w.name for w in live_workers(self.queues[0], settings.worker_ttl)] == [self.name]
+            self.registry.publish(self.served)  # still serving it: the web side keeps knowing the model
         except RedisError:
             self._alone = False
+        # Every model's queue, not only this worker's: a model whose workers all died is reaped too.
+        queue = self.registry.default_queue
         with self.app.app_context():
             if time.monotonic() < self._next_full_reconcile:
                 reaper.reap_dead_workers(settings, queue)
@@ -349,22 +373,20 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run an imgsvc worker: load the model once, then take jobs.")
-    parser.add_argument("--burst", action="store_true", help="quit when the queue is empty")
-    parser.add_argument("--max-jobs", type=int, default=None, help="quit after this many jobs")
-    parser.add_argument("--name", default=None, help="worker name shown in rq-dashboard")
-    args = parser.parse_args(argv)
+    args = argument_parser().parse_args(argv)
 
     from imgsvc import create_app
 
     app = create_app()
     settings = app_settings(app)
     connection = redis_connection(settings)
+    model = resolve_model(settings.with_(vision_model=args.model)) if args.model else None
     worker = ImgsvcWorker(
-        [job_queue(settings, connection)],
+        [worker_queue(settings, connection, model)],
         connection=connection,
         name=args.name,
         app=app,
+        model=model,
     )
     try:
         worker.load_runtime()
@@ -381,3 +403,24 @@ def main(argv: list[str] | None = None) -> int:
         logging_level=settings.log_level,
     )
     return 0
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    """``python worker.py``'s arguments (compose.yaml's worker commands are checked against it)."""
+    parser = argparse.ArgumentParser(description="Run an imgsvc worker: load the model once, then take jobs.")
+    parser.add_argument("--burst", action="store_true", help="quit when the queue is empty")
+    parser.add_argument("--max-jobs", type=int, default=None, help="quit after this many jobs")
+    parser.add_argument("--name", default=None, help="worker name shown in rq-dashboard")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="the model to serve, on a queue of its own (default: VISION_MODEL, on the default queue)",
+    )
+    return parser
+
+
+def worker_queue(settings: Settings, connection: Redis, model: str | None) -> Queue:
+    """The default queue for the deployment's default model (VISION_MODEL), else the model's own."""
+    if model is None or model == resolve_model(settings, quiet=True):
+        return job_queue(settings, connection)
+    return Queue(model_queue_name(settings.queue_name, model), connection=connection)

@@ -108,6 +108,9 @@ class Job(db.Model):
     webhook_events: Mapped[str | None] = mapped_column(String(32))
     batch_id: Mapped[str | None] = mapped_column(String(36), index=True)
     owner: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: The RQ queue the job was put on: a model's own (``imgsvc.<model>``), None for the default
+    #: queue. The reaper requeues a lost job there.
+    queue: Mapped[str | None] = mapped_column(String(255))
 
     def status_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -24,8 +24,12 @@ BUILTIN_PREFIX = "builtin:"
 DEFAULT_BUILTIN = "builtin:scene"
 
 
-def resolve_model(settings: Settings) -> str:
-    """Turn VISION_MODEL (maybe ``auto``) into the concrete model spec to load."""
+def resolve_model(settings: Settings, *, quiet: bool = False) -> str:
+    """Turn VISION_MODEL (maybe ``auto``) into the concrete model spec to load.
+
+    ``quiet``: only asking which model ``auto`` means here (a ``--model`` worker comparing its
+    model with the default), so the fallback is not announced as if it were loaded.
+    """
     spec = settings.vision_model.strip()
     if spec == "builtin":
         return DEFAULT_BUILTIN
@@ -35,6 +39,8 @@ def resolve_model(settings: Settings) -> str:
 
     if weights_available(settings.caption_model):
         return settings.caption_model
+    if quiet:
+        return DEFAULT_BUILTIN
     log.warning(
         "VISION_MODEL=auto: no local weights for the captioner %r (Hugging Face cache or directory); "
         "using the built-in offline scene describer %s (detectors, classifier, OCR). Run "

@@ -23,6 +23,7 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from imgsvc.callback_urls import check_callback_url
 from imgsvc.config import Settings, app_settings
 from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound, ServiceUnavailable
+from imgsvc.queue.routing import ModelRegistry
 from imgsvc.quotas import check_quota
 from imgsvc.retries import retry_job
 from imgsvc.storage import jobs
@@ -33,7 +34,9 @@ from imgsvc.submissions import (
     Intake,
     Submission,
     accept_upload,
+    checked_model,
     checked_option,
+    model_route,
 )
 from imgsvc.web.auth import client_bucket, require_api_key
 from imgsvc.web.idempotency import idempotent
@@ -42,7 +45,7 @@ from imgsvc.web.waits import event_stream, preferred_wait, wait_for
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_key)
 
-FORM_FIELDS = {"file", "callback_url", "webhook_events", "options", *OPTION_SPECS}
+FORM_FIELDS = {"file", "callback_url", "webhook_events", "options", "model", *OPTION_SPECS}
 
 
 def parse_submission(form: MultiDict, settings: Settings) -> Submission:
@@ -69,7 +72,8 @@ def parse_submission(form: MultiDict, settings: Settings) -> Submission:
     callback_url = given.get("callback_url")
     if callback_url:
         check_callback_url(callback_url, settings.webhook_allow_private)
-    return Submission(options, callback_url, _webhook_events(form, callback_url))
+    model = checked_model(given["model"]) if given.get("model") else None
+    return Submission(options, callback_url, _webhook_events(form, callback_url), model)
 
 
 def _webhook_events(form: MultiDict, callback_url: str | None) -> tuple[str, ...]:
@@ -175,6 +179,7 @@ def submit_batch() -> tuple[Response, int]:
         raise BadRequest(f"at most {settings.max_batch_files} files per batch")
     submission = parse_submission(form_fields(request.files, request.form), settings)
     intake = _intake()
+    model_route(intake, submission.model)  # a model nobody serves refuses the batch, not each file
     batch_id = jobs.new_id()
     entries: list[dict[str, Any]] = []
     outage: ServiceUnavailable | None = None
@@ -209,6 +214,15 @@ def submit_batch() -> tuple[Response, int]:
         }
         return jsonify(body), 400
     return jsonify(body), 202
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    """The models this deployment's workers serve (or served lately), the default first."""
+    registry = ModelRegistry(current_app.task_queue, app_settings().worker_ttl)
+    models = registry.served(depths=True)
+    default = next((m.name for m in models if m.default), None)
+    return jsonify({"default": default, "models": [m.to_json() for m in models]})
 
 
 @bp.get("/batch/<batch_id>")

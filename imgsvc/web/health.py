@@ -19,7 +19,8 @@ from sqlalchemy import text
 from imgsvc.config import app_settings
 from imgsvc.errors import Unauthorized
 from imgsvc.metrics import registry_for
-from imgsvc.queue.connection import live_workers, running_model
+from imgsvc.queue.connection import live_workers
+from imgsvc.queue.routing import ModelRegistry
 from imgsvc.storage.db import db
 from imgsvc.web.auth import presented_key
 
@@ -59,7 +60,8 @@ def metrics() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Ready = database, Redis and at least one live worker (model loaded, heartbeat fresh).
+    """Ready = database, Redis and at least one live worker (model loaded, heartbeat fresh) on the
+    default queue, where jobs that name no model go; ``models`` counts every model's live workers.
 
     The status is for anyone; the ``checks`` only for an :func:`operator`.
     """
@@ -77,11 +79,13 @@ def readyz() -> tuple[Response, int]:
         workers = live_workers(current_app.task_queue, app_settings().worker_ttl)
         checks["workers"] = len(workers)
         checks["queue_depth"] = current_app.task_queue.count
-        model = running_model(current_app.redis, app_settings())
-        checks["model"] = model["name"] if model else None
-        if model and "components" in model:
+        served = ModelRegistry(current_app.task_queue, app_settings().worker_ttl).served()
+        model = next((m for m in served if m.default), None)
+        checks["model"] = model.generated_by if model else None
+        if model and (model.components or model.missing):
             # A composed describer (the offline scene one): what runs, and what it runs without.
-            checks["model_components"] = {"running": model["components"], "missing": model["missing"]}
+            checks["model_components"] = {"running": list(model.components), "missing": list(model.missing)}
+        checks["models"] = {m.name: m.workers for m in served}
         if not workers:
             ok = False
     except RedisError as exc:

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, render_template
 
 from imgsvc.config import app_settings
 from imgsvc.storage.uploads import human_size
+from imgsvc.submissions import OPTION_SPECS
 
 # Flask's app-level /static route would shadow a blueprint's, so the page's assets live under /assets.
 bp = Blueprint(
@@ -32,5 +33,6 @@ def index() -> Response:
         max_file_size=limit,
         max_file_size_text=human_size(limit),
         api_keys_required=bool(settings.api_keys),
+        prompt_max_length=OPTION_SPECS["prompt"][2],
     )
     return Response(page, mimetype="text/html", headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY})

@@ -16,7 +16,8 @@ from flask import has_request_context
 
 from imgsvc.errors import BadRequest, UnsupportedImage
 from imgsvc.metrics import RedisMetrics
-from imgsvc.queue.connection import job_queue, publish_model, redis_connection
+from imgsvc.queue.connection import job_queue, redis_connection
+from imgsvc.queue.routing import ModelEntry, ModelRegistry
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import LocalUploadStore
 from imgsvc.submissions import Intake, Submission, accept_upload
@@ -33,6 +34,12 @@ def intake(app, settings) -> Iterator[Intake]:
         yield Intake(
             settings, store, redis, job_queue(settings, redis), RedisMetrics(redis, settings.queue_name)
         )
+
+
+def publish_model(intake: Intake, name: str, options: tuple[str, ...] = ()) -> None:
+    """What a worker on the default queue says it runs (its name is also its ``generated_by``)."""
+    registry = ModelRegistry(intake.task_queue, intake.settings.worker_ttl)
+    registry.publish(ModelEntry(name, name, options, intake.task_queue.name, worker="w1"))
 
 
 def stored_files(intake: Intake) -> list[str]:
@@ -56,7 +63,7 @@ def test_accepted_upload_is_stored_recorded_and_enqueued(intake, jpeg_bytes):
 
 
 def test_identical_bytes_are_answered_from_the_same_owners_result(intake, jpeg_bytes):
-    publish_model(intake.redis, intake.settings, "tiny-blip", [])
+    publish_model(intake, "tiny-blip")
     first = accept_upload(intake, io.BytesIO(jpeg_bytes), Submission(), owner="k1")
     assert jobs.finish_jobs({first.id: (Description("a red square"), "tiny-blip", 12)}) == {first.id}
 
@@ -72,7 +79,7 @@ def test_identical_bytes_are_answered_from_the_same_owners_result(intake, jpeg_b
 def test_what_follows_the_image_is_cut_off_before_dedupe_storage_and_the_quota(intake, jpeg_bytes):
     """Issue 23 row 4: one JPEG with a different PADDING-%d after its end is one image."""
     intake = dataclasses.replace(intake, settings=intake.settings.with_(quota_bytes_per_day=10**9))
-    publish_model(intake.redis, intake.settings, "tiny-blip", [])
+    publish_model(intake, "tiny-blip")
     first = accept_upload(intake, io.BytesIO(jpeg_bytes + b"PADDING-1" * 100), Submission(), bucket="c1")
 
     row = jobs.get_job(first.id)
@@ -88,9 +95,9 @@ def test_what_follows_the_image_is_cut_off_before_dedupe_storage_and_the_quota(i
 
 
 def test_options_the_running_model_does_not_take_are_refused_before_anything_is_kept(intake, jpeg_bytes):
-    publish_model(intake.redis, intake.settings, "scene", [])
+    publish_model(intake, "scene")
 
-    with pytest.raises(BadRequest, match="not supported by the running model scene") as refused:
+    with pytest.raises(BadRequest, match="not supported by the model scene") as refused:
         accept_upload(intake, io.BytesIO(jpeg_bytes), Submission(options={"max_length": 5}))
 
     assert refused.value.details["supported"] == []

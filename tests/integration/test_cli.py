@@ -90,6 +90,9 @@ def test_submit_talks_to_a_running_server(app, photos, run_worker):
         refused = json.loads(bad.stdout)
         assert refused["http_status"] == 415 and refused["error"]["detected"] == "plain text"
         assert bad.exit_code == 1 and "1 of 1 file(s) could not be described" in bad.stderr
+        # --model: the server routes by it, and says so when no worker serves it.
+        other = CliRunner().invoke(main, ["submit", "--url", url, "--model", "florence", str(photos[1])])
+        assert json.loads(other.stdout)["error"]["code"] == "unknown_model" and other.exit_code == 1
     finally:
         server.shutdown()
 

@@ -176,9 +176,12 @@ def test_unknown_or_invalid_options_are_400(client, app):
 
 
 def test_an_option_the_running_model_cannot_honour_says_what_would(client, app, settings):
-    from imgsvc.queue.connection import publish_model
+    from imgsvc.queue.routing import ModelEntry, ModelRegistry
 
-    publish_model(app.redis, settings, "builtin:efficientnet-lite0", [])  # what the default model says
+    # What a worker of the default model says it runs.
+    name = "builtin:efficientnet-lite0"
+    entry = ModelEntry(name, name, (), app.task_queue.name, worker="w1")
+    ModelRegistry(app.task_queue, settings.worker_ttl).publish(entry)
     response = client.post(
         "/api/v1/submit",
         data={
@@ -191,11 +194,10 @@ def test_an_option_the_running_model_cannot_honour_says_what_would(client, app, 
     assert response.status_code == 400
     error = response.get_json()["error"]
     assert error["message"] == (
-        "option(s) max_length, prompt not supported by the running model builtin:efficientnet-lite0, "
-        "which takes none; max_length and prompt need a transformers captioner "
-        "(VISION_MODEL; see docs/models.md, 'Which model runs')"
+        "option(s) max_length, prompt not supported by the model builtin:efficientnet-lite0, "
+        "which takes none; GET /api/v1/models says which model takes which options"
     )
-    assert error["supported"] == []
+    assert error["supported"] == [] and error["model"] == name
     assert row_count(app) == 0
 
 

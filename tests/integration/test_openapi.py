@@ -149,6 +149,27 @@ def test_a_batch_answers_as_documented(client, run_worker, conforms):
     assert conforms("POST", "/api/v1/batch", refused).status_code == 400
 
 
+def test_models_and_the_refusals_of_a_model_answer_as_documented(app, client, settings, conforms):
+    from imgsvc.queue.routing import ModelEntry, ModelRegistry
+
+    registry = ModelRegistry(app.task_queue, settings.worker_ttl)
+    live = Worker([app.task_queue], connection=app.redis)
+    live.register_birth()
+    registry.publish(ModelEntry("blip", "blip", ("max_length", "prompt"), app.task_queue.name, live.name))
+    registry.publish(ModelEntry("builtin:scene", "builtin:scene(x)", (), "imgsvc.builtin:scene", "gone"))
+    models = conforms("GET", "/api/v1/models", client.get("/api/v1/models"))
+    assert [(m["name"], m["workers"]) for m in models.json["models"]] == [("blip", 1), ("builtin:scene", 0)]
+    submit = "/api/v1/submit"
+    assert conforms("POST", submit, post_images(client, image_bytes(), model="nope")).status_code == 400
+    down = conforms("POST", submit, post_images(client, image_bytes(), model="builtin:scene"))
+    assert down.status_code == 503 and down.json["error"]["code"] == "model_unavailable"
+    batch = conforms(
+        "POST", "/api/v1/batch", post_images(client, image_bytes(), path="/api/v1/batch", model="x")
+    )
+    assert batch.status_code == 400 and batch.json["error"]["code"] == "unknown_model"
+    live.register_death()
+
+
 def test_api_keys_answer_as_documented(app, conforms):
     app.config["IMGSVC"] = app.config["IMGSVC"].with_(api_keys=("secret-key",))
     client = app.test_client()

@@ -24,7 +24,7 @@ from tests.conftest import image_bytes
 from tests.integration.test_api import FailsOnce, stored_files, submit
 
 
-def test_healthz_and_readyz_name_the_missing_part(client, app, tiny_describer):
+def test_healthz_and_readyz_name_the_missing_part(client, app, settings, tiny_describer):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     not_ready = client.get("/readyz")
     assert not_ready.status_code == 503
@@ -34,6 +34,7 @@ def test_healthz_and_readyz_name_the_missing_part(client, app, tiny_describer):
         "workers": 0,
         "queue_depth": 0,
         "model": None,
+        "models": {},
     }
     worker = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer)
     worker.load_runtime()  # publishes which model the workers run
@@ -43,6 +44,7 @@ def test_healthz_and_readyz_name_the_missing_part(client, app, tiny_describer):
         assert ready.status_code == 200 and ready.get_json()["checks"]["workers"] == 1
         assert ready.get_json()["checks"]["model"] == tiny_describer.name
         assert "model_components" not in ready.get_json()["checks"]  # one model, nothing to list
+        assert ready.get_json()["checks"]["models"] == {settings.vision_model: 1}
     finally:
         worker.register_death()
 

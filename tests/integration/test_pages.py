@@ -488,3 +488,54 @@ def test_browser_falls_back_to_polling_when_the_event_stream_is_refused(
             "return performance.getEntriesByType('resource').map((e) => e.name)"
         )
         assert any("/events" in name for name in requested) and any("/api/v1/status/" in n for n in requested)
+
+
+def test_browser_picks_a_model_and_shows_the_prompt_field_where_the_model_takes_one(
+    browser, live_url, app, settings, tmp_path
+):
+    """The picker lists GET /api/v1/models; an upload carries the picked model (and its prompt)."""
+    from rq import Worker
+    from selenium.webdriver.support.ui import Select
+
+    from imgsvc.queue.routing import ModelEntry, ModelRegistry, model_queue_name
+    from imgsvc.storage import jobs
+
+    registry = ModelRegistry(app.task_queue, settings.worker_ttl)
+    served = {"blip": ("max_length",), "tiny-vlm": ("prompt",), "builtin:scene": ()}
+    for name, options in served.items():
+        queue = app.task_queue.name if name == "blip" else model_queue_name(app.task_queue.name, name)
+        worker = Worker([queue], connection=app.redis)
+        worker.register_birth()
+        if name == "builtin:scene":
+            worker.register_death()  # known, but down: listed, not pickable
+        registry.publish(ModelEntry(name, name, options, queue, worker.name))
+    photo = tmp_path / "pick.png"
+    Image.new("RGB", (40, 30), (20, 120, 220)).save(photo)
+
+    browser.get(f"{live_url}/")
+    picker = browser.find_element(By.ID, "model-select")
+    WebDriverWait(browser, 10).until(lambda d: picker.is_displayed())
+    options = Select(picker).options
+    assert [o.text for o in options] == ["blip (default)", "builtin:scene — no worker running", "tiny-vlm"]
+    assert [o.is_enabled() for o in options] == [True, False, True]
+    assert Select(picker).first_selected_option.text == "blip (default)"
+    prompt = browser.find_element(By.ID, "prompt-input")
+    assert not prompt.is_displayed()  # BLIP takes no prompt here
+    assert browser.find_element(By.ID, "model-hint").text == "The default model: 1 worker; takes max_length."
+
+    Select(picker).select_by_value("tiny-vlm")
+    assert prompt.is_displayed()
+    prompt.send_keys("How many cats?")
+    browser.find_element(By.ID, "file-input").send_keys(str(photo))
+    card = WebDriverWait(browser, 20).until(lambda d: card_for(d, photo.name).get_attribute("data-job-id"))
+    with app.app_context():
+        row = jobs.get_job(card)
+        assert (row.queue, row.options) == (
+            model_queue_name("imgsvc", "tiny-vlm"),
+            {"prompt": "How many cats?"},
+        )
+
+    Select(picker).select_by_value("blip")
+    assert not prompt.is_displayed()
+    problems = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert problems == []

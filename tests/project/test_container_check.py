@@ -66,3 +66,22 @@ def test_env_is_the_example_with_the_values_the_readme_asks_for(tmp_path):
     assert values["SECRET_KEY"] not in {"", "change-me"} and values["RQ_DASHBOARD_USERNAME"]
     assert values["WEB_PORT"] == "8000"
     assert (tmp_path / ".env").read_text().startswith("# comment\n")
+
+
+def test_each_served_model_gets_a_job_and_the_form_carries_its_name():
+    listing = {
+        "default": "blip",
+        "models": [
+            {"name": "blip", "workers": 2, "generated_by": "blip"},
+            {"name": "builtin:scene", "workers": 1, "generated_by": "builtin:scene(ssdlite-person)"},
+            {"name": "git", "workers": 0, "generated_by": "git"},  # down: nothing to submit to
+        ],
+    }
+    assert check.live_models(listing) == {"blip": "blip", "builtin:scene": "builtin:scene(ssdlite-person)"}
+    body = check.multipart("XyZ", "a.jpg", b"\xff\xd8jpeg", model="builtin:scene")
+    assert body.startswith(b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n')
+    assert (
+        b'\xff\xd8jpeg\r\n--XyZ\r\nContent-Disposition: form-data; name="model"\r\n\r\nbuiltin:scene\r\n'
+        in body
+    )
+    assert body.endswith(b"--XyZ--\r\n")

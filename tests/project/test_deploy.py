@@ -23,11 +23,21 @@ SERVICES: dict[str, dict] = COMPOSE["services"]
 DOCKERFILE = (PROJECT_ROOT / "Dockerfile").read_text()
 
 PROFILES = {
-    "production": {"proxy", "web", "worker", "redis", "dashboard", "webhooks", "s3", "init-uploads"},
+    "production": {
+        "proxy",
+        "web",
+        "worker",
+        "worker-scene",
+        "redis",
+        "dashboard",
+        "webhooks",
+        "s3",
+        "init-uploads",
+    },
     "development": {"web-dev", "worker-dev", "redis"},
     "test": {"tests", "test-redis", "postgres"},
 }
-APP_SERVICES = {"web", "worker", "web-dev", "worker-dev"}
+APP_SERVICES = {"web", "worker", "worker-scene", "web-dev", "worker-dev"}
 SHARED_MOUNTS = {"/data/uploads", "/data/instance", "/models"}
 #: boto3's own variables (endpoint, credentials, region), which the object store reads.
 AWS_VARIABLES = {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
@@ -159,6 +169,27 @@ def test_workers_run_worker_py_and_scale_with_worker_count():
     assert f"| `WORKER_COUNT` | `{default}` |" in readme
 
 
+def test_a_second_worker_service_serves_another_model_on_a_queue_of_its_own():
+    """Two models in one deployment: the default (VISION_MODEL) and builtin:scene chosen per job."""
+    from imgsvc.queue.routing import model_queue_name
+    from imgsvc.queue.worker import argument_parser
+    from imgsvc.vision import resolve_model
+
+    default, scene = SERVICES["worker"], SERVICES["worker-scene"]
+    assert argument_parser().parse_args(command_of(default)[2:]).model is None  # VISION_MODEL
+    model = argument_parser().parse_args(command_of(scene)[2:]).model
+    assert command_of(scene)[:2] == ["python", "worker.py"] and model == "builtin:scene"
+    assert resolve_model(Settings(vision_model=model)) == model  # the name jobs choose it by
+    assert model_queue_name(Settings().queue_name, model) != Settings().queue_name
+    # Same deployment: the same Redis, database, object store, weights, and the same start-up order.
+    assert scene["environment"] == default["environment"]
+    assert scene["volumes"] == default["volumes"] and scene["depends_on"] == default["depends_on"]
+    assert (
+        scene["healthcheck"] == {"disable": True}
+        and scene["stop_grace_period"] == default["stop_grace_period"]
+    )
+
+
 def test_containers_listen_on_every_interface_while_make_run_keeps_to_loopback(monkeypatch):
     assert Settings().web_host == "127.0.0.1"
     assert SERVICES["web"]["environment"]["WEB_HOST"] == "0.0.0.0"  # wins over a WEB_HOST in .env
@@ -218,7 +249,7 @@ def test_production_web_and_workers_share_no_upload_disk_only_the_object_store()
     init = SERVICES["init-uploads"]
     assert command_of(init) == ["flask", "--app", "imgsvc", init_uploads_command.name]
     assert depends_on(init)["s3"] == {"condition": "service_healthy"}
-    for name in ("web", "worker", "init-uploads"):
+    for name in ("web", "worker", "worker-scene", "init-uploads"):
         service = SERVICES[name]
         assert "/data/uploads" not in mounts(service), name
         env = service["environment"]

@@ -13,6 +13,12 @@
   const keyForm = document.getElementById("key-form");
   const keyInput = document.getElementById("api-key");
 
+  const modelForm = document.getElementById("model-form");
+  const modelSelect = document.getElementById("model-select");
+  const modelHint = document.getElementById("model-hint");
+  const promptField = document.getElementById("prompt-field");
+  const promptInput = document.getElementById("prompt-input");
+
   const maxFileSize = Number(form.dataset.maxFileSize);
   const submitUrl = form.getAttribute("action");
   const statusUrl = (id) => form.dataset.statusUrl.replace("JOB_ID", encodeURIComponent(id));
@@ -85,6 +91,7 @@
     }
   });
   keyForm.addEventListener("submit", (event) => event.preventDefault());
+  keyInput.addEventListener("change", () => loadModels());
 
   function apiHeaders() {
     const key = keyInput.value.trim();
@@ -105,6 +112,72 @@
     let [shown, limitShown] = [formatSize(size), formatSize(limit)];
     if (shown === limitShown) [shown, limitShown] = [`${size} bytes`, `${limit} bytes`];
     return `Too large: this file is ${shown}; the limit is ${limitShown}.`;
+  }
+
+  // --- The model picker: GET /api/v1/models, the default first; a model with no live worker is listed
+  // but cannot be picked (the API would answer 503). The prompt field shows for a model that takes one.
+  let models = [];
+
+  const chosenModel = () => models.find((model) => model.name === modelSelect.value) || null;
+  const takesPrompt = (model) => Boolean(model && model.options.includes("prompt"));
+
+  function modelHintText(model) {
+    if (!model) return "";
+    const workers = model.workers === 1 ? "1 worker" : `${model.workers} workers`;
+    const waiting = model.queue_depth ? `, ${model.queue_depth} waiting` : "";
+    const options = model.options.length ? `takes ${model.options.join(", ")}` : "takes no options";
+    return `${model.default ? "The default model" : "Chosen per job"}: ${workers}${waiting}; ${options}.`;
+  }
+
+  function showChosenModel() {
+    const model = chosenModel();
+    modelHint.textContent = modelHintText(model);
+    promptField.hidden = !takesPrompt(model);
+  }
+
+  async function loadModels() {
+    let response;
+    let body;
+    try {
+      response = await fetch(modelForm.dataset.modelsUrl, { headers: apiHeaders() });
+      body = parseJson(await response.text());
+    } catch (_) {
+      return; // the uploads say what is wrong with the server; the picker just stays as it was
+    }
+    if (!response.ok || !body || !Array.isArray(body.models)) return;
+    const previous = modelSelect.value;
+    models = body.models;
+    modelSelect.replaceChildren(
+      ...models.map((model) => {
+        const option = document.createElement("option");
+        option.value = model.name;
+        option.textContent = model.default ? `${model.name} (default)` : model.name;
+        if (!model.workers && !model.default) {
+          option.disabled = true;
+          option.textContent += " — no worker running";
+        }
+        return option;
+      })
+    );
+    const keep = models.find((model) => model.name === previous && (model.workers || model.default));
+    modelSelect.value = keep ? keep.name : body.default || "";
+    modelForm.hidden = models.length === 0;
+    showChosenModel();
+  }
+
+  modelSelect.addEventListener("change", showChosenModel);
+  modelSelect.addEventListener("focus", () => loadModels());
+  modelForm.addEventListener("submit", (event) => event.preventDefault());
+
+  // The fields an upload adds for the picked model: none for the default (it queues even while its
+  // workers restart), and the prompt only where the model takes one.
+  function modelFields() {
+    const model = chosenModel();
+    const fields = [];
+    if (model && !model.default) fields.push(["model", model.name]);
+    const prompt = promptInput.value.trim();
+    if (takesPrompt(model) && prompt) fields.push(["prompt", prompt]);
+    return fields;
   }
 
   const MODEL_FAILED = "The model could not describe this image";
@@ -430,6 +503,7 @@
         const xhr = new XMLHttpRequest();
         const data = new FormData();
         data.append("file", this.file, this.file.name || "pasted-image");
+        for (const [name, value] of modelFields()) data.append(name, value);
         xhr.open("POST", submitUrl);
         for (const [name, value] of Object.entries(apiHeaders())) xhr.setRequestHeader(name, value);
         xhr.upload.addEventListener("progress", (event) => {
@@ -522,6 +596,8 @@
     const parsed = parseJson(data.join("\n"));
     return name && parsed ? { name, data: parsed } : null;
   }
+
+  loadModels();
 
   function handleFiles(files) {
     for (const file of files) new JobCard(file).start();
