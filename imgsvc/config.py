@@ -47,6 +47,8 @@ POSITIVE = (
     "decode_timeout",
     "decode_memory_mb",
     "worker_ttl",
+    "max_new_tokens",
+    "max_answer_tokens",
 )
 
 
@@ -97,6 +99,8 @@ class Settings:
     # Half precision is what a GPU runs a captioner at; a CPU has no fast float16 path.
     dtype: str = field(default="auto", metadata={"env": "DTYPE"})
     max_new_tokens: int = field(default=30, metadata={"env": "MAX_NEW_TOKENS"})
+    # Long answers: Florence-2's detailed captions, objects and text, a chat VLM's answer to a prompt.
+    max_answer_tokens: int = field(default=256, metadata={"env": "MAX_ANSWER_TOKENS"})
     quantize: str = field(default="", metadata={"env": "QUANTIZE"})
     max_image_side: int = field(default=1024, metadata={"env": "MAX_IMAGE_SIDE"})
     decode_timeout: int = field(default=10, metadata={"env": "DECODE_TIMEOUT"})

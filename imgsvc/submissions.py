@@ -19,6 +19,7 @@ from imgsvc.queue.connection import enqueue_describe, running_model
 from imgsvc.queue.webhooks import enqueue_delivery
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import StagedUpload, UploadStore
+from imgsvc.vision.captioners.capabilities import DETAILS, MAX_PROMPT_CHARS, OCR_MODES
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -27,7 +28,14 @@ if TYPE_CHECKING:
     from imgsvc.metrics import RedisMetrics
 
 #: Per-job options: name -> (type, min, max). Which ones a model honours is its own business.
-OPTION_SPECS: dict[str, tuple[type, int, int]] = {"max_length": (int, 1, 200), "prompt": (str, 1, 300)}
+OPTION_SPECS: dict[str, tuple[type, int, int]] = {
+    "max_length": (int, 1, 200),
+    "prompt": (str, 1, MAX_PROMPT_CHARS),
+    "detail": (str, 1, 20),
+    "ocr": (str, 1, 20),
+}
+#: Options whose value is one of a few words.
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {"detail": DETAILS, "ocr": OCR_MODES}
 INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
 
 
@@ -65,12 +73,25 @@ def checked_option(name: str, value: Any) -> Any:
     converted = _exactly(kind, value)
     if converted is None:
         raise BadRequest(f"option {name} must be {'an integer' if kind is int else 'a string'}")
+    if name in OPTION_CHOICES:
+        if converted not in OPTION_CHOICES[name]:
+            raise BadRequest(f"option {name} must be one of {', '.join(OPTION_CHOICES[name])}")
+        return converted
+    if name == "prompt":
+        converted = _plain_text(converted)
     size = converted if kind is int else len(converted)
     if not low <= size <= high:
         raise BadRequest(
             f"option {name} must be between {low} and {high}" + (" characters" if kind is str else "")
         )
     return converted
+
+
+def _plain_text(value: str) -> str:
+    """A prompt is plain text: no control characters (newlines and tabs become spaces), trimmed."""
+    if any(not ch.isprintable() and ch not in "\n\t\r" for ch in value):
+        raise BadRequest("option prompt must be plain text, without control characters")
+    return " ".join(value.split())
 
 
 def _exactly(kind: type, value: Any) -> Any:
@@ -206,7 +227,8 @@ def check_supported(model: dict[str, Any] | None, options: dict[str, Any]) -> No
         takes = f"only {', '.join(supported)}" if supported else "none"
         raise BadRequest(
             f"option(s) {', '.join(unsupported)} not supported by the running model {model['name']}, "
-            f"which takes {takes}; {' and '.join(OPTION_SPECS)} need a transformers captioner "
-            "(VISION_MODEL; see the README's 'Which model runs')",
+            f"which takes {takes}; max_length and prompt need a transformers captioner "
+            "(prompt as a question: a chat VLM), detail and ocr need Florence-2 "
+            "(VISION_MODEL; see docs/models.md)",
             supported=list(supported),
         )

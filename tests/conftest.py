@@ -64,6 +64,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_florence2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Florence-2 of the real classes, with a real processor and a BPE trained here."""
+    from imgsvc.vision.testing_utils import build_tiny_florence2
+
+    return build_tiny_florence2(tmp_path_factory.mktemp("models") / "tiny-florence2")
+
+
+@pytest.fixture(scope="session")
 def tiny_describer(tiny_model_dir: Path):
     """Loaded once per session through the production loader."""
     from imgsvc.vision import load_describer
