@@ -72,6 +72,14 @@ def tiny_florence2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_smolvlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight SmolVLM of the real classes; its processor config names SmolVLMProcessor."""
+    from imgsvc.vision.testing_utils import build_tiny_smolvlm
+
+    return build_tiny_smolvlm(tmp_path_factory.mktemp("models") / "tiny-smolvlm")
+
+
+@pytest.fixture(scope="session")
 def tiny_describer(tiny_model_dir: Path):
     """Loaded once per session through the production loader."""
     from imgsvc.vision import load_describer

@@ -359,3 +359,104 @@ def build_tiny_florence2(path: str | Path, *, size: str = "tiny") -> Path:
     model.save_pretrained(path)
     Florence2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
     return path
+
+
+#: SmolVLM's chat template, as its Instruct checkpoints ship it: ``User:<image>question<end_of_utterance>``.
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def build_tiny_smolvlm(path: str | Path, *, size: str = "tiny") -> Path:
+    """A random-weight SmolVLM (SigLIP encoder, pixel shuffle, Llama decoder), saved under ``path``.
+
+    Saved as SmolVLM checkpoints are (``model_type`` ``smolvlm``, a ``SmolVLMProcessor`` config), but
+    the processor is written with ``Idefics3Processor`` and the PIL image processor: ``SmolVLMProcessor``
+    needs torchvision, and the worker loads these checkpoints the same way. ``size``: ``tiny``, or
+    ``256m`` / ``500m``, the dimensions of HuggingFaceTB/SmolVLM-256M-Instruct / -500M-Instruct.
+    """
+    from transformers import (
+        GPT2Tokenizer,
+        Idefics3Processor,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessorPil,
+    )
+
+    if size not in {"tiny", "256m", "500m"}:
+        raise ValueError(f"unknown SmolVLM size {size!r}; expected tiny, 256m or 500m")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    specials = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>"]
+    specials += ["<global-img>", *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))]
+    vocab, merges = trained_bpe(specials)
+    tokenizer = GPT2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        bos_token="<|im_start|>",
+        eos_token="<end_of_utterance>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": specials[2:]})
+    if size == "tiny":
+        image_size, scale = 32, 2
+        vision: dict[str, Any] = {**_TINY_LAYERS, "image_size": image_size, "patch_size": 8}
+        text: dict[str, Any] = {**_TINY_LAYERS, "num_key_value_heads": 1, "max_position_embeddings": 512}
+        longest_edge = 2 * image_size
+    else:  # values from HuggingFaceTB/SmolVLM-256M-Instruct / -500M-Instruct config.json
+        image_size, scale = 512, 4
+        vision = {**_layers(768, 12, 12, 3072), "image_size": image_size, "patch_size": 16}
+        text = (
+            {**_layers(576, 30, 9, 1536), "num_key_value_heads": 3}
+            if size == "256m"
+            else {**_layers(960, 32, 15, 2560), "num_key_value_heads": 5}
+        )
+        text |= {"max_position_embeddings": 8192, "rope_theta": 100000.0}
+        longest_edge = 4 * image_size
+    ids = tokenizer.convert_tokens_to_ids
+    text |= {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": ids("<|im_start|>"),
+        "eos_token_id": ids("<end_of_utterance>"),
+        "pad_token_id": ids("<|endoftext|>"),
+        "model_type": "llama",
+    }
+    config = SmolVLMConfig(
+        vision_config=vision,
+        text_config=text,
+        scale_factor=scale,
+        image_token_id=ids("<image>"),
+        pad_token_id=ids("<|endoftext|>"),
+    )
+    model = SmolVLMForConditionalGeneration(config).eval()
+    model.generation_config.update(
+        bos_token_id=ids("<|im_start|>"),
+        eos_token_id=ids("<end_of_utterance>"),
+        pad_token_id=ids("<|endoftext|>"),
+    )
+    image_processor = SmolVLMImageProcessorPil(
+        size={"longest_edge": longest_edge},
+        max_image_size={"longest_edge": image_size},
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
+    )
+    seq_len = (image_size // vision["patch_size"]) ** 2 // scale**2
+    processor = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        image_seq_len=seq_len,
+        chat_template=SMOLVLM_CHAT_TEMPLATE,
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    # What the released checkpoints name: the worker must get past it without torchvision.
+    saved = path / "processor_config.json"
+    saved.write_text(saved.read_text("utf-8").replace('"Idefics3Processor"', '"SmolVLMProcessor"'), "utf-8")
+    return path

@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import image_bytes, worker_env
 from tests.integration.test_api import run_worker_script
+from tests.integration.test_features import open_rgb
 
 
 def submit(client, **fields: str) -> tuple[int, dict]:
@@ -70,3 +71,25 @@ def test_after_florence2_has_started_a_prompt_is_refused_at_submit(client, app, 
 def test_bad_option_values_are_400_before_anything_is_stored(client, fields, message):
     status, body = submit(client, **fields)
     assert status == 400 and body["error"]["message"] == message
+
+
+def test_a_chat_vlm_answers_the_jobs_prompt_through_the_worker(client, settings, tiny_smolvlm_dir):
+    from imgsvc.vision import load_describer
+
+    question = "How many people here are wearing helmets?"
+    _, asked = submit(client, prompt=question)
+    _, plain = submit(client, max_length="6")
+    env = worker_env(settings, VISION_MODEL=str(tiny_smolvlm_dir), MAX_ANSWER_TOKENS="8")
+    proc = run_worker_script(env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    answer = client.get(f"/api/v1/result/{asked['job_id']}").get_json()
+    default = client.get(f"/api/v1/result/{plain['job_id']}").get_json()
+    assert answer["status"] == default["status"] == "done"
+    assert answer["generated_by"] == str(tiny_smolvlm_dir) and answer["options"] == {"prompt": question}
+    # The worker's answer is the model's answer to that very prompt (random weights: nonsense, but its own).
+    describer = load_describer(settings.with_(vision_model=str(tiny_smolvlm_dir), max_answer_tokens=8))
+    image = open_rgb(image_bytes("PNG"))
+    assert answer["image_description"] == describer.describe([image], {"prompt": question})[0]
+    assert default["image_description"] == describer.describe([image], {"max_length": 6})[0]
+    assert answer["image_description"] != default["image_description"]

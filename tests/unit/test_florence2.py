@@ -14,11 +14,11 @@ from imgsvc.vision import load_describer
 from imgsvc.vision.base import Box, Detection, UnsupportedOption
 from imgsvc.vision.captioners.florence2 import (
     Florence2Describer,
-    clean_text,
     parse_objects,
     split_pieces,
     suggests_text,
 )
+from imgsvc.vision.captioners.text import clean_text
 
 
 def objects(text: str) -> list[Detection]:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from imgsvc.vision.base import Describer, Description, ModelLoadError
 from imgsvc.vision.captioners import blip, git, vision_encoder_decoder
-from imgsvc.vision.captioners.capabilities import model_type, options_for
+from imgsvc.vision.captioners.capabilities import CHAT_MODEL_TYPES, model_type, options_for
 from imgsvc.vision.captioners.family import Family
 from imgsvc.vision.captioners.hub import cached_snapshot, download_model, looks_like_path, offline
 from imgsvc.vision.devices import resolve_device
@@ -169,7 +169,7 @@ def load_captioner(
     """
     source = _local_source(name_or_path, local_files_only)
     kind = model_type(source)
-    if kind not in {"florence2"}:
+    if kind != "florence2" and kind not in CHAT_MODEL_TYPES:
         return TransformersCaptioner.load(
             name_or_path,
             device=device,
@@ -188,9 +188,13 @@ def load_captioner(
         "max_answer_tokens": max_answer_tokens,
         "min_new_tokens": min_new_tokens,
     }
-    from imgsvc.vision.captioners.florence2 import Florence2Describer
+    if kind == "florence2":
+        from imgsvc.vision.captioners.florence2 import Florence2Describer
 
-    return Florence2Describer.load(name_or_path, source, **common)
+        return Florence2Describer.load(name_or_path, source, **common)
+    from imgsvc.vision.captioners.chat_vlm import ChatVLMDescriber
+
+    return ChatVLMDescriber.load(name_or_path, source, kind, **common)
 
 
 def _local_source(name_or_path: str, local_files_only: bool | None) -> str:

@@ -33,6 +33,7 @@ from imgsvc.vision.base import (
     UnsupportedOption,
 )
 from imgsvc.vision.captioners.capabilities import DETAILS, OCR_MODES, options_for
+from imgsvc.vision.captioners.text import clean_text
 
 log = logging.getLogger("imgsvc.vision.captioners")
 
@@ -126,12 +127,6 @@ def _box(bins: Sequence[int]) -> Box:
 def _is_marker(piece: str) -> bool:
     """A special or task token (``</s>``, ``<pad>``, ``<od>``, ``<loc_3>``): not text a user should see."""
     return _MARKER.fullmatch(piece) is not None
-
-
-def clean_text(text: str) -> str:
-    """Printable text on one line: control characters and bytes that are no character (a byte-level
-    token cut a UTF-8 sequence) become spaces, runs of spaces collapse."""
-    return " ".join("".join(ch if ch.isprintable() and ch != "\ufffd" else " " for ch in text).split())
 
 
 def suggests_text(caption: str, objects: Sequence[Detection]) -> bool:
