@@ -106,6 +106,12 @@ def _bert_tokenizer(vocab_size: int | None = None, extra_special: tuple[str, ...
     return BertTokenizer(vocab=vocab, **special)
 
 
+def blip_parts(size: str = "tiny") -> tuple[Any, Any]:
+    """The BLIP model and processor :func:`build_tiny_model` saves, in memory (benches skip the disk)."""
+    model, (processor,) = _blip(size)
+    return model, processor
+
+
 def _blip(size: str) -> tuple[Any, list[Any]]:
     from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessorPil, BlipProcessor
 
@@ -274,9 +280,20 @@ def build_tiny_florence2(path: str | Path, *, size: str = "tiny") -> Path:
 
     ``size``: ``tiny`` (64 px, a few thousand parameters per layer, builds in a second), or ``base`` /
     ``large``, the architecture of florence-community/Florence-2-base / -large (768 px, 577 image tokens,
-    0.23B / 0.77B parameters) for benchmarks. The tokenizer is a BPE trained here, with the tokens the
-    processor and the parser need: ``<image>``, ``<loc_0>`` .. ``<loc_999>`` and the task markers.
+    0.23B / 0.77B parameters, the real 51,289-token vocabulary) for benchmarks. The tokenizer is a BPE
+    trained here, with the tokens the processor and the parser need: ``<image>``, ``<loc_0>`` ..
+    ``<loc_999>`` and the task markers.
     """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model, processor = florence2_parts(size)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def florence2_parts(size: str = "tiny") -> tuple[Any, Any]:
+    """The model and processor :func:`build_tiny_florence2` saves, in memory (benches skip the disk)."""
     from transformers import (
         BartTokenizer,
         CLIPImageProcessorPil,
@@ -287,8 +304,6 @@ def build_tiny_florence2(path: str | Path, *, size: str = "tiny") -> Path:
 
     if size not in {"tiny", "base", "large"}:
         raise ValueError(f"unknown Florence-2 size {size!r}; expected tiny, base or large")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     vocab, merges = trained_bpe(["<s>", "<pad>", "</s>", "<unk>"])
     vocab["<mask>"] = len(vocab)
@@ -338,7 +353,9 @@ def build_tiny_florence2(path: str | Path, *, size: str = "tiny") -> Path:
             "window_size": 12,
             "projection_dim": width,
         }
-    text |= {"vocab_size": len(tokenizer), "forced_bos_token_id": 0, **ids}
+    # Real sizes keep the released vocabulary: its output layer is a good part of each token's cost.
+    vocab_size = len(tokenizer) if size == "tiny" else max(len(tokenizer), 51289)
+    text |= {"vocab_size": vocab_size, "forced_bos_token_id": 0, **ids}
     vision["drop_path_rate"] = 0.0
     config = Florence2Config(text_config=text, vision_config=vision, image_token_id=tokenizer.image_token_id)
     model = Florence2ForConditionalGeneration(config).eval()
@@ -356,9 +373,7 @@ def build_tiny_florence2(path: str | Path, *, size: str = "tiny") -> Path:
         image_mean=[0.485, 0.456, 0.406],
         image_std=[0.229, 0.224, 0.225],
     )
-    model.save_pretrained(path)
-    Florence2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
-    return path
+    return model, Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 #: SmolVLM's chat template, as its Instruct checkpoints ship it: ``User:<image>question<end_of_utterance>``.
@@ -379,6 +394,19 @@ def build_tiny_smolvlm(path: str | Path, *, size: str = "tiny") -> Path:
     needs torchvision, and the worker loads these checkpoints the same way. ``size``: ``tiny``, or
     ``256m`` / ``500m``, the dimensions of HuggingFaceTB/SmolVLM-256M-Instruct / -500M-Instruct.
     """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model, processor = smolvlm_parts(size)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    # What the released checkpoints name: the worker must get past it without torchvision.
+    saved = path / "processor_config.json"
+    saved.write_text(saved.read_text("utf-8").replace('"Idefics3Processor"', '"SmolVLMProcessor"'), "utf-8")
+    return path
+
+
+def smolvlm_parts(size: str = "tiny") -> tuple[Any, Any]:
+    """The model and processor :func:`build_tiny_smolvlm` saves, in memory (benches skip the disk)."""
     from transformers import (
         GPT2Tokenizer,
         Idefics3Processor,
@@ -389,8 +417,6 @@ def build_tiny_smolvlm(path: str | Path, *, size: str = "tiny") -> Path:
 
     if size not in {"tiny", "256m", "500m"}:
         raise ValueError(f"unknown SmolVLM size {size!r}; expected tiny, 256m or 500m")
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     specials = ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>"]
     specials += ["<global-img>", *(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))]
@@ -422,7 +448,7 @@ def build_tiny_smolvlm(path: str | Path, *, size: str = "tiny") -> Path:
         longest_edge = 4 * image_size
     ids = tokenizer.convert_tokens_to_ids
     text |= {
-        "vocab_size": len(tokenizer),
+        "vocab_size": len(tokenizer) if size == "tiny" else max(len(tokenizer), 49280),
         "bos_token_id": ids("<|im_start|>"),
         "eos_token_id": ids("<end_of_utterance>"),
         "pad_token_id": ids("<|endoftext|>"),
@@ -454,9 +480,4 @@ def build_tiny_smolvlm(path: str | Path, *, size: str = "tiny") -> Path:
         image_seq_len=seq_len,
         chat_template=SMOLVLM_CHAT_TEMPLATE,
     )
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-    # What the released checkpoints name: the worker must get past it without torchvision.
-    saved = path / "processor_config.json"
-    saved.write_text(saved.read_text("utf-8").replace('"Idefics3Processor"', '"SmolVLMProcessor"'), "utf-8")
-    return path
+    return model, processor

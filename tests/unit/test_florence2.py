@@ -177,3 +177,17 @@ def split_markers(text: str) -> str:
     return "".join(
         p for p in split_pieces(text) if not (p.startswith("<") and p.endswith(">") and len(p) > 2)
     )
+
+
+def test_the_remote_code_checkpoint_is_refused_with_the_name_of_the_native_one(tiny_florence2_dir, tmp_path):
+    import json
+    import shutil
+
+    from imgsvc.vision.base import ModelLoadError
+
+    remote = shutil.copytree(tiny_florence2_dir, tmp_path / "microsoft-florence")
+    config = json.loads((remote / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_florence2.Florence2ForConditionalGeneration"}
+    (remote / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="florence-community/Florence-2-base"):
+        load_describer(Settings(vision_model=str(remote), device="cpu"))

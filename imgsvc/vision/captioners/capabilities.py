@@ -38,12 +38,25 @@ CHAT_MODEL_TYPES = frozenset({"idefics3", "smolvlm", "qwen2_5_vl", "qwen3_vl"})
 
 def model_type(directory: str | Path) -> str | None:
     """The ``model_type`` in a checkpoint directory's config.json; None when there is none to read."""
+    value = _config(directory).get("model_type")
+    return value if isinstance(value, str) else None
+
+
+def needs_remote_code(directory: str | Path) -> bool:
+    """The checkpoint ships its own modeling code (``auto_map``), which this service never runs.
+
+    ``microsoft/Florence-2-*`` are such: their ``model_type`` is ``florence2`` but their weights are laid
+    out for their own code; ``florence-community/Florence-2-*`` hold them for transformers' classes.
+    """
+    return "auto_map" in _config(directory)
+
+
+def _config(directory: str | Path) -> dict:
     try:
         config = json.loads((Path(directory) / "config.json").read_text("utf-8"))
     except (OSError, ValueError):
-        return None
-    value = config.get("model_type") if isinstance(config, dict) else None
-    return value if isinstance(value, str) else None
+        return {}
+    return config if isinstance(config, dict) else {}
 
 
 def options_for(model_type_name: str | None) -> frozenset[str]:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from imgsvc.vision.base import Describer, Description, ModelLoadError
 from imgsvc.vision.captioners import blip, git, vision_encoder_decoder
-from imgsvc.vision.captioners.capabilities import CHAT_MODEL_TYPES, model_type, options_for
+from imgsvc.vision.captioners.capabilities import CHAT_MODEL_TYPES, model_type, needs_remote_code, options_for
 from imgsvc.vision.captioners.family import Family
 from imgsvc.vision.captioners.hub import cached_snapshot, download_model, looks_like_path, offline
 from imgsvc.vision.devices import resolve_device
@@ -169,6 +169,11 @@ def load_captioner(
     """
     source = _local_source(name_or_path, local_files_only)
     kind = model_type(source)
+    if kind == "florence2" and needs_remote_code(source):
+        raise ModelLoadError(
+            f"{name_or_path!r} is Florence-2 for trust_remote_code, which this service does not run; use "
+            "the same weights converted for transformers: florence-community/Florence-2-base (or -large)"
+        )
     if kind != "florence2" and kind not in CHAT_MODEL_TYPES:
         return TransformersCaptioner.load(
             name_or_path,

@@ -287,9 +287,10 @@ class Florence2Describer(Describer):
         scores = self.model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
         generated = out.sequences[:, -scores.shape[1] :]
         pad = self.tokenizer.pad_token_id
+        known = len(self.tokenizer)  # an embedding matrix may have rows no token names
         answers = []
         for ids, logps in zip(generated.tolist(), scores.exp().tolist(), strict=True):
-            kept = [(i, p) for i, p in zip(ids, logps, strict=True) if i != pad]
+            kept = [(i, p) for i, p in zip(ids, logps, strict=True) if i != pad and i < known]
             tokens = self.tokenizer.convert_ids_to_tokens([i for i, _ in kept])
             pieces = [self.tokenizer.convert_tokens_to_string([token]) for token in tokens]
             text = _MARKER.sub("", self.tokenizer.convert_tokens_to_string(tokens))
