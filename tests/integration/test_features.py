@@ -191,7 +191,7 @@ def test_an_option_the_running_model_cannot_honour_says_what_would(client, app, 
         "option(s) max_length, prompt not supported by the running model builtin:efficientnet-lite0, "
         "which takes none; max_length and prompt need a transformers captioner "
         "(prompt as a question: a chat VLM), detail and ocr need Florence-2 "
-        "(VISION_MODEL; see docs/models.md)"
+        "(VISION_MODEL; see docs/models.md, 'Which model runs')"
     )
     assert error["supported"] == []
     assert row_count(app) == 0

@@ -15,6 +15,7 @@ from rq.utils import now, utcformat
 from sqlalchemy import inspect, text, update
 
 from imgsvc import create_app
+from imgsvc.queue.connection import waiting_key
 from imgsvc.queue.worker import ImgsvcWorker
 from imgsvc.storage import jobs
 from imgsvc.storage.db import db
@@ -120,6 +121,30 @@ def test_dashboard_is_mounted_behind_basic_auth(settings, redis_db, jpeg_bytes):
     assert client.get("/rq/0/data/queues.json", auth=("ops", "pw")).get_json()["queues"][0]["count"] == 1
 
 
+def test_the_dashboard_needs_the_username_as_well_as_the_password(settings, redis_db):
+    client = create_app(settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")).test_client()
+    assert client.get("/rq/", auth=("someone", "pw")).status_code == 401
+    assert client.get("/rq/", auth=("", "pw")).status_code == 401
+    assert client.get("/rq/", auth=("ops", "pw")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://localhost.evil.example",
+        "http://evil.example/http://localhost",
+        "http://xlocalhost",
+        "http://local",
+    ],
+)
+def test_an_origin_that_only_contains_the_host_is_cross_site(settings, redis_db, origin):
+    client = create_app(settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")).test_client()
+    refused = client.get("/rq/requeue/imgsvc", auth=("ops", "pw"), headers={"Origin": origin})
+    assert refused.status_code == 403
+    accepted = client.get("/rq/requeue/imgsvc", auth=("ops", "pw"), headers={"Origin": "http://localhost"})
+    assert accepted.get_json() == {"status": "OK", "count": 0}
+
+
 def test_guessing_the_dashboard_password_is_limited_per_address(settings, redis_db):
     dashboard = settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")
     client = create_app(dashboard).test_client()
@@ -142,9 +167,13 @@ def test_guessing_the_dashboard_password_is_limited_per_address(settings, redis_
     assert client.get("/rq/", auth=("ops", "pw"), environ_base=other).status_code == 200
 
 
-def test_without_credentials_there_is_no_dashboard(client):
-    assert client.get("/rq/").status_code == 404
-    assert client.post("/rq/queue/imgsvc/queued/empty").status_code == 404
+def test_without_credentials_there_is_no_dashboard_and_the_404_says_how_to_turn_it_on(client):
+    for response in (client.get("/rq"), client.get("/rq/"), client.post("/rq/queue/imgsvc/queued/empty")):
+        assert response.status_code == 404
+        # Issue 22: not a generic "check your spelling", but what is off and which settings turn it on.
+        message = response.get_json()["error"]["message"]
+        assert "dashboard is off" in message
+        assert "RQ_DASHBOARD_USERNAME" in message and "RQ_DASHBOARD_PASSWORD" in message
 
 
 def test_the_standalone_dashboard_refuses_to_start_open_and_guards_like_the_web_app(monkeypatch, settings):
@@ -232,13 +261,32 @@ def test_a_starting_worker_removes_temp_files_a_killed_process_left(app, setting
     assert not stale.exists() and receiving.exists()
 
 
-def test_failed_job_upload_is_removed(client, settings, run_worker, jpeg_bytes):
+def test_a_failed_jobs_upload_is_kept_until_retention_removes_it(
+    app, client, settings, run_worker, jpeg_bytes
+):
+    """Kept so that RQ's requeue (``rq requeue``, the dashboard) can run the job again."""
     job_id = submit(client, jpeg_bytes).get_json()["job_id"]
     (stored,) = stored_files(settings)
     stored.write_bytes(b"corrupted")
     run_worker()
     assert client.get(f"/api/v1/status/{job_id}").get_json()["status"] == "failed"
+    assert stored_files(settings) == [stored]
+    age(app, days=8)  # older than UPLOAD_RETENTION
+    assert app.test_cli_runner().invoke(args=["prune"]).output.startswith("1 files deleted")
     assert stored_files(settings) == []
+
+
+def test_deleting_a_job_deletes_its_rq_job(app, client, run_worker, jpeg_bytes, png_bytes):
+    """The dashboard lists no job the API deleted, finished or still queued."""
+    finished = submit(client, jpeg_bytes).get_json()["job_id"]
+    run_worker()
+    queued = submit(client, png_bytes, "b.png", "image/png").get_json()["job_id"]
+    assert app.task_queue.finished_job_registry.get_job_ids() == [finished]
+    for job_id in (finished, queued):
+        assert client.delete(f"/api/v1/jobs/{job_id}").status_code == 200
+        assert not RQJob.exists(job_id, connection=app.redis)
+    assert app.task_queue.finished_job_registry.get_job_ids() == []
+    assert app.task_queue.get_job_ids() == []
 
 
 def age(app, days: int) -> None:
@@ -293,11 +341,14 @@ def test_flask_cli_commands_do_what_they_say(app, client, settings, run_worker, 
     job_id = submit(client, jpeg_bytes).get_json()["job_id"]
     app.redis.delete(RQJob.key_for(job_id))  # Redis lost the job
     app.redis.lrem(app.task_queue.key, 0, job_id)
-    assert runner.invoke(args=["reap"]).output.strip() == "1 requeued, 0 failed, 0 reset"
+    app.redis.zrem(waiting_key(app.task_queue.name), job_id)  # written with the job: lost with it
+    assert runner.invoke(args=["reap"]).output.strip() == "1 requeued, 0 failed, 0 reset, 0 cancelled"
     assert app.task_queue.get_job_ids() == [job_id]
 
     run_worker()
-    assert runner.invoke(args=["reap"]).output.strip() == "0 requeued, 0 failed, 0 reset"  # done: left alone
+    assert (
+        runner.invoke(args=["reap"]).output.strip() == "0 requeued, 0 failed, 0 reset, 0 cancelled"
+    )  # done: left alone
     age(app, days=30)  # older than both UPLOAD_RETENTION and RESULT_TTL (7 days)
     assert (
         runner.invoke(args=["prune"]).output.strip() == "1 files deleted, 1 rows deleted, 0 orphans deleted"
@@ -332,3 +383,28 @@ def test_sqlite_is_shared_safely_by_web_and_workers(app, client, jpeg_bytes, set
         assert db.session.execute(text("PRAGMA busy_timeout")).scalar() == 10000
     with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # kept in the file itself
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Referer": "http://localhost/rq/"}, 200),  # no Origin: the Referer decides
+        ({"Referer": "http://evil.example/rq/"}, 403),
+        ({"Origin": "https://localhost"}, 200),
+        ({"Origin": "null"}, 403),  # sandboxed frames and file:// pages send "null"
+        ({"Origin": "ftp://localhost"}, 403),
+        ({}, 403),
+    ],
+)
+def test_a_state_change_needs_an_origin_or_referer_of_this_host(settings, redis_db, headers, status):
+    client = create_app(settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")).test_client()
+    assert client.get("/rq/requeue/imgsvc", auth=("ops", "pw"), headers=headers).status_code == status
+
+
+@pytest.mark.parametrize("credentials", [("ops", ""), ("", "pw")])
+def test_one_dashboard_credential_alone_mounts_nothing(settings, redis_db, credentials):
+    user, password = credentials
+    client = create_app(
+        settings.with_(rq_dashboard_username=user, rq_dashboard_password=password)
+    ).test_client()
+    assert client.get("/rq/", auth=credentials).status_code == 404

@@ -16,6 +16,7 @@
   const submitUrl = form.getAttribute("action");
   const statusUrl = (id) => form.dataset.statusUrl.replace("JOB_ID", encodeURIComponent(id));
   const resultUrl = (id) => form.dataset.resultUrl.replace("JOB_ID", encodeURIComponent(id));
+  const readyUrl = form.dataset.readyUrl;
 
   // Polling backs off from fast (short jobs feel instant) to a steady pace (long queues stay cheap).
   const POLL_FIRST_MS = 400;
@@ -113,6 +114,10 @@
 
   // -- What the model found: boxes over the preview, and one line in words ----------------------
 
+  // A face's expression is named only when the emotion model is this sure of it: the scene
+  // describer's sentence calls a face smiling from the same score (SMILE_SCORE, 0.8) and no lower.
+  const SURE_EMOTION = 0.8;
+
   const percent = (score) => `${Math.round(Number(score) * 100)}%`;
   const unit = (value) => Math.min(1, Math.max(0, Number(value) || 0));
 
@@ -124,7 +129,8 @@
       box: found.box,
     }));
     for (const face of (result.people && result.people.faces) || []) {
-      const emotion = face.emotion ? ` · ${face.emotion}` : "";
+      const sure = face.emotion && Number(face.emotion_score) >= SURE_EMOTION;
+      const emotion = sure ? ` · ${face.emotion}` : "";
       boxes.push({ kind: "face", label: `face ${percent(face.score)}${emotion}`, box: face.box });
     }
     return boxes;
@@ -184,6 +190,24 @@
       taken.push(label.getBoundingClientRect());
     }
   }
+
+  // How many workers /readyz counts, asked at most every READY_EVERY_MS for all cards together;
+  // null when it cannot say (unreachable, or Redis down).
+  const READY_EVERY_MS = 5000;
+  let readyAsked = 0;
+  let readyAnswer = Promise.resolve(null);
+  function liveWorkers() {
+    if (Date.now() - readyAsked >= READY_EVERY_MS) {
+      readyAsked = Date.now();
+      readyAnswer = fetch(readyUrl, { headers: { Accept: "application/json" } })
+        .then((response) => response.json())
+        .then((body) => (body && body.checks && Number.isInteger(body.checks.workers) ? body.checks.workers : null))
+        .catch(() => null);
+    }
+    return readyAnswer;
+  }
+
+  const NO_WORKER = "Waiting: no worker is running, so no image is being described until one starts.";
 
   function parseJson(text) {
     try {
@@ -380,7 +404,9 @@
           continue;
         }
         const retrying = body.status === "queued" && body.error;
-        this.setState(body.status, retrying ? `Retrying after an error: ${body.error}` : "");
+        let detail = retrying ? `Retrying after an error: ${body.error}` : "";
+        if (body.status === "queued" && (await liveWorkers()) === 0) detail = NO_WORKER;
+        this.setState(body.status, detail);
       }
     }
 

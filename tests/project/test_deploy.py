@@ -269,7 +269,18 @@ def test_dashboard_is_its_own_service_behind_imgsvcs_guard_and_needs_credentials
     assert 'test -n "$$RQ_DASHBOARD_USERNAME" && test -n "$$RQ_DASHBOARD_PASSWORD"' in command
     assert "exit 1" in command
     assert dashboard["environment"]["REDIS_URL"] == "redis://redis:6379/0"
-    assert "9181:9181" in dashboard["ports"]
+    # Never on every interface: one sync worker and basic auth over plain HTTP (issue 23).
+    assert dashboard["ports"] == ["127.0.0.1:${DASHBOARD_PORT:-9181}:9181"]
+
+
+def test_in_production_only_the_proxy_is_published_beyond_loopback():
+    published = {
+        name: port
+        for name, service in in_profile("production").items()
+        for port in service.get("ports", [])
+        if not str(port).startswith("127.0.0.1:")
+    }
+    assert published == {"proxy": "${WEB_PORT:-8000}:80"}
 
 
 def test_test_profile_points_the_suite_at_its_own_services():
@@ -413,12 +424,15 @@ def test_gunicorn_conf_defaults_match_settings(monkeypatch):
     assert conf["workers"] == defaults.web_workers
 
 
-def test_gunicorn_logs_json_and_leaves_the_request_lines_to_the_app():
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_gunicorn_logs_in_log_format_and_leaves_the_request_lines_to_the_app(log_format, monkeypatch):
+    monkeypatch.setenv("LOG_FORMAT", log_format)
     conf = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
     assert conf["accesslog"] is None  # imgsvc.web logs each request once, with its job_id
     logging = conf["logconfig_dict"]
-    assert logging["formatters"] == {"json": {"()": "imgsvc.logs.JsonFormatter"}}
-    assert {handler["formatter"] for handler in logging["handlers"].values()} == {"json"}
+    formatter = {"text": "imgsvc.logs.TextFormatter", "json": "imgsvc.logs.JsonFormatter"}[log_format]
+    assert logging["formatters"] == {"console": {"()": formatter}}
+    assert {handler["formatter"] for handler in logging["handlers"].values()} == {"console"}
     assert logging["loggers"]["gunicorn.error"]["handlers"] and logging["root"]["handlers"]
     # (tests/integration/test_make_run.py checks the real processes' output line by line)
 
@@ -450,3 +464,16 @@ def test_every_app_container_finds_the_baked_in_weights_whatever_env_says():
     assert set(apps) >= APP_SERVICES
     for name, service in apps.items():
         assert service["environment"].get("MODELS_DIR") == baked.group(1), name
+
+
+def test_dashboard_without_logins_stops_after_a_few_tries_instead_of_restarting_forever():
+    # It exits 1 at once without RQ_DASHBOARD_USERNAME/PASSWORD; `unless-stopped` restarted it forever.
+    assert SERVICES["dashboard"]["restart"].startswith("on-failure:")
+    assert 1 <= int(SERVICES["dashboard"]["restart"].split(":")[1]) <= 5
+
+
+def test_containers_log_json_unless_env_file_says_otherwise():
+    # make run's default is text for a person; a log collector reads the containers' lines.
+    assert Settings().log_format == "text"
+    for name in APP_SERVICES:
+        assert SERVICES[name]["environment"]["LOG_FORMAT"] == "${LOG_FORMAT:-json}", name

@@ -196,3 +196,23 @@ def test_docs_build_as_a_site_without_warnings(tmp_path):
     assert (tmp_path / "site" / "configuration" / "index.html").exists()
     nav = (PROJECT_ROOT / "mkdocs.yml").read_text()
     assert all(f": {page.name}" in nav for page in DOCS)
+
+
+def test_facts_that_went_stale_once_are_stated_once_and_agree_with_what_they_count():
+    everything = "\n".join(text(page) for page in PAGES)
+    # The suite's time was "2 min 36 s" in one place and "~3½ minutes" in another.
+    assert len(re.findall(r"\b\d+ tests\s+in\s+\d+ min", everything)) == 1
+    # "three settings" moved a deployment across machines, and the block below them set seven.
+    scaling = text(PROJECT_ROOT / "docs" / "scaling.md")
+    counted = re.search(r"so (\w+) settings move a", scaling)
+    block = re.search(r"```bash\n(.*?)```", scaling[counted.end() :], re.S).group(1)
+    assigned = re.findall(r"(?:^|\s)([A-Z][A-Z0-9_]+)=", block)
+    numbers = {"three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8}
+    assert numbers[counted.group(1)] == len(assigned), assigned
+
+
+def test_messages_that_point_at_the_docs_name_a_page_and_heading_that_exist():
+    for source in sorted((PROJECT_ROOT / "imgsvc").rglob("*.py")):
+        for page, heading in re.findall(r"see (docs/\w+\.md), '([^']+)'", source.read_text()):
+            assert slug(heading) in anchors(PROJECT_ROOT / page), f"{source.name}: {page} has no '{heading}'"
+        assert "see the README's" not in source.read_text(), source.name  # the manual is in docs/ now
