@@ -29,6 +29,7 @@ BENCHES = {
     "storage": "submit latency and end-to-end job time, uploads in a local directory vs S3",
     "bombs": "decode bombs before/after: the web check, the worker's decode, /healthz under bomb uploads",
     "waits": "Prefer: wait clients one gunicorn worker holds, /healthz meanwhile, wake-up latency",
+    "models": "BLIP-base vs Florence-2 vs SmolVLM: CPU s per photo and peak RSS at real size, fp32 and int8",
 }
 QUICK_ARGS = {"backends": ["--repeat", "1"]}
 

@@ -49,6 +49,8 @@ POSITIVE = (
     "decode_memory_mb",
     "worker_ttl",
     "web_threads",
+    "max_new_tokens",
+    "max_answer_tokens",
     "webhook_timeout",
     "webhook_workers",
     "webhook_per_host",
@@ -135,6 +137,8 @@ class Settings:
     # Half precision is what a GPU runs a captioner at; a CPU has no fast float16 path.
     dtype: str = field(default="auto", metadata={"env": "DTYPE"})
     max_new_tokens: int = field(default=30, metadata={"env": "MAX_NEW_TOKENS"})
+    # Long answers: Florence-2's detailed captions, objects and text, a chat VLM's answer to a prompt.
+    max_answer_tokens: int = field(default=256, metadata={"env": "MAX_ANSWER_TOKENS"})
     quantize: str = field(default="", metadata={"env": "QUANTIZE"})
     max_image_side: int = field(default=1024, metadata={"env": "MAX_IMAGE_SIDE"})
     decode_timeout: int = field(default=10, metadata={"env": "DECODE_TIMEOUT"})

@@ -23,6 +23,7 @@ from imgsvc.queue.webhooks import enqueue_delivery
 from imgsvc.quotas import charge_quota, refund_quota
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import StagedUpload, UploadStore, trim_staged
+from imgsvc.vision.captioners.capabilities import DETAILS, MAX_PROMPT_CHARS, OCR_MODES
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -34,7 +35,14 @@ if TYPE_CHECKING:
 #: A job's webhook moments: ``start`` when a worker starts it (its status, ``processing``),
 #: ``completed`` when it ends done or failed (the result, or the status with its error).
 WEBHOOK_EVENTS = ("start", "completed")
-OPTION_SPECS: dict[str, tuple[type, int, int]] = {"max_length": (int, 1, 200), "prompt": (str, 1, 300)}
+OPTION_SPECS: dict[str, tuple[type, int, int]] = {
+    "max_length": (int, 1, 200),
+    "prompt": (str, 1, MAX_PROMPT_CHARS),
+    "detail": (str, 1, 20),
+    "ocr": (str, 1, 20),
+}
+#: Options whose value is one of a few words.
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {"detail": DETAILS, "ocr": OCR_MODES}
 INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
 
 
@@ -76,6 +84,12 @@ def checked_option(name: str, value: Any) -> Any:
     converted = _exactly(kind, value)
     if converted is None:
         raise BadRequest(f"option {name} must be {'an integer' if kind is int else 'a string'}")
+    if name in OPTION_CHOICES:
+        if converted not in OPTION_CHOICES[name]:
+            raise BadRequest(f"option {name} must be one of {', '.join(OPTION_CHOICES[name])}")
+        return converted
+    if name == "prompt":
+        converted = _plain_text(converted)
     size = converted if kind is int else len(converted)
     if not low <= size <= high:
         raise BadRequest(
@@ -90,6 +104,13 @@ def checked_model(value: str) -> str:
     if not 1 <= len(name) <= MAX_MODEL_NAME or not name.isprintable():
         raise BadRequest(f"model must be a model's name, 1 to {MAX_MODEL_NAME} printable characters")
     return name
+
+
+def _plain_text(value: str) -> str:
+    """A prompt is plain text: no control characters (newlines and tabs become spaces), trimmed."""
+    if any(not ch.isprintable() and ch not in "\n\t\r" for ch in value):
+        raise BadRequest("option prompt must be plain text, without control characters")
+    return " ".join(value.split())
 
 
 def _exactly(kind: type, value: Any) -> Any:

@@ -64,6 +64,22 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_florence2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight Florence-2 of the real classes, with a real processor and a BPE trained here."""
+    from imgsvc.vision.testing_utils import build_tiny_florence2
+
+    return build_tiny_florence2(tmp_path_factory.mktemp("models") / "tiny-florence2")
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight SmolVLM of the real classes; its processor config names SmolVLMProcessor."""
+    from imgsvc.vision.testing_utils import build_tiny_smolvlm
+
+    return build_tiny_smolvlm(tmp_path_factory.mktemp("models") / "tiny-smolvlm")
+
+
+@pytest.fixture(scope="session")
 def tiny_describer(tiny_model_dir: Path):
     """Loaded once per session through the production loader."""
     from imgsvc.vision import load_describer

@@ -66,12 +66,13 @@ def load_describer(settings: Settings) -> Describer:
         return BuiltinDescriber.load(
             spec.removeprefix(BUILTIN_PREFIX), ocr=settings.ocr, device=settings.device
         )
-    from imgsvc.vision.captioners.captioner import TransformersCaptioner
+    from imgsvc.vision.captioners.captioner import load_captioner
 
-    return TransformersCaptioner.load(
+    return load_captioner(
         spec,
         device=settings.device,
         max_new_tokens=settings.max_new_tokens,
+        max_answer_tokens=settings.max_answer_tokens,
         dtype=settings.dtype,
         quantize=settings.quantize or None,
     )

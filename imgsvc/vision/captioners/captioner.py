@@ -22,6 +22,7 @@ from PIL import Image
 
 from imgsvc.vision.base import Describer, Description, ModelLoadError
 from imgsvc.vision.captioners import blip, git, vision_encoder_decoder
+from imgsvc.vision.captioners.capabilities import CHAT_MODEL_TYPES, model_type, needs_remote_code, options_for
 from imgsvc.vision.captioners.family import Family
 from imgsvc.vision.captioners.hub import cached_snapshot, download_model, looks_like_path, offline
 from imgsvc.vision.devices import resolve_device
@@ -38,7 +39,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class TransformersCaptioner(Describer):
     """One loaded captioning model; the pipeline steps below each take a whole batch."""
 
-    supported_options = frozenset({"max_length", "prompt"})
+    supported_options = options_for("blip")
 
     def __init__(
         self,
@@ -87,8 +88,7 @@ class TransformersCaptioner(Describer):
             family = _family(source, name_or_path)
             model, image_processor, tokenizer = FAMILIES[family].load(source, torch_dtype)
             model.to(device).eval()
-            if quantize is not None:
-                model = _quantize(model, quantize, device)
+            model = quantized(model, quantize, device)
         except ModelLoadError:
             raise
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError... alike
@@ -152,6 +152,56 @@ class TransformersCaptioner(Describer):
         return {key: torch.tensor([ids] * batch_size, device=self.device)}
 
 
+def load_captioner(
+    name_or_path: str,
+    device: str = "auto",
+    max_new_tokens: int = 30,
+    max_answer_tokens: int = 256,
+    min_new_tokens: int | None = None,
+    dtype: str | None = None,
+    quantize: str | None = None,
+    local_files_only: bool | None = None,
+) -> Describer:
+    """Any transformers checkpoint this service runs, by its ``config.json`` ``model_type``.
+
+    Florence-2 and the chat VLMs have describers of their own (several tasks per image; a chat
+    template); every other family goes through :class:`TransformersCaptioner`.
+    """
+    source = _local_source(name_or_path, local_files_only)
+    kind = model_type(source)
+    if kind == "florence2" and needs_remote_code(source):
+        raise ModelLoadError(
+            f"{name_or_path!r} is Florence-2 for trust_remote_code, which this service does not run; use "
+            "the same weights converted for transformers: florence-community/Florence-2-base (or -large)"
+        )
+    if kind != "florence2" and kind not in CHAT_MODEL_TYPES:
+        return TransformersCaptioner.load(
+            name_or_path,
+            device=device,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            dtype=dtype,
+            quantize=quantize,
+            local_files_only=local_files_only,
+        )
+    resolved = resolve_device(device)
+    common: dict[str, Any] = {
+        "device": resolved,
+        "dtype": _resolve_dtype(dtype, resolved),
+        "quantize": quantize,
+        "max_new_tokens": max_new_tokens,
+        "max_answer_tokens": max_answer_tokens,
+        "min_new_tokens": min_new_tokens,
+    }
+    if kind == "florence2":
+        from imgsvc.vision.captioners.florence2 import Florence2Describer
+
+        return Florence2Describer.load(name_or_path, source, **common)
+    from imgsvc.vision.captioners.chat_vlm import ChatVLMDescriber
+
+    return ChatVLMDescriber.load(name_or_path, source, kind, **common)
+
+
 def _local_source(name_or_path: str, local_files_only: bool | None) -> str:
     """Where ``from_pretrained`` should read from, made local first so it never waits on the network."""
     path = Path(name_or_path).expanduser()
@@ -199,8 +249,10 @@ def _resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _quantize(model: Any, quantize: str, device: torch.device) -> Any:
+def quantized(model: Any, quantize: str | None, device: torch.device) -> Any:
     """int8 dynamic quantization of the Linear layers: smaller and faster on CPU only."""
+    if quantize is None:
+        return model
     if quantize != "int8":
         raise ModelLoadError(f"unknown quantization {quantize!r}; expected 'int8'")
     if device.type != "cpu":
