@@ -33,7 +33,7 @@ WORKDIR /app
 RUN apt-get update \
     && apt-get install -y --no-install-recommends npm \
     && rm -rf /var/lib/apt/lists/*
-COPY imgsvc/vision/weights.py /tmp/weights.py
+COPY imgsvc/vision/scene/weights.py /tmp/weights.py
 ENV MODELS_DIR=/opt/models
 RUN python /tmp/weights.py --strict /opt/models && rm /tmp/weights.py
 # Dependencies first: this layer is rebuilt only when requirements.txt changes.

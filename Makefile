@@ -13,7 +13,7 @@ lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
 mutate:  ## mutation testing of the guarantee modules; MODULE=imgsvc/storage/jobs.py FUNCTIONS='mark_*' to narrow
-	scripts/bootstrap.sh --dev && scripts/ensure-redis.sh "$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}" \
+	scripts/bootstrap.sh --dev && scripts/ensure-redis.sh "$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}" >/dev/null \
 	  && .venv/bin/python scripts/mutate.py $(MODULE) --functions "$(FUNCTIONS)"
 
 container-check:  ## build the image and run compose's production profile for real (root; 5-13 min, cached ~1 min)

@@ -16,20 +16,21 @@ keepalive = 5
 max_requests = 5000
 max_requests_jitter = 500
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-# No access log: the app logs every request itself, once, as JSON with its job_id (imgsvc/web).
+# No access log: the app logs every request itself, once, with its job_id (imgsvc/web).
 accesslog = None
 errorlog = "-"
-# gunicorn's own lines (start-up, worker exits, timeouts) as JSON too, like every other process's.
+# gunicorn's own lines (start-up, worker exits, timeouts) in LOG_FORMAT, like every other process's.
+_formatter = "imgsvc.logs." + ("JsonFormatter" if os.environ.get("LOG_FORMAT") == "json" else "TextFormatter")
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "imgsvc.logs.JsonFormatter"}},
+    "formatters": {"console": {"()": _formatter}},
     "handlers": {
-        "json": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+        "console": {"class": "logging.StreamHandler", "formatter": "console", "stream": "ext://sys.stderr"}
     },
-    "root": {"level": "WARNING", "handlers": ["json"]},
+    "root": {"level": "WARNING", "handlers": ["console"]},
     "loggers": {
-        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["json"], "propagate": False},
+        "gunicorn.error": {"level": loglevel.upper(), "handlers": ["console"], "propagate": False},
         "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": False},
     },
 }

@@ -155,10 +155,9 @@ def legacy_inspect(path: Path, max_pixels: int) -> ImageInfo:
 
 def legacy_app():
     """The real app with the pre-fix check patched in: ``gunicorn 'bench.bombs:legacy_app()'``."""
-    from imgsvc import create_app
-    from imgsvc.web import api
+    from imgsvc import create_app, submissions
 
-    api.inspect_image = lambda path, max_pixels, max_frames: legacy_inspect(path, max_pixels)
+    submissions.inspect_image = lambda path, max_pixels, max_frames: legacy_inspect(path, max_pixels)
     return create_app()
 
 

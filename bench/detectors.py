@@ -24,11 +24,11 @@ from skimage import data
 
 from bench.harness import goal, header, median, table, timed
 from imgsvc.config import Settings
-from imgsvc.vision.blazeface import FaceDetector
-from imgsvc.vision.builtin import BuiltinDescriber
-from imgsvc.vision.centernet import ObjectDetector
-from imgsvc.vision.emotion import EmotionClassifier
-from imgsvc.vision.ssd_person import PersonDetector
+from imgsvc.vision.classifier.describer import BuiltinDescriber
+from imgsvc.vision.scene.blazeface import FaceDetector
+from imgsvc.vision.scene.centernet import ObjectDetector
+from imgsvc.vision.scene.emotion import EmotionClassifier
+from imgsvc.vision.scene.ssd_person import PersonDetector
 
 PHOTOS = {
     "astronaut": lambda: Image.fromarray(data.astronaut()),

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from redis import Redis
 
     from imgsvc.queue.worker import ImgsvcWorker
-    from imgsvc.vision.captioner import TransformersCaptioner
+    from imgsvc.vision.captioners.captioner import TransformersCaptioner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -62,7 +62,7 @@ def model_dir(size: str) -> Path:
     stamp = f"{size} {_builder_digest()}\n"
     if (path / STAMP).is_file() and (path / STAMP).read_text() == stamp:  # written last: a whole build
         return path
-    from imgsvc.vision.tiny import build_tiny_model
+    from imgsvc.vision.testing_utils import build_tiny_model
 
     print(f"building the {size} model into {path} (once) ...", flush=True)
     started = time.perf_counter()
@@ -83,16 +83,16 @@ def model_dir(size: str) -> Path:
 def _builder_digest() -> str:
     import hashlib
 
-    from imgsvc.vision import tiny
+    from imgsvc.vision import testing_utils
 
-    return hashlib.sha256(Path(tiny.__file__).read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(Path(testing_utils.__file__).read_bytes()).hexdigest()[:16]
 
 
 def load_captioner(size: str, *, quantize: str | None = None, tokens: int = TOKENS) -> TransformersCaptioner:
     """Through the production loader, generating exactly ``tokens`` tokens per image, on ``DEVICE``."""
     import torch
 
-    from imgsvc.vision.captioner import TransformersCaptioner
+    from imgsvc.vision.captioners.captioner import TransformersCaptioner
 
     torch.set_num_threads(os.cpu_count() or 1)  # what one worker on this machine gets (TORCH_THREADS=0)
     return TransformersCaptioner.load(

@@ -26,7 +26,7 @@ from PIL import Image
 
 from bench import harness
 from bench.harness import median, table
-from imgsvc.vision.captioner import TransformersCaptioner
+from imgsvc.vision.captioners.captioner import TransformersCaptioner
 
 
 def plain(captioner: TransformersCaptioner) -> Callable[[Image.Image], str]:

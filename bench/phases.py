@@ -1,6 +1,6 @@
 """Where a process spends its time, phase by phase, without a sampling profiler.
 
-:class:`PhaseClock` wraps named functions (``Queue.dequeue_any``, ``jobs.mark_done`` ...)
+:class:`PhaseClock` wraps named functions (``Queue.dequeue_any``, ``jobs.finish_jobs`` ...)
 so that each call's time goes to its phase. Time is *exclusive*: a phase nested in another
 (SQL inside a task) is taken out of the outer one, so the phases of a thread add up to its
 wall time and nothing is counted twice. Each thread keeps its own stack; time no wrapped

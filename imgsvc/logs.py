@@ -1,13 +1,16 @@
-"""One JSON line per event, so a job can be followed across web and worker by its job_id.
+"""One line per event, with its job_id, so a job can be followed across web and worker.
 
-Our own loggers (``imgsvc.*``) and RQ's (``rq.*``) write through the same JSON handler;
-gunicorn's own lines use :class:`JsonFormatter` through ``gunicorn.conf.py``.
+``LOG_FORMAT=text`` (the default, for a person at a terminal) writes ``time level logger: event``
+and the fields as ``key=value``; ``LOG_FORMAT=json`` (compose's production profile) one JSON object
+per line. Our own loggers (``imgsvc.*``) and RQ's (``rq.*``) write through the same handler;
+gunicorn's own lines use the same formatters through ``gunicorn.conf.py``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -35,20 +38,54 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure(level: str = "INFO") -> None:
+class TextFormatter(logging.Formatter):
+    """For a person: ``12:03:07 INFO  imgsvc.jobs: job done job_id=... duration_ms=41``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _STANDARD)
+        line = f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: "
+        line += _ANSI.sub("", record.getMessage()) + (f" {fields}" if fields else "")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+#: RQ's routine bookkeeping, said at INFO every few seconds by an idle worker: DEBUG here.
+_ROUTINE_RQ = ("Worker %s: cleaning registries", "Worker %s: cleaning group registries")
+
+
+class _RoutineToDebug(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("rq") and str(record.msg).startswith(_ROUTINE_RQ):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def formatter(log_format: str | None = None) -> logging.Formatter:
+    """The formatter LOG_FORMAT names (read from the environment when not given)."""
+    chosen = log_format or os.environ.get("LOG_FORMAT") or "text"
+    return JsonFormatter() if chosen == "json" else TextFormatter()
+
+
+def configure(level: str = "INFO", log_format: str | None = None) -> None:
     """Idempotent: the app factory runs once per test, and must not stack handlers.
 
     RQ adds its own plain-text handlers only where a logger has none in its hierarchy,
-    so a handler on ``rq`` turns every RQ line into JSON too.
+    so a handler on ``rq`` turns every RQ line into this format too.
     """
     handler: logging.Handler | None = None
     for name in LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(level.upper())
-        if any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers):
+        ours = [h for h in logger.handlers if any(isinstance(f, _RoutineToDebug) for f in h.filters)]
+        if ours:
+            for existing in ours:  # a later call may name another format: the last one wins
+                existing.setFormatter(formatter(log_format))
             continue
         if handler is None:
             handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(JsonFormatter())
+            handler.setFormatter(formatter(log_format))
+            handler.addFilter(_RoutineToDebug())
         logger.addHandler(handler)
         logger.propagate = False

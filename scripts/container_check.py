@@ -3,7 +3,7 @@
 Started by ``scripts/container-check.sh`` (``make container-check``), which installs the host tools.
 Every service's image, command, environment, volumes, ports, health check, dependencies and
 replicas come from ``docker compose config`` rendered from the real compose.yaml, in a clean copy of
-the checkout whose ``.env`` is made from ``.env.example`` as the README tells a user to. Each service
+the checkout whose ``.env`` is made from ``.env.example`` as docs/deploy.md tells a user to. Each service
 instance then runs from its image with ``buildah run`` in a network namespace of its own, so it
 listens on the ports compose.yaml gives it and reaches the others by service name, as in a compose
 network; only loopback and unix sockets carry the traffic (see ``Network`` below).
@@ -268,7 +268,7 @@ def checkout_copy(dest: Path) -> Path:
 
 
 def write_env(project: Path) -> dict[str, str]:
-    """``cp .env.example .env`` plus the values the README says to set: a secret, dashboard logins."""
+    """``cp .env.example .env`` plus the values docs/deploy.md says to set: a secret, dashboard logins."""
     chosen = {
         "SECRET_KEY": secrets.token_hex(16),
         "RQ_DASHBOARD_USERNAME": "check",

@@ -70,6 +70,12 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/security/test_webhook_delivery.py",
         FEATURES,
     ],
+    "imgsvc/callback_urls.py": [
+        "tests/unit/test_webhooks.py",
+        "tests/security/test_webhook_delivery.py",
+        FEATURES,
+    ],
+    "imgsvc/results.py": ["tests/unit/test_results.py", API, "tests/integration/test_job_rows.py"],
     "imgsvc/storage/jobs.py": [API, FEATURES, BATCHING, OPS, FAULTS],
     "imgsvc/storage/uploads.py": [
         "tests/unit/test_uploads.py",
@@ -79,6 +85,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "imgsvc/storage/retention.py": [OPS],
     "imgsvc/storage/db.py": [OPS, "tests/security/test_infrastructure_faults.py"],
     "imgsvc/web/api.py": [API, FEATURES, BATCHING],
+    "imgsvc/submissions.py": ["tests/unit/test_submissions.py", API, FEATURES, BATCHING],
     "imgsvc/web/auth.py": [FEATURES],
     "imgsvc/images.py": ["tests/unit/test_images.py", API],
 }
@@ -160,7 +167,9 @@ def model_cache() -> Path:
     """Where the tiny test model is kept across mutants: one per version of the code that builds it."""
     import transformers
 
-    recipe = (ROOT / "imgsvc" / "vision" / "tiny.py").read_bytes() + transformers.__version__.encode()
+    recipe = (
+        ROOT / "imgsvc" / "vision" / "testing_utils.py"
+    ).read_bytes() + transformers.__version__.encode()
     return WORK / f"model-{hashlib.sha256(recipe).hexdigest()[:12]}"
 
 

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh --dev
-scripts/ensure-redis.sh "${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}"
+scripts/ensure-redis.sh "${TEST_REDIS_URL:-redis://127.0.0.1:6379/15}" >/dev/null
 . .venv/bin/activate
 # Strict: the detector tests need every weight file, so a failed download stops here, said plainly.
 imgsvc fetch-models --strict

@@ -34,7 +34,7 @@ from rq.job import Job as RQJob
 from rq.job import JobStatus
 from rq.utils import now, utcparse
 
-from imgsvc.config import Settings
+from imgsvc.config import Settings, app_settings
 from imgsvc.queue.connection import enqueue_describe
 from imgsvc.storage import jobs
 
@@ -189,6 +189,6 @@ def _abandon(queue: Queue, rq_job: RQJob) -> JobStatus | None:
 @with_appcontext
 def reap_command() -> None:
     """Reconcile stale job rows with RQ now (workers also do this periodically)."""
-    settings: Settings = current_app.config["IMGSVC"]
+    settings = app_settings()
     counts = reconcile(settings, current_app.task_queue)
     click.echo(", ".join(f"{n} {action}" for action, n in counts.items()))

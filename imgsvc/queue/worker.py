@@ -36,13 +36,14 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from imgsvc.config import Settings
+from imgsvc.config import app_settings
 from imgsvc.decoding import DecoderPool, DecoderUnavailable
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue import batches, reaper, tasks
 from imgsvc.queue.connection import job_queue, live_workers, publish_model, redis_connection
 from imgsvc.queue.prefetch import ImageLoader
-from imgsvc.storage.uploads import ORPHAN_AGE, open_upload_store
+from imgsvc.storage.stores import open_upload_store
+from imgsvc.storage.uploads import ORPHAN_AGE
 from imgsvc.vision import load_describer
 from imgsvc.vision.base import Describer, ModelLoadError
 
@@ -130,7 +131,7 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
             from imgsvc import create_app
 
             self.app = create_app()
-        settings: Settings = self.app.config["IMGSVC"]
+        settings = app_settings(self.app)
         # A heartbeat every WORKER_TTL/3 s; silent for WORKER_TTL s = dead to /readyz and
         # the reaper, which every worker runs every WORKER_TTL/3 s (RQ's default is 7 min).
         self.worker_ttl = settings.worker_ttl
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     from imgsvc import create_app
 
     app = create_app()
-    settings: Settings = app.config["IMGSVC"]
+    settings = app_settings(app)
     connection = redis_connection(settings)
     worker = ImgsvcWorker(
         [job_queue(settings, connection)],

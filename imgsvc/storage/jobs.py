@@ -29,9 +29,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from imgsvc.results import Findings, ImageSummary, JobResult
 from imgsvc.storage.db import db
 from imgsvc.vision.base import Description
-from imgsvc.vision.records import description_record
 
 
 class Status(StrEnum):
@@ -120,23 +120,27 @@ class Job(db.Model):
             body["batch_id"] = self.batch_id
         return body
 
+    def result(self) -> JobResult:
+        """This done job's result (see :mod:`imgsvc.results`); the row's ``text_lines`` is its ``text``."""
+        return JobResult(
+            job_id=self.id,
+            status=self.status,
+            filename=self.filename,
+            image_description=self.description,
+            generated_by=self.generated_by,
+            created_at=isoformat(self.created_at),
+            completed_at=isoformat(self.completed_at),
+            tags=self.tags,
+            text=self.text_lines,
+            objects=self.objects,
+            people=self.people,
+            cached=self.cached,
+            options=self.options or {},
+            image=ImageSummary(self.image_format, self.width, self.height),
+        )
+
     def result_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.id,
-            "status": self.status,
-            "filename": self.filename,
-            "image_description": self.description,
-            "generated_by": self.generated_by,
-            "created_at": isoformat(self.created_at),
-            "completed_at": isoformat(self.completed_at),
-            "tags": self.tags,
-            "text": self.text_lines,
-            "objects": self.objects,
-            "people": self.people,
-            "cached": self.cached,
-            "options": self.options or {},
-            "image": {"format": self.image_format, "width": self.width, "height": self.height},
-        }
+        return self.result().to_json()
 
 
 def get_job(job_id: str) -> Job | None:
@@ -273,11 +277,6 @@ def claim_jobs(
     return claims, ahead
 
 
-def mark_processing(job_id: str) -> bool:
-    """Claim one queued job (see :func:`claim_jobs`)."""
-    return job_id in claim_jobs([job_id])[0]
-
-
 #: The columns that hold a job's result; a dedupe hit copies exactly these from the earlier job.
 RESULT_COLUMNS = ("description", "generated_by", "tags", "text_lines", "objects", "people")
 
@@ -287,23 +286,19 @@ def stored_result(job: Job) -> dict[str, Any]:
     return {name: getattr(job, name) for name in RESULT_COLUMNS}
 
 
-def mark_done(job_id: str, result: Description, generated_by: str, duration_ms: int | None = None) -> bool:
-    return job_id in finish_jobs({job_id: (result, generated_by, duration_ms)})
-
-
 def finish_jobs(
     done: Mapping[str, tuple[Description, str, int | None]], failed: Mapping[str, str] | None = None
 ) -> set[str]:
     """Write a batch's outcomes in one transaction: ``done`` job id -> (result, model, duration_ms),
     ``failed`` job id -> why. Each row is written only if it is still unfinished (compare-and-set,
-    as :func:`mark_done` and :func:`mark_failed`); returns the ids written. One that was not
+    as :func:`mark_failed`); returns the ids written. One that was not
     was cancelled (or deleted) while the model ran.
     """
     moment = utcnow()
     common = {"completed_at": moment, "updated_at": moment}
     rows = []
     for job_id, (result, generated_by, duration_ms) in done.items():
-        record = description_record(result)
+        findings = Findings.of(result)
         rows.append(
             common
             | {
@@ -311,10 +306,10 @@ def finish_jobs(
                 "status": Status.DONE,
                 "description": result.text,
                 "generated_by": generated_by,
-                "tags": record["tags"],
-                "text_lines": record["text"],
-                "objects": record["objects"],
-                "people": record["people"],
+                "tags": findings.tags,
+                "text_lines": findings.text,
+                "objects": findings.objects,
+                "people": findings.people,
                 "duration_ms": duration_ms,
                 "error": None,
             }

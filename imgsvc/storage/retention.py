@@ -17,7 +17,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 from sqlalchemy import delete, select, update
 
-from imgsvc.config import Settings
+from imgsvc.config import Settings, app_settings
 from imgsvc.storage import jobs
 from imgsvc.storage.db import db
 from imgsvc.storage.uploads import ORPHAN_AGE, UploadStore
@@ -62,5 +62,5 @@ def sweep_orphans(store: UploadStore, cutoff: datetime) -> int:
 @with_appcontext
 def prune_command() -> None:
     """Delete uploads older than UPLOAD_RETENTION, job rows older than RESULT_TTL, and orphaned uploads."""
-    counts = prune(current_app.config["IMGSVC"], current_app.uploads)
+    counts = prune(app_settings(), current_app.uploads)
     click.echo(", ".join(f"{n} {what.replace('_', ' ')}" for what, n in counts.items()))

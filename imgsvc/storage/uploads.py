@@ -5,7 +5,7 @@ multipart parser writes into as the bytes arrive: never held whole in memory, ne
 hashed and size-limited on the way, so the web side can check its header; only once it passed
 every check is it committed to the store under a random name. The worker gets it back as a
 local file through :meth:`UploadStore.local_copy`, whichever store holds it. ``UPLOAD_DIR``
-picks the store: a directory, or ``s3://BUCKET/PREFIX`` (:mod:`imgsvc.storage.s3`).
+picks the store (:mod:`imgsvc.storage.stores`): a directory, or ``s3://BUCKET/PREFIX`` (``s3.py``).
 A disk that is full, read-only or not ours (ENOSPC, EROFS, EACCES ...) is an infrastructure
 fault (503) and leaves no file behind.
 """
@@ -31,7 +31,7 @@ import click
 from flask import current_app
 from flask.cli import with_appcontext
 
-from imgsvc.config import Settings
+from imgsvc.config import app_settings
 from imgsvc.errors import EmptyFile, FileTooLarge, StorageUnavailable
 
 CHUNK = 64 * 1024
@@ -302,16 +302,7 @@ def _mtime(path: Path) -> datetime:
 def init_uploads_command() -> None:
     """Create the upload directory or bucket named by UPLOAD_DIR (safe to repeat)."""
     current_app.uploads.create()
-    click.echo(f"Uploads go to {current_app.config['IMGSVC'].upload_dir}")
-
-
-def open_upload_store(settings: Settings) -> UploadStore:
-    """The store ``UPLOAD_DIR`` names; config.py has already refused any other URL scheme."""
-    if isinstance(settings.upload_dir, str):
-        from imgsvc.storage.s3 import S3UploadStore  # boto3 is only imported where it is used
-
-        return S3UploadStore(settings.upload_dir, settings.max_file_size)
-    return LocalUploadStore(settings.upload_dir, settings.max_file_size)
+    click.echo(f"Uploads go to {app_settings().upload_dir}")
 
 
 @contextmanager

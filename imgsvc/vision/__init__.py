@@ -31,7 +31,7 @@ def resolve_model(settings: Settings) -> str:
         return DEFAULT_BUILTIN
     if spec != "auto":
         return spec
-    from imgsvc.vision.hub import weights_available
+    from imgsvc.vision.captioners.hub import weights_available
 
     if weights_available(settings.caption_model):
         return settings.caption_model
@@ -51,16 +51,16 @@ def load_describer(settings: Settings) -> Describer:
     _configure_torch(settings)
     spec = resolve_model(settings)
     if spec == DEFAULT_BUILTIN:
-        from imgsvc.vision.scene import SceneDescriber
+        from imgsvc.vision.scene.describer import SceneDescriber
 
         return SceneDescriber.load(settings.models_dir, ocr=settings.ocr, device=settings.device)
     if spec.startswith(BUILTIN_PREFIX):
-        from imgsvc.vision.builtin import BuiltinDescriber
+        from imgsvc.vision.classifier.describer import BuiltinDescriber
 
         return BuiltinDescriber.load(
             spec.removeprefix(BUILTIN_PREFIX), ocr=settings.ocr, device=settings.device
         )
-    from imgsvc.vision.captioner import TransformersCaptioner
+    from imgsvc.vision.captioners.captioner import TransformersCaptioner
 
     return TransformersCaptioner.load(
         spec,

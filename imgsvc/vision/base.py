@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Self
 
 from PIL import Image
 
@@ -121,6 +121,33 @@ class Describer(ABC):
         unsupported = sorted(set(options or ()) - self.supported_options)
         if unsupported:
             raise UnsupportedOption(f"option(s) {', '.join(unsupported)} not supported by {self.name}")
+
+
+class Detector(Protocol):
+    """A detection model of the scene describer: loaded once, then run on whole batches.
+
+    ``load(models_dir)`` reads its weights from MODELS_DIR (a missing file is a :class:`ModelLoadError`
+    naming it, see :func:`model_file`); ``detect(images)`` returns, for each image, what it found, with
+    boxes normalised to that image, best first. ``name`` is what ``generated_by`` and /readyz report.
+    """
+
+    name: str
+
+    @classmethod
+    def load(cls, models_dir: Path) -> Self: ...
+
+    def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]: ...
+
+
+class EmotionModel(Protocol):
+    """A loaded emotion model: for each face box in an image, its verdict, e.g. ``("happy", 0.98)``."""
+
+    name: str
+
+    @classmethod
+    def load(cls, models_dir: Path) -> Self: ...
+
+    def classify(self, image: Image.Image, boxes: Sequence[Box]) -> list[tuple[str, float]]: ...
 
 
 def model_file(models_dir: Path, relative: str, component: str) -> Path:

@@ -1,7 +1,8 @@
-"""A :class:`Description` as plain JSON: what the job row stores, the API returns and the CLI prints.
+"""A :class:`Description`'s findings as plain JSON: the part of a result the vision side knows.
 
 One function, so the job row (hence the API and webhooks) and ``imgsvc describe --json`` never disagree
-on field names or rounding. A field a backend has nothing to say about stays ``None`` (JSON ``null``).
+on field names or rounding; ``imgsvc.results.Findings`` is built from it, and the whole result's shape
+is defined there. A field a backend has nothing to say about stays ``None`` (JSON ``null``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
-from imgsvc.config import Settings
+from imgsvc.config import app_settings
 from imgsvc.errors import (
     DatabaseUnavailable,
     FileTooLarge,
@@ -23,6 +23,9 @@ from imgsvc.errors import (
 from imgsvc.storage.uploads import StagingFile, file_too_large, human_size
 
 log = logging.getLogger("imgsvc.web")
+#: GETs a probe or a waiting client repeats every second or so: logged at DEBUG (see _log_request).
+HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
+POLL_PATHS = ("/api/v1/status/", "/api/v1/result/", "/api/v1/batch/")
 
 
 class UploadRequest(Request):
@@ -42,7 +45,7 @@ class UploadRequest(Request):
         filename: str | None = None,
         content_length: int | None = None,
     ) -> IO[bytes]:
-        settings = current_app.config["IMGSVC"]
+        settings = app_settings()
         staging = StagingFile(current_app.uploads.staging_dir, settings.max_file_size)
         self.__dict__.setdefault("_staging_files", []).append(staging)
         return staging  # type: ignore[return-value]
@@ -64,7 +67,7 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(pages.bp)
-    mount_dashboard(app, app.config["IMGSVC"])
+    mount_dashboard(app, app_settings(app))
     register_errors(app)
     app.before_request(_start_timer)
     app.after_request(_log_request)
@@ -115,7 +118,7 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
 
 def _body_too_large() -> FileTooLarge:
     """Werkzeug refused the body before it was parsed: word it like the per-file check does."""
-    settings: Settings = current_app.config["IMGSVC"]
+    settings = app_settings()
     size = request.content_length
     if size is not None and request.max_content_length and size <= request.max_content_length:
         return FileTooLarge("a form field is larger than the form parser allows")
@@ -152,5 +155,9 @@ def _log_request(response: Response) -> Response:
     }
     if job_id := g.get("job_id"):
         extra["job_id"] = job_id
-    log.info("request", extra=extra)
+    # Health checks (a 503 from /readyz is its answer, not a fault) and polls that did not fail on
+    # the server's side: DEBUG. Everything else, submits and cancels included, at INFO.
+    polled = request.path.startswith(POLL_PATHS) and response.status_code < 500
+    routine = request.method == "GET" and (request.path in HEALTH_PATHS or polled)
+    log.log(logging.DEBUG if routine else logging.INFO, "request", extra=extra)
     return response

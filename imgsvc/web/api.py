@@ -1,4 +1,7 @@
-"""The public JSON API under /api/v1: submit images, follow and list jobs, fetch results."""
+"""The public JSON API under /api/v1: submit images, follow and list jobs, fetch results.
+
+HTTP only: parse the request, call the use case (:mod:`imgsvc.submissions`), shape the response.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,9 @@ import base64
 import binascii
 import contextlib
 import json
-import re
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, BinaryIO
+from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
 from redis.exceptions import RedisError
@@ -18,37 +19,18 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from werkzeug.datastructures import FileStorage, MultiDict
 
-from imgsvc.config import Settings
+from imgsvc.callback_urls import check_callback_url
+from imgsvc.config import Settings, app_settings
 from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound, ServiceUnavailable
-from imgsvc.images import inspect_image
-from imgsvc.queue.connection import enqueue_describe, running_model
-from imgsvc.queue.webhooks import check_callback_url, enqueue_delivery
 from imgsvc.storage import jobs
-from imgsvc.storage.uploads import UploadStore, client_filename
+from imgsvc.storage.uploads import client_filename
+from imgsvc.submissions import OPTION_SPECS, Intake, Submission, accept_upload, checked_option
 from imgsvc.web.auth import require_api_key
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_key)
 
-#: Per-job options: name -> (type, min, max). Which ones a model honours is its own business.
-OPTION_SPECS: dict[str, tuple[type, int, int]] = {"max_length": (int, 1, 200), "prompt": (str, 1, 300)}
 FORM_FIELDS = {"file", "callback_url", "options", *OPTION_SPECS}
-INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
-
-
-@dataclass(frozen=True)
-class Submission:
-    options: dict[str, Any] = field(default_factory=dict)
-    callback_url: str | None = None
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """What a submit answers about the job it made: no ORM object is built for three values."""
-
-    id: str
-    status: str
-    cached: bool = False
 
 
 def parse_submission(form: MultiDict, settings: Settings) -> Submission:
@@ -66,7 +48,7 @@ def parse_submission(form: MultiDict, settings: Settings) -> Submission:
         if not isinstance(raw, dict):
             raise BadRequest("options must be a JSON object")
     raw |= {name: form[name] for name in OPTION_SPECS if name in form}
-    options = {name: _option(name, value) for name, value in raw.items()}
+    options = {name: checked_option(name, value) for name, value in raw.items()}
     callback_url = form.get("callback_url") or None
     if callback_url:
         check_callback_url(callback_url, settings.webhook_allow_private)
@@ -77,133 +59,14 @@ def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _option(name: str, value: Any) -> Any:
-    if name not in OPTION_SPECS:
-        raise BadRequest(f"unknown option {name!r}", allowed=sorted(OPTION_SPECS))
-    kind, low, high = OPTION_SPECS[name]
-    converted = _exactly(kind, value)
-    if converted is None:
-        raise BadRequest(f"option {name} must be {'an integer' if kind is int else 'a string'}")
-    size = converted if kind is int else len(converted)
-    if not low <= size <= high:
-        raise BadRequest(
-            f"option {name} must be between {low} and {high}" + (" characters" if kind is str else "")
-        )
-    return converted
-
-
-def _exactly(kind: type, value: Any) -> Any:
-    """The value as ``kind`` without coercion: ``true`` is not 1 and ``5.9`` is not 5.
-
-    JSON options arrive typed; form fields arrive as text, so ``"12"`` is still an integer.
-    """
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str) and INTEGER.fullmatch(value.strip()):
-            return int(value)
-        return None
-    return value if isinstance(value, kind) else None
-
-
-def accept_upload(
-    settings: Settings,
-    store: UploadStore,
-    stream: BinaryIO,
-    submission: Submission,
-    batch_id: str | None = None,
-    filename: str | None = None,
-) -> Accepted:
-    """Stage, check, store, record, enqueue; on any failure undo what was done so far.
-
-    Identical bytes already described by the running model with the same options are
-    answered from the stored result (``cached: true``) without running the model again,
-    but only from the same key's jobs: another key must not learn what was uploaded.
-    """
-    staged = store.stage(stream)
-    try:
-        info = inspect_image(staged.path, settings.max_image_pixels, settings.max_image_frames)
-        model = running_model(current_app.redis, settings)
-        _check_supported(model, submission.options)
-    except BaseException:
-        store.discard(staged)
-        raise
-    common = {
-        "image_format": info.format,
-        "width": info.width,
-        "height": info.height,
-        "size_bytes": staged.size,
-        "sha256": staged.sha256,
-        "options": submission.options or None,
-        "callback_url": submission.callback_url,
-        "batch_id": batch_id,
-        "owner": g.get("owner"),
-        "filename": filename,
-    }
-    hit = None
-    if model:
-        hit = jobs.find_cached(staged.sha256, submission.options, model["name"], owner=g.get("owner"))
-    if hit is not None:
-        store.discard(staged)
-        now = jobs.utcnow()  # one instant: a row answered at once is created, started and completed together
-        job = jobs.create_job(
-            **common,
-            upload_name=None,
-            status=jobs.Status.DONE,
-            cached=True,
-            **jobs.stored_result(hit),
-            created_at=now,
-            updated_at=now,
-            started_at=now,
-            completed_at=now,
-            duration_ms=0,
-        )
-        current_app.metrics.count("cached")
-        if job.callback_url:
-            enqueue_delivery(current_app.redis, settings, job.callback_url, job.result_dict())
-        return Accepted(job.id, job.status, cached=True)
-    name = store.commit(staged, info.extension)
-    try:
-        job_id = jobs.insert_job(**common, upload_name=name)["id"]
-    except BaseException:
-        store.delete(name)
-        raise
-    try:
-        enqueue_describe(
-            current_app.task_queue,
-            settings,
-            job_id,
-            also=lambda pipe: current_app.metrics.record("submitted", pipeline=pipe),
-        )
-    except ImgsvcError:
-        jobs.delete_job(job_id)
-        store.delete(name)
-        raise
-    return Accepted(job_id, jobs.Status.QUEUED)
-
-
-def _check_supported(model: dict[str, Any] | None, options: dict[str, Any]) -> None:
-    if model is None:
-        return  # no worker has said what it runs yet; the worker checks again
-    supported = model.get("options", ())
-    unsupported = sorted(set(options) - set(supported))
-    if unsupported:
-        takes = f"only {', '.join(supported)}" if supported else "none"
-        raise BadRequest(
-            f"option(s) {', '.join(unsupported)} not supported by the running model {model['name']}, "
-            f"which takes {takes}; {' and '.join(OPTION_SPECS)} need a transformers captioner "
-            "(VISION_MODEL; see the README's 'Which model runs')",
-            supported=list(supported),
-        )
-
-
-def _settings() -> Settings:
-    return current_app.config["IMGSVC"]
+def _intake() -> Intake:
+    app = current_app
+    return Intake(app_settings(), app.uploads, app.redis, app.task_queue, app.metrics)
 
 
 @bp.post("/submit")
 def submit() -> tuple[Response, int, dict[str, str]]:
-    settings = _settings()
+    settings = app_settings()
     uploads = request.files.getlist("file")
     if not uploads:
         raise MissingFile("send the image as the multipart form field 'file'")
@@ -215,10 +78,10 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         )
     upload = uploads[0]
     job = accept_upload(
-        settings,
-        current_app.uploads,
+        _intake(),
         upload.stream,
         parse_submission(request.form, settings),
+        owner=g.get("owner"),
         filename=client_filename(upload.filename),
     )
     g.job_id = job.id
@@ -231,7 +94,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
 @bp.post("/batch")
 def submit_batch() -> tuple[Response, int]:
     """Several ``file`` fields; each is checked on its own, so one bad file spoils nothing."""
-    settings = _settings()
+    settings = app_settings()
     request.max_content_length = settings.max_file_size * settings.max_batch_files + 64 * 1024
     uploads: list[FileStorage] = request.files.getlist("file")
     if not uploads:
@@ -239,6 +102,7 @@ def submit_batch() -> tuple[Response, int]:
     if len(uploads) > settings.max_batch_files:
         raise BadRequest(f"at most {settings.max_batch_files} files per batch")
     submission = parse_submission(request.form, settings)
+    intake = _intake()
     batch_id = jobs.new_id()
     entries: list[dict[str, Any]] = []
     outage: ServiceUnavailable | None = None
@@ -246,7 +110,9 @@ def submit_batch() -> tuple[Response, int]:
         filename = client_filename(upload.filename)
         entry: dict[str, Any] = {"index": index, "filename": filename}
         try:
-            job = accept_upload(settings, current_app.uploads, upload.stream, submission, batch_id, filename)
+            job = accept_upload(
+                intake, upload.stream, submission, owner=g.get("owner"), batch_id=batch_id, filename=filename
+            )
             entry |= {"job_id": job.id, "status": job.status}
         except ImgsvcError as exc:
             entry |= exc.to_dict()

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from flask import Flask, current_app, g, request
+from flask import Flask, g, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
-from imgsvc.config import Settings
+from imgsvc.config import Settings, app_settings
 from imgsvc.errors import Unauthorized
 
 
@@ -32,7 +32,7 @@ def presented_key() -> str | None:
 
 def valid_key() -> str | None:
     """The presented key when it is one of API_KEYS, else None (also when keys are off)."""
-    settings: Settings = current_app.config["IMGSVC"]
+    settings = app_settings()
     key = presented_key()
     if key is None or not settings.api_keys:
         return None
@@ -43,7 +43,7 @@ def valid_key() -> str | None:
 
 def require_api_key() -> None:
     """before_request for the api blueprint: sets ``g.owner`` (None when keys are off)."""
-    settings: Settings = current_app.config["IMGSVC"]
+    settings = app_settings()
     g.owner = None
     if not settings.api_keys:
         return

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hmac
 import math
 import time
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 from flask import Flask, request
@@ -28,7 +29,7 @@ from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 from imgsvc.config import Settings
-from imgsvc.errors import Forbidden, TooManyRequests, Unauthorized
+from imgsvc.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
 from imgsvc.web.auth import LIMITS_STORAGE_OPTIONS, limits_prefix
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -42,9 +43,27 @@ class DashboardAuthRequired(Unauthorized):
     headers = {"WWW-Authenticate": 'Basic realm="imgsvc rq-dashboard"'}
 
 
+#: What /rq answers (404) while the dashboard is off, instead of a 404 that says "check your spelling".
+DASHBOARD_OFF = (
+    "the rq-dashboard is off: set RQ_DASHBOARD_USERNAME and RQ_DASHBOARD_PASSWORD to mount it at /rq "
+    "(behind basic auth)"
+)
+
+
+def _say_the_dashboard_is_off(app: Flask) -> None:
+    def dashboard_off(path: str = "") -> NoReturn:
+        raise NotFound(DASHBOARD_OFF)
+
+    for rule in ("/rq", "/rq/", "/rq/<path:path>"):
+        app.add_url_rule(
+            rule, "dashboard_off", dashboard_off, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]
+        )
+
+
 def mount_dashboard(app: Flask, settings: Settings) -> bool:
     """Mount rq-dashboard at /rq when credentials are configured; say whether it was."""
     if not (settings.rq_dashboard_username and settings.rq_dashboard_password):
+        _say_the_dashboard_is_off(app)
         return False
     import rq_dashboard
 

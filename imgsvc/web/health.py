@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from sqlalchemy import text
 
+from imgsvc.config import app_settings
 from imgsvc.metrics import registry_for
 from imgsvc.queue.connection import live_workers, running_model
 from imgsvc.storage.db import db
@@ -23,7 +24,7 @@ def healthz() -> Response:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text format; workers' figures arrive through Redis."""
-    settings = current_app.config["IMGSVC"]
+    settings = app_settings()
     registry = registry_for(current_app.metrics, current_app.task_queue, settings.worker_ttl)
     # content_type, not mimetype: the constant already carries its charset, and Flask would add another.
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
@@ -43,10 +44,10 @@ def readyz() -> tuple[Response, int]:
     try:
         current_app.redis.ping()
         checks["redis"] = "ok"
-        workers = live_workers(current_app.task_queue, current_app.config["IMGSVC"].worker_ttl)
+        workers = live_workers(current_app.task_queue, app_settings().worker_ttl)
         checks["workers"] = len(workers)
         checks["queue_depth"] = current_app.task_queue.count
-        model = running_model(current_app.redis, current_app.config["IMGSVC"])
+        model = running_model(current_app.redis, app_settings())
         checks["model"] = model["name"] if model else None
         if model and "components" in model:
             # A composed describer (the offline scene one): what runs, and what it runs without.

@@ -6,9 +6,9 @@ build step and no CDN, and it can do nothing a ``curl`` user could not.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, render_template
+from flask import Blueprint, Response, render_template
 
-from imgsvc.config import Settings
+from imgsvc.config import app_settings
 from imgsvc.storage.uploads import human_size
 
 # Flask's app-level /static route would shadow a blueprint's, so the page's assets live under /assets.
@@ -25,7 +25,7 @@ CONTENT_SECURITY_POLICY = (
 
 @bp.get("/")
 def index() -> Response:
-    settings: Settings = current_app.config["IMGSVC"]
+    settings = app_settings()
     limit = settings.max_file_size
     page = render_template(
         "index.html",

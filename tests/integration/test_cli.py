@@ -15,6 +15,7 @@ from werkzeug.serving import make_server
 
 from imgsvc.cli import main
 from tests.conftest import image_bytes
+from tests.loopback import SITE_DIR
 
 
 @pytest.fixture()
@@ -62,7 +63,10 @@ def test_describe_decodes_like_the_worker_and_reports_a_bad_file_alone(
         main,
         ["describe", "--json", "--model", str(tiny_model_dir), str(photos[0]), str(broken), str(photos[3])],
     )
-    assert result.exit_code == 1 and "1 of 3 file(s) could not be decoded" in result.output
+    assert (
+        result.exit_code == 1
+        and "1 of 3 file(s) could not be described: 1 could not be decoded" in result.output
+    )
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [r["file"] for r in records] == [str(photos[0]), str(broken), str(photos[3])]
     assert "image_description" in records[0] and "image_description" in records[2]
@@ -151,7 +155,8 @@ def test_describe_reports_each_bad_file_by_its_name_and_describes_the_rest(photo
     assert lines[1] == (
         f"{notes}: error: the file is plain text; accepted formats are JPEG, PNG, WebP, GIF, BMP and TIFF"
     )
-    assert text.stderr.splitlines()[-1] == "Error: 1 of 3 file(s) could not be decoded"
+    # Issue 22: a text file is not an image, and the summary says so ("could not be decoded" misled).
+    assert text.stderr.splitlines()[-1] == "Error: 1 of 3 file(s) could not be described: 1 not an image"
 
 
 def test_python_dash_m_imgsvc_is_the_imgsvc_command():
@@ -176,3 +181,78 @@ def test_download_model_fails_fast_without_the_hub():
     assert proc.returncode == 1
     assert "Hugging Face Hub" in proc.stderr
     assert time.monotonic() - started < 30
+
+
+def test_submit_waits_out_a_rate_limit_and_loses_no_job(settings, photos, tiny_describer):
+    # Issue 22: with RATE_LIMIT=5/second and 24 files, every file was reported failed, and the
+    # accepted jobs' ids were never printed (their polls got 429 and were dropped).
+    from imgsvc import create_app
+    from imgsvc.queue.worker import ImgsvcWorker
+
+    limited = create_app(settings.with_(rate_limit="2/second"))
+    server = make_server("127.0.0.1", 0, limited, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    files = [str(path) for path in photos]  # 4 files at 2 a second: 429s on the way
+    try:
+        queued = CliRunner().invoke(main, ["submit", "--no-wait", "--url", url, "--timeout", "30", *files])
+        assert queued.exit_code == 0, queued.output
+        records = [json.loads(line) for line in queued.stdout.splitlines()]
+        assert [r["file"] for r in records] == files and all(r["job_id"] for r in records)
+        ImgsvcWorker(
+            [limited.task_queue], connection=limited.redis, app=limited, describer=tiny_describer
+        ).work(burst=True)
+        # Again, waiting: submits (answered from the stored results) and result polls are limited alike.
+        done = CliRunner().invoke(main, ["submit", "--url", url, "--timeout", "30", *files])
+        assert done.exit_code == 0, done.output
+        results = [json.loads(line) for line in done.stdout.splitlines()]
+        assert sorted(r["file"] for r in results) == sorted(files)
+        assert all(r["status"] == "done" and r["job_id"] for r in results)
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize("command", ["worker", "webhooks"])
+def test_workers_say_in_one_line_that_redis_does_not_answer(command):
+    from tests.integration.procs import free_port
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "imgsvc", command],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HF_HUB_OFFLINE": "1",
+            "REDIS_URL": f"redis://u:pw@127.0.0.1:{free_port()}/0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    (line,) = proc.stderr.splitlines()  # no traceback
+    assert line.startswith("Error: Redis does not answer at redis://127.0.0.1:") and "REDIS_URL" in line
+    assert "pw" not in line
+
+
+def test_web_starts_from_the_venv_without_an_activated_venv(tmp_path):
+    # `.venv/bin/imgsvc web` with nothing of the venv on PATH used to fail: gunicorn not found.
+    from tests.integration.procs import free_port, wait_until
+    from tests.integration.test_make_run import get
+
+    port = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "WEB_PORT": str(port),
+        "WEB_WORKERS": "1",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite'}",
+        "UPLOAD_DIR": str(tmp_path / "uploads"),
+        "PYTHONPATH": str(SITE_DIR),  # the suite's loopback-only fence (tests/loopback.py)
+    }
+    web = subprocess.Popen(
+        [sys.executable, "-m", "imgsvc", "web"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert wait_until(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=60), web.poll()
+    finally:
+        web.terminate()
+        web.wait(timeout=30)

@@ -190,7 +190,7 @@ def test_an_option_the_running_model_cannot_honour_says_what_would(client, app, 
     assert error["message"] == (
         "option(s) max_length, prompt not supported by the running model builtin:efficientnet-lite0, "
         "which takes none; max_length and prompt need a transformers captioner "
-        "(VISION_MODEL; see the README's 'Which model runs')"
+        "(VISION_MODEL; see docs/models.md, 'Which model runs')"
     )
     assert error["supported"] == []
     assert row_count(app) == 0

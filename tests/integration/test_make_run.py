@@ -12,6 +12,7 @@ import io
 import json
 import os
 import pty
+import re
 import signal
 import subprocess
 import threading
@@ -24,6 +25,11 @@ from imgsvc.config import PROJECT_ROOT
 from tests.conftest import image_bytes
 from tests.integration.procs import free_port, wait_until
 from tests.loopback import SITE_DIR
+
+#: LOG_FORMAT=text: "12:03:07 INFO    imgsvc.jobs: job done job_id=... duration_ms=41".
+TEXT_LINE = re.compile(
+    r"\d\d:\d\d:\d\d (?:DEBUG|INFO|WARNING|ERROR|CRITICAL) +(?P<logger>[\w.]+): (?P<event>.*)"
+)
 
 LINKED = (
     "Makefile",
@@ -141,11 +147,23 @@ def listening_addresses(port: int) -> set[str]:
     return addresses
 
 
+def processes_in(directory: Path) -> list[str]:
+    """Command lines of the processes whose working directory is ``directory`` (read from /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and (proc / "cwd").resolve() == directory.resolve():
+                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return found
+
+
 def test_make_run_in_a_terminal(settings, tiny_model_dir, tmp_path):
     root = checkout(tmp_path)
     port = free_port()
+    # No Redis answers there: make run starts one, and must stop it again with the rest.
+    redis_port = free_port()
     (root / ".env").write_text(
-        f"REDIS_URL={settings.redis_url}\n"
+        f"REDIS_URL=redis://127.0.0.1:{redis_port}/0\n"
         f"DATABASE_URL={settings.database_url}\n"
         f"UPLOAD_DIR={settings.upload_dir}\n"
         f"WEB_PORT={port}\nWEB_WORKERS=1\n"
@@ -183,29 +201,41 @@ def test_make_run_in_a_terminal(settings, tiny_model_dir, tmp_path):
     # 17: Ctrl+C ends it quietly: make is interrupted like its recipe, and prints no "Error".
     assert os.WIFSIGNALED(terminal.status) and os.WTERMSIG(terminal.status) == signal.SIGINT, output[-3000:]
     assert listening_addresses(port) == set()
+    # 6: everything it started is gone: the Redis, the workers, gunicorn, no watchdog left behind.
+    assert listening_addresses(redis_port) == set()
+    assert processes_in(root) == []
+    # It said what it will run in three lines at most, before any process logged anything.
+    first_lines = output[: output.index("\n", output.index("Ctrl+C stops all"))].split("\n")
+    assert len([line for line in first_lines if line.startswith("imgsvc: ")]) <= 3, first_lines
+    assert "started here, stopped with the rest" in output and "stopped the redis-server" in output
     # 12: .env is loaded by the script, and Flask has nothing to say about it.
     assert "Tip:" not in output and "dotenv" not in output
 
-    # 13: every line is JSON, except the script's own (they say "imgsvc: ...").
+    # 13 and issue 22's log flood: every line is a readable log line (LOG_FORMAT=text, the default),
+    # except the script's own (they say "imgsvc: ..."); status polls are not among them (DEBUG).
     records = []
     for line in output.split("\n"):
         line = line.removeprefix("^C")  # the terminal's echo of Ctrl+C
         if not line or line.startswith("imgsvc: "):
             continue
-        try:
-            records.append(json.loads(line))
-        except ValueError:  # make's "make: *** [Makefile:4: run] Error 1" would land here too
-            pytest.fail(f"not a JSON line: {line!r}\n{output[-3000:]}")
+        parsed = TEXT_LINE.match(line)
+        if parsed is None:  # make's "make: *** [Makefile:4: run] Error 1" would land here too
+            pytest.fail(f"not a log line: {line!r}\n{output[-3000:]}")
+        records.append({"logger": parsed["logger"], "event": parsed["event"]})
     loggers = {record["logger"] for record in records}
     assert {"gunicorn.error", "rq.worker", "imgsvc.web", "imgsvc.jobs"} <= loggers
-    assert any(r["event"] == f"Listening at: {base} ({r['event'].rsplit('(')[-1]}" for r in records)
+    assert any(r["event"].startswith(f"Listening at: {base} (") for r in records)
     assert any(r["event"] == "*** Listening on imgsvc-webhooks..." for r in records)  # the webhook worker
-    # One line per request (gunicorn's access log is off) and one per job event.
-    submits = [r for r in records if r.get("path") == "/api/v1/submit"]
-    assert len(submits) == 1 and submits[0]["job_id"] == job_id and submits[0]["status"] == 202
-    about_the_job = [r for r in records if job_id in json.dumps(r)]
-    assert [r["event"] for r in about_the_job if r["logger"] != "imgsvc.web"] == [
-        "job processing",
-        "job done",
+    # One line per request that changes something (gunicorn's access log is off), one per job event.
+    requests = [
+        r["event"] for r in records if r["logger"] == "imgsvc.web" and r["event"].startswith("request ")
     ]
+    (submit,) = [event for event in requests if "path=/api/v1/submit " in event]
+    assert (
+        submit.startswith("request method=POST path=/api/v1/submit status=202 ")
+        and f"job_id={job_id}" in submit
+    )
+    assert not [event for event in requests if "path=/readyz" in event or "path=/api/v1/status/" in event]
+    about_the_job = [r for r in records if f"job_id={job_id}" in r["event"] and r["logger"] == "imgsvc.jobs"]
+    assert [r["event"].split(" job_id=")[0] for r in about_the_job] == ["job processing", "job done"]
     assert "imgsvc: stopped" in output

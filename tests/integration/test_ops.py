@@ -47,7 +47,7 @@ def test_healthz_and_readyz_name_the_missing_part(client, app, tiny_describer):
 
 
 def test_readyz_lists_the_scene_describers_components_and_what_it_runs_without(client, app, tmp_path):
-    from imgsvc.vision.scene import SceneDescriber
+    from imgsvc.vision.scene.describer import SceneDescriber
 
     # Weights of none of the detectors: the describer runs on its classifier alone, and says so.
     describer = SceneDescriber.load(tmp_path / "empty-models", ocr="off")
@@ -142,9 +142,13 @@ def test_guessing_the_dashboard_password_is_limited_per_address(settings, redis_
     assert client.get("/rq/", auth=("ops", "pw"), environ_base=other).status_code == 200
 
 
-def test_without_credentials_there_is_no_dashboard(client):
-    assert client.get("/rq/").status_code == 404
-    assert client.post("/rq/queue/imgsvc/queued/empty").status_code == 404
+def test_without_credentials_there_is_no_dashboard_and_the_404_says_how_to_turn_it_on(client):
+    for response in (client.get("/rq"), client.get("/rq/"), client.post("/rq/queue/imgsvc/queued/empty")):
+        assert response.status_code == 404
+        # Issue 22: not a generic "check your spelling", but what is off and which settings turn it on.
+        message = response.get_json()["error"]["message"]
+        assert "dashboard is off" in message
+        assert "RQ_DASHBOARD_USERNAME" in message and "RQ_DASHBOARD_PASSWORD" in message
 
 
 def test_the_standalone_dashboard_refuses_to_start_open_and_guards_like_the_web_app(monkeypatch, settings):

@@ -70,3 +70,39 @@ def test_the_suite_takes_an_empty_db_and_leaves_only_its_mark(tmp_path, private_
     second = run_suite(tmp_path, private_redis.url)
     assert second.returncode == 0, second.stdout + second.stderr
     assert connection.keys() == [OWNER_KEY.encode()]
+
+
+POSTGRES_TEST = """
+def test_uses_postgres(postgres_url):
+    pass
+"""
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_without_postgresql_its_tests_skip_saying_why_unless_ci_requires_them(tmp_path, required):
+    from tests.integration.procs import free_port
+
+    test_file = tmp_path / "test_pg.py"
+    test_file.write_text(POSTGRES_TEST)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_OFFLINE": "1",
+        "TEST_POSTGRES_URL": f"postgresql+psycopg2://postgres@127.0.0.1:{free_port()}/test",  # nothing there
+    }
+    if required:
+        env["TEST_POSTGRES_REQUIRED"] = "1"  # what .ci/run sets
+    isolated = ["-p", "no:cacheprovider", "--rootdir", str(tmp_path), "-c", "/dev/null", "-rs"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", *isolated, "-p", "tests.conftest", str(test_file)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if required:
+        assert "1 error" in proc.stdout, proc.stdout[-2000:]
+    else:
+        assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout[-2000:]
+        assert "needs PostgreSQL at postgresql+psycopg2://postgres@127.0.0.1:" in proc.stdout
+        assert "database test, trust auth" in proc.stdout

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from imgsvc.vision import efficientnet_lite
 from imgsvc.vision.base import ModelLoadError, UnsupportedOption
-from imgsvc.vision.builtin import BuiltinDescriber, imagenet_labels
+from imgsvc.vision.classifier import efficientnet_lite
+from imgsvc.vision.classifier.describer import BuiltinDescriber, imagenet_labels
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from huggingface_hub import constants as hub_constants
 from PIL import Image
 
 from imgsvc.vision.base import ModelLoadError, UnsupportedOption
-from imgsvc.vision.captioner import TransformersCaptioner, _resolve_dtype
-from imgsvc.vision.hub import download_model, weights_available
-from imgsvc.vision.tiny import FAMILIES, build_tiny_model
+from imgsvc.vision.captioners.captioner import TransformersCaptioner, _resolve_dtype
+from imgsvc.vision.captioners.hub import download_model, weights_available
+from imgsvc.vision.testing_utils import FAMILIES, build_tiny_model
 
 
 @pytest.fixture(scope="session", params=FAMILIES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -61,8 +62,41 @@ def test_env_example_documents_every_setting():
     from dataclasses import fields
 
     example = (PROJECT_ROOT / ".env.example").read_text()
-    readme = (PROJECT_ROOT / "README.md").read_text()
+    readme = (PROJECT_ROOT / "docs" / "configuration.md").read_text()
     for f in fields(Settings):
         name = f.metadata["env"]
         assert name in example, f"{name} missing from .env.example"
-        assert f"`{name}`" in readme, f"{name} missing from the README's configuration table"
+        assert f"`{name}`" in readme, f"{name} missing from docs/configuration.md"
+
+
+def test_configuration_page_names_only_real_settings_with_their_defaults():
+    # The other direction of the check above: a row for a setting that was renamed or removed, or a
+    # default that drifted from the code, would send a reader after something that is not there.
+    from dataclasses import fields
+
+    by_env = {f.metadata["env"]: f for f in fields(Settings)}
+    page = (PROJECT_ROOT / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| `([A-Z0-9_]+)` \| ([^|]*) \|", page, re.M)
+    assert len(rows) == len(by_env), "every setting has exactly one row"
+    defaults = Settings()
+    for name, default in rows:
+        assert name in by_env, f"docs/configuration.md names {name}, which config.py does not read"
+        shown = re.match(r"`([^`]*)`", default.strip())
+        if shown:  # "empty" and prose defaults are not literal values
+            assert Settings.from_env({name: shown.group(1)}) == defaults, (
+                f"{name}'s default is not {shown.group(1)}"
+            )
+
+
+def test_env_example_values_are_the_defaults_except_the_secret_key():
+    # Its first line says so; SECRET_KEY is the one exception, and the file says that next to it.
+    example = (PROJECT_ROOT / ".env.example").read_text()
+    assigned = dict(re.findall(r"^([A-Z0-9_]+)=(.*)$", example, re.M))
+    assert "except SECRET_KEY" in example.splitlines()[1]
+    defaults = Settings()
+    for name, value in assigned.items():
+        if name == "SECRET_KEY" or name.startswith(("AWS_", "S3_")):
+            continue
+        assert Settings.from_env({name: value}) == defaults, (
+            f".env.example's {name}={value} is not the default"
+        )

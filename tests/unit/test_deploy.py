@@ -155,7 +155,7 @@ def test_workers_run_worker_py_and_scale_with_worker_count():
     assert "deploy" not in SERVICES["worker-dev"]  # one is enough while developing
     # Each replica must know how many there are: TORCH_THREADS=0 means cores / WORKER_COUNT.
     assert SERVICES["worker"]["environment"]["WORKER_COUNT"] == f"${{WORKER_COUNT:-{default}}}"
-    readme = (PROJECT_ROOT / "README.md").read_text()
+    readme = (PROJECT_ROOT / "docs" / "configuration.md").read_text()
     assert f"| `WORKER_COUNT` | `{default}` |" in readme
 
 
@@ -255,10 +255,10 @@ def test_env_file_is_optional_and_app_variables_are_real_settings():
             assert entry == {"path": ".env", "required": False}, name
         if name in APP_SERVICES:
             assert set(service["environment"]) <= known, name
-    # `required: false` is Compose 2.24 syntax: the README says so where it says how to start.
-    readme = (PROJECT_ROOT / "README.md").read_text()
-    compose_section = readme[readme.index("### Docker Compose") :]
-    assert "Docker Compose 2.24" in compose_section.split("\n### ")[0]
+    # `required: false` is Compose 2.24 syntax: the docs say so where they say how to start.
+    deploy = (PROJECT_ROOT / "docs" / "deploy.md").read_text()
+    compose_section = deploy.split("\n## Docker Compose\n")[1].split("\n## ")[0]
+    assert "Docker Compose 2.24" in compose_section
 
 
 def test_dashboard_is_its_own_service_behind_imgsvcs_guard_and_needs_credentials():
@@ -413,12 +413,15 @@ def test_gunicorn_conf_defaults_match_settings(monkeypatch):
     assert conf["workers"] == defaults.web_workers
 
 
-def test_gunicorn_logs_json_and_leaves_the_request_lines_to_the_app():
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_gunicorn_logs_in_log_format_and_leaves_the_request_lines_to_the_app(log_format, monkeypatch):
+    monkeypatch.setenv("LOG_FORMAT", log_format)
     conf = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
     assert conf["accesslog"] is None  # imgsvc.web logs each request once, with its job_id
     logging = conf["logconfig_dict"]
-    assert logging["formatters"] == {"json": {"()": "imgsvc.logs.JsonFormatter"}}
-    assert {handler["formatter"] for handler in logging["handlers"].values()} == {"json"}
+    formatter = {"text": "imgsvc.logs.TextFormatter", "json": "imgsvc.logs.JsonFormatter"}[log_format]
+    assert logging["formatters"] == {"console": {"()": formatter}}
+    assert {handler["formatter"] for handler in logging["handlers"].values()} == {"console"}
     assert logging["loggers"]["gunicorn.error"]["handlers"] and logging["root"]["handlers"]
     # (tests/integration/test_make_run.py checks the real processes' output line by line)
 
@@ -450,3 +453,16 @@ def test_every_app_container_finds_the_baked_in_weights_whatever_env_says():
     assert set(apps) >= APP_SERVICES
     for name, service in apps.items():
         assert service["environment"].get("MODELS_DIR") == baked.group(1), name
+
+
+def test_dashboard_without_logins_stops_after_a_few_tries_instead_of_restarting_forever():
+    # It exits 1 at once without RQ_DASHBOARD_USERNAME/PASSWORD; `unless-stopped` restarted it forever.
+    assert SERVICES["dashboard"]["restart"].startswith("on-failure:")
+    assert 1 <= int(SERVICES["dashboard"]["restart"].split(":")[1]) <= 5
+
+
+def test_containers_log_json_unless_env_file_says_otherwise():
+    # make run's default is text for a person; a log collector reads the containers' lines.
+    assert Settings().log_format == "text"
+    for name in APP_SERVICES:
+        assert SERVICES[name]["environment"]["LOG_FORMAT"] == "${LOG_FORMAT:-json}", name

@@ -21,13 +21,13 @@ import torch
 from sample_photos import PHOTOS, photo
 
 from imgsvc.vision.base import Box, Detection, ModelLoadError
-from imgsvc.vision.blazeface import FaceDetector
-from imgsvc.vision.boxes import nms
-from imgsvc.vision.centernet import ObjectDetector, decode
-from imgsvc.vision.emotion import EmotionClassifier, face_crops
-from imgsvc.vision.graphdef import load_graphdef
-from imgsvc.vision.ssd_person import GRAPH_FILE, NMS_IOU, PersonDetector, decode_boxes, ssd_anchors
-from imgsvc.vision.tfgraph import compile_graph
+from imgsvc.vision.graphs.compiler import compile_graph
+from imgsvc.vision.graphs.graphdef import load_graphdef
+from imgsvc.vision.scene.blazeface import FaceDetector
+from imgsvc.vision.scene.boxes import nms
+from imgsvc.vision.scene.centernet import ObjectDetector, decode
+from imgsvc.vision.scene.emotion import EmotionClassifier, face_crops
+from imgsvc.vision.scene.ssd_person import GRAPH_FILE, NMS_IOU, PersonDetector, decode_boxes, ssd_anchors
 
 REFERENCE = json.loads((Path(__file__).parents[1] / "fixtures" / "detector_reference.json").read_text())
 LOGIT_TOLERANCE = 1e-3

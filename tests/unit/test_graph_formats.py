@@ -18,13 +18,15 @@ import torch
 import torch.nn.functional as F
 
 from imgsvc.vision.base import Box, Detection
-from imgsvc.vision.blazeface import face_anchors
-from imgsvc.vision.boxes import batched_nms, drop_contained, iou, nms, normalised_box
-from imgsvc.vision.centernet import decode
-from imgsvc.vision.graphdef import ProtobufError, parse_graphdef
-from imgsvc.vision.ssd_person import decode_boxes, ssd_anchors, views
-from imgsvc.vision.tfgraph import Graph, GraphError, Node, compile_graph, resize_bilinear, same_padding
-from imgsvc.vision.tfjs import TfjsFormatError, load_tfjs
+from imgsvc.vision.graphs.compiler import compile_graph
+from imgsvc.vision.graphs.graph import Graph, GraphError, Node
+from imgsvc.vision.graphs.graphdef import ProtobufError, parse_graphdef
+from imgsvc.vision.graphs.ops import resize_bilinear, same_padding
+from imgsvc.vision.graphs.tfjs import TfjsFormatError, load_tfjs
+from imgsvc.vision.scene.blazeface import face_anchors
+from imgsvc.vision.scene.boxes import batched_nms, drop_contained, iou, nms, normalised_box
+from imgsvc.vision.scene.centernet import decode
+from imgsvc.vision.scene.ssd_person import decode_boxes, ssd_anchors, views
 
 # --- a minimal protobuf writer, to build GraphDefs byte by byte
 

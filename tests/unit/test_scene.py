@@ -15,7 +15,7 @@ from bench.quality import CASES
 from imgsvc.config import Settings
 from imgsvc.vision import load_describer, resolve_model
 from imgsvc.vision.base import Box, Detection, Tag
-from imgsvc.vision.scene import SceneDescriber, is_greyscale, needs_crop
+from imgsvc.vision.scene.describer import SceneDescriber, is_greyscale, needs_crop
 
 PHOTOS = {case.name: case.image for case in CASES}
 ALL = "builtin:scene(ssdlite-person,centernet,blazeface,emotion,efficientnet-lite0,rapidocr)"

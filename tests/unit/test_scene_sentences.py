@@ -13,8 +13,8 @@ import pytest
 
 from bench.quality import CASES, misses
 from imgsvc.vision.base import Box, Detection, Face, Tag, TextLine
-from imgsvc.vision.builtin import imagenet_labels
-from imgsvc.vision.scene_sentences import (
+from imgsvc.vision.classifier.describer import imagenet_labels
+from imgsvc.vision.scene.sentences import (
     Evidence,
     compose_scene,
     fold,

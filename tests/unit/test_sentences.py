@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from imgsvc.vision.base import Tag, TextLine
-from imgsvc.vision.sentences import compose, display_name, merge_tags, quote, subject_phrase, with_article
+from imgsvc.vision.classifier.sentences import (
+    compose,
+    display_name,
+    merge_tags,
+    quote,
+    subject_phrase,
+    with_article,
+)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,8 @@ import pytest
 from imgsvc.config import ConfigError, Settings
 from imgsvc.errors import EmptyFile, FileTooLarge, StorageUnavailable
 from imgsvc.storage.s3 import S3UploadStore
-from imgsvc.storage.uploads import LocalUploadStore, UploadStore, client_filename, open_upload_store
+from imgsvc.storage.stores import open_upload_store
+from imgsvc.storage.uploads import LocalUploadStore, UploadStore, client_filename
 from tests.integration.procs import free_port
 
 FAR_FUTURE = datetime.now(UTC) + timedelta(days=1)

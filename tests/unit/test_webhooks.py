@@ -7,15 +7,15 @@ import json
 
 import pytest
 
-from imgsvc.queue.webhooks import (
+from imgsvc.callback_urls import (
     UnsafeCallbackURL,
     check_callback_url,
     embedded_ipv4,
     is_public,
-    json_body,
     parse_callback_url,
     vetted_addresses,
 )
+from imgsvc.queue.webhooks import json_body
 
 PUBLIC = "93.184.216.34"  # never contacted: every URL naming it must be refused or only parsed
 
@@ -133,8 +133,10 @@ def test_embedded_ipv4_is_what_the_ipv6_form_reaches():
     ["http://[::127.0.0.1]/", "http://[64:ff9b::7f00:1]/", "http://[2002:7f00:1::]/", "http://10.0.0.1/"],
 )
 def test_internal_literals_are_refused_at_submit_without_any_lookup(url):
-    with pytest.raises(UnsafeCallbackURL, match="not public"):
+    with pytest.raises(UnsafeCallbackURL, match="not public") as refused:
         check_callback_url(url, allow_private=False, resolve=_no_dns)
+    # Issue 22: a developer with a listener on loopback learns which setting allows it.
+    assert "WEBHOOK_ALLOW_PRIVATE=true" in refused.value.message
 
 
 def test_a_name_is_refused_when_any_of_its_addresses_is_internal():

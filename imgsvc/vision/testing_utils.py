@@ -1,4 +1,7 @@
-"""Captioning checkpoints with random weights, built offline, for tests and benchmarks.
+"""Captioning checkpoints with random weights, built offline, for tests and benchmarks only.
+
+Nothing in the service imports this module (named like transformers' ``testing_utils``); it sits in
+the package so the benches and tests, run from a checkout or an install, import it the same way.
 
 Each one is saved with ``save_pretrained`` like a real checkpoint, so
 :meth:`TransformersCaptioner.load` reads it back through exactly the production path.

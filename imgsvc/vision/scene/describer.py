@@ -4,8 +4,8 @@ Several small models, each loaded once and run on the whole batch: a person dete
 (SSDLite), a COCO-80 object detector (CenterNet), a face detector (BlazeFace) with an emotion
 classifier on the faces, the built-in EfficientNet-Lite0 classifier (on the whole image and on
 each object's crop, to confirm or rename the detector's label) and OCR where there is text.
-What they report becomes an :class:`~imgsvc.vision.scene_sentences.Evidence`; the pure
-:mod:`imgsvc.vision.scene_sentences` weighs it and writes the sentence.
+What they report becomes an :class:`~imgsvc.vision.scene.sentences.Evidence`; the pure
+:mod:`imgsvc.vision.scene.sentences` weighs it and writes the sentence.
 
 A detector whose weights are not in MODELS_DIR (``imgsvc fetch-models`` not run, npm missing)
 is left out: the describer runs with the rest, says so in one log line and in its ``name``.
@@ -17,17 +17,27 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from imgsvc.vision.base import Box, Describer, Description, Detection, Face, ModelLoadError, People, Tag
-from imgsvc.vision.blazeface import FaceDetector
-from imgsvc.vision.builtin import BuiltinDescriber
-from imgsvc.vision.centernet import ObjectDetector
-from imgsvc.vision.emotion import EmotionClassifier
-from imgsvc.vision.scene_sentences import (
+from imgsvc.vision.base import (
+    Describer,
+    Description,
+    Detection,
+    Detector,
+    EmotionModel,
+    Face,
+    ModelLoadError,
+    People,
+    Tag,
+)
+from imgsvc.vision.classifier.describer import BuiltinDescriber
+from imgsvc.vision.scene.blazeface import FaceDetector
+from imgsvc.vision.scene.centernet import ObjectDetector
+from imgsvc.vision.scene.emotion import EmotionClassifier
+from imgsvc.vision.scene.sentences import (
     COCO_NOUNS,
     FACE_INSIDE,
     OBJECT_SCORE,
@@ -38,8 +48,8 @@ from imgsvc.vision.scene_sentences import (
     read_scene,
     weigh_object,
 )
-from imgsvc.vision.ssd_person import PersonDetector
-from imgsvc.vision.weights import missing_components
+from imgsvc.vision.scene.ssd_person import PersonDetector
+from imgsvc.vision.scene.weights import missing_components
 
 log = logging.getLogger("imgsvc.vision")
 
@@ -56,18 +66,6 @@ MAX_FACES = 8
 GREY_TOLERANCE = 12
 
 
-class Detector(Protocol):
-    """A loaded detector: for each image, its boxes (normalised), best first."""
-
-    def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]: ...
-
-
-class EmotionModel(Protocol):
-    """A loaded emotion model: for each face box in an image, its verdict, e.g. ``("happy", 0.98)``."""
-
-    def classify(self, image: Image.Image, boxes: Sequence[Box]) -> list[tuple[str, float]]: ...
-
-
 @dataclass(frozen=True)
 class Detectors:
     """The detection models that loaded; None where the weights were missing."""
@@ -79,7 +77,7 @@ class Detectors:
 
 
 #: Component name (as in ``generated_by`` and /readyz) -> (Detectors field, model class).
-LOADERS: dict[str, tuple[str, Any]] = {
+LOADERS: dict[str, tuple[str, type[Detector] | type[EmotionModel]]] = {
     "ssdlite-person": ("person", PersonDetector),
     "centernet": ("objects", ObjectDetector),
     "blazeface": ("faces", FaceDetector),

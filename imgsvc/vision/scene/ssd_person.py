@@ -18,17 +18,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from imgsvc.vision.base import Detection, model_file
-from imgsvc.vision.boxes import drop_contained, nms, normalised_box
-from imgsvc.vision.graphdef import load_graphdef
-from imgsvc.vision.tfgraph import Program, compile_graph, image_batch, resized
+from imgsvc.vision.base import Detection, Detector, model_file
+from imgsvc.vision.graphs.compiler import Program, compile_graph
+from imgsvc.vision.graphs.graphdef import load_graphdef
+from imgsvc.vision.graphs.images import image_batch, resized
+from imgsvc.vision.scene.boxes import drop_contained, nms, normalised_box
 
 GRAPH_FILE = "ssdlite-person/frozen_inference_graph.pb"
 #: The float image after the graph's per-image resize loop; the graph scales it to [-1, 1] itself.
 INPUT_NODE = "Preprocessor/map/TensorArrayStack/TensorArrayGatherV3"
 BOX_ENCODINGS, CLASS_LOGITS = "concat", "concat_1"
 #: ``Preprocessor/map/while/ResizeImage/stack``: the graph resizes every image to 300x300 (no aspect
-#: kept). We resize before feeding it, with Pillow (see :func:`~imgsvc.vision.tfgraph.resized`).
+#: kept). We resize before feeding it, with Pillow (see :func:`~imgsvc.vision.graphs.images.resized`).
 INPUT_SIZE = 300
 
 # SSD anchor set-up, as the graph's MultipleGridAnchorGenerator constants spell it out (the stock
@@ -118,7 +119,7 @@ def views(width: int, height: int) -> list[tuple[int, int, int, int]]:
     return regions
 
 
-class PersonDetector:
+class PersonDetector(Detector):
     """``detect(images)`` -> for each image, the people in it (label ``person``), best first."""
 
     name = "ssdlite-mobilenet-v2-person"

@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from imgsvc.vision.base import Detection, model_file, packaged_labels
-from imgsvc.vision.boxes import batched_nms, normalised_box
-from imgsvc.vision.tfgraph import Program, compile_graph, image_batch, letterboxed, resized
-from imgsvc.vision.tfjs import load_tfjs
+from imgsvc.vision.base import Detection, Detector, model_file, packaged_labels
+from imgsvc.vision.graphs.compiler import Program, compile_graph
+from imgsvc.vision.graphs.images import image_batch, letterboxed, resized
+from imgsvc.vision.graphs.tfjs import load_tfjs
+from imgsvc.vision.scene.boxes import batched_nms, normalised_box
 
 MODEL_FILE = "human/centernet.json"
 INPUT_NODE = "tower_0/images"
@@ -76,7 +77,7 @@ def decode(heatmap: torch.Tensor, sizes: torch.Tensor, k: int = TOP_K) -> torch.
     )
 
 
-class ObjectDetector:
+class ObjectDetector(Detector):
     """``detect(images)`` -> for each image, COCO objects (``person``, ``cup``, ``cat``...), best first."""
 
     name = "centernet-mobilenet-v3"

@@ -1,5 +1,8 @@
 """Captions from a Hugging Face transformers model: BLIP, ViT-GPT2-style encoder-decoders, GIT.
 
+The pipeline every family shares; what differs per family (loader, prompt layout) is in its own
+module beside this one (:mod:`.blip`, :mod:`.vision_encoder_decoder`, :mod:`.git`), listed in ``FAMILIES``.
+
 The checkpoint (Hub id or local directory) is loaded once; its family comes from its
 ``config.json``, never from its name. Loading never waits on the network: weights come
 from the directory or the local Hugging Face cache, or a download that fails within seconds.
@@ -18,12 +21,17 @@ import torch
 from PIL import Image
 
 from imgsvc.vision.base import Describer, Description, ModelLoadError
+from imgsvc.vision.captioners import blip, git, vision_encoder_decoder
+from imgsvc.vision.captioners.family import Family
+from imgsvc.vision.captioners.hub import cached_snapshot, download_model, looks_like_path, offline
 from imgsvc.vision.devices import resolve_device
-from imgsvc.vision.hub import cached_snapshot, download_model, looks_like_path, offline
 
-log = logging.getLogger("imgsvc.vision.captioner")
+log = logging.getLogger("imgsvc.vision.captioners")
 
-FAMILIES = ("blip", "vision-encoder-decoder", "git")
+#: The families this captioner runs, by ``model_type``: a new family is a module beside this one, listed here.
+FAMILIES: dict[str, Family] = {
+    family.model_type: family for family in (blip.FAMILY, vision_encoder_decoder.FAMILY, git.FAMILY)
+}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -77,7 +85,7 @@ class TransformersCaptioner(Describer):
         torch_dtype = _resolve_dtype(dtype, device)
         try:
             family = _family(source, name_or_path)
-            model, image_processor, tokenizer = _LOADERS[family](source, torch_dtype)
+            model, image_processor, tokenizer = FAMILIES[family].load(source, torch_dtype)
             model.to(device).eval()
             if quantize is not None:
                 model = _quantize(model, quantize, device)
@@ -140,14 +148,7 @@ class TransformersCaptioner(Describer):
     def _prompt_inputs(self, prompt: str, batch_size: int) -> dict[str, torch.Tensor]:
         """The prompt laid out the way each family's generate() expects its text to begin."""
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if self.family == "blip":  # BLIP swaps the first id for its [DEC] bos and drops the last
-            key, ids = "input_ids", [self.tokenizer.cls_token_id, *ids, self.tokenizer.sep_token_id]
-        elif self.family == "git":
-            key, ids = "input_ids", [self.tokenizer.cls_token_id, *ids]
-        else:
-            model = self.model
-            start = model.generation_config.decoder_start_token_id or model.config.decoder_start_token_id
-            key, ids = "decoder_input_ids", [start, *ids]
+        key, ids = FAMILIES[self.family].prompt_inputs(self.model, self.tokenizer, ids)
         return {key: torch.tensor([ids] * batch_size, device=self.device)}
 
 
@@ -208,31 +209,3 @@ def _quantize(model: Any, quantize: str, device: torch.device) -> Any:
     with warnings.catch_warnings():  # torch.ao is deprecated in favour of torchao but still works
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-
-
-def _load_blip(source: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
-    from transformers import BlipForConditionalGeneration, BlipProcessor
-
-    processor = BlipProcessor.from_pretrained(source, local_files_only=True)
-    model = BlipForConditionalGeneration.from_pretrained(source, dtype=dtype, local_files_only=True)
-    return model, processor.image_processor, processor.tokenizer
-
-
-def _load_vision_encoder_decoder(source: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
-    from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
-
-    image_processor = AutoImageProcessor.from_pretrained(source, local_files_only=True)
-    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-    model = VisionEncoderDecoderModel.from_pretrained(source, dtype=dtype, local_files_only=True)
-    return model, image_processor, tokenizer
-
-
-def _load_git(source: str, dtype: torch.dtype) -> tuple[Any, Any, Any]:
-    from transformers import GitForCausalLM, GitProcessor
-
-    processor = GitProcessor.from_pretrained(source, local_files_only=True)
-    model = GitForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True)
-    return model, processor.image_processor, processor.tokenizer
-
-
-_LOADERS = {"blip": _load_blip, "vision-encoder-decoder": _load_vision_encoder_decoder, "git": _load_git}

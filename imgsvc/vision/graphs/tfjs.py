@@ -3,7 +3,7 @@
 A TF.js graph model is a GraphDef written as JSON (``modelTopology``) and a ``weightsManifest`` that
 says, in order, which constant each run of bytes in the concatenated shards holds: its name, shape,
 dtype and, when the converter shrank it, a ``quantization`` (float16, or uint8/uint16 with an affine
-``scale``/``min``). We turn both into the same :class:`~imgsvc.vision.tfgraph.Graph` as a frozen
+``scale``/``min``). We turn both into the same :class:`~imgsvc.vision.graphs.graph.Graph` as a frozen
 protobuf graph, with every weight dequantised to float32 once at load.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from imgsvc.vision.tfgraph import DTYPE_NAMES, Graph, Node
+from imgsvc.vision.graphs.graph import DTYPE_NAMES, Graph, Node
 
 # Bytes per element of each stored dtype (the quantised one when a weight is quantised).
 _STORED = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "uint8": np.uint8,

@@ -15,10 +15,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from imgsvc.vision.base import Detection, model_file
-from imgsvc.vision.boxes import nms, normalised_box
-from imgsvc.vision.tfgraph import Program, compile_graph, image_batch, letterboxed, resized
-from imgsvc.vision.tfjs import load_tfjs
+from imgsvc.vision.base import Detection, Detector, model_file
+from imgsvc.vision.graphs.compiler import Program, compile_graph
+from imgsvc.vision.graphs.images import image_batch, letterboxed, resized
+from imgsvc.vision.graphs.tfjs import load_tfjs
+from imgsvc.vision.scene.boxes import nms, normalised_box
 
 MODEL_FILE = "human/blazeface.json"
 INPUT_NODE = "input"
@@ -47,7 +48,7 @@ def face_anchors() -> torch.Tensor:
     return torch.cat(centres)
 
 
-class FaceDetector:
+class FaceDetector(Detector):
     """``detect(images)`` -> for each image, its faces (label ``face``), best first."""
 
     name = "blazeface-back"

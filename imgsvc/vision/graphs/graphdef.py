@@ -4,7 +4,7 @@ Why by hand: the schema we need is five small messages (GraphDef, NodeDef, AttrV
 TensorShapeProto), and the wire format is a few lines of varint arithmetic, so decoding it ourselves
 keeps TensorFlow, ``protobuf`` and generated stubs out of the install. Only the fields a frozen
 inference graph uses are read; every other field is skipped by its wire type, as protobuf itself does.
-The result is the framework-neutral :class:`~imgsvc.vision.tfgraph.Graph` that the executor compiles.
+The result is the framework-neutral :class:`~imgsvc.vision.graphs.graph.Graph` that the executor compiles.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from imgsvc.vision.tfgraph import DTYPES, Graph, Node
+from imgsvc.vision.graphs.graph import DTYPES, Graph, Node
 
 # Wire types (the low three bits of a field key).
 _VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5

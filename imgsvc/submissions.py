@@ -1,0 +1,212 @@
+"""The submit use case: take one image, dedupe it, store it, record its job row, enqueue it.
+
+Here, not in a blueprint, so the API, the benches and tests run the same operation without
+a request: everything it needs (settings, upload store, Redis, task queue, metrics, owner)
+is passed in. The job rows go through :mod:`imgsvc.storage.jobs`, whose session is the app's
+(an app context is enough; no request is read).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from imgsvc.config import Settings
+from imgsvc.errors import BadRequest, ImgsvcError
+from imgsvc.images import ImageInfo, inspect_image
+from imgsvc.queue.connection import enqueue_describe, running_model
+from imgsvc.queue.webhooks import enqueue_delivery
+from imgsvc.storage import jobs
+from imgsvc.storage.uploads import StagedUpload, UploadStore
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from rq import Queue
+
+    from imgsvc.metrics import RedisMetrics
+
+#: Per-job options: name -> (type, min, max). Which ones a model honours is its own business.
+OPTION_SPECS: dict[str, tuple[type, int, int]] = {"max_length": (int, 1, 200), "prompt": (str, 1, 300)}
+INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What the submit path works with; the app holds one of each (``create_app``)."""
+
+    settings: Settings
+    uploads: UploadStore
+    redis: Redis
+    task_queue: Queue
+    metrics: RedisMetrics
+
+
+@dataclass(frozen=True)
+class Submission:
+    options: dict[str, Any] = field(default_factory=dict)
+    callback_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What a submit answers about the job it made: no ORM object is built for three values."""
+
+    id: str
+    status: str
+    cached: bool = False
+
+
+def checked_option(name: str, value: Any) -> Any:
+    """One per-job option, converted and range-checked; anything else is a 400."""
+    if name not in OPTION_SPECS:
+        raise BadRequest(f"unknown option {name!r}", allowed=sorted(OPTION_SPECS))
+    kind, low, high = OPTION_SPECS[name]
+    converted = _exactly(kind, value)
+    if converted is None:
+        raise BadRequest(f"option {name} must be {'an integer' if kind is int else 'a string'}")
+    size = converted if kind is int else len(converted)
+    if not low <= size <= high:
+        raise BadRequest(
+            f"option {name} must be between {low} and {high}" + (" characters" if kind is str else "")
+        )
+    return converted
+
+
+def _exactly(kind: type, value: Any) -> Any:
+    """The value as ``kind`` without coercion: ``true`` is not 1 and ``5.9`` is not 5.
+
+    JSON options arrive typed; form fields arrive as text, so ``"12"`` is still an integer.
+    """
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and INTEGER.fullmatch(value.strip()):
+            return int(value)
+        return None
+    return value if isinstance(value, kind) else None
+
+
+def accept_upload(
+    intake: Intake,
+    stream: BinaryIO,
+    submission: Submission,
+    *,
+    owner: str | None = None,
+    batch_id: str | None = None,
+    filename: str | None = None,
+) -> Accepted:
+    """Stage, check, store, record, enqueue; on any failure undo what was done so far.
+
+    Identical bytes already described by the running model with the same options are
+    answered from the stored result (``cached: true``) without running the model again,
+    but only from the same ``owner``'s jobs: another key must not learn what was uploaded.
+    """
+    staged, info, model = _stage_and_check(intake, stream, submission)
+    row = _row_fields(staged, info, submission, owner=owner, batch_id=batch_id, filename=filename)
+    hit = jobs.find_cached(staged.sha256, submission.options, model["name"], owner=owner) if model else None
+    if hit is not None:
+        intake.uploads.discard(staged)
+        return _answer_from(hit, intake, row)
+    return _store_and_enqueue(intake, staged, info, row)
+
+
+def _stage_and_check(
+    intake: Intake, stream: BinaryIO, submission: Submission
+) -> tuple[StagedUpload, ImageInfo, dict[str, Any] | None]:
+    """Stream the upload to a staged file and read its header; a refused upload leaves nothing."""
+    settings = intake.settings
+    staged = intake.uploads.stage(stream)
+    try:
+        info = inspect_image(staged.path, settings.max_image_pixels, settings.max_image_frames)
+        model = running_model(intake.redis, settings)
+        check_supported(model, submission.options)
+    except BaseException:
+        intake.uploads.discard(staged)
+        raise
+    return staged, info, model
+
+
+def _row_fields(
+    staged: StagedUpload,
+    info: ImageInfo,
+    submission: Submission,
+    *,
+    owner: str | None,
+    batch_id: str | None,
+    filename: str | None,
+) -> dict[str, Any]:
+    """The job row's columns that a cached answer and a queued job share."""
+    return {
+        "image_format": info.format,
+        "width": info.width,
+        "height": info.height,
+        "size_bytes": staged.size,
+        "sha256": staged.sha256,
+        "options": submission.options or None,
+        "callback_url": submission.callback_url,
+        "batch_id": batch_id,
+        "owner": owner,
+        "filename": filename,
+    }
+
+
+def _answer_from(hit: jobs.Job, intake: Intake, row: dict[str, Any]) -> Accepted:
+    """A done row copied from ``hit``'s result; its webhook, if any, is sent as for any done job."""
+    now = jobs.utcnow()  # one instant: a row answered at once is created, started and completed together
+    job = jobs.create_job(
+        **row,
+        upload_name=None,
+        status=jobs.Status.DONE,
+        cached=True,
+        **jobs.stored_result(hit),
+        created_at=now,
+        updated_at=now,
+        started_at=now,
+        completed_at=now,
+        duration_ms=0,
+    )
+    intake.metrics.count("cached")
+    if job.callback_url:
+        enqueue_delivery(intake.redis, intake.settings, job.callback_url, job.result_dict())
+    return Accepted(job.id, job.status, cached=True)
+
+
+def _store_and_enqueue(
+    intake: Intake, staged: StagedUpload, info: ImageInfo, row: dict[str, Any]
+) -> Accepted:
+    """Keep the upload, insert a queued row, enqueue it; a failed step undoes the earlier ones."""
+    name = intake.uploads.commit(staged, info.extension)
+    try:
+        job_id = jobs.insert_job(**row, upload_name=name)["id"]
+    except BaseException:
+        intake.uploads.delete(name)
+        raise
+    try:
+        enqueue_describe(
+            intake.task_queue,
+            intake.settings,
+            job_id,
+            also=lambda pipe: intake.metrics.record("submitted", pipeline=pipe),
+        )
+    except ImgsvcError:
+        jobs.delete_job(job_id)
+        intake.uploads.delete(name)
+        raise
+    return Accepted(job_id, jobs.Status.QUEUED)
+
+
+def check_supported(model: dict[str, Any] | None, options: dict[str, Any]) -> None:
+    """Refuse options the running model does not take, before anything is stored (400)."""
+    if model is None:
+        return  # no worker has said what it runs yet; the worker checks again
+    supported = model.get("options", ())
+    unsupported = sorted(set(options) - set(supported))
+    if unsupported:
+        takes = f"only {', '.join(supported)}" if supported else "none"
+        raise BadRequest(
+            f"option(s) {', '.join(unsupported)} not supported by the running model {model['name']}, "
+            f"which takes {takes}; {' and '.join(OPTION_SPECS)} need a transformers captioner "
+            "(VISION_MODEL; see docs/models.md, 'Which model runs')",
+            supported=list(supported),
+        )
