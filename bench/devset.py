@@ -10,8 +10,8 @@ insightface). Their licences differ (AGPL, GPL, GFDL, ...), so the repository ke
 manifest, ``bench/devset.json``: for each photo the package, the path inside it, its sha256, its
 licence and its annotation, written by looking at the photo:
 
-- ``must``: word groups a correct description contains, each ``a|b|c`` (any one synonym; a word
-  matches as a whole word, plural ``s``/``es`` allowed);
+- ``must``: word groups a correct description contains, each ``a|b|c`` (any one synonym, matched anywhere
+  in the text, since OCR glues words);
 - ``wrong``: nouns that would be a mistake if said confidently (a hedge, "what may be a bear",
   is not confident);
 - ``people``: how many people a careful viewer counts, or null where no count is fair (a crowd,
