@@ -4,13 +4,19 @@
 
 Builds the security review's files: a 6000x6000 progressive JPEG whose one AC scan is
 repeated 20,000 times (1.8 MB) and 125,000 times (10.5 MB), a 6300x6300 WebP of 70 KB,
-PNG and TIFF canvases just under MAX_IMAGE_PIXELS and one far over it. For each it
+PNG and TIFF canvases just under MAX_IMAGE_PIXELS and one far over it, and (issue 23) the
+9.5 MB TIFF tag-array bomb (:func:`tiff_tag_bomb`, see :func:`tiff_table`). For each it
 measures, in a fresh process each, CPU seconds, peak RSS and wall-clock of
 
 - the web check: *before* = the pre-fix check (a reduced Pillow decode in the web
   process, kept below as the baseline), *after* = :func:`imgsvc.images.inspect_image`;
 - the worker's decode: *before* = the same decode in the worker process with no limit,
   *after* = :class:`imgsvc.decoding.Decoder` (a child under DECODE_TIMEOUT/DECODE_MEMORY_MB).
+
+Then (issue 23 row 4, :func:`trailing_table`) uploads with data after the image's end: one
+JPEG with a different ``PADDING-%d`` after it 40 times, a small JPEG followed by 9 MB of zeros
+(:func:`trailing_zeros`), a motion photo (a JPEG with an MP4 appended): the bytes stored and the
+distinct sha256 (dedupe keys) before (stored as sent) and after (cut at the image's end).
 
 Then it starts gunicorn with the production config twice (the pre-fix check patched in,
 then the real app) and sends 8 concurrent uploads of the 1.8 MB bomb and 16 of the WebP,
@@ -112,6 +118,59 @@ def declared_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
+def tiff_tag_bomb(entries: int = 65_530, values: int = 3_600_000, pages: int = 3) -> bytes:
+    """The review's TIFF tag-array bomb: a valid 1x1 first page, then ``pages`` IFDs of ``entries``
+    StripOffsets entries each (type SHORT, ``values`` values), all pointing at one region.
+
+    The defaults give the review's 9.7 MB file. The pre-fix check unpacked every entry's
+    whole array: 15-38 ms of CPU per entry, about an hour for the whole file.
+    """
+    region = 8 + 2 + 9 * 12 + 4 + 1  # header, the first page's IFD, its one pixel
+    first = [  # (tag, type, count, value): an uncompressed 8-bit grey 1x1 page
+        (256, 3, 1, 1),
+        (257, 3, 1, 1),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, region - 1),
+        (277, 3, 1, 1),
+        (278, 3, 1, 1),
+        (279, 4, 1, 1),
+    ]
+    ifd = region + values * 2  # the pages after the first follow the shared region
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8))
+    out += struct.pack("<H", len(first)) + b"".join(struct.pack("<HHII", *e) for e in first)
+    out += struct.pack("<I", ifd if pages else 0) + b"\x00"
+    out += bytes(values * 2)
+    entry = struct.pack("<HHII", 273, 3, values, region)
+    for page in range(pages):
+        following = ifd + (page + 1) * (2 + entries * 12 + 4) if page + 1 < pages else 0
+        out += struct.pack("<H", entries) + entry * entries + struct.pack("<I", following)
+    return bytes(out)
+
+
+def trailing_zeros(zeros: int = 9 * 1024 * 1024) -> bytes:
+    """The review's disk filler: a small JPEG and megabytes of zeros after its end."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 12), (200, 80, 40)).save(buffer, "JPEG")
+    return buffer.getvalue() + bytes(zeros)
+
+
+def trailing_uploads(quick: bool) -> dict[str, list[bytes]]:
+    """Issue 23 row 4's uploads and a phone's motion photo: images with data after their end."""
+    image = trailing_zeros(0)
+    megabytes = 1 if quick else 9
+    photo = io.BytesIO()
+    Image.effect_noise((640, 480), 60).convert("RGB").save(photo, "JPEG")
+    video = struct.pack(">I4s4sI8s", 24, b"ftyp", b"mp42", 0, b"isommp42")
+    video += struct.pack(">I4s", 8 + 2 * 1024 * 1024, b"mdat") + bytes(2 * 1024 * 1024)
+    return {
+        "one jpeg + PADDING-n x 100, 40 times": [image + f"PADDING-{n}".encode() * 100 for n in range(40)],
+        f"small jpeg + {megabytes} MB of zeros": [trailing_zeros(megabytes * 1024 * 1024)],
+        "motion photo (jpeg + 2 MB mp4)": [photo.getvalue() + video],
+    }
+
+
 def bombs(quick: bool) -> dict[str, bytes]:
     if quick:
         return {
@@ -153,11 +212,43 @@ def legacy_inspect(path: Path, max_pixels: int) -> ImageInfo:
     return info
 
 
+def legacy_tiff_walk(path: Path) -> None:
+    """The TIFF header walk before the tag-array fix (commit 18cb8fc): every listed size or
+    strip tag of every page had its whole value array unpacked; only the bounds were checked."""
+    import mmap
+
+    from imgsvc.images import _first, _Walker, unsupported
+
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        w = _Walker(data, 40_000_000, 1000, float("inf"))
+        order = "<" if data[:2] == b"II" else ">"
+        (offset,) = w.read(order + "I", 4)
+        while offset:
+            w.step("TIFF directories")
+            (count,) = w.read(order + "H", offset)
+            tags: dict[int, tuple[int, ...]] = {}
+            for index in range(count):
+                w.step("TIFF tags")
+                entry = offset + 2 + index * 12
+                tag, kind = w.read(order + "HH", entry)
+                if tag not in (256, 257, 273, 279, 324, 325) or kind not in (3, 4):
+                    continue
+                (n,) = w.read(order + "I", entry + 4)
+                item, where = (2 if kind == 3 else 4), entry + 8
+                if n * item > 4:
+                    (where,) = w.read(order + "I", where)
+                w.need(where + n * item, "a TIFF tag")
+                tags[tag] = w.read(f"{order}{n}{'H' if kind == 3 else 'I'}", where)
+            (offset,) = w.read(order + "I", offset + 2 + count * 12)
+            w.check_size("TIFF", _first(tags.get(256)), _first(tags.get(257)))
+    raise unsupported("(the legacy walk got to the end)")
+
+
 def legacy_app():
     """The real app with the pre-fix check patched in: ``gunicorn 'bench.bombs:legacy_app()'``."""
     from imgsvc import create_app, submissions
 
-    submissions.inspect_image = lambda path, max_pixels, max_frames: legacy_inspect(path, max_pixels)
+    submissions.inspect_image = lambda path, max_pixels, max_frames, *_: legacy_inspect(path, max_pixels)
     return create_app()
 
 
@@ -171,7 +262,10 @@ s = Settings()
 started = time.perf_counter()
 outcome = "ok"
 try:
-    if mode == "web-before":
+    if mode == "tiff-walk-before":
+        from bench.bombs import legacy_tiff_walk
+        legacy_tiff_walk(path)
+    elif mode == "web-before":
         from bench.bombs import legacy_inspect
         legacy_inspect(path, s.max_image_pixels)
     elif mode == "web-after":
@@ -237,6 +331,86 @@ def file_table(files: dict[str, Path], cap: float) -> None:
             )
             print(f"  measured {name} · {side}", flush=True)
     table(["file · where", "outcome before → after", "CPU", "peak RSS", "wall-clock"], rows)
+
+
+def tiff_table(tmp: Path, quick: bool, cap: float) -> None:
+    """The TIFF tag-array bomb: the header walk before (every array unpacked) and after the fix.
+
+    "Before" on the whole 9.5 MB file would take about an hour, so it is measured on a file
+    of ``sample`` entries and extrapolated linearly (the walk's cost is per entry: each
+    unpacks the same 3.6 M-value array); the extrapolated figures are marked "~".
+    """
+    from bench.harness import table
+
+    sample = 50 if quick else 200
+    full_entries, pages = 65_530, 3
+    small, full = tmp / "tiff-sample", tmp / "tiff-full"
+    small.write_bytes(tiff_tag_bomb(entries=sample, pages=1))
+    full.write_bytes(tiff_tag_bomb(entries=full_entries, pages=pages))
+    rows = []
+    before = measure("tiff-walk-before", small, cap)
+    after_small, after_full = measure("web-after", small, cap), measure("web-after", full, cap)
+    per_entry = before["cpu"] / sample if before["cpu"] is not None else None
+    rows.append(
+        [
+            f"{sample} entries, 1 page ({small.stat().st_size / 1e6:.1f} MB), measured",
+            f"{before['outcome']} → {after_small['outcome']}",
+            f"{figure(before['cpu'], cap, ' s')} → {figure(after_small['cpu'], cap, ' s')}",
+            f"{figure(before['wall'], cap, ' s')} → {figure(after_small['wall'], cap, ' s')}",
+        ]
+    )
+    estimate = f"~{per_entry * full_entries * pages:,.0f} s" if per_entry is not None else "?"
+    rows.append(
+        [
+            f"{pages} x {full_entries:,} entries ({full.stat().st_size / 1e6:.1f} MB), before extrapolated",
+            f"(415 after the walk) → {after_full['outcome']}",
+            f"{estimate} → {figure(after_full['cpu'], cap, ' s')}",
+            f"{estimate} → {figure(after_full['wall'], cap, ' s')}",
+        ]
+    )
+    if per_entry is not None:
+        print(f"  before: {per_entry * 1000:.1f} ms of CPU per StripOffsets entry", flush=True)
+    table(["TIFF tag-array bomb · web check", "outcome before → after", "CPU", "wall-clock"], rows)
+
+
+def trailing_table(tmp: Path, quick: bool) -> None:
+    """What the store keeps of uploads with data after the image: before, everything as sent
+    (each padded copy its own sha256, so dedupe never matched); after, the image alone (the
+    submit path's :func:`~imgsvc.images.inspect_image` then :func:`~imgsvc.storage.uploads.trim_staged`).
+    """
+    import hashlib
+
+    from bench.harness import table
+    from imgsvc.config import Settings
+    from imgsvc.images import inspect_image
+    from imgsvc.storage.uploads import LocalUploadStore, human_size, trim_staged
+
+    s = Settings()
+    store = LocalUploadStore(tmp / "trailing", s.max_file_size)
+    rows = []
+    for name, uploads in trailing_uploads(quick).items():
+        kept: dict[str, int] = {}
+        started = time.perf_counter()
+        for data in uploads:
+            staged = store.stage(io.BytesIO(data))
+            info = inspect_image(staged.path, s.max_image_pixels, s.max_image_frames)
+            staged = trim_staged(staged, info.end)
+            kept[staged.sha256] = staged.size
+            store.discard(staged)
+        per_upload = (time.perf_counter() - started) / len(uploads)
+        sent = sum(len(data) for data in uploads)
+        rows.append(
+            [
+                name,
+                f"{len({hashlib.sha256(data).digest() for data in uploads})} → {len(kept)}",
+                f"{human_size(sent)} → {human_size(sum(kept.values()))}",
+                f"{per_upload * 1000:.1f} ms",
+            ]
+        )
+    table(
+        ["trailing data · upload", "distinct sha256", "bytes stored (once per image)", "stage+check+cut"],
+        rows,
+    )
 
 
 # -- the server phase -------------------------------------------------------------------------------
@@ -386,6 +560,8 @@ def main(argv: list[str] | None = None) -> None:
             files[name].write_bytes(data)
             print(f"built {name}: {len(data):,} bytes", flush=True)
         file_table(files, args.cap)
+        tiff_table(Path(tmp), args.quick, args.cap)
+        trailing_table(Path(tmp), args.quick)
         if not args.quick:
             server_phase(files, args.cap)
 

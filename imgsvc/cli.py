@@ -224,25 +224,30 @@ def worker(burst: bool) -> None:
 
 @main.command()
 @click.option("--burst", is_flag=True, help="Quit when the queue is empty.")
-@click.option("--name", default=None, help="Worker name shown in rq-dashboard.")
+@click.option("--name", default=None, help="Worker name (prefix) shown in rq-dashboard.")
 def webhooks(burst: bool, name: str | None) -> None:
-    """Deliver webhooks: a plain RQ worker on WEBHOOK_QUEUE, with the scheduler for retries.
+    """Deliver webhooks: WEBHOOK_WORKERS RQ workers on WEBHOOK_QUEUE, with the scheduler for retries.
 
-    The same as ``rq worker --with-scheduler imgsvc-webhooks``, except that its log lines
-    (RQ's and the deliveries') are JSON like every other process's, and it stops promptly.
+    Like ``rq worker-pool -n WEBHOOK_WORKERS imgsvc-webhooks``, except that its log lines
+    (RQ's and the deliveries') are JSON like every other process's, its workers stop promptly
+    and die with it. Several, so one slow receiver never holds up another's deliveries.
     """
     from rq import Queue
 
     from imgsvc import logs
-    from imgsvc.queue.worker import WebhookWorker
+    from imgsvc.queue.worker import WebhookPool, WebhookWorker
 
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
     connection = _redis_answers(settings)
     queue = Queue(settings.webhook_queue_name, connection=connection)
-    WebhookWorker([queue], connection=connection, name=name).work(
-        burst=burst, with_scheduler=True, logging_level=settings.log_level
-    )
+    if settings.webhook_workers == 1:
+        WebhookWorker([queue], connection=connection, name=name).work(
+            burst=burst, with_scheduler=True, logging_level=settings.log_level
+        )
+        return
+    pool = WebhookPool([queue], connection, settings.webhook_workers, prefix=name)
+    pool.start(burst=burst, logging_level=settings.log_level)
 
 
 @main.command()

@@ -9,6 +9,7 @@ import base64
 import binascii
 import contextlib
 import json
+import time
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -22,10 +23,11 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from imgsvc.callback_urls import check_callback_url
 from imgsvc.config import Settings, app_settings
 from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound, ServiceUnavailable
+from imgsvc.quotas import check_quota
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import client_filename
 from imgsvc.submissions import OPTION_SPECS, Intake, Submission, accept_upload, checked_option
-from imgsvc.web.auth import require_api_key
+from imgsvc.web.auth import client_bucket, require_api_key
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_key)
@@ -64,9 +66,18 @@ def _intake() -> Intake:
     return Intake(app_settings(), app.uploads, app.redis, app.task_queue, app.metrics)
 
 
+def _limits(settings: Settings) -> dict[str, Any]:
+    """What bounds one request's submits: a header-check deadline that all its files share, and the
+    client's quota bucket; a client already over its quota is refused here, before any parsing."""
+    bucket = client_bucket()
+    check_quota(current_app.redis, settings, bucket)
+    return {"deadline": time.monotonic() + settings.header_check_ms / 1000, "bucket": bucket}
+
+
 @bp.post("/submit")
 def submit() -> tuple[Response, int, dict[str, str]]:
     settings = app_settings()
+    limits = _limits(settings)  # before the body is parsed: a client over its quota costs no staging
     uploads = request.files.getlist("file")
     if not uploads:
         raise MissingFile("send the image as the multipart form field 'file'")
@@ -83,6 +94,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         parse_submission(request.form, settings),
         owner=g.get("owner"),
         filename=client_filename(upload.filename),
+        **limits,
     )
     g.job_id = job.id
     body = {"job_id": job.id, "status": job.status, "message": "Job submitted successfully"}
@@ -96,6 +108,7 @@ def submit_batch() -> tuple[Response, int]:
     """Several ``file`` fields; each is checked on its own, so one bad file spoils nothing."""
     settings = app_settings()
     request.max_content_length = settings.max_file_size * settings.max_batch_files + 64 * 1024
+    limits = _limits(settings)
     uploads: list[FileStorage] = request.files.getlist("file")
     if not uploads:
         raise MissingFile("send the images as repeated multipart form fields 'file'")
@@ -111,7 +124,13 @@ def submit_batch() -> tuple[Response, int]:
         entry: dict[str, Any] = {"index": index, "filename": filename}
         try:
             job = accept_upload(
-                intake, upload.stream, submission, owner=g.get("owner"), batch_id=batch_id, filename=filename
+                intake,
+                upload.stream,
+                submission,
+                owner=g.get("owner"),
+                batch_id=batch_id,
+                filename=filename,
+                **limits,
             )
             entry |= {"job_id": job.id, "status": job.status}
         except ImgsvcError as exc:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import stat
+import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +19,7 @@ from imgsvc.config import ConfigError, Settings
 from imgsvc.errors import EmptyFile, FileTooLarge, StorageUnavailable
 from imgsvc.storage.s3 import S3UploadStore
 from imgsvc.storage.stores import open_upload_store
-from imgsvc.storage.uploads import LocalUploadStore, UploadStore, client_filename
+from imgsvc.storage.uploads import LocalUploadStore, UploadStore, client_filename, trim_staged
 from tests.integration.procs import free_port
 
 FAR_FUTURE = datetime.now(UTC) + timedelta(days=1)
@@ -51,6 +53,22 @@ def test_stage_commit_and_read_back_under_server_names(store):
     with store.local_copy(name) as path:
         assert path.read_bytes() == b"x" * 999
     assert leftovers(store) == []  # the object store's download is removed after use
+
+
+def test_a_staged_upload_is_cut_at_the_image_s_end_and_hashed_again(store):
+    staged = store.stage(io.BytesIO(b"image" + b"PADDING-1" * 100))
+    trimmed = trim_staged(staged, 5)
+    assert (trimmed.path, trimmed.size, trimmed.sha256) == (
+        staged.path,
+        5,
+        hashlib.sha256(b"image").hexdigest(),
+    )
+    assert trimmed.path.read_bytes() == b"image"
+    assert trim_staged(trimmed, 5) is trimmed and trim_staged(trimmed, None) is trimmed  # nothing follows
+    name = store.commit(trimmed, ".jpg")
+    with store.local_copy(name) as path:
+        assert path.read_bytes() == b"image"
+    assert leftovers(store) == []
 
 
 @pytest.mark.parametrize(("data", "error"), [(b"", EmptyFile), (b"y" * 1001, FileTooLarge)])
@@ -90,9 +108,9 @@ def test_the_sweep_sees_only_old_uploads_of_its_own(store):
     assert list(store.names_older_than(FAR_FUTURE)) == [name]
 
 
-def test_create_makes_the_bucket_once(s3_upload_dir, s3_server):
+def test_create_makes_the_bucket_once(s3_upload_dir, s3_server, tmp_path):
     bucket = f"fresh-{uuid.uuid4().hex[:12]}"
-    store = S3UploadStore(f"s3://{bucket}/uploads", max_bytes=10)
+    store = S3UploadStore(f"s3://{bucket}/uploads", max_bytes=10, staging_dir=tmp_path)
     store.create()
     store.create()  # already there: nothing to do, no error
     client = s3_server.client()
@@ -118,13 +136,32 @@ def test_an_unreachable_object_store_is_store_unavailable_and_leaves_nothing(tmp
     assert list(tmp_path.iterdir()) == []  # neither the staged upload nor a download is left
 
 
+def test_object_store_mode_stages_in_its_own_directory_and_sweeps_only_there(tmp_path, monkeypatch):
+    """Another program's ``.upload-x`` in the shared system temp directory survives the sweep."""
+    system_tmp = tmp_path / "tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    foreign = system_tmp / ".upload-x"
+    foreign.write_text("someone else's")
+    settings = Settings(upload_dir="s3://bucket/prefix", staging_dir=tmp_path / "own" / "staging")
+    store = open_upload_store(settings)
+    assert store.staging_dir == tmp_path / "own" / "staging"
+    assert stat.S_IMODE(store.staging_dir.stat().st_mode) == 0o700
+    staged = store.stage(io.BytesIO(b"img"))
+    assert staged.path.parent == store.staging_dir
+    assert store.remove_stale_temp_files(FAR_FUTURE) == 1  # ours, however young, is swept
+    assert foreign.read_text() == "someone else's"
+    assert Settings.from_env({"STAGING_DIR": str(tmp_path / "s")}).staging_dir == tmp_path / "s"
+
+
 def test_upload_dir_picks_the_store(tmp_path):
     local = open_upload_store(Settings.from_env({"UPLOAD_DIR": str(tmp_path / "up")}))
     assert isinstance(local, LocalUploadStore) and local.root == tmp_path / "up"
-    remote = open_upload_store(Settings.from_env({"UPLOAD_DIR": "s3://my-bucket/imgsvc/uploads/"}))
+    env = {"UPLOAD_DIR": "s3://my-bucket/imgsvc/uploads/", "STAGING_DIR": str(tmp_path / "s")}
+    remote = open_upload_store(Settings.from_env(env))
     assert isinstance(remote, S3UploadStore)
     assert (remote.bucket, remote.prefix) == ("my-bucket", "imgsvc/uploads/")
-    bare = open_upload_store(Settings(upload_dir="s3://my-bucket"))
+    bare = open_upload_store(Settings(upload_dir="s3://my-bucket", staging_dir=tmp_path / "s"))
     assert (bare.bucket, bare.prefix) == ("my-bucket", "")
     for bad in ("s3://", "gs://bucket/x", "s3://bucket/x?versionId=1"):
         with pytest.raises(ConfigError):
