@@ -72,7 +72,8 @@ FRUIT = frozenset(
     {"banana", "apple", "orange", "lemon", "Granny Smith", "pineapple", "strawberry", "fig", "pomegranate"}
     | {"custard apple", "jackfruit"}
 )
-#: With nothing sure, the classifier's places summed from this mass make "an outdoor scene".
+#: With nothing sure, the classifier's places (valley, lakeside, seashore ...) summed from this
+#: mass make "a landscape".
 OUTDOOR_SCORE = 0.6
 
 _ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe")
@@ -123,7 +124,7 @@ _PLURALS = {
 }
 _NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 #: Mass nouns: "coffee", not "a coffee".
-_MASS = frozenset({"coffee", "broccoli", "food", "fruit"})
+_MASS = frozenset({"coffee", "broccoli"})
 
 
 @dataclass(frozen=True)
