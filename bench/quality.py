@@ -1,12 +1,21 @@
-"""Description quality on a public set: scikit-image's real photos and composites made from them.
+"""Description quality: scikit-image's photos (tuned on) and the development set's two halves.
 
-    python -m bench.quality [--models builtin:efficientnet-lite0,builtin:scene] [--quick] [--show]
+    python -m bench devset          # once: fetch the development set's photos (bench/devset.py)
+    python -m bench quality [--set skimage|tuning|validation|devset|all] [--models A,B] [--quick] [--show]
 
-Each case lists words its description must contain (``a|b``: either) and wrong nouns it must not.
-A case is a hit when every must-word is there and no wrong noun is. Prints each model's text per
-case with its misses, then hits per model: the classifier alone (``builtin:efficientnet-lite0``,
-the offline describer before the scene describer) against ``builtin:scene``. The tiny random
-captioner the tests build says nothing meaningful and is left out. ``--quick`` runs a few cases.
+Three sets, reported apart: ``skimage`` (scikit-image's photos and composites, the set the scene
+describer's first rules were tuned on), and the development set's ``tuning`` and ``validation``
+halves (72 real photos from eleven packages, split by hash before any rule looked at them).
+Tune on ``tuning``; run ``validation`` once per candidate, at the end. ``--set all`` (the default)
+runs the three; ``devset`` runs both halves.
+
+Each case lists word groups its description must contain (``a|b``: either) and nouns that would
+be a confident mistake (must-words match anywhere, wrong nouns as whole words). Per set and model
+it reports: photos with every group named; confident wrong nouns (one inside "what may be ..." is
+a hedge, not counted; nor are words inside quoted OCR text); and, for the development set, how
+often the number of people said is right. A *hit* is every group named and no confident wrong
+noun. The models compared by default are the classifier alone (``builtin:efficientnet-lite0``)
+and ``builtin:scene``; ``--quick`` runs a few scikit-image cases.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import argparse
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -67,6 +77,7 @@ class Case:
     image: Callable[[], Image.Image]
     must: tuple[str, ...] = ()  # each: a word or phrase, "a|b" for either
     wrong: tuple[str, ...] = ()  # nouns that would be a confident mistake
+    people: int | None = None  # how many people a careful viewer counts; None: not scored
 
 
 CASES = (
@@ -109,31 +120,95 @@ CASES = (
 QUICK = ("astronaut", "chelsea", "two people", "cat and motorcycle")
 
 
-def misses(text: str, case: Case) -> list[str]:
-    """What the text gets wrong: missing must-words (``-word``) and wrong nouns present (``+word``).
+NUMBER_WORDS = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+NUMBER_WORDS |= {"seven": 7, "eight": 8, "nine": 9, "ten": 10}
+PERSON_NOUNS = "person|people|man|men|woman|women|child|children|boy|boys|girl|girls"
+_PEOPLE = re.compile(
+    rf"\b(a|an|one|two|three|four|five|six|seven|eight|nine|ten|\d+)"
+    rf"(?: (?:smiling|young|old|standing|seated))? ({PERSON_NOUNS})\b"
+)
+#: Said without confidence: "what may be a bear", "perhaps a dog"; up to the next comma or stop.
+_HEDGED = re.compile(r"\b(?:what )?(?:may be|might be|perhaps|possibly) [^,.;]*")
+#: OCR text quoted in the sentence: its words are read, not claimed.
+_QUOTED = re.compile(r"(?:text:?|reads|reading) '.*'")
 
-    Must-words match anywhere (OCR may glue words: "Region-basedsegmentation"); wrong nouns match
-    whole words only.
-    """
+
+def names(text: str, group: str) -> bool:
+    """Whether the text names one of the group's words (``a|b``) anywhere (OCR glues words)."""
     lowered = text.lower()
-
-    def has(word: str) -> bool:
-        return re.search(rf"\b{re.escape(word)}\b", lowered) is not None
-
-    result = [f"-{must}" for must in case.must if not any(w in lowered for w in must.split("|"))]
-    return result + [f"+{word}" for word in case.wrong if has(word)]
+    return any(word in lowered for word in group.split("|"))
 
 
-def evaluate(describers: Sequence[Describer], cases: Sequence[Case], show: bool) -> dict[str, int]:
-    """Describe every case with every model; print the misses; hits per model name."""
-    hits = {d.name: 0 for d in describers}
+def confident(text: str) -> str:
+    """The text less its hedged phrases and quoted OCR text: what it claims."""
+    return _HEDGED.sub(" ", _QUOTED.sub(" ", text.lower()))
+
+
+def wrong_nouns(text: str, case: Case) -> list[str]:
+    claimed = confident(text)
+    return [w for w in case.wrong if re.search(rf"\b{re.escape(w)}(?:s|es)?\b", claimed)]
+
+
+def people_said(text: str) -> int:
+    """How many people the sentence claims ("a man and two women" is 3; none mentioned is 0)."""
+    total = 0
+    for number, _ in _PEOPLE.findall(confident(text)):
+        total += int(number) if number.isdigit() else NUMBER_WORDS[number]
+    return total
+
+
+def misses(text: str, case: Case) -> list[str]:
+    """What the text gets wrong: missing groups (``-group``), confident wrong nouns (``+word``),
+    and a wrong people count (``people 2!=4``) where the case has one."""
+    result = [f"-{group}" for group in case.must if not names(text, group)]
+    result += [f"+{word}" for word in wrong_nouns(text, case)]
+    if case.people is not None and people_said(text) != case.people:
+        result.append(f"people {people_said(text)}!={case.people}")
+    return result
+
+
+@dataclass
+class Score:
+    """One model's figures on one set."""
+
+    photos: int = 0
+    named: int = 0  # every group named
+    wrong_photos: int = 0  # photos with a confident wrong noun
+    wrong: int = 0  # confident wrong nouns in all
+    counted: int = 0  # photos with a people count
+    count_right: int = 0
+    hits: int = 0  # every group named, no confident wrong noun
+
+    def add(self, text: str, case: Case) -> None:
+        self.photos += 1
+        named = all(names(text, g) for g in case.must)
+        wrong = wrong_nouns(text, case)
+        self.named += named
+        self.wrong += len(wrong)
+        self.wrong_photos += bool(wrong)
+        self.hits += named and not wrong
+        if case.people is not None:
+            self.counted += 1
+            self.count_right += people_said(text) == case.people
+
+    def line(self) -> str:
+        count = f"{self.count_right:3d} / {self.counted:<3d}" if self.counted else "    -    "
+        return (
+            f"{self.named:3d} / {self.photos:<3d} {self.wrong:5d} ({self.wrong_photos:2d} photos) "
+            f"{count}   {self.hits:3d} / {self.photos}"
+        )
+
+
+def evaluate(describers: Sequence[Describer], cases: Sequence[Case], show: bool) -> dict[str, Score]:
+    """Describe every case with every model; print the misses; a :class:`Score` per model name."""
+    scores = {d.name: Score() for d in describers}
     for case in cases:
         image = case.image()
         print(f"\n{case.name}")
         for describer in describers:
             (text,) = describer.describe([image])
             missed = misses(text, case)
-            hits[describer.name] += not missed
+            scores[describer.name].add(text, case)
             mark = "ok  " if not missed else "MISS"
             print(
                 f"  {mark} {short(describer.name):<20} {text}"
@@ -141,11 +216,31 @@ def evaluate(describers: Sequence[Describer], cases: Sequence[Case], show: bool)
             )
             if show:
                 image.save(f"/tmp/quality-{case.name.replace(' ', '_')}.png")
-    return hits
+    return scores
+
+
+def devset_cases(half: str) -> list[Case]:
+    """The development set's photos of one half as cases (fetched by ``python -m bench devset``)."""
+    from bench.devset import load_photos, split
+
+    photos = load_photos()
+    halves = split([p for p, _ in photos])
+
+    def opener(path: Path) -> Callable[[], Image.Image]:
+        return lambda: ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+
+    return [
+        Case(photo.name, opener(path), photo.must, photo.wrong, photo.people)
+        for photo, path in photos
+        if halves[photo.name] == half
+    ]
 
 
 def short(name: str) -> str:
     return "builtin:scene" if name.startswith("builtin:scene") else name.removesuffix("+rapidocr")
+
+
+SETS = {"all": ("skimage", "tuning", "validation"), "devset": ("tuning", "validation")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,21 +248,33 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated VISION_MODEL specs")
-    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    parser.add_argument(
+        "--set",
+        default="all",
+        choices=("all", "skimage", "tuning", "validation", "devset"),
+        help="which cases: scikit-image's (tuned on), a development-set half, both halves, or all",
+    )
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)} (scikit-image)")
     parser.add_argument("--show", action="store_true", help="also save each case's image under /tmp")
     args = parser.parse_args(argv)
-    cases = [c for c in CASES if not args.quick or c.name in QUICK]
+    sets = ("skimage",) if args.quick else SETS.get(args.set, (args.set,))
     describers = [
         load_describer(Settings.from_env(vision_model=spec.strip()))
         for spec in args.models.split(",")
         if spec.strip()
     ]
-    hits = evaluate(describers, cases, args.show)
-    print(f"\nhits over {len(cases)} cases (every must-word present, no wrong noun):")
-    for describer in describers:
-        print(f"  {describer.name:<40} {hits[describer.name]:3d} / {len(cases)}")
-    people = [c for c in cases if any("person" in m or "people" in m for m in c.must)]
-    print(f"  (of which {len(people)} have people in them)")
+    results = {}
+    for name in sets:
+        if name == "skimage":
+            cases = [c for c in CASES if not args.quick or c.name in QUICK]
+        else:
+            cases = devset_cases(name)
+        print(f"\n##### {name}: {len(cases)} photos")
+        results[name] = evaluate(describers, cases, args.show)
+    print("\nset         model                 every group named  confident wrong  people right   hits")
+    for name, scores in results.items():
+        for describer in describers:
+            print(f"{name:<11} {short(describer.name):<21} {scores[describer.name].line()}")
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ def docs_app(tmp_path_factory):
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(PROJECT_ROOT)))
 def test_every_command_shown_exists_as_written(page, docs_app):
-    from bench.__main__ import BENCHES
+    from bench.__main__ import BENCHES, TOOLS
     from imgsvc.cli import main as imgsvc_cli
 
     make_targets = set(re.findall(r"^([\w-]+):", (PROJECT_ROOT / "Makefile").read_text(), re.M))
@@ -156,7 +156,7 @@ def test_every_command_shown_exists_as_written(page, docs_app):
         elif command in {"flask", ".venv/bin/flask"}:
             assert args[:2] == ["--app", "imgsvc"] and args[2] in flask_commands, " ".join(words)
         elif command.endswith("python") and args[:2] == ["-m", "bench"]:
-            assert args[2] in {*BENCHES, "all"}, " ".join(words)
+            assert args[2] in {*BENCHES, *TOOLS, "all"}, " ".join(words)
         elif "/" in command:
             assert (PROJECT_ROOT / command).exists(), command
         elif command == "curl":

@@ -24,6 +24,7 @@ QUOTE_CHARS = 120
 # terse to the point of misleading. Only names that read wrong in a sentence are listed.
 DISPLAY_NAMES = {
     "tabby": "tabby cat",
+    "Granny Smith": "Granny Smith apple",
     "jean": "jeans",
     "sunglass": "sunglasses",
     "pajama": "pajamas",

@@ -1,0 +1,110 @@
+"""The quality bench's scoring and the development set's manifest, fetch and split: no model, no network."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bench.devset import HALVES, Photo, load_manifest, read_members, split, with_people
+from bench.quality import Case, Score, misses, names, people_said, wrong_nouns
+
+
+def case(must=(), wrong=(), people=None) -> Case:
+    return Case("photo", lambda: None, tuple(must), tuple(wrong), people)  # type: ignore[arg-type,return-value]
+
+
+@pytest.mark.parametrize(
+    ("text", "count"),
+    [
+        ("A photo of two people side by side, one of them smiling.", 2),
+        ("A photo of a smiling person to the left of a cat.", 1),
+        ("A photo of a man and two women at a table.", 3),
+        ("A photo of 12 people.", 12),
+        ("A photo of a cat.", 0),
+        ("A photo of what may be a person.", 0),  # a hedge claims nobody
+    ],
+)
+def test_people_said(text, count):
+    assert people_said(text) == count
+
+
+def test_a_hedged_or_quoted_noun_is_not_a_confident_mistake():
+    bear = case(wrong=("bear", "document"))
+    assert wrong_nouns("A photo of a bear.", bear) == ["bear"]
+    assert wrong_nouns("A photo of bears.", bear) == ["bear"]
+    assert wrong_nouns("A photo of what may be a bear.", bear) == []
+    assert wrong_nouns("A photo of a sign that reads 'bear with us'.", bear) == []
+    assert wrong_nouns("A document with the text: 'bear'.", bear) == ["document"]
+
+
+def test_must_groups_take_any_synonym_and_glued_ocr_words():
+    assert names("A photo of a Granny Smith apple.", "apple|fruit")
+    assert names("An image with the text 'Region-basedsegmentation'.", "segmentation")
+    assert not names("A photo of a Granny Smith.", "apple|fruit")
+
+
+def test_misses_and_score_count_groups_wrong_nouns_and_people_apart():
+    table = case(must=("people", "table|desk"), wrong=("dog",), people=6)
+    text = "A photo of four people with a dog."
+    assert misses(text, table) == ["-table|desk", "+dog", "people 4!=6"]
+    score = Score()
+    score.add(text, table)
+    score.add("A photo of six people at a table.", table)
+    assert (score.photos, score.named, score.wrong, score.wrong_photos) == (2, 1, 1, 1)
+    assert (score.counted, score.count_right, score.hits) == (2, 1, 1)
+
+
+def test_manifest_is_consistent():
+    sources, photos = load_manifest()
+    assert len(photos) >= 60
+    assert len({p.name for p in photos}) == len(photos)
+    assert {p.source for p in photos} == set(sources)  # no unused source
+    assert len({s.spec.split("=")[0] for s in sources.values()}) >= 5  # several packages
+    for photo in photos:
+        assert len(photo.sha256) == 64 and int(photo.sha256, 16) >= 0
+        assert photo.must or photo.wrong, photo.name
+        assert all(group and "||" not in group for group in photo.must), photo.name
+        assert photo.licence, photo.name
+
+
+def test_split_is_fixed_balanced_and_blind_to_order():
+    _, photos = load_manifest()
+    halves = split(photos)
+    assert halves == split(list(reversed(photos)))
+    for stratum in (True, False):
+        sizes = [sum(1 for p in photos if with_people(p) == stratum and halves[p.name] == h) for h in HALVES]
+        assert abs(sizes[0] - sizes[1]) <= 1
+
+
+def test_split_keeps_a_photo_in_its_half_when_others_are_added():
+    _, photos = load_manifest()
+    before = split(photos)
+    # A new photo hashing after every other one joins the end of its stratum's order.
+    late = Photo("late", photos[0].source, "x.jpg", "f" * 64, "CC0", ("cat",), (), 0)
+    after = split([*photos, late])
+    assert {name: after[name] for name in before} == before
+
+
+def ar_member(name: str, data: bytes) -> bytes:
+    header = f"{name:<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(data):<10}`\n".encode()
+    return header + data + (b"\n" if len(data) % 2 else b"")
+
+
+def test_read_members_from_a_debian_package(tmp_path: Path):
+    tar_bytes = io.BytesIO()
+    with tarfile.open(fileobj=tar_bytes, mode="w:xz") as tf:
+        payload = b"\x89PNG fake"
+        info = tarfile.TarInfo("./usr/share/pic.png")
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    deb = tmp_path / "pkg_1.0_all.deb"
+    deb.write_bytes(
+        b"!<arch>\n"
+        + ar_member("debian-binary", b"2.0\n")
+        + ar_member("control.tar.xz", b"odd")  # odd size: padded to an even offset
+        + ar_member("data.tar.xz", tar_bytes.getvalue())
+    )
+    assert read_members(deb, ["./usr/share/pic.png"]) == {"./usr/share/pic.png": b"\x89PNG fake"}
