@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 
     from imgsvc import logs
     from imgsvc.metrics import RedisMetrics
+    from imgsvc.queue.changes import install_change_feed
     from imgsvc.queue.connection import job_queue, redis_connection
     from imgsvc.queue.reaper import reap_command
     from imgsvc.storage import db
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.metrics = RedisMetrics(app.redis, settings.queue_name)
 
     db.init_app(app)
+    install_change_feed()
     init_rate_limits(app, settings)
     app.cli.add_command(reap_command)
     app.cli.add_command(prune_command)

@@ -96,7 +96,12 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
     "paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
 @click.option("--url", default="http://localhost:8000", show_default=True, help="Base URL of the server.")
-@click.option("--wait/--no-wait", default=True, show_default=True, help="Poll until each job ends.")
+@click.option(
+    "--wait/--no-wait",
+    default=True,
+    show_default=True,
+    help="Wait for each job to end (one request per job, held by the server: Prefer: wait).",
+)
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for results.")
 @click.option(
     "--api-key",
@@ -131,6 +136,10 @@ def submit(paths: tuple[Path, ...], url: str, wait: bool, timeout: float, api_ke
         raise click.ClickException(f"{failed} of {len(paths)} file(s) could not be described")
 
 
+#: The longest wait asked of the server per request (its MAX_WAIT may cut it shorter).
+WAIT_CAP = 60
+
+
 def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: bool, timeout: float) -> int:
     """Print one JSON line per file (refused, queued or finished); return how many failed.
 
@@ -161,17 +170,25 @@ def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: boo
     deadline = max(deadline, time.monotonic() + 1)
     while wait and ids and time.monotonic() < deadline:
         pause = 0.5
+        held = False
         for job_id, path in list(ids.items()):
-            response = session.get(f"{base}/api/v1/result/{job_id}", timeout=30)
+            # The server holds the request until the job ends (Prefer: wait, up to its MAX_WAIT);
+            # the next jobs have mostly ended by then and answer at once.
+            seconds = max(1, min(round(deadline - time.monotonic()), WAIT_CAP))
+            response = session.get(
+                f"{base}/api/v1/result/{job_id}", headers={"Prefer": f"wait={seconds}"}, timeout=seconds + 30
+            )
             _refuse_unauthorized(response)
             if (delay := _retry_after(response)) is not None:
                 pause = delay  # the server asks every client to wait: poll the rest later too
                 break
+            held |= "Preference-Applied" in response.headers
             if response.status_code != 202:
                 failed += response.status_code != 200
                 click.echo(json.dumps({"file": str(path), "job_id": job_id} | _json_of(response)))
                 del ids[job_id]
-        if ids:
+        if ids and not held:
+            # A server that did not wait (busy, or older): poll at a gentle pace, or as it asks.
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
     if wait and ids:
         for job_id, path in ids.items():

@@ -47,6 +47,7 @@ POSITIVE = (
     "decode_timeout",
     "decode_memory_mb",
     "worker_ttl",
+    "web_threads",
 )
 
 
@@ -59,6 +60,11 @@ class Settings:
     web_host: str = field(default="127.0.0.1", metadata={"env": "WEB_HOST"})
     web_port: int = field(default=8000, metadata={"env": "WEB_PORT"})
     web_workers: int = field(default=2, metadata={"env": "WEB_WORKERS"})
+    #: gunicorn's threads per web worker (gunicorn.conf.py reads the same variable); a request
+    #: that waits (``Prefer: wait``, an event stream) holds one, and all but two may wait at once.
+    web_threads: int = field(default=4, metadata={"env": "WEB_THREADS"})
+    #: The longest ``Prefer: wait=N`` honoured, in seconds; a longer one is cut to this.
+    max_wait: int = field(default=60, metadata={"env": "MAX_WAIT"})
     max_file_size: int = field(default=10 * 1024 * 1024, metadata={"env": "MAX_FILE_SIZE"})
     max_batch_files: int = field(default=20, metadata={"env": "MAX_BATCH_FILES"})
     max_image_pixels: int = field(default=40_000_000, metadata={"env": "MAX_IMAGE_PIXELS"})
@@ -136,6 +142,8 @@ class Settings:
                 raise ConfigError(f"{name.upper()} must be positive")
         if self.task_max_retries < 0 or self.task_retry_delay < 0:
             raise ConfigError("TASK_MAX_RETRIES and TASK_RETRY_DELAY must be >= 0")
+        if self.max_wait < 0:
+            raise ConfigError("MAX_WAIT must be >= 0 (0: Prefer: wait is never applied)")
         if self.trusted_proxies < 0:
             raise ConfigError("TRUSTED_PROXIES must be >= 0")
         if self.decode_processes < 0:

@@ -43,6 +43,13 @@ class NotFound(ImgsvcError):
     code = "not_found"
 
 
+class Conflict(ImgsvcError):
+    """The request does not fit the resource's state (e.g. retrying a job that has not ended)."""
+
+    status = 409
+    code = "conflict"
+
+
 class FileTooLarge(ImgsvcError):
     status = 413
     code = "file_too_large"

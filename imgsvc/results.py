@@ -54,6 +54,8 @@ class JobResult:
     objects: list[dict[str, Any]] | None
     people: dict[str, Any] | None
     cached: bool
+    #: Which attempt of the job this is: 1, then one more per POST /jobs/<id>/retry.
+    attempt: int
     options: dict[str, Any]
     image: ImageSummary
 

@@ -217,6 +217,8 @@ def app(settings: Settings):
     app = create_app(settings)
     app.config["TESTING"] = True
     yield app
+    if watcher := app.extensions.get("imgsvc.watcher"):
+        watcher.close()
     from imgsvc.storage.db import db
 
     with app.app_context():

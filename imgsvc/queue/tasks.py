@@ -204,7 +204,8 @@ class _Run:
                 log.info("job done", extra={"job_id": job_id, "status": "done", "duration_ms": duration_ms})
                 outcomes[job_id] = {"job_id": job_id, "status": "done"}
             else:
-                _discard_upload(runtime, self.claims[job_id])
+                # Its image is kept, as a finished job's is, so the job can be retried; `flask prune`
+                # deletes it after UPLOAD_RETENTION, or a DELETE of the job at once.
                 log.info(
                     "job result discarded", extra={"job_id": job_id, "reason": "cancelled while processing"}
                 )
@@ -251,13 +252,21 @@ def _discard_upload(runtime: WorkerRuntime, claim: jobs.Claim) -> None:
 
 
 def _failed_for_good(
-    runtime: WorkerRuntime, claim: jobs.Claim, reason: str, *, written: bool = False
+    runtime: WorkerRuntime,
+    claim: jobs.Claim,
+    reason: str,
+    *,
+    written: bool = False,
+    keep_upload: bool = False,
 ) -> None:
-    """The row says why (``written``: the batch's transaction did it), the upload is deleted,
-    the webhook fires."""
+    """The row says why (``written``: the batch's transaction did it), the webhook fires, and the
+    upload is deleted, unless ``keep_upload``: a job that failed through no fault of its image (its
+    retries ran out on the model's or the host's errors) keeps it until UPLOAD_RETENTION, so that
+    POST /jobs/<id>/retry can run it again."""
     if not written:
         jobs.mark_failed(claim.id, reason)
-    _discard_upload(runtime, claim)
+    if not keep_upload:
+        _discard_upload(runtime, claim)
     runtime.metrics.count("failed")
     log.warning("job failed", extra={"job_id": claim.id, "status": "failed", "error": reason})
     notify(runtime, claim.id)
@@ -267,7 +276,7 @@ def _record_failure(runtime: WorkerRuntime, claim: jobs.Claim, exc: BaseExceptio
     """Mirror RQ's retry decision in the row: queued again with the error, or failed for good."""
     reason = f"{type(exc).__name__}: {exc}"
     if not retried:
-        _failed_for_good(runtime, claim, reason)
+        _failed_for_good(runtime, claim, reason, keep_upload=True)
         return
     jobs.mark_retrying(claim.id, reason)
     runtime.metrics.count("retried")

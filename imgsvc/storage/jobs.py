@@ -1,7 +1,9 @@
 """The job row: one per submitted image, the source of truth for status and result.
 
 RQ's own job hashes expire and vanish with Redis; the API answers from these rows,
-and every state change goes through the small functions below.
+and every state change goes through the small functions below. Each notes the jobs whose
+status it wrote, and their change is published once the transaction commits
+(:mod:`imgsvc.queue.changes`), so a waiting client wakes without polling.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from imgsvc.queue.changes import note_change
 from imgsvc.results import Findings, ImageSummary, JobResult
 from imgsvc.storage.db import db
 from imgsvc.vision.base import Description
@@ -87,6 +90,9 @@ class Job(db.Model):
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Which attempt of the job this is: 1, then one more per POST /jobs/<id>/retry (NULL: 1, rows
+    #: written before the column). ``attempts`` counts the runs of the current attempt.
+    attempt: Mapped[int | None] = mapped_column(Integer)
     description: Mapped[str | None] = mapped_column(Text)
     generated_by: Mapped[str | None] = mapped_column(String(255))
     tags: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
@@ -109,6 +115,7 @@ class Job(db.Model):
             "created_at": isoformat(self.created_at),
             "updated_at": isoformat(self.updated_at),
             "attempts": self.attempts,
+            "attempt": self.attempt or 1,
         }
         if self.started_at:
             body["started_at"] = isoformat(self.started_at)
@@ -135,6 +142,7 @@ class Job(db.Model):
             objects=self.objects,
             people=self.people,
             cached=self.cached,
+            attempt=self.attempt or 1,
             options=self.options or {},
             image=ImageSummary(self.image_format, self.width, self.height),
         )
@@ -179,6 +187,7 @@ def create_job(**fields: Any) -> Job:
 def delete_job(job_id: str) -> None:
     table = Job.__table__
     db.session.execute(delete(table).where(table.c.id == job_id))
+    note_change(db.session(), job_id, "deleted")
     db.session.commit()
 
 
@@ -200,7 +209,10 @@ def _set(job_id: str, allowed_from: tuple[Status, ...], values: dict[str, Any]) 
     result = db.session.execute(
         update(table).where(table.c.id == job_id, table.c.status.in_(allowed_from)).values(**values)
     )
-    return result.rowcount == 1
+    changed = result.rowcount == 1
+    if changed and "status" in values:
+        note_change(db.session(), job_id, values["status"])
+    return changed
 
 
 @dataclass(frozen=True)
@@ -269,6 +281,8 @@ def claim_jobs(
         claims = {
             row.id: Claim(row.id, row.upload_name, dict(row.options or {}), row.callback_url) for row in rows
         }
+        for job_id in claims:
+            note_change(db.session(), job_id, Status.PROCESSING)
     ahead: dict[str, str] = {}
     if peek:
         peeked = db.session.execute(_PEEK, {"ids": list(peek)})
@@ -324,6 +338,9 @@ def finish_jobs(
     # Rarely (a job cancelled meanwhile), not every row was written: ask which were, by this
     # very moment in completed_at, which no other writer gave them.
     written = set(ids) if complete else set(db.session.scalars(_WRITTEN, {"ids": ids, "now": moment}))
+    for row in rows + reasons:
+        if row["job_id"] in written:
+            note_change(db.session(), row["job_id"], row["status"])
     db.session.commit()
     return written
 
@@ -341,6 +358,32 @@ def mark_cancelled(job_id: str) -> bool:
         completed_at=utcnow(),
         error="cancelled by the user",
     )
+
+
+#: What a retry clears: the last attempt's outcome and its run count (the reaper fails a row whose
+#: runs exceed TASK_MAX_RETRIES, and a new attempt starts with all of its retries).
+_CLEARED_FOR_RETRY = dict.fromkeys(
+    ("started_at", "completed_at", "error", "duration_ms", *RESULT_COLUMNS)
+) | {"attempts": 0, "cached": False}
+
+
+def mark_retried(job: Job) -> dict[str, Any] | None:
+    """A failed or cancelled job queued again as its next attempt (compare-and-set: of two retries
+    at once, one wins). Returns what :func:`undo_retry` needs, or None when the row had moved on."""
+    before = {name: getattr(job, name) for name in ("status", "attempt", *_CLEARED_FOR_RETRY)}
+    changed = _transition(
+        job.id,
+        (Status.FAILED, Status.CANCELLED),
+        status=Status.QUEUED,
+        attempt=(job.attempt or 1) + 1,
+        **_CLEARED_FOR_RETRY,
+    )
+    return before if changed else None
+
+
+def undo_retry(job_id: str, before: dict[str, Any]) -> None:
+    """Back to what the row said before :func:`mark_retried`, when the new attempt could not be queued."""
+    _transition(job_id, (Status.QUEUED,), **before)
 
 
 def find_cached(

@@ -111,6 +111,14 @@ class S3UploadStore(UploadStore):
         with _reachable("delete", name):
             self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
 
+    def _exists(self, name: str) -> bool:
+        try:
+            with _reachable("look up", name):
+                self.client.head_object(Bucket=self.bucket, Key=self.key(name))
+        except FileNotFoundError:
+            return False
+        return True
+
 
 @contextmanager
 def _reachable(action: str, name: str) -> Iterator[None]:

@@ -219,6 +219,10 @@ class UploadStore(ABC):
         if name is not None:
             self._remove(check_name(name))
 
+    def exists(self, name: str | None) -> bool:
+        """Whether the store still holds this upload (a retry needs it); StorageUnavailable if unknown."""
+        return name is not None and self._exists(check_name(name))
+
     @staticmethod
     def discard(staged: StagedUpload) -> None:
         staged.path.unlink(missing_ok=True)
@@ -259,6 +263,9 @@ class UploadStore(ABC):
     @abstractmethod
     def _remove(self, name: str) -> None: ...
 
+    @abstractmethod
+    def _exists(self, name: str) -> bool: ...
+
 
 class LocalUploadStore(UploadStore):
     """A directory: staged in it, so committing is an atomic rename on the same file system."""
@@ -291,6 +298,10 @@ class LocalUploadStore(UploadStore):
 
     def _remove(self, name: str) -> None:
         self.path_of(name).unlink(missing_ok=True)
+
+    def _exists(self, name: str) -> bool:
+        with _disk_faults():
+            return self.path_of(name).is_file()
 
 
 def _mtime(path: Path) -> datetime:

@@ -13,7 +13,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context, url_for
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
@@ -22,10 +22,12 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from imgsvc.callback_urls import check_callback_url
 from imgsvc.config import Settings, app_settings
 from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound, ServiceUnavailable
+from imgsvc.retries import retry_job
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import client_filename
 from imgsvc.submissions import OPTION_SPECS, Intake, Submission, accept_upload, checked_option
 from imgsvc.web.auth import require_api_key
+from imgsvc.web.waits import event_stream, preferred_wait, wait_for
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_key)
@@ -85,10 +87,19 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         filename=client_filename(upload.filename),
     )
     g.job_id = job.id
+    headers = {"Location": url_for("api.status", job_id=job.id), "Vary": "Prefer"}
+    seconds = preferred_wait(request.headers.get("Prefer"), settings)
+    if seconds is not None:
+        # One request per job: the answer is /result's once the job ends within the wait.
+        ended, applied = wait_for(job.id, seconds)
+        if applied:
+            headers["Preference-Applied"] = f"wait={seconds}"
+        if ended is not None and ended.status in jobs.FINISHED:
+            return (*result_answer(ended), headers)
     body = {"job_id": job.id, "status": job.status, "message": "Job submitted successfully"}
     if job.cached:
         body |= {"cached": True, "message": "Identical image already described; result is ready"}
-    return jsonify(body), 202, {"Location": url_for("api.status", job_id=job.id)}
+    return jsonify(body), 202, headers
 
 
 @bp.post("/batch")
@@ -162,9 +173,25 @@ def _find(job_id: str) -> jobs.Job:
     return job
 
 
+def _waited(job: jobs.Job) -> tuple[jobs.Job, dict[str, str]]:
+    """The job once finished, if the request asked to wait for it (``Prefer: wait=N``), and the
+    headers that say whether the wait was applied (RFC 7240's Preference-Applied)."""
+    headers = {"Vary": "Prefer"}
+    seconds = preferred_wait(request.headers.get("Prefer"), app_settings())
+    if seconds is None or job.status in jobs.FINISHED:
+        return job, headers
+    later, applied = wait_for(job.id, seconds)
+    if later is None:
+        raise NotFound(f"no job with id {job.id!r}")  # deleted while the client waited
+    if applied:
+        headers["Preference-Applied"] = f"wait={seconds}"
+    return later, headers
+
+
 @bp.get("/status/<job_id>")
-def status(job_id: str) -> Response:
-    return jsonify(_find(job_id).status_dict())
+def status(job_id: str) -> tuple[Response, int, dict[str, str]]:
+    job, headers = _waited(_find(job_id))
+    return jsonify(job.status_dict()), 200, headers
 
 
 #: What /result says about a job that ended without a description.
@@ -175,13 +202,32 @@ FINISHED_MESSAGES = {
 
 
 @bp.get("/result/<job_id>")
-def result(job_id: str) -> tuple[Response, int]:
-    job = _find(job_id)
+def result(job_id: str) -> tuple[Response, int, dict[str, str]]:
+    job, headers = _waited(_find(job_id))
+    return (*result_answer(job), headers)
+
+
+def result_answer(job: jobs.Job) -> tuple[Response, int]:
+    """/result's body and status for a job as it is: 200 done, 422 ended without one, 202 not yet."""
     if job.status == jobs.Status.DONE:
         return jsonify(job.result_dict()), 200
     if job.status in FINISHED_MESSAGES:
         return jsonify(job.status_dict() | {"message": FINISHED_MESSAGES[job.status]}), 422
     return jsonify(job.status_dict() | {"message": f"the job is {job.status}; try again shortly"}), 202
+
+
+def event_payload(job: jobs.Job) -> dict[str, Any]:
+    """What each server-sent event carries: the result once done, else the status."""
+    return job.result_dict() if job.status == jobs.Status.DONE else job.status_dict()
+
+
+@bp.get("/jobs/<job_id>/events")
+def job_events(job_id: str) -> Response:
+    """Server-sent events: the job's state now, each change, and the end at a finished state."""
+    job = _find(job_id)
+    stream = stream_with_context(event_stream(job.id, event_payload))
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # nginx: pass each event on now
+    return Response(stream, mimetype="text/event-stream", headers=headers)
 
 
 @bp.get("/jobs")
@@ -217,7 +263,8 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 @bp.delete("/jobs/<job_id>")
 def delete_job(job_id: str) -> Response:
-    """Queued: cancelled and dropped from RQ. Processing: its result will be discarded. Finished: deleted."""
+    """Queued: cancelled and dropped from RQ. Processing: its result will be discarded. Finished
+    (cancelled included): deleted, with its image."""
     job = _find(job_id)
     if job.status in jobs.FINISHED:
         canonical = job.id  # read before the row is gone
@@ -230,5 +277,16 @@ def delete_job(job_id: str) -> Response:
         # If RQ cannot be told, the worker still finds the row cancelled and skips it.
         with contextlib.suppress(NoSuchJobError, RedisError):
             RQJob.fetch(job.id, connection=current_app.redis).cancel()
-        current_app.uploads.delete(job.upload_name)
+    # The image stays, as a finished job's does, so the job can be retried; a DELETE of the
+    # cancelled job deletes it at once, `flask prune` after UPLOAD_RETENTION.
     return jsonify({"job_id": job.id, "status": "cancelled", "was": was})
+
+
+@bp.post("/jobs/<job_id>/retry")
+def retry(job_id: str) -> tuple[Response, int, dict[str, str]]:
+    """A failed or cancelled job, again: same id, its ``attempt`` one higher; 409 says why not."""
+    job = _find(job_id)
+    canonical = job.id  # read before the row is written (the write expires the object)
+    attempt = retry_job(app_settings(), current_app.task_queue, current_app.uploads, job)
+    body = {"job_id": canonical, "status": jobs.Status.QUEUED, "attempt": attempt}
+    return jsonify(body), 202, {"Location": url_for("api.status", job_id=canonical)}

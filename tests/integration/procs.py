@@ -8,8 +8,10 @@ model sleeps DESCRIBE_DELAY seconds per forward pass, so a test can kill it mid-
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -214,6 +216,46 @@ class SeaweedFS:
         except Exception:  # not up yet: refused, 5xx, or the filer not ready
             return False
         return True
+
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def render(template: str, **values: str) -> str:
+    """envsubst, for the named variables only (nginx's own $variables stay as they are)."""
+    return re.sub(r"\$\{([A-Z_]+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+def start_nginx(tmp: Path, proxy_port: int, web_port: int) -> subprocess.Popen:
+    """A real nginx on ``proxy_port``, with deploy/nginx.conf.template rendered before ``web_port``."""
+    from imgsvc.config import Settings
+    from imgsvc.storage.uploads import human_size
+
+    settings = Settings()
+    site = render(
+        (PROJECT_ROOT / "deploy" / "nginx.conf.template").read_text(),
+        PROXY_LISTEN=f"127.0.0.1:{proxy_port}",
+        PROXY_UPSTREAM=f"127.0.0.1:{web_port}",
+        PROXY_MAX_BODY=str(settings.max_file_size + 65536),
+        PROXY_MAX_BATCH_BODY=str(settings.max_file_size * settings.max_batch_files + 65536),
+        PROXY_LIMIT_TEXT=human_size(settings.max_file_size),
+    )
+    (tmp / "imgsvc.conf").write_text(site)
+    temp_paths = " ".join(
+        f"{kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (tmp / "nginx.conf").write_text(
+        f"daemon off; worker_processes 1; user {getpass.getuser()};\n"
+        f"pid {tmp / 'nginx.pid'}; error_log {tmp / 'error.log'} warn;\n"
+        "events { worker_connections 256; }\n"
+        f"http {{ access_log off; {temp_paths} include {tmp / 'imgsvc.conf'}; }}\n"
+    )
+    return subprocess.Popen(
+        [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 class SlowDescriber(Describer):

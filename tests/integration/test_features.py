@@ -143,20 +143,23 @@ def test_jobs_are_listed_newest_first_with_a_cursor(client):
         assert client.get(f"/api/v1/jobs?{bad}").status_code == 400
 
 
-def test_cancelling_a_queued_job_removes_it_from_rq_and_disk(client, settings, run_worker, jpeg_bytes):
+def test_cancelling_a_queued_job_removes_it_from_rq_and_a_second_delete_from_disk(
+    client, settings, run_worker, jpeg_bytes
+):
     job_id = submit(client, jpeg_bytes).get_json()["job_id"]
     response = client.delete(f"/api/v1/jobs/{job_id}")
     assert response.get_json() == {"job_id": job_id, "status": "cancelled", "was": "queued"}
-    assert stored_files(settings) == []
+    assert len(stored_files(settings)) == 1  # kept, as a finished job's image is: it can be retried
     run_worker()
     status = client.get(f"/api/v1/status/{job_id}").get_json()
     assert status["status"] == "cancelled" and "cancelled" in status["error"]
     assert status["completed_at"] >= status["created_at"]  # finished: `flask prune` will reap it
     result = client.get(f"/api/v1/result/{job_id}")
     assert result.status_code == 422 and result.get_json()["message"] == "the job was cancelled"
-    # a finished job is deleted outright
+    # a finished job is deleted outright, with its image
     assert client.delete(f"/api/v1/jobs/{job_id}").get_json()["status"] == "deleted"
     assert client.get(f"/api/v1/status/{job_id}").status_code == 404
+    assert stored_files(settings) == []
 
 
 # -- options -------------------------------------------------------------------------------
@@ -554,4 +557,6 @@ def test_cancel_while_running_discards_the_result(client, settings, run_worker, 
     status = client.get(f"/api/v1/status/{job_id}").get_json()
     assert status["status"] == "cancelled"
     assert client.get(f"/api/v1/result/{job_id}").status_code == 422
+    assert len(stored_files(settings)) == 1  # kept for a retry until UPLOAD_RETENTION or a DELETE
+    assert client.delete(f"/api/v1/jobs/{job_id}").get_json()["status"] == "deleted"
     assert stored_files(settings) == []

@@ -220,6 +220,10 @@ def test_browser_uploads_images_and_shows_descriptions_and_errors(
     states = browser.execute_script("return window.cardStates[arguments[0]]", photo.name)
     assert states[:2] == ["uploading", "queued"] and states[-1] == "done"
     assert set(states) <= {"uploading", "queued", "processing", "done"}
+    # The card followed the job's event stream, not status polls.
+    requested = browser.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
+    assert any(url.endswith(f"/api/v1/jobs/{job_id}/events") for url in requested)
+    assert not any(f"/api/v1/status/{job_id}" in url for url in requested)
     assert card.find_element(By.CSS_SELECTOR, ".progress").get_attribute("aria-valuenow") == "100"
     assert text_of(card, ".description") == result["image_description"]
     assert text_of(card, ".model") == result["generated_by"] == settings.vision_model
@@ -409,3 +413,32 @@ def test_browser_draws_the_real_scene_describers_person_on_the_astronaut(
         assert inside(shown["box"], geometry["image"]) and inside(shown["labelBox"], geometry["image"]), shown
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     card.screenshot(str(ARTIFACTS / "astronaut-card.png"))
+
+
+def test_browser_falls_back_to_polling_when_the_event_stream_is_refused(
+    browser, worker_process, settings, tmp_path
+):
+    """A proxy that does not pass the stream (here: the route answers 503): the card polls instead."""
+    from flask import request
+
+    from imgsvc.errors import ServiceUnavailable
+
+    photo = tmp_path / "red.png"
+    Image.new("RGB", (64, 48), (200, 30, 40)).save(photo)
+    app = create_app(settings)
+
+    @app.before_request
+    def no_event_streams() -> None:
+        if request.path.endswith("/events"):
+            raise ServiceUnavailable()
+
+    with serving(app) as url:
+        browser.get(f"{url}/")
+        browser.find_element(By.ID, "file-input").send_keys(str(photo))
+        card = wait_until_settled(browser, photo.name, worker_process)
+        assert card.get_attribute("data-state") == "done", text_of(card, ".error")
+        assert text_of(card, ".description")
+        requested = browser.execute_script(
+            "return performance.getEntriesByType('resource').map((e) => e.name)"
+        )
+        assert any("/events" in name for name in requested) and any("/api/v1/status/" in n for n in requested)

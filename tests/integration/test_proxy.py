@@ -9,12 +9,9 @@ X-Forwarded-For hops to believe.
 
 from __future__ import annotations
 
-import getpass
 import http.client
 import json
 import os
-import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,11 +24,9 @@ from pathlib import Path
 import pytest
 
 from imgsvc.config import PROJECT_ROOT, Settings
-from imgsvc.storage.uploads import human_size
 from tests.conftest import TEST_REDIS_URL, empty_owned_db
-from tests.integration.procs import free_port, kill_group, wait_until
+from tests.integration.procs import NGINX, free_port, kill_group, start_nginx, wait_until
 
-NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 needs_nginx = pytest.mark.skipif(
     not os.access(NGINX, os.X_OK), reason="nginx is not installed (.ci/run installs it with apt)"
 )
@@ -44,17 +39,11 @@ class Front:
     tmp: Path
 
 
-def render(template: str, **values: str) -> str:
-    """envsubst, for the named variables only (nginx's own $variables stay as they are)."""
-    return re.sub(r"\$\{([A-Z_]+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
-
-
 @pytest.fixture(scope="module")
 def front(tmp_path_factory, owned_redis) -> Iterator[Front]:
     tmp = tmp_path_factory.mktemp("front")
     empty_owned_db(owned_redis)  # the suite's DB, checked and marked as its own
     web_port, proxy_port = free_port(), free_port()
-    settings = Settings()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HF_HUB_OFFLINE": "1",
@@ -73,30 +62,7 @@ def front(tmp_path_factory, owned_redis) -> Iterator[Front]:
         command, cwd=PROJECT_ROOT, env=env, stdout=web_log, stderr=subprocess.STDOUT, start_new_session=True
     )
 
-    site = render(
-        (PROJECT_ROOT / "deploy" / "nginx.conf.template").read_text(),
-        PROXY_LISTEN=f"127.0.0.1:{proxy_port}",
-        PROXY_UPSTREAM=f"127.0.0.1:{web_port}",
-        PROXY_MAX_BODY=str(settings.max_file_size + 65536),
-        PROXY_MAX_BATCH_BODY=str(settings.max_file_size * settings.max_batch_files + 65536),
-        PROXY_LIMIT_TEXT=human_size(settings.max_file_size),
-    )
-    (tmp / "imgsvc.conf").write_text(site)
-    temp_paths = " ".join(
-        f"{kind}_temp_path {tmp / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (tmp / "nginx.conf").write_text(
-        f"daemon off; worker_processes 1; user {getpass.getuser()};\n"
-        f"pid {tmp / 'nginx.pid'}; error_log {tmp / 'error.log'} warn;\n"
-        "events { worker_connections 256; }\n"
-        f"http {{ access_log off; {temp_paths} include {tmp / 'imgsvc.conf'}; }}\n"
-    )
-    nginx = subprocess.Popen(
-        [NGINX, "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    nginx = start_nginx(tmp, proxy_port, web_port)
     try:
         up = wait_until(lambda: get(proxy_port, "/healthz") == 200, timeout=60, interval=0.2)
         assert up, (tmp / "web.log").read_text()[-3000:] + (tmp / "error.log").read_text()[-3000:]

@@ -1,5 +1,6 @@
 // The upload page: every picked or dropped image becomes a card that follows its job through
-// the public API (submit -> status -> result). No framework, no build step, same origin only.
+// the public API (submit, then the job's event stream; status and result polls where the stream
+// cannot be had). No framework, no build step, same origin only.
 "use strict";
 
 (function () {
@@ -16,6 +17,7 @@
   const submitUrl = form.getAttribute("action");
   const statusUrl = (id) => form.dataset.statusUrl.replace("JOB_ID", encodeURIComponent(id));
   const resultUrl = (id) => form.dataset.resultUrl.replace("JOB_ID", encodeURIComponent(id));
+  const eventsUrl = (id) => form.dataset.eventsUrl.replace("JOB_ID", encodeURIComponent(id));
 
   // Polling backs off from fast (short jobs feel instant) to a steady pace (long queues stay cheap).
   const POLL_FIRST_MS = 400;
@@ -320,7 +322,65 @@
       this.jobId = submitted.job_id;
       this.root.dataset.jobId = this.jobId;
       this.setState("queued");
-      this.poll();
+      if (!(await this.stream())) this.poll();
+    }
+
+    // Follows the job's server-sent events (GET /jobs/<id>/events), read through fetch rather than
+    // EventSource so the API key header goes with it. True when the card reached a final state;
+    // false when the stream could not be had or ended early (the server bounds each stream):
+    // polling takes over from there.
+    async stream() {
+      if (!window.ReadableStream || !window.TextDecoder) return false;
+      let reader;
+      try {
+        const headers = { ...apiHeaders(), Accept: "text/event-stream" };
+        const response = await fetch(eventsUrl(this.jobId), { headers });
+        if (!response.ok || !response.body) return false;
+        reader = response.body.getReader();
+      } catch (_) {
+        return false;
+      }
+      const decoder = new TextDecoder();
+      let buffer = "";
+      try {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) return false;
+          buffer += decoder.decode(value, { stream: true });
+          let end;
+          while ((end = buffer.indexOf("\n\n")) >= 0) {
+            const event = parseEvent(buffer.slice(0, end));
+            buffer = buffer.slice(end + 2);
+            if (event && this.onEvent(event.name, event.data)) {
+              reader.cancel().catch(() => {});
+              return true;
+            }
+          }
+        }
+      } catch (_) {
+        return false;
+      }
+    }
+
+    // One event of the stream; true when it is a final state.
+    onEvent(name, body) {
+      if (name === "done") {
+        this.showResult(body);
+        return true;
+      }
+      if (name === "failed" || name === "cancelled") {
+        this.fail(endedText(body));
+        return true;
+      }
+      if (name === "deleted") {
+        this.fail(errorText(404, null));
+        return true;
+      }
+      if (name === "queued" || name === "processing") {
+        const retrying = name === "queued" && body.error;
+        this.setState(name, retrying ? `Retrying after an error: ${body.error}` : "");
+      }
+      return false;
     }
 
     // XMLHttpRequest rather than fetch: only it reports upload progress.
@@ -406,6 +466,18 @@
       }
       return true;
     }
+  }
+
+  // "event: NAME\ndata: JSON" (comment lines start with ":") -> { name, data }; null for a comment.
+  function parseEvent(block) {
+    let name = null;
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (line.startsWith("event:")) name = line.slice(6).trim();
+      else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+    }
+    const parsed = parseJson(data.join("\n"));
+    return name && parsed ? { name, data: parsed } : null;
   }
 
   function handleFiles(files) {

@@ -1,0 +1,246 @@
+"""Job-change notifications: the row's writer publishes on Redis, a waiting request wakes up.
+
+Whoever writes a job row's status (the worker, the reaper, a cancel, a delete, a retry) does it
+through :mod:`imgsvc.storage.jobs`, which notes the job id in the SQL session; once that
+transaction commits, :func:`publish_committed` publishes one message per job on the channel
+``imgsvc:job-changed:<id>`` (one pipelined round trip per commit). The message only says
+"look again": the row stays the truth, and a waiter that wakes re-reads it.
+
+The web side waits through one :class:`JobWatcher` per process: a thread that owns one Redis
+connection, subscribes to the channels of the jobs someone waits on, and wakes their waiters.
+A waiting request holds a thread of its web worker and nothing else: no database connection,
+no Redis connection of its own, no polling. A waiter subscribes first and reads the row only
+once Redis has confirmed the subscription, so a change committed after that read is never missed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from redis import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+log = logging.getLogger("imgsvc.changes")
+
+CHANNEL_PREFIX = "imgsvc:job-changed:"
+#: Where :mod:`imgsvc.storage.jobs` notes the jobs a transaction changed: job id -> new status.
+SESSION_KEY = "imgsvc.changed_jobs"
+
+
+def channel(job_id: str) -> str:
+    return CHANNEL_PREFIX + job_id
+
+
+def note_change(session: Session, job_id: str, status: str) -> None:
+    """Remember that this transaction wrote ``job_id``'s status; published when it commits."""
+    session.info.setdefault(SESSION_KEY, {})[job_id] = str(status)
+
+
+def publish(connection: Redis, changes: dict[str, str]) -> None:
+    """One message per changed job, in one round trip; never fails the caller's work.
+
+    Without Redis a waiter is not woken and answers when its wait runs out, from the row.
+    """
+    if not changes:
+        return
+    try:
+        with connection.pipeline(transaction=False) as pipe:
+            for job_id, status in changes.items():
+                pipe.publish(channel(job_id), json.dumps({"job_id": job_id, "status": status}))
+            pipe.execute()
+    except RedisError as exc:
+        log.warning("job change not published (%s)", exc, extra={"jobs": len(changes)})
+
+
+def install_change_feed() -> None:
+    """Publish the jobs a session noted once its transaction commits (once per process)."""
+    if not event.contains(Session, "after_commit", publish_committed):
+        event.listen(Session, "after_commit", publish_committed)
+        event.listen(Session, "after_rollback", _forget)
+
+
+def publish_committed(session: Session) -> None:
+    changes = session.info.pop(SESSION_KEY, None)
+    if changes:
+        from flask import current_app  # the session lives inside an app context: web, worker or CLI
+
+        publish(current_app.redis, changes)
+
+
+def _forget(session: Session) -> None:
+    session.info.pop(SESSION_KEY, None)
+
+
+class _Channel:
+    """The waiters on one job's channel, and whether Redis has confirmed the subscription."""
+
+    def __init__(self, wanted: int) -> None:
+        self.events: set[threading.Event] = set()
+        #: Which SUBSCRIBE on this channel, counted since the watcher connected, is this one's.
+        self.wanted = wanted
+        self.ready = threading.Event()
+
+
+class JobWatcher:
+    """One per web process: a single subscriber connection and a thread that reads it.
+
+    ``capacity`` bounds how many requests may wait at once: each one holds a web worker thread,
+    and past this many a request is answered at once instead (its wait is not applied), so
+    waiting clients can never take every thread from the others.
+    """
+
+    def __init__(self, redis_url: str, capacity: int) -> None:
+        self.redis_url = redis_url
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._channels: dict[str, _Channel] = {}
+        self._subscribes: dict[str, int] = {}  # SUBSCRIBEs sent per channel since connecting
+        self._confirmed: dict[str, int] = {}  # ... and confirmed by Redis
+        self._waiting = 0
+        self._connection: Any = None
+        self._client: Redis | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    @contextmanager
+    def watch(self, job_id: str, confirm_timeout: float = 2.0) -> Iterator[threading.Event | None]:
+        """An event set whenever the job's row changes, for the duration of the block.
+
+        None when the watcher is full or Redis cannot be reached: the caller answers at once.
+        When it yields an event, Redis has confirmed the subscription: read the row *after*
+        entering the block, and any later change sets the event.
+        """
+        woken = threading.Event()
+        entry = self._join(job_id, woken)
+        if entry is None:
+            yield None
+            return
+        try:
+            if not entry.ready.wait(confirm_timeout):
+                yield None
+            else:
+                yield woken
+        finally:
+            self._leave(job_id, woken)
+
+    def _join(self, job_id: str, woken: threading.Event) -> _Channel | None:
+        with self._lock:
+            if self._waiting >= self.capacity:
+                return None
+            try:
+                self._ensure_running()
+                entry = self._channels.get(job_id)
+                if entry is None:
+                    name = channel(job_id)
+                    self._subscribes[name] = self._subscribes.get(name, 0) + 1
+                    entry = self._channels[job_id] = _Channel(self._subscribes[name])
+                    self._connection.send_command("SUBSCRIBE", name)
+                    if self._confirmed.get(name, 0) >= entry.wanted:
+                        entry.ready.set()
+            except (RedisError, OSError) as exc:
+                log.warning("cannot watch jobs: Redis unavailable (%s)", exc)
+                self._reset()
+                return None
+            entry.events.add(woken)
+            self._waiting += 1
+            return entry
+
+    def _leave(self, job_id: str, woken: threading.Event) -> None:
+        with self._lock:
+            self._waiting -= 1
+            entry = self._channels.get(job_id)
+            if entry is None or woken not in entry.events:
+                return  # the connection was reset meanwhile
+            entry.events.discard(woken)
+            if entry.events:
+                return
+            del self._channels[job_id]
+            try:
+                self._connection.send_command("UNSUBSCRIBE", channel(job_id))
+            except (RedisError, OSError):
+                self._reset()
+
+    def _ensure_running(self) -> None:
+        """Connect (inside the lock) and start the reader thread, on first use or after a reset."""
+        if self._connection is not None:
+            return
+        # Its own client: no health-check PING may be sent on a connection another thread reads.
+        # RESP2: under RESP3 redis-py hands pub/sub replies to a push handler instead of read_response.
+        self._client = Redis.from_url(
+            self.redis_url, socket_connect_timeout=2, health_check_interval=0, protocol=2
+        )
+        self._connection = self._client.connection_pool.get_connection()
+        self._connection.connect()
+        self._subscribes.clear()
+        self._confirmed.clear()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._read, name="imgsvc-job-watcher", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Disconnect and let the reader thread end; waiters answer from their rows."""
+        with self._lock:
+            self._reset()
+
+    def _reset(self) -> None:
+        """Drop the connection (inside the lock) and wake every waiter: each re-reads its row and
+        answers; a change published while no one listened is thereby never lost."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with suppress(RedisError, OSError):
+                connection.disconnect()
+        for entry in self._channels.values():
+            entry.ready.set()
+            for woken in entry.events:
+                woken.set()
+        self._channels.clear()
+
+    def _read(self) -> None:
+        while True:
+            with self._lock:
+                connection = self._connection
+                if connection is None:  # closed, or Redis was lost: the next watch starts anew
+                    self._thread = None
+                    return
+            try:
+                if not connection.can_read(timeout=1.0):
+                    continue
+                reply = connection.read_response()
+            except (RedisError, OSError, AttributeError, TypeError) as exc:
+                # AttributeError/TypeError: the socket was closed under us by _reset.
+                with self._lock:
+                    if self._connection is connection:
+                        log.warning("job watcher lost Redis (%s); waiters answer from the row", exc)
+                        self._reset()
+                continue
+            self._dispatch(reply)
+
+    def _dispatch(self, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) < 3:
+            return
+        kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        name = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        job_id = name.removeprefix(CHANNEL_PREFIX)
+        with self._lock:
+            entry = self._channels.get(job_id)
+            if kind == "subscribe":
+                self._confirmed[name] = self._confirmed.get(name, 0) + 1
+                if entry is not None and self._confirmed[name] >= entry.wanted:
+                    entry.ready.set()
+            elif kind == "unsubscribe":
+                if name not in self._channels and self._confirmed.get(name) == self._subscribes.get(name):
+                    self._confirmed.pop(name, None)  # nothing in flight: forget the counts
+                    self._subscribes.pop(name, None)
+            elif kind == "message" and entry is not None:
+                for woken in entry.events:
+                    woken.set()
