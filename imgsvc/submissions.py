@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from imgsvc.config import Settings
 from imgsvc.errors import BadRequest, ImgsvcError
 from imgsvc.images import ImageInfo, inspect_image
+from imgsvc.queue.changes import set_validator
 from imgsvc.queue.connection import enqueue_describe, running_model
 from imgsvc.queue.webhooks import enqueue_delivery
 from imgsvc.storage import jobs
@@ -22,6 +23,7 @@ from imgsvc.storage.uploads import StagedUpload, UploadStore
 
 if TYPE_CHECKING:
     from redis import Redis
+    from redis.client import Pipeline
     from rq import Queue
 
     from imgsvc.metrics import RedisMetrics
@@ -187,13 +189,19 @@ def _store_and_enqueue(
             intake.task_queue,
             intake.settings,
             job_id,
-            also=lambda pipe: intake.metrics.record("submitted", pipeline=pipe),
+            also=lambda pipe: _also_on_enqueue(intake, pipe, job_id),
         )
     except ImgsvcError:
         jobs.delete_job(job_id)
         intake.uploads.delete(name)
         raise
     return Accepted(job_id, jobs.Status.QUEUED)
+
+
+def _also_on_enqueue(intake: Intake, pipe: Pipeline, job_id: str) -> None:
+    """Sent with the enqueue, in its round trip: the submit counter and the job's first poll validator."""
+    intake.metrics.record("submitted", pipeline=pipe)
+    set_validator(pipe, job_id, jobs.Status.QUEUED)
 
 
 def check_supported(model: dict[str, Any] | None, options: dict[str, Any]) -> None:
