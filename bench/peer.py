@@ -351,9 +351,9 @@ def bento_job(mode: str, poll_s: float) -> Callable[[Client, bytes], None]:
             status, _, data = client.call("GET", f"/describe_task/status?task_id={task_id}")
             _check(status, {200}, data, "task status")
             state = json.loads(data)["status"]
-            if state == "success":
+            if state == "completed":
                 break
-            if state not in ("in_progress", "queued", "pending"):
+            if state not in ("pending", "in_progress"):
                 raise RuntimeError(f"task {task_id} ended {state}")
             time.sleep(poll_s)
         status, _, data = client.call("GET", f"/describe_task/get?task_id={task_id}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -103,11 +105,29 @@ def publish_model(
     if components or missing:
         info |= {"components": list(components), "missing": list(missing)}
     connection.set(_model_key(settings), json.dumps(info))
+    _models_read.pop(connection, None)  # this process knows at once; the others within a second
+
+
+#: How long a process trusts the running model it last read: a submit skips that Redis round trip.
+#: A switch of the served model is rare, the web side only uses this to dedupe and check options,
+#: and a job's ``generated_by`` always says what ran, so a second of staleness misleads no one.
+MODEL_CACHE_SECONDS = 1.0
+#: connection -> model key -> (read at, what it said); weak, so a closed app's entries go with it.
+_models_read: weakref.WeakKeyDictionary[Redis, dict[str, tuple[float, dict[str, Any] | None]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def running_model(connection: Redis, settings: Settings) -> dict[str, Any] | None:
+    """What the workers said they run (None: no worker has yet), as read at most a second ago."""
+    key = _model_key(settings)
+    read = _models_read.setdefault(connection, {})
+    if (cached := read.get(key)) is not None and time.monotonic() - cached[0] < MODEL_CACHE_SECONDS:
+        return cached[1]
     try:
-        raw = connection.get(_model_key(settings))
+        raw = connection.get(key)
     except RedisError:
         return None  # enqueueing will report the outage
-    return json.loads(raw) if raw else None
+    model = json.loads(raw) if raw else None
+    read[key] = (time.monotonic(), model)
+    return model

@@ -94,3 +94,36 @@ def test_batch_members_share_the_batch_id(intake):
         for i in range(2)
     ]
     assert {job.id for job in jobs.batch_members(batch, None)} == set(ids)
+
+
+def test_a_model_switch_by_another_process_is_seen_within_a_second(intake, jpeg_bytes, monkeypatch):
+    """The running model is read at most once a second (issue 27: a switch is rare, and
+    ``generated_by`` always says what ran); the process that publishes it knows at once."""
+    from imgsvc.queue import connection
+
+    worker_side = redis_connection(intake.settings)  # another process's connection
+    publish_model(worker_side, intake.settings, "scene", [])
+    with pytest.raises(BadRequest, match="running model scene"):
+        accept_upload(intake, io.BytesIO(jpeg_bytes), Submission(options={"max_length": 5}))
+
+    publish_model(worker_side, intake.settings, "tiny-blip", ["max_length"])
+    with pytest.raises(BadRequest, match="running model scene"):  # still what it read < 1 s ago
+        accept_upload(intake, io.BytesIO(jpeg_bytes), Submission(options={"max_length": 5}))
+
+    now = connection.time.monotonic()
+    monkeypatch.setattr(connection.time, "monotonic", lambda: now + connection.MODEL_CACHE_SECONDS)
+    accepted = accept_upload(intake, io.BytesIO(jpeg_bytes), Submission(options={"max_length": 5}))
+    assert accepted.status == jobs.Status.QUEUED
+
+
+def test_the_process_that_publishes_a_model_sees_it_at_once(intake):
+    publish_model(intake.redis, intake.settings, "scene", [])
+    assert connection_model(intake)["name"] == "scene"
+    publish_model(intake.redis, intake.settings, "tiny-blip", ["max_length"])
+    assert connection_model(intake)["name"] == "tiny-blip"
+
+
+def connection_model(intake: Intake) -> dict:
+    from imgsvc.queue.connection import running_model
+
+    return running_model(intake.redis, intake.settings)
