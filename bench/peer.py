@@ -438,7 +438,7 @@ def probe_imgsvc(server: Server, jpeg: bytes) -> dict[str, str | None]:
     _check(status, {200, 202}, data, "probe submit")
     waits = status == 200 or "Preference-Applied" in headers
     job_id = json.loads(data)["job_id"]
-    status, headers, data = client.call("GET", f"/api/v1/result/{job_id}", None, {"Prefer": "wait=30"})
+    status, headers, data = client.call("GET", f"/api/v1/result/{job_id}")
     etag = headers.get("ETag")
     return {
         "poll": None,
