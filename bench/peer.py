@@ -1,7 +1,7 @@
 """imgsvc against BentoML end to end: same model directory, same photos, same clients, one run.
 
     python -m bench peer [--models tiny,blip-base] [--images 200] [--clients 32] [--rounds 2]
-                         [--poll-ms 20] [--web-threads 4] [--sides ...] [--quick]
+                         [--poll-ms 20] [--web-threads 4] [--warm 64] [--sides ...] [--quick]
 
 Each model directory (the tiny BLIP generating 3 tokens: a near-free model that shows what the
 serving costs; the BLIP-base-size one at 20 tokens: a realistic model; random weights, built under
@@ -491,9 +491,9 @@ def measure_model(size: str, args: argparse.Namespace, jpegs: list[bytes]) -> li
             if any(s in BENTO_SIDES and s not in skipped for s in sides):
                 servers["bento"] = stack.enter_context(bento_server(env, workdir))
             active = [s for s in sides if s not in skipped]
-            warm = jpegs[: min(len(jpegs), 2 * args.clients)]
-            for side in active if not args.quick else ():  # warm-up: imports, connections, first calls
-                _one(side, servers, describer, images[:BATCH], warm, args)
+            warm = jpegs[: args.warm]
+            for side in active if warm else ():  # warm-up: imports, connections, the first model calls
+                _one(side, servers, describer, images[: len(warm)], warm, args)
             for r in range(args.rounds):
                 for side in active if r % 2 == 0 else list(reversed(active)):
                     runs[side].append(_one(side, servers, describer, images, jpegs, args))
@@ -503,6 +503,10 @@ def measure_model(size: str, args: argparse.Namespace, jpegs: list[bytes]) -> li
                         f"(load {load_average()})",
                         flush=True,
                     )
+    except BaseException:
+        for log in sorted(workdir.glob("*.log")):  # what the servers said, before they are deleted
+            print(f"--- {log.name} (last lines)\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
+        raise
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     for side, why in skipped.items():
@@ -608,6 +612,7 @@ def main(argv: list[str] | None = None) -> None:
         "--web-threads", type=int, default=int(os.environ.get("WEB_THREADS", "4")),
         help="gunicorn threads per imgsvc web worker (WEB_THREADS)",
     )  # fmt: skip
+    parser.add_argument("--warm", type=int, default=64, help="photos per side's warm-up run (0: none)")
     parser.add_argument("--sides", default=",".join(SIDES), help=f"any of: {', '.join(SIDES)}")
     parser.add_argument("--quick", action="store_true", help="tiny model, few photos, one round, no BentoML")
     args = parser.parse_args(argv)
@@ -619,7 +624,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown side(s) {', '.join(sorted(unknown))}")
     if args.quick:
         # CI: seconds, and never BentoML (the peer column is skipped, saying why).
-        args.models, args.images, args.clients, args.rounds = "tiny", 32, 8, 1
+        args.models, args.images, args.clients, args.rounds, args.warm = "tiny", 32, 8, 1, 0
         args.sides = [s for s in args.sides if s not in BENTO_SIDES]
         print("--quick: the BentoML side is skipped (a bench-only venv, bench/peer-setup.sh; "
               "run without --quick to compare)")  # fmt: skip
