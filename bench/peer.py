@@ -1,7 +1,7 @@
 """imgsvc against BentoML end to end: same model directory, same photos, same clients, one run.
 
     python -m bench peer [--models tiny,blip-base] [--images 200] [--clients 32] [--rounds 2]
-                         [--poll-ms 20] [--web-threads 4] [--warm 64] [--sides ...] [--quick]
+                         [--poll-ms 20] [--web-threads N] [--warm 64] [--sides ...] [--quick]
 
 Each model directory (the tiny BLIP generating 3 tokens: a near-free model that shows what the
 serving costs; the BLIP-base-size one at 20 tokens: a realistic model; random weights, built under
@@ -609,8 +609,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds (each reverses the order)")
     parser.add_argument("--poll-ms", type=float, default=20, help="a polling client's pause between polls")
     parser.add_argument(
-        "--web-threads", type=int, default=int(os.environ.get("WEB_THREADS", "4")),
-        help="gunicorn threads per imgsvc web worker (WEB_THREADS)",
+        "--web-threads", type=int, default=0,
+        help="WEB_THREADS of imgsvc's gunicorn workers (default: clients + 8, so that every client can "
+        "wait in one request whichever process its connection lands on; docs/scaling.md)",
     )  # fmt: skip
     parser.add_argument("--warm", type=int, default=64, help="photos per side's warm-up run (0: none)")
     parser.add_argument("--sides", default=",".join(SIDES), help=f"any of: {', '.join(SIDES)}")
@@ -628,6 +629,7 @@ def main(argv: list[str] | None = None) -> None:
         args.sides = [s for s in args.sides if s not in BENTO_SIDES]
         print("--quick: the BentoML side is skipped (a bench-only venv, bench/peer-setup.sh; "
               "run without --quick to compare)")  # fmt: skip
+    args.web_threads = args.web_threads or args.clients + 8
     jpegs = photos(args.images)
     for size in args.models.split(","):
         measure_model(size.strip(), args, jpegs)
