@@ -197,6 +197,11 @@ def imgsvc_server(env: dict[str, str], workdir: Path, web_threads: int) -> Itera
     )  # fmt: skip
     processes = [redis]
     try:
+        # The worker first: it creates the tables, which two gunicorn workers booting at once on a
+        # new SQLite file may both try (one then fails to boot, and gunicorn stops).
+        worker = _popen([sys.executable, "worker.py"], env, workdir / "worker.log")
+        processes.append(worker)
+        _wait_worker(env["REDIS_URL"], env["RQ_QUEUE"], worker, workdir / "worker.log")
         web = _popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{web_port}",
              "wsgi:app"],
@@ -204,9 +209,6 @@ def imgsvc_server(env: dict[str, str], workdir: Path, web_threads: int) -> Itera
         )  # fmt: skip
         processes.append(web)
         _wait_http(web_port, "/healthz", web, workdir / "gunicorn.log")
-        worker = _popen([sys.executable, "worker.py"], env, workdir / "worker.log")
-        processes.append(worker)
-        _wait_worker(env["REDIS_URL"], env["RQ_QUEUE"], worker, workdir / "worker.log")
         yield Server(
             "imgsvc",
             web_port,
