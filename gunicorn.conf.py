@@ -8,7 +8,9 @@ port = os.environ.get("WEB_PORT") or "8000"
 bind = f"[{_host}]:{port}" if ":" in _host else f"{_host}:{port}"
 workers = int(os.environ.get("WEB_WORKERS", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
-worker_class = "gthread"
+# gthread, except that a request head is gathered without holding a thread, and one not in
+# within WEB_HEADER_TIMEOUT seconds is dropped: slowloris straight at gunicorn (make run).
+worker_class = "imgsvc.web.gunicorn_worker.HeadFirstWorker"
 # Uploads are streamed to disk and the model runs elsewhere: a request is never long.
 timeout = 30
 graceful_timeout = 20

@@ -4,7 +4,9 @@
 
 Builds the security review's files: a 6000x6000 progressive JPEG whose one AC scan is
 repeated 20,000 times (1.8 MB) and 125,000 times (10.5 MB), a 6300x6300 WebP of 70 KB,
-PNG and TIFF canvases just under MAX_IMAGE_PIXELS and one far over it. For each it
+PNG and TIFF canvases just under MAX_IMAGE_PIXELS and one far over it, and (issue 23) the
+9.5 MB TIFF tag-array bomb (:func:`tiff_tag_bomb`, see :func:`tiff_table`) and a small JPEG
+followed by 9 MB of zeros (:func:`trailing_zeros`: accepted and stored before). For each it
 measures, in a fresh process each, CPU seconds, peak RSS and wall-clock of
 
 - the web check: *before* = the pre-fix check (a reduced Pillow decode in the web
@@ -112,12 +114,51 @@ def declared_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
+def tiff_tag_bomb(entries: int = 65_530, values: int = 3_600_000, pages: int = 3) -> bytes:
+    """The review's TIFF tag-array bomb: a valid 1x1 first page, then ``pages`` IFDs of ``entries``
+    StripOffsets entries each (type SHORT, ``values`` values), all pointing at one region.
+
+    The defaults give the review's 9.7 MB file. The pre-fix check unpacked every entry's
+    whole array: 15-38 ms of CPU per entry, about an hour for the whole file.
+    """
+    region = 8 + 2 + 9 * 12 + 4 + 1  # header, the first page's IFD, its one pixel
+    first = [  # (tag, type, count, value): an uncompressed 8-bit grey 1x1 page
+        (256, 3, 1, 1),
+        (257, 3, 1, 1),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, region - 1),
+        (277, 3, 1, 1),
+        (278, 3, 1, 1),
+        (279, 4, 1, 1),
+    ]
+    ifd = region + values * 2  # the pages after the first follow the shared region
+    out = bytearray(b"II*\x00" + struct.pack("<I", 8))
+    out += struct.pack("<H", len(first)) + b"".join(struct.pack("<HHII", *e) for e in first)
+    out += struct.pack("<I", ifd if pages else 0) + b"\x00"
+    out += bytes(values * 2)
+    entry = struct.pack("<HHII", 273, 3, values, region)
+    for page in range(pages):
+        following = ifd + (page + 1) * (2 + entries * 12 + 4) if page + 1 < pages else 0
+        out += struct.pack("<H", entries) + entry * entries + struct.pack("<I", following)
+    return bytes(out)
+
+
+def trailing_zeros(zeros: int = 9 * 1024 * 1024) -> bytes:
+    """The review's disk filler: a small JPEG and megabytes of zeros after its end (accepted, stored)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 12), (200, 80, 40)).save(buffer, "JPEG")
+    return buffer.getvalue() + bytes(zeros)
+
+
 def bombs(quick: bool) -> dict[str, bytes]:
     if quick:
         return {
             "jpeg, 1,000 scans, 3000x3000": progressive_scan_bomb(3000, 1000),
             "webp 3000x3000": webp_canvas_bomb(3000),
             "png 100000x100000 (declared)": declared_png(100_000, 100_000),
+            "small jpeg + 1 MB of zeros after its end": trailing_zeros(1024 * 1024),
         }
     return {
         "jpeg, 20,000 scans (1.8 MB)": progressive_scan_bomb(6000, 20_000),
@@ -126,6 +167,7 @@ def bombs(quick: bool) -> dict[str, bytes]:
         "png 6300x6300": canvas("PNG"),
         "tiff 6300x6300 (deflate)": canvas("TIFF"),
         "png 100000x100000 (declared)": declared_png(100_000, 100_000),
+        "small jpeg + 9 MB of zeros after its end": trailing_zeros(),
     }
 
 
@@ -153,11 +195,43 @@ def legacy_inspect(path: Path, max_pixels: int) -> ImageInfo:
     return info
 
 
+def legacy_tiff_walk(path: Path) -> None:
+    """The TIFF header walk before the tag-array fix (commit 18cb8fc): every listed size or
+    strip tag of every page had its whole value array unpacked; only the bounds were checked."""
+    import mmap
+
+    from imgsvc.images import _first, _Walker, unsupported
+
+    with path.open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        w = _Walker(data, 40_000_000, 1000, float("inf"))
+        order = "<" if data[:2] == b"II" else ">"
+        (offset,) = w.read(order + "I", 4)
+        while offset:
+            w.step("TIFF directories")
+            (count,) = w.read(order + "H", offset)
+            tags: dict[int, tuple[int, ...]] = {}
+            for index in range(count):
+                w.step("TIFF tags")
+                entry = offset + 2 + index * 12
+                tag, kind = w.read(order + "HH", entry)
+                if tag not in (256, 257, 273, 279, 324, 325) or kind not in (3, 4):
+                    continue
+                (n,) = w.read(order + "I", entry + 4)
+                item, where = (2 if kind == 3 else 4), entry + 8
+                if n * item > 4:
+                    (where,) = w.read(order + "I", where)
+                w.need(where + n * item, "a TIFF tag")
+                tags[tag] = w.read(f"{order}{n}{'H' if kind == 3 else 'I'}", where)
+            (offset,) = w.read(order + "I", offset + 2 + count * 12)
+            w.check_size("TIFF", _first(tags.get(256)), _first(tags.get(257)))
+    raise unsupported("(the legacy walk got to the end)")
+
+
 def legacy_app():
     """The real app with the pre-fix check patched in: ``gunicorn 'bench.bombs:legacy_app()'``."""
     from imgsvc import create_app, submissions
 
-    submissions.inspect_image = lambda path, max_pixels, max_frames: legacy_inspect(path, max_pixels)
+    submissions.inspect_image = lambda path, max_pixels, max_frames, *_: legacy_inspect(path, max_pixels)
     return create_app()
 
 
@@ -171,7 +245,10 @@ s = Settings()
 started = time.perf_counter()
 outcome = "ok"
 try:
-    if mode == "web-before":
+    if mode == "tiff-walk-before":
+        from bench.bombs import legacy_tiff_walk
+        legacy_tiff_walk(path)
+    elif mode == "web-before":
         from bench.bombs import legacy_inspect
         legacy_inspect(path, s.max_image_pixels)
     elif mode == "web-after":
@@ -237,6 +314,46 @@ def file_table(files: dict[str, Path], cap: float) -> None:
             )
             print(f"  measured {name} · {side}", flush=True)
     table(["file · where", "outcome before → after", "CPU", "peak RSS", "wall-clock"], rows)
+
+
+def tiff_table(tmp: Path, quick: bool, cap: float) -> None:
+    """The TIFF tag-array bomb: the header walk before (every array unpacked) and after the fix.
+
+    "Before" on the whole 9.5 MB file would take about an hour, so it is measured on a file
+    of ``sample`` entries and extrapolated linearly (the walk's cost is per entry: each
+    unpacks the same 3.6 M-value array); the extrapolated figures are marked "~".
+    """
+    from bench.harness import table
+
+    sample = 50 if quick else 200
+    full_entries, pages = 65_530, 3
+    small, full = tmp / "tiff-sample", tmp / "tiff-full"
+    small.write_bytes(tiff_tag_bomb(entries=sample, pages=1))
+    full.write_bytes(tiff_tag_bomb(entries=full_entries, pages=pages))
+    rows = []
+    before = measure("tiff-walk-before", small, cap)
+    after_small, after_full = measure("web-after", small, cap), measure("web-after", full, cap)
+    per_entry = before["cpu"] / sample if before["cpu"] is not None else None
+    rows.append(
+        [
+            f"{sample} entries, 1 page ({small.stat().st_size / 1e6:.1f} MB), measured",
+            f"{before['outcome']} → {after_small['outcome']}",
+            f"{figure(before['cpu'], cap, ' s')} → {figure(after_small['cpu'], cap, ' s')}",
+            f"{figure(before['wall'], cap, ' s')} → {figure(after_small['wall'], cap, ' s')}",
+        ]
+    )
+    estimate = f"~{per_entry * full_entries * pages:,.0f} s" if per_entry is not None else "?"
+    rows.append(
+        [
+            f"{pages} x {full_entries:,} entries ({full.stat().st_size / 1e6:.1f} MB), before extrapolated",
+            f"(415 after the walk) → {after_full['outcome']}",
+            f"{estimate} → {figure(after_full['cpu'], cap, ' s')}",
+            f"{estimate} → {figure(after_full['wall'], cap, ' s')}",
+        ]
+    )
+    if per_entry is not None:
+        print(f"  before: {per_entry * 1000:.1f} ms of CPU per StripOffsets entry", flush=True)
+    table(["TIFF tag-array bomb · web check", "outcome before → after", "CPU", "wall-clock"], rows)
 
 
 # -- the server phase -------------------------------------------------------------------------------
@@ -386,6 +503,7 @@ def main(argv: list[str] | None = None) -> None:
             files[name].write_bytes(data)
             print(f"built {name}: {len(data):,} bytes", flush=True)
         file_table(files, args.cap)
+        tiff_table(Path(tmp), args.quick, args.cap)
         if not args.quick:
             server_phase(files, args.cap)
 

@@ -169,8 +169,8 @@ def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: boo
             click.echo(json.dumps({"file": str(path)} | body))
     deadline = max(deadline, time.monotonic() + 1)
     while wait and ids and time.monotonic() < deadline:
-        pause = 0.5
         held = False
+        pause = 0.5
         for job_id, path in list(ids.items()):
             # The server holds the request until the job ends (Prefer: wait, up to its MAX_WAIT);
             # the next jobs have mostly ended by then and answer at once.
@@ -180,15 +180,14 @@ def _submit_and_wait(session: Any, base: str, paths: tuple[Path, ...], wait: boo
             )
             _refuse_unauthorized(response)
             if (delay := _retry_after(response)) is not None:
-                pause = delay  # the server asks every client to wait: poll the rest later too
+                pause, held = delay, False  # the server asks every client to wait: the rest later too
                 break
             held |= "Preference-Applied" in response.headers
             if response.status_code != 202:
                 failed += response.status_code != 200
                 click.echo(json.dumps({"file": str(path), "job_id": job_id} | _json_of(response)))
                 del ids[job_id]
-        if ids and not held:
-            # A server that did not wait (busy, or older): poll at a gentle pace, or as it asks.
+        if ids and not held:  # a server that did not wait (busy, older, or rate-limiting): poll gently
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
     if wait and ids:
         for job_id, path in ids.items():
@@ -241,25 +240,30 @@ def worker(burst: bool) -> None:
 
 @main.command()
 @click.option("--burst", is_flag=True, help="Quit when the queue is empty.")
-@click.option("--name", default=None, help="Worker name shown in rq-dashboard.")
+@click.option("--name", default=None, help="Worker name (prefix) shown in rq-dashboard.")
 def webhooks(burst: bool, name: str | None) -> None:
-    """Deliver webhooks: a plain RQ worker on WEBHOOK_QUEUE, with the scheduler for retries.
+    """Deliver webhooks: WEBHOOK_WORKERS RQ workers on WEBHOOK_QUEUE, with the scheduler for retries.
 
-    The same as ``rq worker --with-scheduler imgsvc-webhooks``, except that its log lines
-    (RQ's and the deliveries') are JSON like every other process's, and it stops promptly.
+    Like ``rq worker-pool -n WEBHOOK_WORKERS imgsvc-webhooks``, except that its log lines
+    (RQ's and the deliveries') are JSON like every other process's, its workers stop promptly
+    and die with it. Several, so one slow receiver never holds up another's deliveries.
     """
     from rq import Queue
 
     from imgsvc import logs
-    from imgsvc.queue.worker import WebhookWorker
+    from imgsvc.queue.worker import WebhookPool, WebhookWorker
 
     settings = Settings.from_env()
     logs.configure(settings.log_level, settings.log_format)
     connection = _redis_answers(settings)
     queue = Queue(settings.webhook_queue_name, connection=connection)
-    WebhookWorker([queue], connection=connection, name=name).work(
-        burst=burst, with_scheduler=True, logging_level=settings.log_level
-    )
+    if settings.webhook_workers == 1:
+        WebhookWorker([queue], connection=connection, name=name).work(
+            burst=burst, with_scheduler=True, logging_level=settings.log_level
+        )
+        return
+    pool = WebhookPool([queue], connection, settings.webhook_workers, prefix=name)
+    pool.start(burst=burst, logging_level=settings.log_level)
 
 
 @main.command()

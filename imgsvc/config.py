@@ -43,11 +43,18 @@ POSITIVE = (
     "job_timeout",
     "max_image_pixels",
     "max_image_frames",
+    "header_check_ms",
     "batch_size",
     "decode_timeout",
     "decode_memory_mb",
     "worker_ttl",
     "web_threads",
+    "webhook_timeout",
+    "webhook_workers",
+    "webhook_per_host",
+    "s3_timeout",
+    "s3_cooldown",
+    "web_header_timeout",
 )
 
 
@@ -65,20 +72,45 @@ class Settings:
     web_threads: int = field(default=4, metadata={"env": "WEB_THREADS"})
     #: The longest ``Prefer: wait=N`` honoured, in seconds; a longer one is cut to this.
     max_wait: int = field(default=60, metadata={"env": "MAX_WAIT"})
+    #: A request's line and headers must be in within this many seconds (read by gunicorn's worker).
+    web_header_timeout: int = field(default=10, metadata={"env": "WEB_HEADER_TIMEOUT"})
     max_file_size: int = field(default=10 * 1024 * 1024, metadata={"env": "MAX_FILE_SIZE"})
     max_batch_files: int = field(default=20, metadata={"env": "MAX_BATCH_FILES"})
+    #: Multipart parts per request, files and fields together; 0 = MAX_BATCH_FILES + 5 (the fields).
+    max_form_parts: int = field(default=0, metadata={"env": "MAX_FORM_PARTS"})
     max_image_pixels: int = field(default=40_000_000, metadata={"env": "MAX_IMAGE_PIXELS"})
     max_image_frames: int = field(default=1000, metadata={"env": "MAX_IMAGE_FRAMES"})
+    #: Wall-clock for the header check of all the files of one request together (a real file: ms).
+    header_check_ms: int = field(default=2000, metadata={"env": "HEADER_CHECK_MS"})
     #: A local directory (a Path), or object storage as an ``s3://BUCKET/PREFIX`` URL (a str).
     upload_dir: Path | str = field(default=PROJECT_ROOT / "uploads", metadata={"env": "UPLOAD_DIR"})
+    #: Where uploads are staged and object-store downloads land when UPLOAD_DIR is s3://: a
+    #: directory of imgsvc's own (made 0700), never the shared system temp directory, since
+    #: workers and ``flask prune`` delete the stale ``.upload-*``/``.download-*`` files in it.
+    #: S3 mode: a submit's PUT gets one try and this many seconds in all, then a 503.
+    s3_timeout: int = field(default=5, metadata={"env": "S3_TIMEOUT"})
+    #: S3 mode: after the store failed, submits answer 503 at once for this many seconds.
+    s3_cooldown: int = field(default=30, metadata={"env": "S3_COOLDOWN"})
+    staging_dir: Path = field(default=PROJECT_ROOT / "instance" / "staging", metadata={"env": "STAGING_DIR"})
     secret_key: str = field(default="dev-not-secret", metadata={"env": "SECRET_KEY"})
     rq_dashboard_username: str = field(default="", metadata={"env": "RQ_DASHBOARD_USERNAME"})
     rq_dashboard_password: str = field(default="", metadata={"env": "RQ_DASHBOARD_PASSWORD"})
     api_keys: tuple[str, ...] = field(default=(), metadata={"env": "API_KEYS"})
     rate_limit: str = field(default="", metadata={"env": "RATE_LIMIT"})
+    #: Bearer token for /metrics and /readyz's checks; required for them once API_KEYS is set.
+    metrics_token: str = field(default="", metadata={"env": "METRICS_TOKEN"})
+    #: Jobs and uploaded bytes a day per API key (per address without one); 0 = no quota.
+    quota_jobs_per_day: int = field(default=0, metadata={"env": "QUOTA_JOBS_PER_DAY"})
+    quota_bytes_per_day: int = field(default=0, metadata={"env": "QUOTA_BYTES_PER_DAY"})
     trusted_proxies: int = field(default=0, metadata={"env": "TRUSTED_PROXIES"})
     webhook_secret: str = field(default="", metadata={"env": "WEBHOOK_SECRET"})
     webhook_allow_private: bool = field(default=False, metadata={"env": "WEBHOOK_ALLOW_PRIVATE"})
+    #: One delivery attempt, connect to headers, in seconds (a receiver that drips is cut here).
+    webhook_timeout: int = field(default=15, metadata={"env": "WEBHOOK_TIMEOUT"})
+    #: Deliveries ``imgsvc webhooks`` runs side by side (one worker process each).
+    webhook_workers: int = field(default=4, metadata={"env": "WEBHOOK_WORKERS"})
+    #: Deliveries to one host and port queued or running at once; the rest wait their turn.
+    webhook_per_host: int = field(default=2, metadata={"env": "WEBHOOK_PER_HOST"})
     # storage
     database_url: str = field(default="", metadata={"env": "DATABASE_URL"})
     # queue
@@ -144,6 +176,10 @@ class Settings:
             raise ConfigError("TASK_MAX_RETRIES and TASK_RETRY_DELAY must be >= 0")
         if self.max_wait < 0:
             raise ConfigError("MAX_WAIT must be >= 0 (0: Prefer: wait is never applied)")
+        if self.quota_jobs_per_day < 0 or self.quota_bytes_per_day < 0:
+            raise ConfigError("QUOTA_JOBS_PER_DAY and QUOTA_BYTES_PER_DAY must be >= 0 (0: no quota)")
+        if self.max_form_parts < 0:
+            raise ConfigError("MAX_FORM_PARTS must be >= 0 (0: MAX_BATCH_FILES + 5)")
         if self.trusted_proxies < 0:
             raise ConfigError("TRUSTED_PROXIES must be >= 0")
         if self.decode_processes < 0:
@@ -161,6 +197,11 @@ class Settings:
         if isinstance(self.upload_dir, str):
             parse_s3_url(self.upload_dir)
         return self
+
+    @property
+    def form_parts_limit(self) -> int:
+        """MAX_FORM_PARTS, or room for a full batch and every form field (MAX_BATCH_FILES + 5)."""
+        return self.max_form_parts or self.max_batch_files + 5
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -60,6 +60,10 @@ _PIPE_SIZE = 1 << 20
 #: The child gives memory back to the system once no request came for this long: not
 #: between the images of a batch, where malloc_trim would cost more than the decode itself.
 _IDLE_TRIM_AFTER = 0.2
+#: A child ended by one of these was killed from outside (the OOM killer, an operator), not by
+#: the image: the image is tried once more on a fresh child before it is blamed. A crash of
+#: Pillow itself (SIGSEGV, SIGABRT, SIGBUS) is the image's, and is not retried.
+_KILLED_FROM_OUTSIDE = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 class DecodeError(Exception):
@@ -176,7 +180,12 @@ class Decoder:
             results: list[Image.Image | DecodeError] = []
             for i, path in enumerate(paths):
                 ahead = Path(paths[i + 1]) if i + 1 < len(paths) else None
-                results.append(self._decode_one(self._running_child(), Path(path), ahead))
+                result = self._decode_one(self._running_child(), Path(path), ahead)
+                if isinstance(result, _KilledFromOutside):  # once more, on a fresh child
+                    result = self._decode_one(self._running_child(), Path(path), ahead)
+                if isinstance(result, _KilledFromOutside):
+                    result = DecodeError(f"the decoder crashed on this image ({result} twice)")
+                results.append(result)
             return results
 
     def close(self) -> None:
@@ -193,7 +202,7 @@ class Decoder:
     # -- one request ------------------------------------------------------------------------
     def _decode_one(
         self, child: subprocess.Popen, path: Path, ahead: Path | None
-    ) -> Image.Image | DecodeError:
+    ) -> Image.Image | DecodeError | _KilledFromOutside:
         """``path``'s image from ``child``, asking for ``ahead`` (the next one) meanwhile.
 
         The child works in order, so ``path`` was asked for already unless this child is new.
@@ -224,7 +233,10 @@ class Decoder:
                 f"decoding took longer than DECODE_TIMEOUT={self.timeout:g} s; the decoder was stopped"
             )
         except (_ChildBroke, BrokenPipeError, ValueError, KeyError) as exc:
+            killed_by = _killed_by(child)
             self._stop()
+            if killed_by in _KILLED_FROM_OUTSIDE:
+                return _KilledFromOutside(f"killed by {killed_by.name}")
             return DecodeError(f"the decoder crashed on this image ({exc})")
         except BaseException:
             self._stop()  # interrupted mid-answer (e.g. the job timeout): the stream is out of step
@@ -368,6 +380,25 @@ class _ChildBroke(Exception):
     """The child died or said something that does not parse: its answer cannot be trusted."""
 
 
+class _KilledFromOutside(Exception):
+    """The child was killed by a signal someone else sent while it decoded: not the image's fault."""
+
+
+def _killed_by(child: subprocess.Popen) -> signal.Signals | None:
+    """The signal that ended ``child``; None while it lives (it said something malformed).
+
+    Its answer stream ended, so it is dying: a moment is enough to collect its status.
+    """
+    try:
+        code = child.wait(timeout=1)
+    except subprocess.TimeoutExpired:
+        return None
+    try:
+        return signal.Signals(-code) if code < 0 else None
+    except ValueError:
+        return None
+
+
 def _read_header(stream: BinaryIO, deadline: float) -> dict[str, object]:
     """One answer's JSON header: a length, then that many bytes of JSON object."""
     (length,) = _HEADER.unpack(_read_exact(stream, _HEADER.size, deadline))
@@ -416,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print from any library must not corrupt the answers
-    _die_with_parent()
+    die_with_parent()
     # The whole address space, not RLIMIT_DATA: under RLIMIT_DATA glibc serves big
     # buffers from the heap and keeps a decoded canvas's memory after it is freed.
     limit = args.memory_mb * 1024 * 1024
@@ -476,8 +507,8 @@ def _malloc_trim() -> Callable[[], object]:
         return lambda: None
 
 
-def _die_with_parent() -> None:
-    """Linux: be SIGKILLed when the worker dies, even in the middle of a decode."""
+def die_with_parent() -> None:
+    """Linux: be SIGKILLed when the parent dies (a decoder mid-decode, RQ's scheduler)."""
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 

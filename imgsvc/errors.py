@@ -55,6 +55,11 @@ class FileTooLarge(ImgsvcError):
     code = "file_too_large"
 
 
+class TooManyFormParts(ImgsvcError):
+    status = 413
+    code = "too_many_form_parts"
+
+
 class ImageTooLarge(ImgsvcError):
     """Too many pixels: a decompression bomb or simply too big to describe."""
 

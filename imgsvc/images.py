@@ -6,7 +6,11 @@ tiny WebP with a 40-megapixel canvas), and Pillow's C decoders release the GIL, 
 gunicorn's timeout never fires. Instead each format's structure is walked here (JPEG
 markers, PNG chunks, GIF blocks, RIFF chunks, TIFF IFDs, the BMP header) without
 decompressing anything: a file whose structure does not hold together is refused (415),
-one that declares too many pixels, frames or scans is refused as a bomb (413). Pixels
+one that declares too many pixels, frames or scans is refused as a bomb (413), and so is
+(415) one with more than :data:`TRAILING_SLACK` bytes after its end (JPEG after EOI unless
+what follows is more JPEG streams, as in an MPO; PNG after IEND; GIF after its trailer;
+WebP after the RIFF size; an uncompressed BMP after its rows; a TIFF, whose parts are
+found by offsets and may lie anywhere, is not checked). Pixels
 are decoded by the worker, in a child process under a time and memory budget
 (:mod:`imgsvc.decoding`).
 
@@ -19,6 +23,7 @@ import mmap
 import os
 import re
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +52,18 @@ MAX_JPEG_SCANS = 100
 #: file has a few tens of thousands at most (a GIF's 255-byte sub-blocks); a file
 #: built of millions of 1-byte blocks would make even this header walk expensive.
 MAX_ELEMENTS = 200_000
+
+#: Seconds of wall-clock the header walk may take when the caller gives no deadline. A real
+#: 10 MB file is walked in milliseconds; the web tier passes one deadline per request
+#: (``HEADER_CHECK_MS``) so a batch of crafted files shares one budget.
+DEFAULT_CHECK_SECONDS = 2.0
+
+#: Bytes allowed after an image's end (encoders and tools pad to a block or a word; seen:
+#: a few zero bytes). Anything longer is refused: stored data that no decoder reads only
+#: fills the disk, and a varied tail makes identical images look different to dedupe.
+#: Refused rather than stripped, so the stored file is byte for byte what was sent (its
+#: hash, size and dedupe match the client's own) and the client learns why.
+TRAILING_SLACK = 512
 
 
 #: The allowed formats as a person reads them, for error messages.
@@ -169,13 +186,17 @@ class ImageInfo:
         return ALLOWED_FORMATS[self.format]
 
 
-def inspect_image(path: Path, max_pixels: int, max_frames: int) -> ImageInfo:
+def inspect_image(path: Path, max_pixels: int, max_frames: int, deadline: float | None = None) -> ImageInfo:
     """Check that ``path`` holds an allowed, well-formed, not-too-large image; decode nothing.
 
     Raises :class:`UnsupportedImage` (415) when the format is not allowed or the
     structure is broken or truncated, :class:`ImageTooLarge` (413) when the image, any
-    of its frames, its frame count or its JPEG scan count exceed the limits.
+    of its frames, its frame count or its JPEG scan count exceed the limits, or when the
+    walk is still going at ``deadline`` (a :func:`time.monotonic` instant; by default
+    :data:`DEFAULT_CHECK_SECONDS` from now).
     """
+    if deadline is None:
+        deadline = time.monotonic() + DEFAULT_CHECK_SECONDS
     # A bare descriptor, not a buffered file object: nothing is read through it, and setting
     # one up (isatty, seek, stat) costs more than the mapping. The mapping keeps its own.
     fd = os.open(path, os.O_RDONLY)
@@ -189,11 +210,21 @@ def inspect_image(path: Path, max_pixels: int, max_frames: int) -> ImageInfo:
         kind = sniff(data[:16])
         if kind is None:
             raise unsupported_image(path)
-        walker = _Walker(data, max_pixels, max_frames)
+        walker = _Walker(data, max_pixels, max_frames, deadline)
         try:
-            return WALKERS[kind](walker)
+            info = WALKERS[kind](walker)
+            if kind == "JPEG":
+                _jpeg_followers(walker)
         except (struct.error, IndexError) as exc:
             raise unsupported(f"the {kind} data ends early (truncated file)") from exc
+        trailing = walker.size - walker.end
+        if trailing > TRAILING_SLACK:
+            name = "WebP" if kind == "WEBP" else kind
+            raise unsupported(
+                f"{trailing} bytes follow the end of the {name} image (at most {TRAILING_SLACK} may); "
+                "send the image alone",
+            )
+        return info
 
 
 def unsupported(reason: str) -> UnsupportedImage:
@@ -221,12 +252,15 @@ def sniff(head: bytes) -> str | None:
 class _Walker:
     """Bounds-checked reads over the mapped file plus the limits every format shares."""
 
-    def __init__(self, data: mmap.mmap, max_pixels: int, max_frames: int) -> None:
+    def __init__(self, data: mmap.mmap, max_pixels: int, max_frames: int, deadline: float) -> None:
         self.data = data
         self.size = len(data)
         self.max_pixels = max_pixels
         self.max_frames = max_frames
+        self.deadline = deadline
         self.elements = 0
+        #: Where the image's data ends; a walker that cannot tell leaves the file's end.
+        self.end = self.size
 
     def read(self, fmt: str, offset: int) -> tuple[int, ...]:
         """struct.unpack_from that raises struct.error (= truncated) past the end."""
@@ -237,9 +271,17 @@ class _Walker:
             raise unsupported(f"{what} ends past the end of the file (truncated file)")
 
     def step(self, what: str) -> None:
-        self.elements += 1
+        self.count(1, what)
+
+    def count(self, elements: int, what: str) -> None:
+        """Count ``elements`` toward MAX_ELEMENTS (before looping over them) and check the deadline."""
+        self.elements += elements
         if self.elements > MAX_ELEMENTS:
             raise unsupported(f"it has more than {MAX_ELEMENTS} {what}; real images have far fewer")
+        if time.monotonic() > self.deadline:
+            raise ImageTooLarge(
+                "checking the image's structure ran out of its time budget; refused as a decompression bomb"
+            )
 
     def check_size(self, kind: str, width: int, height: int, what: str = "image") -> None:
         if width <= 0 or height <= 0:
@@ -267,20 +309,30 @@ _STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7 carry no length
 #: restart marker (a second 0xFF is a fill byte before the marker). Written so that the
 #: regex engine can skip to each 0xFF at C speed: ``\xff+`` made it 50x slower.
 _SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")
+#: The first byte after a run of 0xFF fill bytes.
+_FILL_END = re.compile(rb"[^\xff]")
 
 
-def _jpeg(w: _Walker) -> ImageInfo:
-    """Walk the markers from SOI to EOI, counting scans; bytes after EOI are ignored (MPO)."""
-    offset, size, scans = 2, None, 0
+def _jpeg(w: _Walker, start: int = 2) -> ImageInfo:
+    """Walk the markers from SOI to EOI, counting scans; ``w.end`` is set after EOI."""
+    offset, size, scans = start, None, 0
     while True:
         w.step("JPEG markers")
         if w.data[offset] != 0xFF:
             raise unsupported("a JPEG marker is missing where one must be (corrupt file)")
-        while w.data[offset] == 0xFF:  # fill bytes
-            offset += 1
+        offset += 1
+        if w.data[offset] == 0xFF:
+            # Fill bytes before a marker: rare and few in real files. The run's length is a
+            # count read from the file, so it is found at C speed and counted, not looped over.
+            found = _FILL_END.search(w.data, offset)
+            if found is None:
+                raise unsupported("the JPEG data ends early (truncated file)")
+            w.count(found.start() - offset, "JPEG fill bytes")
+            offset = found.start()
         marker = w.data[offset]
         offset += 1
         if marker == 0xD9:  # EOI
+            w.end = offset
             break
         if marker in _STANDALONE:
             continue
@@ -315,6 +367,16 @@ def _jpeg(w: _Walker) -> ImageInfo:
     return ImageInfo("JPEG", *size, scans=scans)
 
 
+def _jpeg_followers(w: _Walker) -> None:
+    """JPEG streams after the first one's EOI: an MPO's other images, a camera's appended preview.
+
+    Each is walked like the first (its structure must hold, its size and scans are checked),
+    so what follows an image is only accepted when it is images too.
+    """
+    while w.size - w.end > TRAILING_SLACK and w.data[w.end : w.end + 3] == b"\xff\xd8\xff":
+        _jpeg(w, w.end + 2)
+
+
 # -- PNG ----------------------------------------------------------------------------------------
 def _png(w: _Walker) -> ImageInfo:
     """Walk chunks from IHDR to IEND; an APNG's acTL gives its frame count."""
@@ -336,6 +398,7 @@ def _png(w: _Walker) -> ImageInfo:
             frame = w.read(">II", offset + 12)
             w.check_size("PNG", *frame, what="an animation frame")
         elif kind == b"IEND":
+            w.end = end
             break
         offset = end
     return ImageInfo("PNG", *size, frames=max(frames, 1))
@@ -356,6 +419,7 @@ def _gif(w: _Walker) -> ImageInfo:
         w.step("GIF blocks")
         introducer = w.data[offset]
         if introducer == 0x3B:  # trailer
+            w.end = offset + 1
             break
         if introducer == 0x21:  # extension: label, then sub-blocks
             offset = _gif_sub_blocks(w, offset + 2)
@@ -397,6 +461,7 @@ def _webp(w: _Walker) -> ImageInfo:
     (riff_size,) = w.read("<I", 4)
     end_of_riff = 8 + riff_size
     w.need(end_of_riff, "the WebP RIFF container")
+    w.end = end_of_riff
     offset, size, frames = 12, None, 0
     while offset + 8 <= end_of_riff:
         w.step("WebP chunks")
@@ -458,16 +523,37 @@ def _bmp(w: _Walker) -> ImageInfo:
         raise unsupported(f"the BMP has {bits} bits per pixel (corrupt file)")
     if compression in _BMP_UNCOMPRESSED:
         stride = (width * bits + 31) // 32 * 4
-        w.need(pixel_offset + stride * height, "the BMP's pixel rows")
+        w.end = pixel_offset + stride * height
+        w.need(w.end, "the BMP's pixel rows")
+        if header_size >= 124:  # BITMAPV5HEADER: an embedded ICC profile may follow the rows
+            profile, profile_size = w.read("<II", 14 + 112)
+            if profile_size:
+                w.need(14 + profile + profile_size, "the BMP's colour profile")
+                w.end = max(w.end, 14 + profile + profile_size)
     return ImageInfo("BMP", width, height)
 
 
 # -- TIFF ---------------------------------------------------------------------------------------
 _TIFF_TYPES = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8 (BigTIFF): sizes and offsets
+_TIFF_SIZE_TAGS = (256, 257)  # ImageWidth, ImageLength: only their first value is read
+_TIFF_DATA_TAGS = (273, 279, 324, 325)  # StripOffsets, StripByteCounts, TileOffsets, TileByteCounts
+
+#: The most strips or tiles a TIFF's first page may list. libtiff writes strips of ~8 KB,
+#: so a 40-megapixel RGB page has ~15,000; tiles of 256x256 make a few hundred. Each value
+#: also counts toward MAX_ELEMENTS.
+MAX_TIFF_STRIPS = 100_000
 
 
 def _tiff(w: _Walker) -> ImageInfo:
-    """Walk the chain of IFDs (pages); the first page's strips or tiles must lie in the file."""
+    """Walk the chain of IFDs (pages); the first page's strips or tiles must lie in the file.
+
+    A tag's value array is never read whole unless it is needed: the security review's
+    9.7 MB file lists 65,530 StripOffsets arrays of 3.6 M values each on pages after the
+    first, which cost an hour of CPU when every array was unpacked. Now each page gives
+    only the first value of its width and height; only the first page's strip and tile
+    arrays are read, capped at :data:`MAX_TIFF_STRIPS` values and counted toward
+    :data:`MAX_ELEMENTS`; a tag repeated within one IFD is refused.
+    """
     order = "<" if w.data[:2] == b"II" else ">"
     (magic,) = w.read(order + "H", 2)
     big = magic == 43
@@ -478,7 +564,7 @@ def _tiff(w: _Walker) -> ImageInfo:
         if offset in seen:
             raise unsupported("the TIFF's directories form a loop (corrupt file)")
         seen.add(offset)
-        tags, offset = _tiff_ifd(w, order, big, offset)
+        tags, offset = _tiff_ifd(w, order, big, offset, first_page=size is None)
         frames += 1
         w.check_frames(frames)
         page = (_first(tags.get(256)), _first(tags.get(257)))
@@ -498,26 +584,47 @@ def _first(values: tuple[int, ...] | None) -> int:
     return values[0] if values else 0
 
 
-def _tiff_ifd(w: _Walker, order: str, big: bool, offset: int) -> tuple[dict[int, tuple[int, ...]], int]:
-    """The numeric tags of one IFD that we care about, and the next IFD's offset."""
+def _tiff_ifd(
+    w: _Walker, order: str, big: bool, offset: int, first_page: bool
+) -> tuple[dict[int, tuple[int, ...]], int]:
+    """The numeric tags of one IFD that the check needs, and the next IFD's offset.
+
+    Width and height give one value each; the strip and tile arrays are read on the first
+    page only (``first_page``), after their length is capped.
+    """
     count_fmt, entry_size, inline = ("Q", 20, 8) if big else ("H", 12, 4)
+    pointer = order + ("Q" if big else "I")
     (count,) = w.read(order + count_fmt, offset)
     entries = offset + (8 if big else 2)
+    w.need(entries + count * entry_size, "a TIFF directory")  # before the loop, not entry by entry
     tags: dict[int, tuple[int, ...]] = {}
+    listed: set[int] = set()
     for index in range(count):
         w.step("TIFF tags")
         entry = entries + index * entry_size
         tag, kind = w.read(order + "HH", entry)
-        if tag not in (256, 257, 273, 279, 324, 325) or kind not in _TIFF_TYPES:
+        if tag in listed:
+            raise unsupported(f"the TIFF lists tag {tag} twice in one directory (corrupt file)")
+        listed.add(tag)
+        wanted = tag in _TIFF_SIZE_TAGS or (first_page and tag in _TIFF_DATA_TAGS)
+        if not wanted or kind not in _TIFF_TYPES:
             continue
-        (n,) = w.read(order + ("Q" if big else "I"), entry + 4)
+        (n,) = w.read(pointer, entry + 4)
         item = struct.calcsize(_TIFF_TYPES[kind])
         where = entry + (12 if big else 8)
         if n * item > inline:
-            (where,) = w.read(order + ("Q" if big else "I"), where)
+            (where,) = w.read(pointer, where)
         w.need(where + n * item, "a TIFF tag")
+        if tag in _TIFF_SIZE_TAGS:
+            n = min(n, 1)  # a size is one value; the rest of a longer array is never looked at
+        elif n > MAX_TIFF_STRIPS:
+            raise unsupported(
+                f"the TIFF's first page lists {n} strips or tiles; the limit is {MAX_TIFF_STRIPS}"
+            )
+        else:
+            w.count(n, "TIFF strip and tile entries")
         tags[tag] = w.read(f"{order}{n}{_TIFF_TYPES[kind]}", where)
-    (following,) = w.read(order + ("Q" if big else "I"), entries + count * entry_size)
+    (following,) = w.read(pointer, entries + count * entry_size)
     return tags, following
 
 

@@ -4,7 +4,7 @@
 (``Job.result_dict``); its description fields come from :class:`Findings`, which
 ``vision/records.py`` makes of a :class:`Description`, and ``imgsvc describe --json`` prints the
 same fields through :func:`described`. The OpenAPI spec's ``JobResult`` schema and the web
-page's reads are checked against these classes (``tests/unit/test_results.py``): a new result
+page's reads are checked against these classes (``tests/core/test_results.py``): a new result
 field starts here, then goes into ``web/openapi.yaml``.
 """
 

@@ -18,6 +18,7 @@ from imgsvc.images import ImageInfo, inspect_image
 from imgsvc.queue.changes import set_validator
 from imgsvc.queue.connection import enqueue_describe, running_model
 from imgsvc.queue.webhooks import enqueue_delivery
+from imgsvc.quotas import charge_quota, refund_quota
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import StagedUpload, UploadStore
 
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from imgsvc.metrics import RedisMetrics
 
 #: Per-job options: name -> (type, min, max). Which ones a model honours is its own business.
+#: A job's webhook moments: ``start`` when a worker starts it (its status, ``processing``),
+#: ``completed`` when it ends done or failed (the result, or the status with its error).
+WEBHOOK_EVENTS = ("start", "completed")
 OPTION_SPECS: dict[str, tuple[type, int, int]] = {"max_length": (int, 1, 200), "prompt": (str, 1, 300)}
 INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
 
@@ -48,6 +52,8 @@ class Intake:
 class Submission:
     options: dict[str, Any] = field(default_factory=dict)
     callback_url: str | None = None
+    #: Which of the job's moments POST to ``callback_url`` (:data:`WEBHOOK_EVENTS`).
+    webhook_events: tuple[str, ...] = ("completed",)
 
 
 @dataclass(frozen=True)
@@ -97,32 +103,45 @@ def accept_upload(
     owner: str | None = None,
     batch_id: str | None = None,
     filename: str | None = None,
+    deadline: float | None = None,
+    bucket: str | None = None,
 ) -> Accepted:
     """Stage, check, store, record, enqueue; on any failure undo what was done so far.
 
     Identical bytes already described by the running model with the same options are
     answered from the stored result (``cached: true``) without running the model again,
     but only from the same ``owner``'s jobs: another key must not learn what was uploaded.
+    ``deadline`` (a :func:`time.monotonic` instant) bounds the header check; the web side
+    gives every file of a request the same one. With a quota ``bucket`` (the client), the
+    job and its stored bytes are charged to its daily quota (:mod:`imgsvc.quotas`).
     """
-    staged, info, model = _stage_and_check(intake, stream, submission)
+    staged, info, model = _stage_and_check(intake, stream, submission, deadline, bucket)
     row = _row_fields(staged, info, submission, owner=owner, batch_id=batch_id, filename=filename)
     hit = jobs.find_cached(staged.sha256, submission.options, model["name"], owner=owner) if model else None
     if hit is not None:
         intake.uploads.discard(staged)
+        if bucket is not None:  # answered from a stored result: no bytes kept
+            refund_quota(intake.redis, intake.settings, bucket, 0, staged.size)
         return _answer_from(hit, intake, row)
-    return _store_and_enqueue(intake, staged, info, row)
+    return _store_and_enqueue(intake, staged, info, row, bucket)
 
 
 def _stage_and_check(
-    intake: Intake, stream: BinaryIO, submission: Submission
+    intake: Intake,
+    stream: BinaryIO,
+    submission: Submission,
+    deadline: float | None = None,
+    bucket: str | None = None,
 ) -> tuple[StagedUpload, ImageInfo, dict[str, Any] | None]:
     """Stream the upload to a staged file and read its header; a refused upload leaves nothing."""
     settings = intake.settings
     staged = intake.uploads.stage(stream)
     try:
-        info = inspect_image(staged.path, settings.max_image_pixels, settings.max_image_frames)
+        info = inspect_image(staged.path, settings.max_image_pixels, settings.max_image_frames, deadline)
         model = running_model(intake.redis, settings)
         check_supported(model, submission.options)
+        if bucket is not None:  # last: a refused file is not counted
+            charge_quota(intake.redis, settings, bucket, staged.size)
     except BaseException:
         intake.uploads.discard(staged)
         raise
@@ -147,6 +166,10 @@ def _row_fields(
         "sha256": staged.sha256,
         "options": submission.options or None,
         "callback_url": submission.callback_url,
+        # NULL is the default, ``completed`` alone: rows written before the column mean that too.
+        "webhook_events": None
+        if submission.webhook_events == ("completed",)
+        else ",".join(submission.webhook_events),
         "batch_id": batch_id,
         "owner": owner,
         "filename": filename,
@@ -169,13 +192,13 @@ def _answer_from(hit: jobs.Job, intake: Intake, row: dict[str, Any]) -> Accepted
         duration_ms=0,
     )
     intake.metrics.count("cached")
-    if job.callback_url:
+    if job.callback_url and "completed" in job.webhooks:  # done at once: it never starts
         enqueue_delivery(intake.redis, intake.settings, job.callback_url, job.result_dict())
     return Accepted(job.id, job.status, cached=True)
 
 
 def _store_and_enqueue(
-    intake: Intake, staged: StagedUpload, info: ImageInfo, row: dict[str, Any]
+    intake: Intake, staged: StagedUpload, info: ImageInfo, row: dict[str, Any], bucket: str | None = None
 ) -> Accepted:
     """Keep the upload, insert a queued row, enqueue it; a failed step undoes the earlier ones."""
     name = intake.uploads.commit(staged, info.extension)
@@ -183,6 +206,8 @@ def _store_and_enqueue(
         job_id = jobs.insert_job(**row, upload_name=name)["id"]
     except BaseException:
         intake.uploads.delete(name)
+        if bucket is not None:
+            refund_quota(intake.redis, intake.settings, bucket, 1, staged.size)
         raise
     try:
         enqueue_describe(
@@ -194,6 +219,8 @@ def _store_and_enqueue(
     except ImgsvcError:
         jobs.delete_job(job_id)
         intake.uploads.delete(name)
+        if bucket is not None:
+            refund_quota(intake.redis, intake.settings, bucket, 1, staged.size)
         raise
     return Accepted(job_id, jobs.Status.QUEUED)
 

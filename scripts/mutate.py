@@ -57,7 +57,8 @@ FEATURES = "tests/integration/test_features.py"
 BATCHING = "tests/integration/test_batching.py"
 OPS = "tests/integration/test_ops.py"
 FAULTS = "tests/integration/test_faults.py"
-LIVENESS = "tests/integration/test_liveness.py"  # other hosts' workers: only the heartbeat tells
+LIVENESS = "tests/integration/test_liveness.py"
+LIMITS = "tests/integration/test_request_limits.py"  # other hosts' workers: only the heartbeat tells
 
 #: module -> the test files that exercise its guarantees (the whole list runs once, clean, first).
 MODULE_TESTS: dict[str, list[str]] = {
@@ -66,28 +67,32 @@ MODULE_TESTS: dict[str, list[str]] = {
     "imgsvc/queue/worker.py": [API, BATCHING, FAULTS],
     "imgsvc/queue/reaper.py": [FAULTS, LIVENESS, OPS],
     "imgsvc/queue/webhooks.py": [
-        "tests/unit/test_webhooks.py",
+        "tests/queue/test_webhooks.py",
         "tests/security/test_webhook_delivery.py",
         FEATURES,
     ],
     "imgsvc/callback_urls.py": [
-        "tests/unit/test_webhooks.py",
+        "tests/queue/test_webhooks.py",
         "tests/security/test_webhook_delivery.py",
         FEATURES,
     ],
-    "imgsvc/results.py": ["tests/unit/test_results.py", API, "tests/integration/test_job_rows.py"],
+    "imgsvc/results.py": ["tests/core/test_results.py", API, "tests/integration/test_job_rows.py"],
     "imgsvc/storage/jobs.py": [API, FEATURES, BATCHING, OPS, FAULTS],
     "imgsvc/storage/uploads.py": [
-        "tests/unit/test_uploads.py",
+        "tests/storage/test_uploads.py",
         API,
         "tests/security/test_infrastructure_faults.py",
     ],
     "imgsvc/storage/retention.py": [OPS],
     "imgsvc/storage/db.py": [OPS, "tests/security/test_infrastructure_faults.py"],
-    "imgsvc/web/api.py": [API, FEATURES, BATCHING],
-    "imgsvc/submissions.py": ["tests/unit/test_submissions.py", API, FEATURES, BATCHING],
-    "imgsvc/web/auth.py": [FEATURES],
-    "imgsvc/images.py": ["tests/unit/test_images.py", API],
+    "imgsvc/web/api.py": [API, FEATURES, BATCHING, LIMITS],
+    "imgsvc/submissions.py": ["tests/core/test_submissions.py", API, FEATURES, BATCHING, LIMITS],
+    "imgsvc/web/auth.py": [FEATURES, LIMITS],
+    "imgsvc/images.py": ["tests/core/test_images.py", API, LIMITS],
+    "imgsvc/quotas.py": [LIMITS],
+    "imgsvc/web/health.py": [LIMITS, OPS],
+    "imgsvc/web/dashboard.py": [OPS, LIMITS],
+    "imgsvc/vision/scene/sentences.py": ["tests/vision/test_scene_sentences.py"],
 }
 
 #: Tests that mostly wait on subprocesses and signals (5-30 s each): `make test` runs them, a
@@ -104,7 +109,7 @@ SLOW_TESTS = [
 ]
 
 #: Besides imgsvc/ and tests/: what tests start as subprocesses from PROJECT_ROOT, and bench/,
-#: whose bomb builders tests/unit/test_images.py imports.
+#: whose bomb builders tests/core/test_images.py imports.
 ALSO_COPY = ["worker.py", "wsgi.py", "gunicorn.conf.py", "pyproject.toml", "bench"]
 KILLED = {"killed", "timeout"}
 #: Lines whose mutants say nothing about a guarantee: log calls (their words and extras).

@@ -104,6 +104,11 @@ def describe_batch(
             outcomes[job_id] = {"job_id": job_id, "status": "skipped"}
         else:
             log.info("job processing", extra={"job_id": job_id, "status": jobs.Status.PROCESSING})
+    starting = [c.id for c in claims.values() if c.callback_url and "start" in c.webhooks]
+    for job_id in starting:
+        notify(runtime, job_id, "start")
+    if starting:
+        db.session.commit()  # ends the rows' read: no SQLite snapshot stays open while the model runs
     run = _Run(runtime, claims)
     try:
         with deadline():
@@ -230,10 +235,11 @@ class _Run:
         return outcomes
 
 
-def notify(runtime: WorkerRuntime, job_id: str) -> None:
-    """Queue the webhook of a finished job, if it asked for one; never fails the job."""
+def notify(runtime: WorkerRuntime, job_id: str, moment: str = "completed") -> None:
+    """Queue the webhook of a job that started or ended, if it asked for that moment's; never
+    fails the job."""
     row = jobs.get_job(job_id)
-    if row is None or not row.callback_url:
+    if row is None or not row.callback_url or moment not in row.webhooks:
         return
     payload = row.result_dict() if row.status == jobs.Status.DONE else row.status_dict()
     try:

@@ -21,6 +21,13 @@ Why it is built this way (server-side request forgery):
 - **Embedded IPv4.** IPv6 forms that reach IPv4 (mapped, compatible, NAT64, 6to4, Teredo)
   are judged by the IPv4 address they carry.
 - **Redirects are never followed**; a 3xx is a failed delivery.
+- **A total deadline per attempt.** ``WEBHOOK_TIMEOUT`` seconds (15) from the first connect
+  to the status line and headers, whatever the receiver does: one that answers a byte every
+  few seconds (no single read ever times out) is cut at the deadline, by a timer that shuts
+  the socket down. Slow receivers cannot hold the webhook workers: ``imgsvc webhooks`` runs
+  ``WEBHOOK_WORKERS`` of them side by side, and at most ``WEBHOOK_PER_HOST`` deliveries to one
+  host and port are queued or running at once (RQ's ``RateLimit``; the rest wait their turn
+  without taking a worker), so other hosts' deliveries always find a free worker.
 - **Nothing untrusted in an exception.** rq-dashboard renders a failed job's exception as
   HTML, so a failed delivery raises a fixed text (the status code or the error's class) and
   logs the details as JSON; the body is JSON with ``<>&'`` escaped, since RQ shows job
@@ -29,6 +36,7 @@ Why it is built this way (server-side request forgery):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -36,11 +44,14 @@ import json
 import logging
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from redis import Redis
 from rq import Queue, Retry, get_current_job
+from rq.rate_limit import RateLimit
 
 from imgsvc import logs
 from imgsvc.callback_urls import (
@@ -58,7 +69,10 @@ log = logging.getLogger("imgsvc.webhooks")
 
 DELIVERY_BACKOFF = [2, 10, 60, 300, 1800]
 SIGNATURE_HEADER = "X-Imgsvc-Signature"
+#: One connect or one read (a receiver that says nothing at all fails this soon).
 TIMEOUT_S = 10
+#: The whole attempt, when the caller names no WEBHOOK_TIMEOUT (jobs enqueued before it existed).
+DEADLINE_S = 15
 #: A host name with many addresses is tried on at most this many (each is vetted first).
 MAX_ADDRESSES_TRIED = 3
 
@@ -81,6 +95,7 @@ def json_body(payload: dict[str, Any]) -> bytes:
 
 def enqueue_delivery(connection: Redis, settings: Settings, url: str, payload: dict[str, Any]) -> None:
     body = json_body(payload)
+    parsed = parse_callback_url(url)
     queue = Queue(settings.webhook_queue_name, connection=connection)
     queue.enqueue(
         deliver,
@@ -88,16 +103,22 @@ def enqueue_delivery(connection: Redis, settings: Settings, url: str, payload: d
         body,
         sign(body, settings.webhook_secret),
         settings.webhook_allow_private,
+        settings.webhook_timeout,
         retry=Retry(max=len(DELIVERY_BACKOFF), interval=DELIVERY_BACKOFF),
-        job_timeout=60,
+        # RQ's own limit is only the backstop of the attempt's deadline.
+        job_timeout=settings.webhook_timeout + 30,
+        # By the name and port the user gave: what one receiver can hold up is its own deliveries.
+        rate_limit=RateLimit(f"imgsvc-webhook:{parsed.host}:{parsed.port}", settings.webhook_per_host),
         description=f"webhook {payload.get('job_id')}",
     )
 
 
-def deliver(url: str, body: bytes, signature: str, allow_private: bool) -> int:
+def deliver(
+    url: str, body: bytes, signature: str, allow_private: bool, deadline_s: float = DEADLINE_S
+) -> int:
     """The RQ job: raises on anything but a 2xx so RQ retries with backoff."""
     logs.configure()  # a plain ``rq worker`` has not set up imgsvc's JSON log lines
-    return post_signed(parse_callback_url(url), body, signature, allow_private)
+    return post_signed(parse_callback_url(url), body, signature, allow_private, deadline_s=deadline_s)
 
 
 def post_signed(
@@ -108,8 +129,12 @@ def post_signed(
     *,
     resolve: Resolver = resolve_host,
     tls: ssl.SSLContext | None = None,
+    deadline_s: float = DEADLINE_S,
 ) -> int:
-    """POST ``body`` to a vetted address of ``url``'s host; the host name goes in Host and SNI."""
+    """POST ``body`` to a vetted address of ``url``'s host; the host name goes in Host and SNI.
+
+    The status line and headers must be in within ``deadline_s`` of the start, connects included.
+    """
     where = {"host": url.host, "port": url.port}
     try:
         addresses = vetted_addresses(url, allow_private, resolve)
@@ -122,7 +147,8 @@ def post_signed(
         SIGNATURE_HEADER: signature,
         "User-Agent": "imgsvc-webhook",
     }
-    status = _post(url, addresses[:MAX_ADDRESSES_TRIED], body, headers, tls, where)
+    deadline = time.monotonic() + deadline_s
+    status = _post(url, addresses[:MAX_ADDRESSES_TRIED], body, headers, tls, where, deadline)
     if not 200 <= status < 300:
         log.warning("webhook rejected", extra=where | {"status": status})
         raise WebhookDeliveryFailed(f"webhook receiver answered HTTP {status}")
@@ -137,46 +163,82 @@ def _post(
     headers: dict[str, str],
     tls: ssl.SSLContext | None,
     where: dict[str, object],
+    deadline: float,
 ) -> int:
-    """The status from the first vetted address that takes the connection.
+    """The status from the first vetted address that takes the connection, by ``deadline``.
 
     Only a failed *connection* moves on to the next address; once a request may have been
     sent, a failure is final for this attempt (RQ's retry decides), so nothing is POSTed twice.
     """
     failure: Exception | None = None
     for address in addresses:
-        connection = _connection_to(url, address, tls)
-        try:
-            connection.connect()
-        except OSError as exc:
-            log.warning("webhook connect failed", extra=where | {"address": str(address), "error": repr(exc)})
-            failure = exc
-            connection.close()
-            continue
-        try:
-            connection.request("POST", url.target, body=body, headers=headers)
-            return connection.getresponse().status
-        except (OSError, http.client.HTTPException) as exc:
-            log.warning(
-                "webhook delivery failed", extra=where | {"address": str(address), "error": repr(exc)}
-            )
-            failure = exc
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             break
-        finally:
-            connection.close()
-    error = type(failure).__name__ if failure else "no address"
-    raise WebhookDeliveryFailed(f"webhook delivery failed: {error}") from None
+        connection = _connection_to(url, address, tls, min(TIMEOUT_S, remaining))
+        with _Cutoff(connection, deadline) as cutoff:
+            try:
+                connection.connect()
+            except OSError as exc:
+                error = "deadline" if cutoff.cut else repr(exc)
+                log.warning("webhook connect failed", extra=where | {"address": str(address), "error": error})
+                failure = exc
+                connection.close()
+                continue
+            try:
+                connection.request("POST", url.target, body=body, headers=headers)
+                return connection.getresponse().status
+            except (OSError, http.client.HTTPException) as exc:
+                error = "deadline" if cutoff.cut else repr(exc)
+                log.warning(
+                    "webhook delivery failed", extra=where | {"address": str(address), "error": error}
+                )
+                failure = exc
+                break
+            finally:
+                connection.close()
+    if failure is None or time.monotonic() >= deadline:
+        raise WebhookDeliveryFailed(
+            "webhook delivery failed: the receiver did not answer within the delivery deadline"
+        ) from None
+    raise WebhookDeliveryFailed(f"webhook delivery failed: {type(failure).__name__}") from None
+
+
+class _Cutoff:
+    """Shuts the connection's socket down at ``deadline``, unblocking whatever read or write
+    waits on it: per-read timeouts alone let a receiver that drips a byte at a time hold an
+    attempt for as long as it likes."""
+
+    def __init__(self, connection: http.client.HTTPConnection, deadline: float) -> None:
+        self.connection = connection
+        self.cut = False
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._cut)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Cutoff:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def _cut(self) -> None:
+        self.cut = True
+        sock = self.connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # the plain socket's shutdown, under TLS too
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 def _connection_to(
-    url: CallbackURL, address: IPAddress, tls: ssl.SSLContext | None
+    url: CallbackURL, address: IPAddress, tls: ssl.SSLContext | None, timeout: float
 ) -> http.client.HTTPConnection:
     """An http.client connection whose socket goes to ``address`` while it speaks to ``url.host``."""
     if url.scheme == "https":
         return _PinnedHTTPSConnection(
-            url.host, url.port, address, TIMEOUT_S, tls or ssl.create_default_context()
+            url.host, url.port, address, timeout, tls or ssl.create_default_context()
         )
-    return _PinnedHTTPConnection(url.host, url.port, address, TIMEOUT_S)
+    return _PinnedHTTPConnection(url.host, url.port, address, timeout)
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):
@@ -196,7 +258,7 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
         self.tls = tls
 
     def connect(self) -> None:
-        super().connect()
+        super().connect()  # self.sock is the plain socket meanwhile: a cutoff can shut it
         # SNI and the certificate check are for the name the user gave, not the address.
         self.sock = self.tls.wrap_socket(self.sock, server_hostname=self.host)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 import time
 from datetime import UTC, datetime
@@ -31,13 +32,16 @@ from flask import Flask
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, Worker
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.job import Job as RQJob
+from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import WorkerStatus
+from rq.worker_pool import WorkerPool
 
 from imgsvc.config import app_settings
-from imgsvc.decoding import DecoderPool, DecoderUnavailable
+from imgsvc.decoding import DecoderPool, DecoderUnavailable, die_with_parent
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue import batches, reaper, tasks
 from imgsvc.queue.connection import job_queue, live_workers, publish_model, redis_connection
@@ -78,6 +82,26 @@ class _PerJobLinesAtDebug(logging.LoggerAdapter):
         super().log(level, msg, *args, **kwargs)
 
 
+class OrphanFreeScheduler(RQScheduler):
+    """RQ's scheduler process, which dies with the worker that forked it.
+
+    RQ forks it and holds ``rq:scheduler-lock:<queue>`` in it; a worker killed by SIGKILL or
+    the OOM killer left it running under init, holding the lock, so the next worker started
+    no scheduler while retries and scheduled jobs still depended on the orphan. As the decoder
+    children do, it asks the kernel for SIGKILL when its parent goes.
+    """
+
+    def start(self) -> Any:
+        self._parent_pid = os.getpid()  # read in the child: the worker that forked it
+        return super().start()
+
+    def work(self) -> None:
+        die_with_parent()
+        if os.getppid() != self._parent_pid:  # the worker died before the request was made
+            return
+        super().work()
+
+
 class PromptStop:
     """Stop within seconds of SIGINT/SIGTERM, not minutes.
 
@@ -90,9 +114,63 @@ class PromptStop:
 
     dequeue_timeout = 5
 
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        """RQ's ``Worker._start_scheduler`` (rq 2.x) with :class:`OrphanFreeScheduler`.
+
+        RQ names its scheduler class inside this method, so the method is restated;
+        ``tests/queue/test_rq_contract.py`` pins what it relies on.
+        """
+        self.scheduler = OrphanFreeScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()
+        if not self.scheduler.acquired_locks:
+            return
+        if burst:
+            try:
+                self.scheduler.register_birth()
+                self.scheduler.enqueue_scheduled_jobs()
+            finally:
+                self.scheduler.release_locks()
+                self.scheduler.register_death()
+        else:
+            self.scheduler.start()
+
 
 class WebhookWorker(PromptStop, Worker):
     """A plain (forking) RQ worker for webhook deliveries, which load no model."""
+
+
+class _PooledWebhookWorker(WebhookWorker):
+    """One of :class:`WebhookPool`'s workers: it ends with the pool, even one killed by SIGKILL."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        die_with_parent()
+        super().__init__(*args, **kwargs)
+
+
+class WebhookPool(WorkerPool):
+    """RQ's worker pool of webhook workers (``imgsvc webhooks``), named ``PREFIX-<id>`` if asked."""
+
+    def __init__(self, queues: list[Queue], connection: Any, count: int, prefix: str | None = None) -> None:
+        super().__init__(queues, connection, num_workers=count, worker_class=_PooledWebhookWorker)
+        self.prefix = prefix
+
+    def get_worker_process(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return super().get_worker_process(
+            f"{self.prefix}-{name[:8]}" if self.prefix else name, *args, **kwargs
+        )
 
 
 class ImgsvcWorker(PromptStop, SimpleWorker):

@@ -104,6 +104,8 @@ class Job(db.Model):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     callback_url: Mapped[str | None] = mapped_column(String(2048))
+    #: Comma-separated webhook moments (``start``, ``completed``); NULL: ``completed`` alone.
+    webhook_events: Mapped[str | None] = mapped_column(String(32))
     batch_id: Mapped[str | None] = mapped_column(String(36), index=True)
     owner: Mapped[str | None] = mapped_column(String(64), index=True)
 
@@ -127,6 +129,11 @@ class Job(db.Model):
             body["batch_id"] = self.batch_id
         return body
 
+    @property
+    def webhooks(self) -> tuple[str, ...]:
+        """The moments that POST to ``callback_url`` (see :attr:`webhook_events`)."""
+        return webhook_moments(self.webhook_events)
+
     def result(self) -> JobResult:
         """This done job's result (see :mod:`imgsvc.results`); the row's ``text_lines`` is its ``text``."""
         return JobResult(
@@ -149,6 +156,10 @@ class Job(db.Model):
 
     def result_dict(self) -> dict[str, Any]:
         return self.result().to_json()
+
+
+def webhook_moments(column: str | None) -> tuple[str, ...]:
+    return tuple(column.split(",")) if column else ("completed",)
 
 
 def get_job(job_id: str) -> Job | None:
@@ -223,6 +234,8 @@ class Claim:
     upload_name: str | None
     options: dict[str, Any]
     callback_url: str | None
+    #: The moments that POST to ``callback_url``: ``start`` is the worker's to send on claiming.
+    webhooks: tuple[str, ...] = ("completed",)
 
 
 # The submit's and the worker's statements, built once: composing a statement costs more than
@@ -239,7 +252,9 @@ _CLAIM = (
         updated_at=bindparam("now"),
         attempts=_TABLE.c.attempts + 1,
     )
-    .returning(_TABLE.c.id, _TABLE.c.upload_name, _TABLE.c.options, _TABLE.c.callback_url)
+    .returning(
+        _TABLE.c.id, _TABLE.c.upload_name, _TABLE.c.options, _TABLE.c.callback_url, _TABLE.c.webhook_events
+    )
 )
 _PEEK = select(_TABLE.c.id, _TABLE.c.upload_name).where(
     _TABLE.c.id.in_(bindparam("ids", expanding=True)), _TABLE.c.status == Status.QUEUED
@@ -279,7 +294,14 @@ def claim_jobs(
     if job_ids:
         rows = db.session.execute(_CLAIM, {"ids": list(job_ids), "now": utcnow()})
         claims = {
-            row.id: Claim(row.id, row.upload_name, dict(row.options or {}), row.callback_url) for row in rows
+            row.id: Claim(
+                row.id,
+                row.upload_name,
+                dict(row.options or {}),
+                row.callback_url,
+                webhook_moments(row.webhook_events),
+            )
+            for row in rows
         }
         for job_id in claims:
             note_change(db.session(), job_id, Status.PROCESSING)

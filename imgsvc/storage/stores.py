@@ -15,5 +15,11 @@ def open_upload_store(settings: Settings) -> UploadStore:
     if isinstance(settings.upload_dir, str):
         from imgsvc.storage.s3 import S3UploadStore  # boto3 is only imported where it is used
 
-        return S3UploadStore(settings.upload_dir, settings.max_file_size)
+        return S3UploadStore(
+            settings.upload_dir,
+            settings.max_file_size,
+            settings.staging_dir,
+            timeout=settings.s3_timeout,
+            cooldown=settings.s3_cooldown,
+        )
     return LocalUploadStore(settings.upload_dir, settings.max_file_size)

@@ -144,6 +144,11 @@ class StagingFile(io.RawIOBase):
     def tell(self) -> int:
         return 0 if self._file.closed else self._file.tell()
 
+    @property
+    def sha256(self) -> str:
+        """The hash of what has been written so far (an idempotent request's fingerprint reads it)."""
+        return self._digest.copy().hexdigest()
+
     def staged(self) -> StagedUpload:
         """The file as a :class:`StagedUpload`, now the caller's (commit or discard it)."""
         if self.size > self.max_bytes:

@@ -11,14 +11,18 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
+from werkzeug.formparser import FormDataParser, MultiPartParser
+from werkzeug.sansio.multipart import File
 
 from imgsvc.config import app_settings
 from imgsvc.errors import (
+    BadRequest,
     DatabaseUnavailable,
     FileTooLarge,
     ImgsvcError,
     QueueUnavailable,
     ServiceUnavailable,
+    TooManyFormParts,
 )
 from imgsvc.storage.uploads import StagingFile, file_too_large, human_size
 
@@ -26,6 +30,65 @@ log = logging.getLogger("imgsvc.web")
 #: GETs a probe or a waiting client repeats every second or so: logged at DEBUG (see _log_request).
 HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
 POLL_PATHS = ("/api/v1/status/", "/api/v1/result/", "/api/v1/batch/")
+
+
+#: The one multipart field that may carry a file: a file part under any other name is refused
+#: before it is staged (each staged part is an open temp file until the request ends).
+FILE_FIELD = "file"
+
+
+class _CountedStream:
+    """The request body as the multipart parser reads it, refused once it holds too many parts.
+
+    Each part starts with ``--BOUNDARY``; counting those as the bytes are read stops a form
+    of thousands of tiny parts before the parser has made (and staged) the parts past the
+    limit, and lets the refusal say what is wrong. Werkzeug's own ``max_form_parts`` answers
+    with the same bare 413 as a field that is too large.
+    """
+
+    def __init__(self, stream: IO[bytes], boundary: bytes, max_parts: int) -> None:
+        self.stream = stream
+        self.delimiter = b"--" + boundary
+        self.max_parts = max_parts
+        self.delimiters = 0
+        self.tail = b""
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        window = self.tail + data
+        self.delimiters += window.count(self.delimiter)
+        # Keep what could be the start of a delimiter cut by this read (never a whole one).
+        self.tail = window[-(len(self.delimiter) - 1) :] if data else b""
+        if self.delimiters > self.max_parts + 1:  # the closing delimiter follows the last part
+            raise TooManyFormParts(
+                f"the form has more than {self.max_parts} parts; the limit is {self.max_parts} "
+                "(the files and the form fields together)",
+                max_parts=self.max_parts,
+            )
+        return data
+
+
+class _UploadPartParser(MultiPartParser):
+    def start_file_streaming(self, event: File, total_content_length: int | None) -> IO[bytes]:
+        if event.name != FILE_FIELD:  # the name is the client's: never quoted back
+            raise BadRequest(f"a file can only be sent in the form field '{FILE_FIELD}'")
+        return super().start_file_streaming(event, total_content_length)
+
+
+class _UploadFormParser(FormDataParser):
+    def _parse_multipart(self, stream, mimetype, content_length, options):  # type: ignore[no-untyped-def]
+        limit = app_settings().form_parts_limit
+        parser = _UploadPartParser(
+            stream_factory=self.stream_factory,
+            max_form_memory_size=self.max_form_memory_size,
+            max_form_parts=limit + 1,  # a backstop: the counted stream refuses first, and says why
+            cls=self.cls,
+        )
+        boundary = options.get("boundary", "").encode("ascii")
+        if not boundary:
+            raise ValueError("Missing boundary")
+        form, files = parser.parse(_CountedStream(stream, boundary, limit), boundary, content_length)  # type: ignore[arg-type]
+        return stream, form, files
 
 
 class UploadRequest(Request):
@@ -36,7 +99,12 @@ class UploadRequest(Request):
     So an upload is read once, as it is parsed, and the API takes the staged file as it is,
     instead of a copy in memory (or a temp file) that is then copied, hashed and checked again.
     Whatever no route took is removed when the request closes.
+
+    Before anything is staged, a form of more than ``MAX_FORM_PARTS`` parts is refused (413),
+    and so is a file part not named ``file`` (400).
     """
+
+    form_data_parser_class = _UploadFormParser
 
     def _get_file_stream(
         self,
@@ -70,7 +138,15 @@ def register_web(app: Flask) -> None:
     mount_dashboard(app, app_settings(app))
     register_errors(app)
     app.before_request(_start_timer)
+    app.after_request(no_sniffing)
     app.after_request(_log_request)
+
+
+def no_sniffing(response: Response) -> Response:
+    """Every response, errors included: a browser must take our Content-Type as it is, so an
+    uploaded file or a JSON body quoting one is never run as HTML or script."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def register_errors(app: Flask) -> None:

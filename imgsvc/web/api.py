@@ -9,6 +9,7 @@ import base64
 import binascii
 import contextlib
 import json
+import time
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -22,18 +23,27 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from imgsvc.callback_urls import check_callback_url
 from imgsvc.config import Settings, app_settings
 from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound, ServiceUnavailable
+from imgsvc.quotas import check_quota
 from imgsvc.retries import retry_job
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import client_filename
-from imgsvc.submissions import OPTION_SPECS, Intake, Submission, accept_upload, checked_option
-from imgsvc.web.auth import require_api_key
+from imgsvc.submissions import (
+    OPTION_SPECS,
+    WEBHOOK_EVENTS,
+    Intake,
+    Submission,
+    accept_upload,
+    checked_option,
+)
+from imgsvc.web.auth import client_bucket, require_api_key
+from imgsvc.web.idempotency import idempotent
 from imgsvc.web.polls import not_modified, poll_headers, read_validator
 from imgsvc.web.waits import event_stream, preferred_wait, wait_for
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_key)
 
-FORM_FIELDS = {"file", "callback_url", "options", *OPTION_SPECS}
+FORM_FIELDS = {"file", "callback_url", "webhook_events", "options", *OPTION_SPECS}
 
 
 def parse_submission(form: MultiDict, settings: Settings) -> Submission:
@@ -55,7 +65,22 @@ def parse_submission(form: MultiDict, settings: Settings) -> Submission:
     callback_url = form.get("callback_url") or None
     if callback_url:
         check_callback_url(callback_url, settings.webhook_allow_private)
-    return Submission(options, callback_url)
+    return Submission(options, callback_url, _webhook_events(form, callback_url))
+
+
+def _webhook_events(form: MultiDict, callback_url: str | None) -> tuple[str, ...]:
+    """``webhook_events=start,completed`` (or the field repeated); ``completed`` when absent."""
+    named = [name.strip() for value in form.getlist("webhook_events") for name in value.split(",")]
+    if not any(named):
+        return ("completed",)
+    if not callback_url:
+        raise BadRequest("webhook_events needs a callback_url to send them to")
+    if any(name not in WEBHOOK_EVENTS for name in named):  # not quoted back: it is the client's text
+        raise BadRequest(
+            f"webhook_events takes {' and '.join(WEBHOOK_EVENTS)}, comma-separated",
+            allowed=list(WEBHOOK_EVENTS),
+        )
+    return tuple(name for name in WEBHOOK_EVENTS if name in named)
 
 
 def _no_constant(name: str) -> None:
@@ -67,9 +92,19 @@ def _intake() -> Intake:
     return Intake(app_settings(), app.uploads, app.redis, app.task_queue, app.metrics)
 
 
+def _limits(settings: Settings) -> dict[str, Any]:
+    """What bounds one request's submits: a header-check deadline that all its files share, and the
+    client's quota bucket; a client already over its quota is refused here, before any parsing."""
+    bucket = client_bucket()
+    check_quota(current_app.redis, settings, bucket)
+    return {"deadline": time.monotonic() + settings.header_check_ms / 1000, "bucket": bucket}
+
+
 @bp.post("/submit")
+@idempotent
 def submit() -> tuple[Response, int, dict[str, str]]:
     settings = app_settings()
+    limits = _limits(settings)  # before the body is parsed: a client over its quota costs no staging
     uploads = request.files.getlist("file")
     if not uploads:
         raise MissingFile("send the image as the multipart form field 'file'")
@@ -86,6 +121,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
         parse_submission(request.form, settings),
         owner=g.get("owner"),
         filename=client_filename(upload.filename),
+        **limits,
     )
     g.job_id = job.id
     headers = {"Location": url_for("api.status", job_id=job.id), "Vary": "Prefer"}
@@ -104,10 +140,12 @@ def submit() -> tuple[Response, int, dict[str, str]]:
 
 
 @bp.post("/batch")
+@idempotent
 def submit_batch() -> tuple[Response, int]:
     """Several ``file`` fields; each is checked on its own, so one bad file spoils nothing."""
     settings = app_settings()
     request.max_content_length = settings.max_file_size * settings.max_batch_files + 64 * 1024
+    limits = _limits(settings)
     uploads: list[FileStorage] = request.files.getlist("file")
     if not uploads:
         raise MissingFile("send the images as repeated multipart form fields 'file'")
@@ -123,7 +161,13 @@ def submit_batch() -> tuple[Response, int]:
         entry: dict[str, Any] = {"index": index, "filename": filename}
         try:
             job = accept_upload(
-                intake, upload.stream, submission, owner=g.get("owner"), batch_id=batch_id, filename=filename
+                intake,
+                upload.stream,
+                submission,
+                owner=g.get("owner"),
+                batch_id=batch_id,
+                filename=filename,
+                **limits,
             )
             entry |= {"job_id": job.id, "status": job.status}
         except ImgsvcError as exc:

@@ -53,7 +53,7 @@ def require_api_key() -> None:
     g.owner = owner_of(key)
 
 
-def _rate_key() -> str:
+def client_bucket() -> str:
     """Only a valid key earns a bucket of its own; junk and wrong keys count against the address."""
     key = valid_key()
     return f"key:{owner_of(key)}" if key else f"ip:{get_remote_address()}"
@@ -74,7 +74,7 @@ def init_rate_limits(app: Flask, settings: Settings) -> None:
         return
     app.config.update(RATELIMIT_HEADERS_ENABLED=True, RATELIMIT_SWALLOW_ERRORS=True)
     Limiter(
-        _rate_key,
+        client_bucket,
         app=app,
         application_limits=[settings.rate_limit],
         application_limits_exempt_when=lambda: request.blueprint != "api",

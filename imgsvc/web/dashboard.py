@@ -120,11 +120,12 @@ def create_dashboard_app() -> Flask:
 
     Refuses to build without credentials, so the service cannot start open.
     """
-    from imgsvc.web import register_errors
+    from imgsvc.web import no_sniffing, register_errors
 
     settings = Settings.from_env()
     app = Flask(__name__)
     if not mount_dashboard(app, settings):
         raise SystemExit("set RQ_DASHBOARD_USERNAME and RQ_DASHBOARD_PASSWORD to run the dashboard")
     register_errors(app)
+    app.after_request(no_sniffing)
     return app

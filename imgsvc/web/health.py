@@ -1,6 +1,15 @@
-"""Liveness and readiness for load balancers and orchestrators."""
+"""Liveness and readiness for load balancers and orchestrators, and metrics for operators.
+
+Who may read what: ``/healthz`` and the status of ``/readyz`` (ready or not, 200 or 503) are
+open, because probes carry no secret. The internals (``/metrics``, and ``/readyz``'s ``checks``:
+the model, the queue depth, the workers) are open only on a deployment without API_KEYS and
+METRICS_TOKEN; with either set they need ``Authorization: Bearer METRICS_TOKEN``. An API key
+does not open them: clients are not operators.
+"""
 
 from __future__ import annotations
+
+import hmac
 
 from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -8,9 +17,11 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 
 from imgsvc.config import app_settings
+from imgsvc.errors import Unauthorized
 from imgsvc.metrics import registry_for
 from imgsvc.queue.connection import live_workers, running_model
 from imgsvc.storage.db import db
+from imgsvc.web.auth import presented_key
 
 bp = Blueprint("health", __name__)
 
@@ -21,10 +32,25 @@ def healthz() -> Response:
     return jsonify({"status": "ok"})
 
 
+def operator() -> bool:
+    """Whether this request may see the service's internals (see the module's docstring)."""
+    settings = app_settings()
+    if not settings.metrics_token:
+        return not settings.api_keys
+    given = presented_key()
+    # Compare bytes: compare_digest refuses str with non-ASCII characters.
+    return given is not None and hmac.compare_digest(given.encode(), settings.metrics_token.encode())
+
+
 @bp.get("/metrics")
 def metrics() -> Response:
     """Prometheus text format; workers' figures arrive through Redis."""
     settings = app_settings()
+    if not operator():
+        raise Unauthorized(
+            "metrics need METRICS_TOKEN (Authorization: Bearer TOKEN)"
+            + ("" if settings.metrics_token else "; this deployment has API keys and no METRICS_TOKEN set")
+        )
     registry = registry_for(current_app.metrics, current_app.task_queue, settings.worker_ttl)
     # content_type, not mimetype: the constant already carries its charset, and Flask would add another.
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
@@ -32,7 +58,10 @@ def metrics() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Ready = database, Redis and at least one live worker (model loaded, heartbeat fresh)."""
+    """Ready = database, Redis and at least one live worker (model loaded, heartbeat fresh).
+
+    The status is for anyone; the ``checks`` only for an :func:`operator`.
+    """
     checks: dict[str, object] = {}
     ok = True
     try:
@@ -58,5 +87,7 @@ def readyz() -> tuple[Response, int]:
         checks["redis"] = f"error: {type(exc).__name__}"
         checks["workers"] = 0
         ok = False
-    body = {"status": "ready" if ok else "not ready", "checks": checks}
+    body: dict[str, object] = {"status": "ready" if ok else "not ready"}
+    if operator():
+        body["checks"] = checks
     return jsonify(body), 200 if ok else 503

@@ -560,3 +560,59 @@ def test_cancel_while_running_discards_the_result(client, settings, run_worker, 
     assert len(stored_files(settings)) == 1  # kept for a retry until UPLOAD_RETENTION or a DELETE
     assert client.delete(f"/api/v1/jobs/{job_id}").get_json()["status"] == "deleted"
     assert stored_files(settings) == []
+
+
+def test_webhook_events_start_and_completed_each_post_once(settings, redis_db, tiny_describer, receiver):
+    app = create_app(settings.with_(webhook_allow_private=True, webhook_secret="k"))
+    client = app.test_client()
+    job_id = client.post(
+        "/api/v1/submit",
+        data={
+            "file": (io.BytesIO(image_bytes(color=(5, 6, 7))), "x.jpg"),
+            "callback_url": receiver,
+            "webhook_events": "start,completed",
+        },
+        content_type="multipart/form-data",
+    ).get_json()["job_id"]
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
+    run_webhook_worker(app, settings)
+    payloads = [json.loads(body) for _, body in Receiver.calls]
+    assert [(p["job_id"], p["status"]) for p in payloads] == [(job_id, "processing"), (job_id, "done")]
+    assert all(headers["X-Imgsvc-Signature"] == hmac_sha256("k", body) for headers, body in Receiver.calls)
+
+
+def test_webhook_events_start_alone_sends_no_completion(settings, redis_db, tiny_describer, receiver):
+    app = create_app(settings.with_(webhook_allow_private=True))
+    client = app.test_client()
+    client.post(
+        "/api/v1/submit",
+        data={
+            "file": (io.BytesIO(image_bytes(color=(8, 6, 7))), "x.jpg"),
+            "callback_url": receiver,
+            "webhook_events": "start",
+        },
+        content_type="multipart/form-data",
+    )
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
+    run_webhook_worker(app, settings)
+    assert [json.loads(body)["status"] for _, body in Receiver.calls] == ["processing"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"webhook_events": "start"}, "webhook_events needs a callback_url to send them to"),
+        (
+            {"webhook_events": "start,<b>finish</b>", "callback_url": "http://127.0.0.1:9/hook"},
+            "webhook_events takes start and completed, comma-separated",
+        ),
+    ],
+)
+def test_webhook_events_are_checked_at_submit(settings, redis_db, fields, message):
+    client = create_app(settings.with_(webhook_allow_private=True)).test_client()
+    response = client.post(
+        "/api/v1/submit",
+        data={"file": (io.BytesIO(image_bytes()), "x.jpg")} | fields,
+        content_type="multipart/form-data",
+    )
+    assert response.status_code == 400 and response.get_json()["error"]["message"] == message

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
@@ -65,6 +64,7 @@ class Host:
                 STALE_AFTER=str(settings.stale_after),
                 TASK_RETRY_DELAY=str(settings.task_retry_delay),
                 TMPDIR=str(self.tmp),
+                STAGING_DIR=str(self.tmp / "staging"),
                 HOME=str(self.root),
                 **extra,
             )
@@ -172,8 +172,7 @@ def test_hosts_share_only_redis_postgres_and_the_bucket_and_a_dead_worker_loses_
 def test_store_or_queue_down_at_submit_is_503_and_leaves_no_row_and_no_object(
     deployed, s3_server, redis_db, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "staging"))  # where the web side stages
-    (tmp_path / "staging").mkdir()
+    deployed = deployed.with_(staging_dir=tmp_path / "staging")  # where the web side stages
     reachable = create_app(deployed)
 
     # The queue is down: the upload was already in the bucket when enqueueing failed; it is removed.

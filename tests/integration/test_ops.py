@@ -120,6 +120,30 @@ def test_dashboard_is_mounted_behind_basic_auth(settings, redis_db, jpeg_bytes):
     assert client.get("/rq/0/data/queues.json", auth=("ops", "pw")).get_json()["queues"][0]["count"] == 1
 
 
+def test_the_dashboard_needs_the_username_as_well_as_the_password(settings, redis_db):
+    client = create_app(settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")).test_client()
+    assert client.get("/rq/", auth=("someone", "pw")).status_code == 401
+    assert client.get("/rq/", auth=("", "pw")).status_code == 401
+    assert client.get("/rq/", auth=("ops", "pw")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "http://localhost.evil.example",
+        "http://evil.example/http://localhost",
+        "http://xlocalhost",
+        "http://local",
+    ],
+)
+def test_an_origin_that_only_contains_the_host_is_cross_site(settings, redis_db, origin):
+    client = create_app(settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")).test_client()
+    refused = client.get("/rq/requeue/imgsvc", auth=("ops", "pw"), headers={"Origin": origin})
+    assert refused.status_code == 403
+    accepted = client.get("/rq/requeue/imgsvc", auth=("ops", "pw"), headers={"Origin": "http://localhost"})
+    assert accepted.get_json() == {"status": "OK", "count": 0}
+
+
 def test_guessing_the_dashboard_password_is_limited_per_address(settings, redis_db):
     dashboard = settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")
     client = create_app(dashboard).test_client()
@@ -336,3 +360,28 @@ def test_sqlite_is_shared_safely_by_web_and_workers(app, client, jpeg_bytes, set
         assert db.session.execute(text("PRAGMA busy_timeout")).scalar() == 10000
     with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # kept in the file itself
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Referer": "http://localhost/rq/"}, 200),  # no Origin: the Referer decides
+        ({"Referer": "http://evil.example/rq/"}, 403),
+        ({"Origin": "https://localhost"}, 200),
+        ({"Origin": "null"}, 403),  # sandboxed frames and file:// pages send "null"
+        ({"Origin": "ftp://localhost"}, 403),
+        ({}, 403),
+    ],
+)
+def test_a_state_change_needs_an_origin_or_referer_of_this_host(settings, redis_db, headers, status):
+    client = create_app(settings.with_(rq_dashboard_username="ops", rq_dashboard_password="pw")).test_client()
+    assert client.get("/rq/requeue/imgsvc", auth=("ops", "pw"), headers=headers).status_code == status
+
+
+@pytest.mark.parametrize("credentials", [("ops", ""), ("", "pw")])
+def test_one_dashboard_credential_alone_mounts_nothing(settings, redis_db, credentials):
+    user, password = credentials
+    client = create_app(
+        settings.with_(rq_dashboard_username=user, rq_dashboard_password=password)
+    ).test_client()
+    assert client.get("/rq/", auth=credentials).status_code == 404

@@ -1,7 +1,7 @@
 """Waiting for a job in one request: ``Prefer: wait=N`` on status and result, and server-sent events.
 
 In-process: the app's test client in threads, a real Redis, the real worker (burst mode). The
-live gunicorn and nginx runs are in tests/integration/test_live_waits.py.
+live gunicorn and nginx runs are in tests/integration/test_live_api.py.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from redis import Redis
 
 from imgsvc.config import Settings
-from imgsvc.queue.changes import JobWatcher, channel
 from imgsvc.web.waits import preferred_wait
-from tests.conftest import TEST_REDIS_URL, image_bytes
+from tests.conftest import image_bytes
 from tests.integration.test_api import submit
 
 
@@ -133,18 +131,6 @@ def test_the_event_stream_of_a_finished_job_is_one_event(client, run_worker):
 def test_the_event_stream_of_an_unknown_job_is_404(client):
     response = client.get("/api/v1/jobs/5b0e5f7c-3f1b-4a55-9d5e-0b1c2d3e4f50/events")
     assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
-
-
-def test_the_watcher_wakes_a_waiter_for_a_change_published_right_after_it_subscribed(redis_db: Redis):
-    """The lost-wakeup case: once ``watch`` yields, Redis has the subscription, so a change
-    published at that very moment (before the row is read) still sets the event."""
-    watcher = JobWatcher(TEST_REDIS_URL, capacity=4)
-    with watcher.watch("job-a") as woken, watcher.watch("job-b") as other:
-        assert woken is not None and other is not None
-        redis_db.publish(channel("job-a"), "{}")
-        assert woken.wait(10)
-        assert not other.is_set()
-    assert watcher.waiting == 0
 
 
 def test_a_submit_that_waits_answers_with_the_description(client, run_worker):

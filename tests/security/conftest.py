@@ -127,9 +127,9 @@ class Stack:
         self.wait_for("worker", lambda: self._answers("/readyz"))
 
     def start_webhook_worker(self) -> None:
+        """What production runs: ``imgsvc webhooks`` (WEBHOOK_WORKERS RQ workers, with the scheduler)."""
         queue = self.env["WEBHOOK_QUEUE"]
-        rq = str(Path(sys.executable).parent / "rq")
-        self.spawn("webhooks", [rq, "worker", "--url", TEST_REDIS_URL, "--with-scheduler", queue])
+        self.spawn("webhooks", [str(Path(sys.executable).parent / "imgsvc"), "webhooks"])
         redis = Redis.from_url(TEST_REDIS_URL)
         self.wait_for("webhooks", lambda: Worker.all(queue=Queue(queue, connection=redis)))
 
@@ -156,8 +156,13 @@ class Stack:
         return row
 
     def stop(self) -> None:
+        """SIGTERM each group; one still busy 10 s later (a worker mid-job) is killed, so that no
+        process outlives its test and takes the next test's jobs from the same queue name."""
         for proc in reversed(self.procs):
-            kill_group(proc, signal.SIGTERM)
+            try:
+                kill_group(proc, signal.SIGTERM)
+            except subprocess.TimeoutExpired:
+                kill_group(proc, signal.SIGKILL)
 
     def unhandled_errors(self) -> list[str]:
         """Lines where the app logged an unexpected exception (its one 500 path)."""

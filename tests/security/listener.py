@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+import socket
 import ssl
 import subprocess
 import threading
@@ -81,3 +83,60 @@ def self_signed_certificate(directory: Path, name: str) -> tuple[Path, Path]:
     command += ["-addext", f"subjectAltName=DNS:{name}"]
     subprocess.run(command, check=True, capture_output=True)
     return cert, key
+
+
+@dataclass
+class Drip:
+    """One connection to a :class:`DripReceiver`: how much it was sent and who ended it."""
+
+    sent: int = 0
+    cut_by_client: bool = False
+    ended: bool = False
+
+
+@dataclass
+class DripReceiver:
+    """Reads a request, then answers ``HTTP/1.1 200 OK...`` one byte a second, for a minute."""
+
+    drips: list[Drip] = field(default_factory=list)
+
+    def __enter__(self) -> DripReceiver:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.getsockname()[1]}/hook"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            drip = Drip()
+            self.drips.append(drip)
+            threading.Thread(target=self._drip, args=(conn, drip), daemon=True).start()
+
+    @staticmethod
+    def _drip(conn: socket.socket, drip: Drip) -> None:
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n" + b"X: " + b"y" * 200
+        with conn:
+            conn.recv(65536)  # the request (its headers at least)
+            for byte in answer[:60]:
+                readable, _, _ = select.select([conn], [], [], 1.0)
+                try:
+                    if readable and not conn.recv(65536):
+                        drip.cut_by_client = True  # the client closed its side
+                        break
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    drip.cut_by_client = True
+                    break
+                drip.sent += 1
+        drip.ended = True

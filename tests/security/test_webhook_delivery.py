@@ -28,7 +28,8 @@ from imgsvc.queue.webhooks import (
     sign,
 )
 from tests.conftest import TEST_REDIS_URL
-from tests.security.listener import Listener, self_signed_certificate
+from tests.integration.procs import wait_until
+from tests.security.listener import DripReceiver, Listener, self_signed_certificate
 
 PUBLIC = "93.184.216.34"
 BODY = b'{"job_id": "j", "status": "done"}'
@@ -175,3 +176,33 @@ def test_the_body_sent_is_the_body_signed():
     (received,) = listener.received
     assert json.loads(received.body) == payload
     assert received.headers[SIGNATURE_HEADER] == sign(received.body, "k")
+
+
+def test_a_receiver_that_drips_its_status_line_is_cut_at_the_total_deadline(caplog):
+    """Each byte comes well within the per-read timeout; the attempt still ends at its deadline."""
+    with DripReceiver() as receiver, caplog.at_level(logging.WARNING, logger="imgsvc.webhooks"):
+        with pytest.raises(WebhookDeliveryFailed, match="within the delivery deadline"):
+            post_signed(
+                parse_callback_url(receiver.url),
+                BODY,
+                sign(BODY, "k"),
+                True,
+                resolve=Resolver(),
+                deadline_s=2,
+            )
+        assert wait_until(lambda: receiver.drips and receiver.drips[0].ended, timeout=30)
+    (drip,) = receiver.drips
+    assert drip.cut_by_client and drip.sent < 60  # before: read on until the receiver stopped
+    (record,) = [r for r in caplog.records if r.getMessage() == "webhook delivery failed"]
+    assert record.error == "deadline"
+
+
+def test_deliveries_to_one_host_are_limited_and_others_are_not(redis_db):
+    """Past WEBHOOK_PER_HOST, a host's deliveries wait aside; another host's go on the queue."""
+    settings = Settings(redis_url=TEST_REDIS_URL, webhook_per_host=2)
+    for i in range(4):
+        enqueue_delivery(redis_db, settings, "http://slow.example.test/hook", {"job_id": f"s{i}"})
+    enqueue_delivery(redis_db, settings, "http://fine.example.test/hook", {"job_id": "f"})
+    hooks = Queue(settings.webhook_queue_name, connection=redis_db)
+    queued = [job.description for job in hooks.get_jobs()]
+    assert queued == ["webhook s0", "webhook s1", "webhook f"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import array
+import fcntl
 import os
 import signal
 import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
@@ -272,3 +275,75 @@ def test_the_child_gives_memory_back_when_idle_not_between_the_images_of_a_batch
         assert list(requests) == []  # the parent closed the pipe: the child ends
     finally:
         os.close(read)
+
+
+class StoppingDecoder(Decoder):
+    """Stops (SIGSTOP) its next ``stops`` children just before asking them for an image, so a
+    test can signal a child that surely holds a request it has not answered: mid-decode."""
+
+    def __init__(self, stops: int) -> None:
+        super().__init__(10**7, 1024, timeout=30, memory_mb=512)
+        self.stops = stops
+        self.stopped: list[int] = []
+
+    def _ask(self, child: subprocess.Popen, path: Path) -> None:
+        if self.stops and child.pid not in self.stopped:
+            self.stops -= 1
+            self.stopped.append(child.pid)
+            os.kill(child.pid, signal.SIGSTOP)
+        super()._ask(child, path)
+
+
+def holding_a_request(decoder: StoppingDecoder, count: int) -> int:
+    """The pid of the ``count``-th stopped child, once its request waits in its pipe."""
+
+    def pending() -> bool:
+        child = decoder._child
+        if len(decoder.stopped) < count or child is None or child.pid != decoder.stopped[count - 1]:
+            return False
+        waiting = array.array("i", [0])
+        fcntl.ioctl(child.stdin.fileno(), termios.FIONREAD, waiting)
+        return waiting[0] > 0
+
+    assert wait_until(pending, timeout=30)
+    return decoder.stopped[count - 1]
+
+
+def decode_signalled(
+    decoder: StoppingDecoder, path: Path, *signals: signal.Signals
+) -> Image.Image | DecodeError:
+    """Decode ``path`` while each successive child gets one of ``signals`` as it holds it."""
+    results: list[Image.Image | DecodeError] = []
+    thread = threading.Thread(target=lambda: results.extend(decoder.decode_many([path])))
+    thread.start()
+    for count, sig in enumerate(signals, 1):
+        pid = holding_a_request(decoder, count)
+        os.kill(pid, sig)
+        os.kill(pid, signal.SIGCONT)  # a SIGKILL needs none; any other signal acts once it runs
+    thread.join(timeout=60)
+    (result,) = results
+    return result
+
+
+def test_a_decoder_killed_mid_decode_is_retried_once_before_the_image_is_blamed(good):
+    """The OOM killer or an operator, not the image: before, the job failed for good."""
+    with StoppingDecoder(stops=1) as decoder:
+        image = decode_signalled(decoder, good[0], signal.SIGKILL)
+        assert decoder.starts == 2
+    assert image.size == (30, 20)
+
+
+def test_a_decoder_killed_twice_on_one_image_blames_the_image(good):
+    with StoppingDecoder(stops=2) as decoder:
+        failed = decode_signalled(decoder, good[0], signal.SIGKILL, signal.SIGKILL)
+        assert decoder.decode(good[1]).size == (31, 20)  # the next image gets a fresh child
+        assert decoder.starts == 3
+    assert isinstance(failed, DecodeError) and "killed by SIGKILL twice" in str(failed)
+
+
+def test_a_decoder_that_crashes_by_itself_is_not_retried(good):
+    """SIGSEGV is Pillow failing on this very image: trying it again would crash again."""
+    with StoppingDecoder(stops=1) as decoder:
+        failed = decode_signalled(decoder, good[0], signal.SIGSEGV)
+        assert decoder.starts == 1
+    assert isinstance(failed, DecodeError) and "crashed on this image" in str(failed)

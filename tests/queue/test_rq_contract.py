@@ -7,7 +7,7 @@ and ``rq==3.0.0`` is pinned for it. An upgrade breaks here, by name, instead of 
 **When bumping rq**, run these tests and the fault tests, which exercise the same seam under
 killed workers and lost jobs::
 
-    python -m pytest -p no:randomly tests/unit/test_rq_contract.py \
+    python -m pytest -p no:randomly tests/queue/test_rq_contract.py \
         tests/integration/test_faults.py tests/integration/test_liveness.py
 
 A test failing here names the RQ method or attribute whose contract changed; read RQ's new
@@ -28,11 +28,13 @@ from rq.executions import Execution
 from rq.job import Job as RQJob
 from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
+from rq.scheduler import RQScheduler
 from rq.worker import BaseWorker
 
 from imgsvc.queue.batches import batchable
 from imgsvc.queue.connection import DESCRIBE_TASK
 from imgsvc.queue.reaper import _worker_is_gone
+from imgsvc.queue.worker import ImgsvcWorker, OrphanFreeScheduler, WebhookWorker
 
 
 def parameters(function: Callable) -> list[str]:
@@ -192,3 +194,19 @@ def test_intermediate_list_is_where_rq_dequeue_moves_jobs(queue: Queue):
     assert queue.connection.lrange(intermediate.key, 0, -1) == [job.id.encode()]
     intermediate.remove(job.id)
     assert queue.connection.llen(intermediate.key) == 0
+
+
+# -- the scheduler that dies with its worker (issue 23 row 7) --------------------------------
+def test_rq_starts_its_scheduler_the_way_imgsvc_restates_it():
+    source = inspect.getsource(Worker._start_scheduler)
+    for step in ("RQScheduler(", "acquire_locks()", "acquired_locks", "register_birth()", ".start()"):
+        assert step in source, step
+    # The forked child runs ``work()``; ``start()`` runs in the worker before the fork.
+    assert "ForkProcess(target=run" in inspect.getsource(RQScheduler.start)
+    assert "scheduler.work()" in inspect.getsource(inspect.getmodule(RQScheduler).run)
+
+
+def test_both_workers_start_the_scheduler_that_dies_with_them():
+    for worker in (ImgsvcWorker, WebhookWorker):
+        assert "OrphanFreeScheduler(" in inspect.getsource(worker._start_scheduler)
+    assert issubclass(OrphanFreeScheduler, RQScheduler)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import stat
+import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -90,9 +92,9 @@ def test_the_sweep_sees_only_old_uploads_of_its_own(store):
     assert list(store.names_older_than(FAR_FUTURE)) == [name]
 
 
-def test_create_makes_the_bucket_once(s3_upload_dir, s3_server):
+def test_create_makes_the_bucket_once(s3_upload_dir, s3_server, tmp_path):
     bucket = f"fresh-{uuid.uuid4().hex[:12]}"
-    store = S3UploadStore(f"s3://{bucket}/uploads", max_bytes=10)
+    store = S3UploadStore(f"s3://{bucket}/uploads", max_bytes=10, staging_dir=tmp_path)
     store.create()
     store.create()  # already there: nothing to do, no error
     client = s3_server.client()
@@ -118,13 +120,32 @@ def test_an_unreachable_object_store_is_store_unavailable_and_leaves_nothing(tmp
     assert list(tmp_path.iterdir()) == []  # neither the staged upload nor a download is left
 
 
+def test_object_store_mode_stages_in_its_own_directory_and_sweeps_only_there(tmp_path, monkeypatch):
+    """Another program's ``.upload-x`` in the shared system temp directory survives the sweep."""
+    system_tmp = tmp_path / "tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    foreign = system_tmp / ".upload-x"
+    foreign.write_text("someone else's")
+    settings = Settings(upload_dir="s3://bucket/prefix", staging_dir=tmp_path / "own" / "staging")
+    store = open_upload_store(settings)
+    assert store.staging_dir == tmp_path / "own" / "staging"
+    assert stat.S_IMODE(store.staging_dir.stat().st_mode) == 0o700
+    staged = store.stage(io.BytesIO(b"img"))
+    assert staged.path.parent == store.staging_dir
+    assert store.remove_stale_temp_files(FAR_FUTURE) == 1  # ours, however young, is swept
+    assert foreign.read_text() == "someone else's"
+    assert Settings.from_env({"STAGING_DIR": str(tmp_path / "s")}).staging_dir == tmp_path / "s"
+
+
 def test_upload_dir_picks_the_store(tmp_path):
     local = open_upload_store(Settings.from_env({"UPLOAD_DIR": str(tmp_path / "up")}))
     assert isinstance(local, LocalUploadStore) and local.root == tmp_path / "up"
-    remote = open_upload_store(Settings.from_env({"UPLOAD_DIR": "s3://my-bucket/imgsvc/uploads/"}))
+    env = {"UPLOAD_DIR": "s3://my-bucket/imgsvc/uploads/", "STAGING_DIR": str(tmp_path / "s")}
+    remote = open_upload_store(Settings.from_env(env))
     assert isinstance(remote, S3UploadStore)
     assert (remote.bucket, remote.prefix) == ("my-bucket", "imgsvc/uploads/")
-    bare = open_upload_store(Settings(upload_dir="s3://my-bucket"))
+    bare = open_upload_store(Settings(upload_dir="s3://my-bucket", staging_dir=tmp_path / "s"))
     assert (bare.bucket, bare.prefix) == ("my-bucket", "")
     for bad in ("s3://", "gs://bucket/x", "s3://bucket/x?versionId=1"):
         with pytest.raises(ConfigError):

@@ -269,7 +269,18 @@ def test_dashboard_is_its_own_service_behind_imgsvcs_guard_and_needs_credentials
     assert 'test -n "$$RQ_DASHBOARD_USERNAME" && test -n "$$RQ_DASHBOARD_PASSWORD"' in command
     assert "exit 1" in command
     assert dashboard["environment"]["REDIS_URL"] == "redis://redis:6379/0"
-    assert "9181:9181" in dashboard["ports"]
+    # Never on every interface: one sync worker and basic auth over plain HTTP (issue 23).
+    assert dashboard["ports"] == ["127.0.0.1:${DASHBOARD_PORT:-9181}:9181"]
+
+
+def test_in_production_only_the_proxy_is_published_beyond_loopback():
+    published = {
+        name: port
+        for name, service in in_profile("production").items()
+        for port in service.get("ports", [])
+        if not str(port).startswith("127.0.0.1:")
+    }
+    assert published == {"proxy": "${WEB_PORT:-8000}:80"}
 
 
 def test_test_profile_points_the_suite_at_its_own_services():

@@ -17,6 +17,7 @@ from imgsvc.vision.classifier.describer import imagenet_labels
 from imgsvc.vision.scene.sentences import (
     Evidence,
     compose_scene,
+    counted,
     fold,
     imagenet_nouns,
     merge_people,
@@ -308,3 +309,9 @@ def test_recorded_photos(name):
 def test_recorded_quality_set(case):
     text = compose_scene(Evidence.from_json(RECORDED["photos"][case.name]))
     assert bool(misses(text, case)) == (case.name in KNOWN_MISSES), text
+
+
+@pytest.mark.parametrize(("count", "phrase"), [(10, "ten cups"), (11, "11 cups"), (12, "12 cups")])
+def test_counts_past_the_number_words_are_written_as_digits(count, phrase):
+    """Ten is the last number word; exactly 11 of one thing must not run off their end."""
+    assert counted("cup", count) == phrase

@@ -1,6 +1,7 @@
-"""Waits and event streams through what production runs: gunicorn with gunicorn.conf.py, a real
-worker (the tiny model, slowed to 1.5 s a batch so a job is seen processing), and a real nginx
-rendered from deploy/nginx.conf.template in front.
+"""Issue 26's features through what production runs: gunicorn with gunicorn.conf.py, a real worker
+(the tiny model, slowed to 1.5 s a batch so a job is seen processing), the webhook worker, and a
+real nginx rendered from deploy/nginx.conf.template in front: waits, event streams, the CLI's wait,
+retries, idempotent submits and webhook events.
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ def served(tmp_path_factory, owned_redis, tiny_model_dir) -> Iterator[Served]:
         "TORCH_THREADS": "1",
         "WEB_WORKERS": "1",
         "WEB_THREADS": "4",  # the shipped default: two requests may wait at once
-        "LOG_LEVEL": "INFO",  # the web log's one line per request is what the CLI test counts
+        "LOG_LEVEL": "DEBUG",  # the web log's line per request (polls at DEBUG) is what the CLI test counts
+        "LOG_FORMAT": "json",
+        "WEBHOOK_ALLOW_PRIVATE": "true",  # the receiver is this test, on loopback
+        "WEBHOOK_SECRET": "live",
     }
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{web_port}"]
     with (tmp / "web.log").open("wb") as web_log:
@@ -83,6 +87,16 @@ def served(tmp_path_factory, owned_redis, tiny_model_dir) -> Iterator[Served]:
     # One after the other: two processes creating the SQLite schema at once can collide.
     assert wait_until(lambda: _answers(f"http://127.0.0.1:{web_port}/healthz"), timeout=60, interval=0.2)
     worker = start_worker(env, delay=1.5, log=tmp / "worker.log")
+    rq = str(Path(sys.executable).parent / "rq")
+    with (tmp / "webhooks.log").open("wb") as hooks_log:
+        hooks = subprocess.Popen(
+            [rq, "worker", "--url", TEST_REDIS_URL, "--with-scheduler", "imgsvc-webhooks"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=hooks_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     nginx = start_nginx(tmp, proxy_port, web_port)
     served = Served(f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{proxy_port}", tmp)
     try:
@@ -92,6 +106,7 @@ def served(tmp_path_factory, owned_redis, tiny_model_dir) -> Iterator[Served]:
         yield served
     finally:
         kill_group(nginx, signal.SIGTERM)
+        kill_group(hooks, signal.SIGTERM)
         kill_group(worker, signal.SIGTERM)
         kill_group(web, signal.SIGTERM)
 
@@ -224,3 +239,80 @@ def test_one_submit_through_the_proxy_answers_with_the_description(served):
     assert response.status_code == 200, response.text
     assert response.headers["Preference-Applied"] == "wait=60"
     assert response.json()["status"] == "done" and response.json()["image_description"]
+
+
+@needs_nginx
+def test_a_cancelled_job_retried_through_the_proxy_runs_as_attempt_two(served):
+    job_id = served.submit(served.proxy, (120, 1, 1))
+    assert requests.delete(f"{served.proxy}/api/v1/jobs/{job_id}", timeout=30).json()["status"] == "cancelled"
+    retried = requests.post(f"{served.proxy}/api/v1/jobs/{job_id}/retry", timeout=30)
+    assert retried.status_code == 202 and retried.json()["attempt"] == 2
+    again = requests.post(f"{served.proxy}/api/v1/jobs/{job_id}/retry", timeout=30)
+    assert again.status_code == 409  # it is queued again: nothing to retry
+    result = requests.get(f"{served.proxy}/api/v1/result/{job_id}", headers={"Prefer": "wait=60"}, timeout=90)
+    assert result.status_code == 200 and result.json()["attempt"] == 2 and result.json()["job_id"] == job_id
+
+
+@needs_nginx
+def test_a_submit_sent_twice_with_its_idempotency_key_makes_one_job(served):
+    """Each send encodes the multipart body afresh (a new boundary): the key and the request's
+    meaning decide, not its bytes."""
+    image = image_bytes("PNG", color=(9, 200, 9))
+    answers = [
+        requests.post(
+            f"{served.proxy}/api/v1/submit",
+            files={"file": ("same.png", image, "image/png")},
+            headers={"Idempotency-Key": "live-key-1"},
+            timeout=30,
+        )
+        for _ in range(3)
+    ]
+    assert [a.status_code for a in answers] == [202, 202, 202]
+    assert len({a.json()["job_id"] for a in answers}) == 1
+    other = requests.post(
+        f"{served.proxy}/api/v1/submit",
+        files={"file": ("other.png", image_bytes("PNG", color=(9, 9, 200)), "image/png")},
+        headers={"Idempotency-Key": "live-key-1"},
+        timeout=30,
+    )
+    assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
+
+
+@needs_nginx
+def test_webhook_events_start_and_completed_reach_the_receiver_signed(served):
+    import hashlib
+    import hmac
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[tuple[str, bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.headers["X-Imgsvc-Signature"], body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        files = {"file": ("hook.png", image_bytes("PNG", color=(250, 250, 1)), "image/png")}
+        fields = {
+            "callback_url": f"http://127.0.0.1:{server.server_port}/hook",
+            "webhook_events": "start,completed",
+        }
+        job_id = requests.post(f"{served.proxy}/api/v1/submit", files=files, data=fields, timeout=30).json()[
+            "job_id"
+        ]
+        assert wait_until(lambda: len(received) >= 2, timeout=60, interval=0.1)
+    finally:
+        server.shutdown()
+    statuses = sorted(json.loads(body)["status"] for _, body in received)
+    assert statuses == ["done", "processing"]
+    assert all(json.loads(body)["job_id"] == job_id for _, body in received)
+    for signature, body in received:
+        assert signature == "sha256=" + hmac.new(b"live", body, hashlib.sha256).hexdigest()

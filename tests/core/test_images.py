@@ -8,16 +8,26 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from bench.bombs import declared_png, progressive_scan_bomb
+from bench.bombs import declared_png, progressive_scan_bomb, tiff_tag_bomb
 from imgsvc.config import PROJECT_ROOT
 from imgsvc.errors import ImageTooLarge, UnsupportedImage
-from imgsvc.images import MAX_ELEMENTS, MAX_JPEG_SCANS, inspect_image, sniff_type
+from imgsvc.images import (
+    MAX_ELEMENTS,
+    MAX_JPEG_SCANS,
+    MAX_TIFF_STRIPS,
+    TRAILING_SLACK,
+    ImageInfo,
+    _Walker,
+    inspect_image,
+    sniff_type,
+)
 
 LIMITS = {"max_pixels": 40_000_000, "max_frames": 1000}
 
@@ -192,13 +202,174 @@ def test_a_tiff_whose_directories_loop_is_refused(tmp_path):
         inspect_image(path, **LIMITS)
 
 
-def test_bytes_after_a_jpeg_end_are_ignored(tmp_path):
-    """Phones append a second image (MPO) or trailing data after the first image's EOI."""
-    buffer = io.BytesIO()
-    noise().save(buffer, "JPEG")
-    path = tmp_path / "trailing.jpg"
-    path.write_bytes(buffer.getvalue() + b"\x00garbage" * 100)
-    assert inspect_image(path, **LIMITS).format == "JPEG"
+# -- TIFF tag arrays (issue 23, row 1) ------------------------------------------------------------------
+def tiff_of(entries: list[tuple[int, int, int, int]], tail: bytes = b"") -> bytes:
+    """A little-endian TIFF of one IFD of (tag, type, count, value) entries, then ``tail``."""
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + tail
+
+
+def test_the_tiff_tag_array_bomb_is_refused_without_reading_its_arrays(tmp_path):
+    """The review's 9.5 MB file: 3 x 65,530 StripOffsets arrays of 3.6 M values after a 1x1 page.
+
+    Before the fix every array was unpacked (an hour of CPU); now the repeated tag is refused.
+    """
+    path = tmp_path / "bomb.tiff"
+    path.write_bytes(tiff_tag_bomb())
+    with pytest.raises(UnsupportedImage, match="lists tag 273 twice in one directory"):
+        inspect_image(path, **LIMITS)
+
+
+def test_the_bomb_s_valid_first_page_alone_is_accepted(tmp_path):
+    path = tmp_path / "page.tiff"
+    path.write_bytes(tiff_tag_bomb(pages=0, values=4))
+    assert Image.open(path).size == (1, 1)
+    assert inspect_image(path, **LIMITS) == ImageInfo("TIFF", 1, 1)
+
+
+def test_a_tag_repeated_in_one_directory_is_refused(tmp_path):
+    size = [(256, 3, 1, 1), (257, 3, 1, 1)]
+    path = tmp_path / "twice.tiff"
+    path.write_bytes(tiff_of([*size, (257, 3, 1, 5)]))
+    with pytest.raises(UnsupportedImage, match="lists tag 257 twice"):
+        inspect_image(path, **LIMITS)
+
+
+def test_only_the_first_value_of_a_size_array_is_read(tmp_path, monkeypatch):
+    """A width array of 3.6 M values: one is read (the rest of the array is never unpacked)."""
+    values = 3_600_000
+    region = 8 + 2 + 2 * 12 + 4
+    path = tmp_path / "wide.tiff"
+    path.write_bytes(
+        tiff_of([(256, 3, values, region), (257, 3, 1, 1)], struct.pack("<H", 7) + bytes(values * 2))
+    )
+    reads: list[str] = []
+    original = _Walker.read
+    monkeypatch.setattr(
+        _Walker, "read", lambda self, fmt, offset: reads.append(fmt) or original(self, fmt, offset)
+    )
+    assert inspect_image(path, **LIMITS) == ImageInfo("TIFF", 7, 1)
+    assert all(len(fmt) <= 4 for fmt in reads), reads  # "<1H", never "<3600000H"
+
+
+def test_more_strips_than_the_limit_on_the_first_page_are_refused(tmp_path):
+    count = MAX_TIFF_STRIPS + 1
+    region = 8 + 2 + 4 * 12 + 4
+    entries = [(256, 3, 1, 1), (257, 3, 1, 1), (273, 4, count, region), (279, 4, count, region)]
+    path = tmp_path / "strips.tiff"
+    path.write_bytes(tiff_of(entries, bytes(count * 4)))
+    with pytest.raises(
+        UnsupportedImage, match=f"lists {count} strips or tiles; the limit is {MAX_TIFF_STRIPS}"
+    ):
+        inspect_image(path, **LIMITS)
+
+
+def test_strip_values_count_toward_the_element_limit(tmp_path):
+    """Strip and tile arrays each under the cap: their values together pass MAX_ELEMENTS."""
+    count = 60_000
+    region = 8 + 2 + 6 * 12 + 4
+    arrays = [(tag, 4, count, region) for tag in (273, 279, 324, 325)]
+    assert count < MAX_TIFF_STRIPS and 4 * count > MAX_ELEMENTS
+    path = tmp_path / "elements.tiff"
+    path.write_bytes(tiff_of([(256, 3, 1, 1), (257, 3, 1, 1), *arrays], bytes(count * 4)))
+    with pytest.raises(UnsupportedImage, match=f"more than {MAX_ELEMENTS} TIFF strip and tile entries"):
+        inspect_image(path, **LIMITS)
+
+
+def test_a_header_check_past_its_deadline_is_refused_as_a_bomb(tmp_path):
+    path = sample(tmp_path, "pages.tiff")
+    with pytest.raises(ImageTooLarge, match="ran out of its time budget"):
+        inspect_image(path, **LIMITS, deadline=time.monotonic() - 1)
+    assert inspect_image(path, **LIMITS, deadline=time.monotonic() + 60).frames == 3
+
+
+def test_a_tiff_of_many_strips_written_by_pillow_is_accepted(tmp_path):
+    path = tmp_path / "strips.tiff"
+    noise((300, 400)).save(
+        path, "TIFF", compression="tiff_adobe_deflate", tiffinfo={278: 16}
+    )  # 16 rows a strip
+    with Image.open(path) as image:
+        strips = len(image.tag_v2[273])
+    assert strips == 25
+    assert inspect_image(path, **LIMITS) == ImageInfo("TIFF", 300, 400)
+
+
+def test_a_multi_page_tiff_of_pages_of_different_sizes_is_accepted(tmp_path):
+    path = tmp_path / "pages.tiff"
+    first, *rest = [noise((20 + i, 30 + i)) for i in range(4)]
+    first.save(path, "TIFF", save_all=True, append_images=rest, compression="tiff_lzw")
+    assert inspect_image(path, **LIMITS) == ImageInfo("TIFF", 20, 30, frames=4)
+
+
+# -- trailing data (issue 23, row 4) --------------------------------------------------------------------
+TRAILING = ["baseline.jpg", "progressive.jpg", "plain.png", "animated.png", "still.gif", "animated.gif"]
+TRAILING += ["lossy.webp", "animated.webp", "plain.bmp"]
+
+
+@pytest.mark.parametrize("name", TRAILING)
+def test_a_few_hundred_bytes_after_an_image_s_end_are_padding(tmp_path, name):
+    path = sample(tmp_path, name)
+    path.write_bytes(path.read_bytes() + b"\x00" * TRAILING_SLACK)
+    assert inspect_image(path, **LIMITS).format == SAMPLES[name][2]
+
+
+@pytest.mark.parametrize("name", TRAILING)
+@pytest.mark.parametrize("tail", [b"PADDING-7" * 60, bytes(9 * 1024 * 1024)], ids=["600 B", "9 MB of zeros"])
+def test_data_after_an_image_s_end_is_refused(tmp_path, name, tail):
+    """The review's uploads: one JPEG with PADDING-%d after it (dedupe bypassed), 600 B + 9 MB of zeros."""
+    path = sample(tmp_path, name)
+    path.write_bytes(path.read_bytes() + tail)
+    kind = "WebP" if SAMPLES[name][2] == "WEBP" else SAMPLES[name][2]
+    with pytest.raises(UnsupportedImage, match=f"^.*{len(tail)} bytes follow the end of the {kind} image"):
+        inspect_image(path, **LIMITS)
+
+
+def test_jpeg_streams_after_a_jpeg_are_accepted_as_an_mpo_s_images(tmp_path):
+    """Cameras store an MPO's second image (and some a preview) right after the first's EOI."""
+    first, second = jpeg_bytes_of(noise((64, 48))), jpeg_bytes_of(noise((32, 24)))
+    path = tmp_path / "two.jpg"
+    path.write_bytes(first + second + second + b"\x00" * 100)
+    assert inspect_image(path, **LIMITS) == ImageInfo("JPEG", 64, 48)
+    path.write_bytes(first + second + b"junk" * 200)
+    with pytest.raises(UnsupportedImage, match="800 bytes follow the end of the JPEG image"):
+        inspect_image(path, **LIMITS)
+
+
+def test_an_mpo_written_by_pillow_is_accepted(tmp_path):
+    path = tmp_path / "pair.mpo"
+    first, second = noise((40, 30)), noise((40, 30))
+    first.save(path, "MPO", save_all=True, append_images=[second])
+    with Image.open(path) as image:
+        assert image.format == "MPO" and image.n_frames == 2
+    assert inspect_image(path, **LIMITS) == ImageInfo("JPEG", 40, 30)
+
+
+def test_a_jpeg_after_a_jpeg_is_checked_like_the_first(tmp_path):
+    """What follows is walked: a bomb appended to a small JPEG is no way around the scan limit."""
+    path = tmp_path / "hidden-bomb.jpg"
+    path.write_bytes(jpeg_bytes_of() + progressive_scan_bomb(64, MAX_JPEG_SCANS + 1))
+    with pytest.raises(ImageTooLarge, match="scans"):
+        inspect_image(path, **LIMITS)
+
+
+def test_a_bmp_s_colour_profile_after_its_rows_is_not_trailing_data(tmp_path):
+    """BITMAPV5HEADER may embed an ICC profile after the pixel rows, found by its offset."""
+    path = tmp_path / "v5.bmp"
+    noise((8, 4)).save(path, "BMP")
+    data = bytearray(path.read_bytes())
+    rows_end = len(data)
+    header = bytearray(124)
+    header[:40] = data[14:54]
+    struct.pack_into("<I", header, 0, 124)
+    profile = b"p" * 2000
+    struct.pack_into("<II", header, 112, rows_end + 84 - 14, len(profile))  # relative to the DIB header
+    body = data[:14] + header + data[54:] + profile
+    struct.pack_into("<I", body, 10, 14 + 124)  # the rows moved by the longer header
+    path.write_bytes(bytes(body))
+    assert inspect_image(path, **LIMITS) == ImageInfo("BMP", 8, 4)
+    path.write_bytes(bytes(body) + b"x" * 1000)
+    with pytest.raises(UnsupportedImage, match="1000 bytes follow the end of the BMP image"):
+        inspect_image(path, **LIMITS)
 
 
 def pillow_bytes(fmt: str) -> bytes:
@@ -404,3 +575,60 @@ def test_the_scan_bomb_413_says_why_and_names_the_limit(tmp_path):
         inspect_bytes(tmp_path, progressive_scan_bomb(64, MAX_JPEG_SCANS + 10))
     assert refused.value.message.endswith("refused as a decompression bomb")
     assert refused.value.details == {"max_scans": MAX_JPEG_SCANS}
+
+
+# -- mutation audit gaps (issue 23's last section) ------------------------------------------------------
+def test_a_gif_frame_placed_far_outside_a_small_canvas_is_refused(tmp_path):
+    """Pillow grows the canvas to hold the frame: a 10x10 GIF with a frame at (60000, 60000) is 60010^2."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (10, 10)).save(buffer, "GIF")
+    data = bytearray(buffer.getvalue())
+    descriptor = data.index(b"\x2c" + struct.pack("<HHHH", 0, 0, 10, 10))
+    struct.pack_into("<HH", data, descriptor + 1, 60_000, 60_000)
+    path = tmp_path / "far.gif"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageTooLarge, match="an animation frame has 60010x60010 pixels"):
+        inspect_image(path, **LIMITS)
+
+
+def test_a_webp_with_an_odd_length_chunk_is_read_past_its_padding(tmp_path):
+    """RIFF pads a chunk of odd length with one byte: a 13-byte ICC profile is followed by a pad."""
+    path = tmp_path / "icc.webp"
+    Image.new("RGB", (10, 12)).save(path, "WEBP", icc_profile=b"x" * 13)
+    assert b"ICCP\x0d\x00\x00\x00" in path.read_bytes()
+    assert inspect_image(path, **LIMITS) == ImageInfo("WEBP", 10, 12)
+
+
+def test_a_top_down_bmp_is_accepted_with_its_height(tmp_path):
+    """A negative height in the header means rows stored top-down (Windows writes them)."""
+    buffer = io.BytesIO()
+    noise((16, 9)).save(buffer, "BMP")
+    data = bytearray(buffer.getvalue())
+    struct.pack_into("<i", data, 22, -9)
+    path = tmp_path / "top-down.bmp"
+    path.write_bytes(bytes(data))
+    with Image.open(path) as image:
+        assert image.size == (16, 9)
+    assert inspect_image(path, **LIMITS) == ImageInfo("BMP", 16, 9)
+
+
+# -- counts read from a file bound no loop before they are capped ------------------------------------
+@pytest.mark.parametrize(("fill", "accepted"), [(1000, True), (MAX_ELEMENTS + 1, False)])
+def test_a_run_of_jpeg_fill_bytes_counts_toward_the_element_limit(tmp_path, fill, accepted):
+    """0xFF fill bytes may precede a marker; a 10 MB run of them cost 0.6 s of CPU a file, byte by byte."""
+    data = jpeg_bytes_of()
+    sos = first_marker(data, 0xDA)
+    path = tmp_path / "fill.jpg"
+    path.write_bytes(data[:sos] + b"\xff" * fill + data[sos:])
+    if accepted:
+        assert inspect_image(path, **LIMITS).format == "JPEG"
+    else:
+        with pytest.raises(UnsupportedImage, match=f"more than {MAX_ELEMENTS} JPEG fill bytes"):
+            inspect_image(path, **LIMITS)
+
+
+def test_a_jpeg_of_nothing_but_fill_bytes_is_truncated(tmp_path):
+    path = tmp_path / "all-fill.jpg"
+    path.write_bytes(b"\xff\xd8" + b"\xff" * 5000)
+    with pytest.raises(UnsupportedImage, match="the JPEG data ends early"):
+        inspect_image(path, **LIMITS)

@@ -1,0 +1,69 @@
+"""gunicorn's gthread worker, with each request head gathered before a thread is committed to it.
+
+gthread hands a readable connection to a thread that then parses the request line and headers
+with blocking reads: a client that sends its headers a byte at a time (slowloris) holds that
+thread for as long as it likes, and 40 of them took ``make run``'s gunicorn (4 threads) offline.
+Here a thread only takes what has arrived, without waiting; until the blank line that ends the
+head is in, the connection goes back to gunicorn's poller, costing no thread. A head that is
+not complete ``WEB_HEADER_TIMEOUT`` seconds after its first byte was awaited is dropped.
+
+It relies on gthread's private ``_DEFER`` answer and its parser's ``unreader``;
+``tests/web/test_gunicorn_worker.py`` pins both.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from gunicorn.workers.gthread import _DEFER, ThreadWorker
+
+#: Bytes of head gathered at most; a longer one goes to gunicorn's parser, which refuses it.
+MAX_HEAD = 64 * 1024
+
+
+def header_timeout() -> float:
+    return float(os.environ.get("WEB_HEADER_TIMEOUT") or 10)
+
+
+class HeadFirstWorker(ThreadWorker):
+    """gthread, but no thread waits for a request head (see the module docstring)."""
+
+    def init_process(self) -> None:
+        self.header_timeout = header_timeout()
+        super().init_process()
+
+    def handle(self, conn: Any) -> Any:
+        if self.cfg.is_ssl or getattr(conn, "is_http2", False):
+            return super().handle(conn)  # TLS straight at gunicorn: none of imgsvc's set-ups
+        if conn.parser is not None and conn.parser.unreader.buf.getvalue():
+            return super().handle(conn)  # the next request is already read ahead
+        gathered = self._gather_head(conn)
+        if gathered is not True:
+            return gathered
+        return super().handle(conn)
+
+    def _gather_head(self, conn: Any) -> Any:
+        """True once the head is in (handed to the parser), _DEFER to wait, False to close."""
+        head: bytearray = conn.__dict__.setdefault("imgsvc_head", bytearray())
+        started: float = conn.__dict__.setdefault("imgsvc_head_since", time.monotonic())
+        conn.sock.setblocking(False)
+        try:
+            while b"\r\n\r\n" not in head and len(head) <= MAX_HEAD:
+                chunk = conn.sock.recv(16384)
+                if not chunk:
+                    return False  # the client went away
+                head += chunk
+        except (BlockingIOError, InterruptedError):
+            if time.monotonic() - started > self.header_timeout:
+                self.log.debug("request head not complete in %s s; connection closed", self.header_timeout)
+                return False
+            return _DEFER
+        finally:
+            conn.sock.setblocking(True)
+        del conn.imgsvc_head, conn.imgsvc_head_since  # the next request on it starts afresh
+        conn.data_ready = True  # skip gthread's wait for a first byte: the head is here
+        conn.init()
+        conn.parser.unreader.unread(bytes(head))
+        return True
