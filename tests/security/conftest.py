@@ -192,5 +192,6 @@ def make_stack(name: str, directory: Path, model_dir: Path, **env: str) -> Stack
         "TASK_RETRY_DELAY": "0",
         "SECRET_KEY": "security-suite",
         "WEBHOOK_SECRET": "security-suite",
+        "LOG_FORMAT": "json",  # the tests read the processes' logs as JSON lines
     }
     return Stack(name, directory, base | env, port)
