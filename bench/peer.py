@@ -469,7 +469,7 @@ def measure_model(size: str, args: argparse.Namespace, jpegs: list[bytes]) -> li
         batch=BATCH,
         torch_threads=torch.get_num_threads(),
         poll_ms=args.poll_ms,
-        web=f"gunicorn gthread {os.environ.get('WEB_WORKERS', '2')}x{args.web_threads}",
+        web=f"gunicorn.conf.py {os.environ.get('WEB_WORKERS', '2')}x{args.web_threads} threads",
         load=load_average(),
     )
     sides = [s for s in args.sides if s in SIDES]
