@@ -557,8 +557,8 @@ def report(size: str, runs: dict[str, list[Run]], n: int, args: argparse.Namespa
         requests = sum(r.requests for r in side_runs) / (n * len(side_runs)) if side != "raw" else 0
         summary[side] = {"rate": rate, "ratio": raw_s / seconds, "serving": serving}
         rows.append([
-            size, side, f"{rate:.0f}", f"{raw_s / seconds:.2f}",
-            " / ".join(f"{n / r.seconds:.0f}" for r in side_runs),
+            size, side, f"{rate:.3g}", f"{raw_s / seconds:.2f}",
+            " / ".join(f"{n / r.seconds:.3g}" for r in side_runs),
             f"{percentile(latencies, 50) * 1000:.0f}" if latencies else "-",
             f"{percentile(latencies, 99) * 1000:.0f}" if latencies else "-",
             f"{(seconds - raw_s) / n * 1000:.2f}" if side != "raw" else "-",
