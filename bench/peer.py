@@ -601,6 +601,11 @@ def _goals(summary: dict[str, dict[str, float]], args: argparse.Namespace) -> No
              f"{best} {ours[best]['rate']:.0f} vs {sync:.0f} jobs/s", applies)  # fmt: skip
 
 
+def _terminate(*_: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(143)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -619,8 +624,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sides", default=",".join(SIDES), help=f"any of: {', '.join(SIDES)}")
     parser.add_argument("--quick", action="store_true", help="tiny model, few photos, one round, no BentoML")
     args = parser.parse_args(argv)
-    # A SIGTERM unwinds like Ctrl+C, so the servers started (each in a session of its own) are stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # A SIGTERM unwinds like Ctrl+C, so the servers started (each in a session of its own) are
+    # stopped; a second one (``timeout`` and a shell both passing it on) must not cut that short.
+    signal.signal(signal.SIGTERM, _terminate)
     args.sides = [s.strip() for s in args.sides.split(",")]
     unknown = set(args.sides) - set(SIDES)
     if unknown:
