@@ -52,3 +52,5 @@ def post_worker_init(worker):
     import gc
 
     gc.freeze()
+    # Request counts and process figures reach Redis (and /metrics) even while this process is idle.
+    worker.wsgi.extensions["imgsvc.http_metrics"].start()

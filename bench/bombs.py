@@ -5,14 +5,18 @@
 Builds the security review's files: a 6000x6000 progressive JPEG whose one AC scan is
 repeated 20,000 times (1.8 MB) and 125,000 times (10.5 MB), a 6300x6300 WebP of 70 KB,
 PNG and TIFF canvases just under MAX_IMAGE_PIXELS and one far over it, and (issue 23) the
-9.5 MB TIFF tag-array bomb (:func:`tiff_tag_bomb`, see :func:`tiff_table`) and a small JPEG
-followed by 9 MB of zeros (:func:`trailing_zeros`: accepted and stored before). For each it
+9.5 MB TIFF tag-array bomb (:func:`tiff_tag_bomb`, see :func:`tiff_table`). For each it
 measures, in a fresh process each, CPU seconds, peak RSS and wall-clock of
 
 - the web check: *before* = the pre-fix check (a reduced Pillow decode in the web
   process, kept below as the baseline), *after* = :func:`imgsvc.images.inspect_image`;
 - the worker's decode: *before* = the same decode in the worker process with no limit,
   *after* = :class:`imgsvc.decoding.Decoder` (a child under DECODE_TIMEOUT/DECODE_MEMORY_MB).
+
+Then (issue 23 row 4, :func:`trailing_table`) uploads with data after the image's end: one
+JPEG with a different ``PADDING-%d`` after it 40 times, a small JPEG followed by 9 MB of zeros
+(:func:`trailing_zeros`), a motion photo (a JPEG with an MP4 appended): the bytes stored and the
+distinct sha256 (dedupe keys) before (stored as sent) and after (cut at the image's end).
 
 Then it starts gunicorn with the production config twice (the pre-fix check patched in,
 then the real app) and sends 8 concurrent uploads of the 1.8 MB bomb and 16 of the WebP,
@@ -146,10 +150,25 @@ def tiff_tag_bomb(entries: int = 65_530, values: int = 3_600_000, pages: int = 3
 
 
 def trailing_zeros(zeros: int = 9 * 1024 * 1024) -> bytes:
-    """The review's disk filler: a small JPEG and megabytes of zeros after its end (accepted, stored)."""
+    """The review's disk filler: a small JPEG and megabytes of zeros after its end."""
     buffer = io.BytesIO()
     Image.new("RGB", (16, 12), (200, 80, 40)).save(buffer, "JPEG")
     return buffer.getvalue() + bytes(zeros)
+
+
+def trailing_uploads(quick: bool) -> dict[str, list[bytes]]:
+    """Issue 23 row 4's uploads and a phone's motion photo: images with data after their end."""
+    image = trailing_zeros(0)
+    megabytes = 1 if quick else 9
+    photo = io.BytesIO()
+    Image.effect_noise((640, 480), 60).convert("RGB").save(photo, "JPEG")
+    video = struct.pack(">I4s4sI8s", 24, b"ftyp", b"mp42", 0, b"isommp42")
+    video += struct.pack(">I4s", 8 + 2 * 1024 * 1024, b"mdat") + bytes(2 * 1024 * 1024)
+    return {
+        "one jpeg + PADDING-n x 100, 40 times": [image + f"PADDING-{n}".encode() * 100 for n in range(40)],
+        f"small jpeg + {megabytes} MB of zeros": [trailing_zeros(megabytes * 1024 * 1024)],
+        "motion photo (jpeg + 2 MB mp4)": [photo.getvalue() + video],
+    }
 
 
 def bombs(quick: bool) -> dict[str, bytes]:
@@ -158,7 +177,6 @@ def bombs(quick: bool) -> dict[str, bytes]:
             "jpeg, 1,000 scans, 3000x3000": progressive_scan_bomb(3000, 1000),
             "webp 3000x3000": webp_canvas_bomb(3000),
             "png 100000x100000 (declared)": declared_png(100_000, 100_000),
-            "small jpeg + 1 MB of zeros after its end": trailing_zeros(1024 * 1024),
         }
     return {
         "jpeg, 20,000 scans (1.8 MB)": progressive_scan_bomb(6000, 20_000),
@@ -167,7 +185,6 @@ def bombs(quick: bool) -> dict[str, bytes]:
         "png 6300x6300": canvas("PNG"),
         "tiff 6300x6300 (deflate)": canvas("TIFF"),
         "png 100000x100000 (declared)": declared_png(100_000, 100_000),
-        "small jpeg + 9 MB of zeros after its end": trailing_zeros(),
     }
 
 
@@ -356,6 +373,46 @@ def tiff_table(tmp: Path, quick: bool, cap: float) -> None:
     table(["TIFF tag-array bomb · web check", "outcome before → after", "CPU", "wall-clock"], rows)
 
 
+def trailing_table(tmp: Path, quick: bool) -> None:
+    """What the store keeps of uploads with data after the image: before, everything as sent
+    (each padded copy its own sha256, so dedupe never matched); after, the image alone (the
+    submit path's :func:`~imgsvc.images.inspect_image` then :func:`~imgsvc.storage.uploads.trim_staged`).
+    """
+    import hashlib
+
+    from bench.harness import table
+    from imgsvc.config import Settings
+    from imgsvc.images import inspect_image
+    from imgsvc.storage.uploads import LocalUploadStore, human_size, trim_staged
+
+    s = Settings()
+    store = LocalUploadStore(tmp / "trailing", s.max_file_size)
+    rows = []
+    for name, uploads in trailing_uploads(quick).items():
+        kept: dict[str, int] = {}
+        started = time.perf_counter()
+        for data in uploads:
+            staged = store.stage(io.BytesIO(data))
+            info = inspect_image(staged.path, s.max_image_pixels, s.max_image_frames)
+            staged = trim_staged(staged, info.end)
+            kept[staged.sha256] = staged.size
+            store.discard(staged)
+        per_upload = (time.perf_counter() - started) / len(uploads)
+        sent = sum(len(data) for data in uploads)
+        rows.append(
+            [
+                name,
+                f"{len({hashlib.sha256(data).digest() for data in uploads})} → {len(kept)}",
+                f"{human_size(sent)} → {human_size(sum(kept.values()))}",
+                f"{per_upload * 1000:.1f} ms",
+            ]
+        )
+    table(
+        ["trailing data · upload", "distinct sha256", "bytes stored (once per image)", "stage+check+cut"],
+        rows,
+    )
+
+
 # -- the server phase -------------------------------------------------------------------------------
 def server_phase(files: dict[str, Path], cap: float) -> None:
     from bench.harness import REDIS_URL, scratch_redis, table
@@ -504,6 +561,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"built {name}: {len(data):,} bytes", flush=True)
         file_table(files, args.cap)
         tiff_table(Path(tmp), args.quick, args.cap)
+        trailing_table(Path(tmp), args.quick)
         if not args.quick:
             server_phase(files, args.cap)
 

@@ -6,12 +6,16 @@ tiny WebP with a 40-megapixel canvas), and Pillow's C decoders release the GIL, 
 gunicorn's timeout never fires. Instead each format's structure is walked here (JPEG
 markers, PNG chunks, GIF blocks, RIFF chunks, TIFF IFDs, the BMP header) without
 decompressing anything: a file whose structure does not hold together is refused (415),
-one that declares too many pixels, frames or scans is refused as a bomb (413), and so is
-(415) one with more than :data:`TRAILING_SLACK` bytes after its end (JPEG after EOI unless
-what follows is more JPEG streams, as in an MPO; PNG after IEND; GIF after its trailer;
-WebP after the RIFF size; an uncompressed BMP after its rows; a TIFF, whose parts are
-found by offsets and may lie anywhere, is not checked). Pixels
-are decoded by the worker, in a child process under a time and memory budget
+and one that declares too many pixels, frames or scans is refused as a bomb (413).
+
+The walk also finds where the image ends (:attr:`ImageInfo.end`: JPEG after EOI, and after
+any JPEG streams that follow it, as in an MPO; PNG after IEND; GIF after its trailer; WebP
+after the RIFF size; an uncompressed BMP after its rows; a TIFF, whose parts are found by
+offsets and may lie anywhere, ends with the file). Whatever follows is not refused: phones
+append a video to a "motion photo" and cameras add vendor trailers after EOI. The submit use
+case cuts it off before hashing and storing (:func:`imgsvc.storage.uploads.trim_staged`), so
+padding neither fills the disk nor makes one image look like many to dedupe. Pixels are
+decoded by the worker, in a child process under a time and memory budget
 (:mod:`imgsvc.decoding`).
 
 Uploads are sniffed by content, never by name or Content-Type, against an allow-list.
@@ -25,7 +29,7 @@ import re
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from imgsvc.errors import ImageTooLarge, UnsupportedImage
@@ -57,13 +61,6 @@ MAX_ELEMENTS = 200_000
 #: 10 MB file is walked in milliseconds; the web tier passes one deadline per request
 #: (``HEADER_CHECK_MS``) so a batch of crafted files shares one budget.
 DEFAULT_CHECK_SECONDS = 2.0
-
-#: Bytes allowed after an image's end (encoders and tools pad to a block or a word; seen:
-#: a few zero bytes). Anything longer is refused: stored data that no decoder reads only
-#: fills the disk, and a varied tail makes identical images look different to dedupe.
-#: Refused rather than stripped, so the stored file is byte for byte what was sent (its
-#: hash, size and dedupe match the client's own) and the client learns why.
-TRAILING_SLACK = 512
 
 
 #: The allowed formats as a person reads them, for error messages.
@@ -180,6 +177,10 @@ class ImageInfo:
     frames: int = 1
     #: JPEG scans (1 for a baseline image with interleaved components).
     scans: int = 1
+    #: Where the image ends in the file (what follows is not the image's); set by
+    #: :func:`inspect_image`, None on an ImageInfo built by hand. Not part of equality:
+    #: two files with the same image are described alike.
+    end: int | None = field(default=None, compare=False)
 
     @property
     def extension(self) -> str:
@@ -188,6 +189,8 @@ class ImageInfo:
 
 def inspect_image(path: Path, max_pixels: int, max_frames: int, deadline: float | None = None) -> ImageInfo:
     """Check that ``path`` holds an allowed, well-formed, not-too-large image; decode nothing.
+
+    The answer's ``end`` says where the image ends in the file (its size when nothing follows).
 
     Raises :class:`UnsupportedImage` (415) when the format is not allowed or the
     structure is broken or truncated, :class:`ImageTooLarge` (413) when the image, any
@@ -217,14 +220,7 @@ def inspect_image(path: Path, max_pixels: int, max_frames: int, deadline: float 
                 _jpeg_followers(walker)
         except (struct.error, IndexError) as exc:
             raise unsupported(f"the {kind} data ends early (truncated file)") from exc
-        trailing = walker.size - walker.end
-        if trailing > TRAILING_SLACK:
-            name = "WebP" if kind == "WEBP" else kind
-            raise unsupported(
-                f"{trailing} bytes follow the end of the {name} image (at most {TRAILING_SLACK} may); "
-                "send the image alone",
-            )
-        return info
+        return replace(info, end=walker.end)
 
 
 def unsupported(reason: str) -> UnsupportedImage:
@@ -370,10 +366,10 @@ def _jpeg(w: _Walker, start: int = 2) -> ImageInfo:
 def _jpeg_followers(w: _Walker) -> None:
     """JPEG streams after the first one's EOI: an MPO's other images, a camera's appended preview.
 
-    Each is walked like the first (its structure must hold, its size and scans are checked),
-    so what follows an image is only accepted when it is images too.
+    Each is walked like the first (its structure must hold, its size and scans are checked)
+    and is part of the image; the image ends after the last one (anything else is cut off).
     """
-    while w.size - w.end > TRAILING_SLACK and w.data[w.end : w.end + 3] == b"\xff\xd8\xff":
+    while w.data[w.end : w.end + 3] == b"\xff\xd8\xff":
         _jpeg(w, w.end + 2)
 
 

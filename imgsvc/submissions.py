@@ -20,7 +20,7 @@ from imgsvc.queue.connection import enqueue_describe, running_model
 from imgsvc.queue.webhooks import enqueue_delivery
 from imgsvc.quotas import charge_quota, refund_quota
 from imgsvc.storage import jobs
-from imgsvc.storage.uploads import StagedUpload, UploadStore
+from imgsvc.storage.uploads import StagedUpload, UploadStore, trim_staged
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -108,9 +108,10 @@ def accept_upload(
 ) -> Accepted:
     """Stage, check, store, record, enqueue; on any failure undo what was done so far.
 
-    Identical bytes already described by the running model with the same options are
-    answered from the stored result (``cached: true``) without running the model again,
-    but only from the same ``owner``'s jobs: another key must not learn what was uploaded.
+    Identical images (what follows an image's end is cut off first, so padding does not
+    count) already described by the running model with the same options are answered from
+    the stored result (``cached: true``) without running the model again, but only from the
+    same ``owner``'s jobs: another key must not learn what was uploaded.
     ``deadline`` (a :func:`time.monotonic` instant) bounds the header check; the web side
     gives every file of a request the same one. With a quota ``bucket`` (the client), the
     job and its stored bytes are charged to its daily quota (:mod:`imgsvc.quotas`).
@@ -123,7 +124,7 @@ def accept_upload(
         if bucket is not None:  # answered from a stored result: no bytes kept
             refund_quota(intake.redis, intake.settings, bucket, 0, staged.size)
         return _answer_from(hit, intake, row)
-    return _store_and_enqueue(intake, staged, info, row, bucket)
+    return _store_and_enqueue(intake, staged, info, row, model["name"] if model else None, bucket)
 
 
 def _stage_and_check(
@@ -133,11 +134,13 @@ def _stage_and_check(
     deadline: float | None = None,
     bucket: str | None = None,
 ) -> tuple[StagedUpload, ImageInfo, dict[str, Any] | None]:
-    """Stream the upload to a staged file and read its header; a refused upload leaves nothing."""
+    """Stream the upload to a staged file, read its header and cut off what follows the image
+    (before it is hashed for dedupe, charged to a quota or stored); a refused upload leaves nothing."""
     settings = intake.settings
     staged = intake.uploads.stage(stream)
     try:
         info = inspect_image(staged.path, settings.max_image_pixels, settings.max_image_frames, deadline)
+        staged = trim_staged(staged, info.end)
         model = running_model(intake.redis, settings)
         check_supported(model, submission.options)
         if bucket is not None:  # last: a refused file is not counted
@@ -198,7 +201,12 @@ def _answer_from(hit: jobs.Job, intake: Intake, row: dict[str, Any]) -> Accepted
 
 
 def _store_and_enqueue(
-    intake: Intake, staged: StagedUpload, info: ImageInfo, row: dict[str, Any], bucket: str | None = None
+    intake: Intake,
+    staged: StagedUpload,
+    info: ImageInfo,
+    row: dict[str, Any],
+    model: str | None,
+    bucket: str | None = None,
 ) -> Accepted:
     """Keep the upload, insert a queued row, enqueue it; a failed step undoes the earlier ones."""
     name = intake.uploads.commit(staged, info.extension)
@@ -215,6 +223,8 @@ def _store_and_enqueue(
             intake.settings,
             job_id,
             also=lambda pipe: _also_on_enqueue(intake, pipe, job_id),
+            filename=row["filename"],
+            model=model,
         )
     except ImgsvcError:
         jobs.delete_job(job_id)

@@ -17,7 +17,8 @@ Every state a job can be left in by a crash is one RQ already knows: taken but n
 it is on the intermediate list (RQ's cleanup and imgsvc's reaper requeue it); started, it is
 in the started registry with an execution naming this worker until it is finished, and the
 reaper hands it to RQ's abandoned-job handling once this worker is gone. A job that fails
-goes through RQ's own failure handling (retries, failed registry), one job at a time. Jobs
+goes through RQ's own failure handling (retries, failed registry), one job at a time; one that
+failed for good (a bad image: :class:`PermanentJobError`) goes straight to the failed registry. Jobs
 this shortcut does not cover (another function, callbacks, repeats, rate limits, RQ
 webhooks) are left to RQ's per-job path; a job with dependents is finished by RQ's
 ``handle_job_success``, which watches them.
@@ -36,7 +37,8 @@ from rq.queue import Queue
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from imgsvc.queue.connection import DESCRIBE_TASK
+from imgsvc.queue.connection import DESCRIBE_TASK, waiting_key
+from imgsvc.queue.prefetch import PermanentJobError
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
@@ -114,6 +116,7 @@ def start(worker: BaseWorker, queue: Queue, jobs: list[RQJob], peek: int) -> Bat
             job.prepare_for_execution(worker.name, pipeline=pipe)
             pipe.persist(job.key)
             pipe.lrem(queue.intermediate_queue.key, 1, job.id)
+        pipe.zrem(waiting_key(queue.name), *(job.id for job in jobs))
         worker.set_state(WorkerStatus.BUSY, pipeline=pipe)
         worker.heartbeat(max(worker.get_heartbeat_ttl(job) for job in jobs), pipeline=pipe)
         dependents_at = len(pipe)
@@ -169,5 +172,7 @@ def fail(worker: BaseWorker, batch: Batch, failed: dict[str, Exception]) -> None
     """RQ's own failure handling (retry, or the failed registry), one job at a time: the rare path."""
     for job, execution in zip(batch.jobs, batch.executions, strict=True):
         exc = failed.get(job.id)
+        if isinstance(exc, PermanentJobError):
+            job.retries_left = 0  # failed for good: RQ's failed registry, with the reason, no retry
         if exc is not None:
             worker._finalize_failure(job, batch.queue, execution, (type(exc), exc, exc.__traceback__))

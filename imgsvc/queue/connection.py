@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -37,6 +38,25 @@ def job_queue(settings: Settings, connection: Redis) -> Queue:
     return Queue(settings.queue_name, connection=connection)
 
 
+def waiting_key(queue_name: str) -> str:
+    """A sorted set of the describe jobs enqueued and not yet started (score: when).
+
+    Written in the same transaction as RQ's job, so Redis can only lose both together: a
+    member whose RQ job is gone was removed on purpose (``rq empty``, the dashboard), not lost.
+    """
+    return f"imgsvc:waiting:{queue_name}"
+
+
+#: What a job's description in RQ keeps of a client's file name: plain text, nothing to escape.
+_UNSAFE = re.compile(r"[^\w.\- ]+")
+
+
+def describe_label(filename: str | None, model: str | None) -> str:
+    """RQ's description of a job, as the dashboard and ``rq info`` show it."""
+    name = _UNSAFE.sub("_", filename)[:80] if filename else "an upload"
+    return f"describe {name} with {model or 'the running model'}"
+
+
 def enqueue_describe(
     queue: Queue,
     settings: Settings,
@@ -44,6 +64,8 @@ def enqueue_describe(
     *,
     at_front: bool = False,
     also: Callable[[Pipeline], object] | None = None,
+    filename: str | None = None,
+    model: str | None = None,
 ) -> RQJob:
     """Enqueue under the row's own id, so re-enqueueing a job is idempotent.
 
@@ -63,10 +85,11 @@ def enqueue_describe(
                 job_timeout=settings.job_timeout,
                 result_ttl=settings.result_ttl,
                 failure_ttl=settings.result_ttl,
-                description=f"describe {job_id}",
+                description=describe_label(filename, model),
                 at_front=at_front,
                 pipeline=pipe,
             )
+            pipe.zadd(waiting_key(queue.name), {job_id: time.time()})
             if also is not None:
                 also(pipe)
             pipe.execute()

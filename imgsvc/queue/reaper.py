@@ -8,7 +8,9 @@ Missing from Redis (Redis lost it, or a worker died between dequeue and start) -
 enqueued again; started by a worker that is gone -> handed to RQ's abandoned-job
 handling (retried, or failed with no retries left) instead of after its heartbeat TTL
 (JOB_TIMEOUT + 60 s); failed in RQ -> failed in SQL; requeued by RQ after an abandoned
-run -> shown as queued again.
+run -> shown as queued again; removed from RQ on purpose while waiting (``rq empty``, the
+dashboard) -> cancelled, with the reason; failed but put back on the queue (``rq requeue``)
+-> queued again, and run again by the next worker.
 :func:`reap_dead_workers` (the first kind only) runs in every worker's maintenance loop,
 every WORKER_TTL/3 seconds, so a dead worker's jobs are running again within about a
 minute; :func:`reconcile` (both) runs at worker start-up, every STALE_AFTER/2 seconds
@@ -35,7 +37,7 @@ from rq.job import JobStatus
 from rq.utils import now, utcparse
 
 from imgsvc.config import Settings, app_settings
-from imgsvc.queue.connection import enqueue_describe
+from imgsvc.queue.connection import enqueue_describe, running_model, waiting_key
 from imgsvc.storage import jobs
 
 log = logging.getLogger("imgsvc.reaper")
@@ -53,10 +55,17 @@ def reap_dead_workers(settings: Settings, queue: Queue) -> dict[str, int]:
     return _reconcile_rows(settings, queue, stale_rows=False)
 
 
+#: Why a row is cancelled whose RQ job someone removed from the queue.
+REMOVED_FROM_QUEUE = "cancelled: its job was removed from the queue in RQ (rq empty, or the dashboard)"
+
+
 def _reconcile_rows(settings: Settings, queue: Queue, *, stale_rows: bool) -> dict[str, int]:
-    counts = {"requeued": 0, "failed": 0, "reset": 0}
+    counts = {"requeued": 0, "failed": 0, "reset": 0, "cancelled": 0}
     try:
         queued_ids = set(queue.get_job_ids())
+        counts["cancelled"] = cancel_removed(queue, queued_ids)
+        if stale_rows and queued_ids:
+            reopen_requeued(queued_ids)
         started = started_jobs(queue, settings.worker_ttl)
         rows: dict[str, jobs.Job] = {}
         if stale_rows:
@@ -74,6 +83,40 @@ def _reconcile_rows(settings: Settings, queue: Queue, *, stale_rows: bool) -> di
     except RedisError as exc:
         log.warning("reaper skipped: Redis unavailable (%s)", exc)
     return counts
+
+
+def cancel_removed(queue: Queue, queued_ids: set[str]) -> int:
+    """Cancel the rows of waiting jobs that were removed from RQ on purpose, e.g. by ``rq empty``.
+
+    A job enqueued by imgsvc is in the waiting set until a worker starts it, written in the same
+    transaction as RQ's job; one still in the set, off the queue and without its RQ job was
+    deleted by someone, not lost by Redis (which would have lost both). Such a row is cancelled
+    with the reason, never enqueued again.
+    """
+    key = waiting_key(queue.name)
+    candidates = [raw.decode() for raw in queue.connection.zrange(key, 0, -1)]
+    candidates = [job_id for job_id in candidates if job_id not in queued_ids]
+    if not candidates:
+        return 0
+    with queue.connection.pipeline(transaction=False) as pipeline:
+        for job_id in candidates:
+            pipeline.exists(RQJob.key_for(job_id))
+        present = pipeline.execute()
+    removed = [job_id for job_id, exists in zip(candidates, present, strict=True) if not exists]
+    if not removed:
+        return 0
+    cancelled = jobs.cancel_queued(removed, REMOVED_FROM_QUEUE)
+    queue.connection.zrem(key, *removed)
+    for job_id in cancelled:
+        log.warning("job cancelled", extra={"job_id": job_id, "reason": "removed from the queue in RQ"})
+    return len(cancelled)
+
+
+def reopen_requeued(queued_ids: set[str]) -> None:
+    """Failed rows whose RQ job is on the queue again (``rq requeue``, the dashboard) say queued."""
+    ids = sorted(queued_ids)
+    for start in range(0, len(ids), 500):
+        jobs.reopen_failed(ids[start : start + 500])
 
 
 def started_jobs(queue: Queue, worker_ttl: int) -> dict[str, bool]:
@@ -133,7 +176,8 @@ def _reconcile_one(
     queue.intermediate_queue.remove(row.id)  # else RQ's own cleanup later fails the new run
     if row.status == jobs.Status.PROCESSING:
         jobs.mark_retrying(row.id, "the job was lost by the queue; it was queued again")
-    enqueue_describe(queue, settings, row.id)
+    model = running_model(queue.connection, settings)
+    enqueue_describe(queue, settings, row.id, filename=row.filename, model=model["name"] if model else None)
     return "requeued"
 
 

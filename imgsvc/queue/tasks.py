@@ -27,8 +27,8 @@ from rq.timeouts import BaseTimeoutException
 
 from imgsvc.config import Settings
 from imgsvc.decoding import DecoderPool
-from imgsvc.errors import StorageUnavailable
 from imgsvc.metrics import RedisMetrics
+from imgsvc.queue.connection import waiting_key
 from imgsvc.queue.prefetch import ImageLoader, PermanentJobError
 from imgsvc.queue.webhooks import enqueue_delivery
 from imgsvc.storage import jobs
@@ -65,9 +65,14 @@ class WorkerRuntime:
 def describe_job(job_id: str) -> dict[str, object]:
     """Describe one uploaded image and record the outcome in its row (RQ's entry point)."""
     rq_job = get_current_job()
+    runtime = WorkerRuntime.current()
+    if rq_job is not None:
+        runtime.connection.zrem(waiting_key(rq_job.origin), job_id)
     outcome = describe_batch(
-        WorkerRuntime.current(), [job_id], can_retry=lambda _: rq_job is not None and rq_job.should_retry
+        runtime, [job_id], can_retry=lambda _: rq_job is not None and rq_job.should_retry
     )[job_id]
+    if isinstance(outcome, PermanentJobError) and rq_job is not None:
+        rq_job.retries_left = 0  # failed for good: RQ's failed registry, not another try
     if isinstance(outcome, Exception):
         raise outcome
     return outcome
@@ -97,7 +102,12 @@ def describe_batch(
         db.session.rollback()
         raise
     outcomes: dict[str, Outcome] = {}
+    missed = [job_id for job_id in job_ids if job_id not in claims]
+    if missed:
+        claims |= _requeued_by_rq(missed, outcomes)
     for job_id in job_ids:
+        if job_id in outcomes:
+            continue
         if job_id not in claims:
             # Deleted, cancelled or already finished by an earlier run: nothing to do, nothing to undo.
             log.info("job skipped", extra={"job_id": job_id, "reason": "not claimable"})
@@ -123,6 +133,28 @@ def describe_batch(
         db.session.rollback()
         raise
     return outcomes
+
+
+def _requeued_by_rq(job_ids: Sequence[str], outcomes: dict[str, Outcome]) -> dict[str, jobs.Claim]:
+    """Failed jobs that RQ handed out again (``rq requeue``, the dashboard's Requeue): run again.
+
+    A failed job keeps its upload until UPLOAD_RETENTION, so it can; once its upload is gone it
+    cannot, and RQ is told so (its failed registry again, with that reason) instead of a silent skip.
+    """
+    reopened, gone = jobs.reopen_failed(job_ids)
+    for job_id in gone:
+        log.warning("job not requeued", extra={"job_id": job_id, "reason": "its upload is gone"})
+        outcomes[job_id] = PermanentJobError(REQUEUE_TOO_LATE)
+    if not reopened:
+        return {}
+    log.info("job requeued from RQ", extra={"job_ids": reopened})
+    return jobs.claim_jobs(reopened)[0]
+
+
+#: Why a failed job that RQ requeued cannot run again.
+REQUEUE_TOO_LATE = (
+    "the job's upload was removed (UPLOAD_RETENTION), so it cannot run again; submit the image anew"
+)
 
 
 class _Run:
@@ -217,7 +249,8 @@ class _Run:
                 outcomes[job_id] = {"job_id": job_id, "status": "cancelled"}
         for job_id, reason in self.rejected.items():
             _failed_for_good(runtime, self.claims[job_id], reason, written=True)
-            outcomes[job_id] = {"job_id": job_id, "status": "failed"}
+            # RQ fails it too (its failed registry, the reason as its exception), never retried.
+            outcomes[job_id] = PermanentJobError(reason)
         for job_id, exc in self.failures.items():
             _record_failure(runtime, self.claims[job_id], exc, can_retry(job_id))
             outcomes[job_id] = exc
@@ -248,31 +281,15 @@ def notify(runtime: WorkerRuntime, job_id: str, moment: str = "completed") -> No
         log.exception("webhook not queued", extra={"job_id": job_id})
 
 
-def _discard_upload(runtime: WorkerRuntime, claim: jobs.Claim) -> None:
-    """Never fails the job's bookkeeping: an upload left behind keeps its finished row, so
-    ``flask prune`` deletes it after UPLOAD_RETENTION."""
-    try:
-        runtime.uploads.delete(claim.upload_name)
-    except StorageUnavailable:
-        log.warning("upload not deleted", extra={"job_id": claim.id, "reason": "store unavailable"})
-
-
 def _failed_for_good(
-    runtime: WorkerRuntime,
-    claim: jobs.Claim,
-    reason: str,
-    *,
-    written: bool = False,
-    keep_upload: bool = False,
+    runtime: WorkerRuntime, claim: jobs.Claim, reason: str, *, written: bool = False
 ) -> None:
-    """The row says why (``written``: the batch's transaction did it), the webhook fires, and the
-    upload is deleted, unless ``keep_upload``: a job that failed through no fault of its image (its
-    retries ran out on the model's or the host's errors) keeps it until UPLOAD_RETENTION, so that
-    POST /jobs/<id>/retry can run it again."""
+    """The row says why (``written``: the batch's transaction did it), the webhook fires.
+
+    The upload stays until UPLOAD_RETENTION (``flask prune``), so a requeue from RQ can run it again.
+    """
     if not written:
         jobs.mark_failed(claim.id, reason)
-    if not keep_upload:
-        _discard_upload(runtime, claim)
     runtime.metrics.count("failed")
     log.warning("job failed", extra={"job_id": claim.id, "status": "failed", "error": reason})
     notify(runtime, claim.id)
@@ -282,8 +299,10 @@ def _record_failure(runtime: WorkerRuntime, claim: jobs.Claim, exc: BaseExceptio
     """Mirror RQ's retry decision in the row: queued again with the error, or failed for good."""
     reason = f"{type(exc).__name__}: {exc}"
     if not retried:
-        _failed_for_good(runtime, claim, reason, keep_upload=True)
+        _failed_for_good(runtime, claim, reason)
         return
     jobs.mark_retrying(claim.id, reason)
+    # Waiting again (RQ re-enqueues it): an ``rq empty`` meanwhile must cancel it, not lose it.
+    runtime.connection.zadd(waiting_key(runtime.settings.queue_name), {claim.id: time.time()})
     runtime.metrics.count("retried")
     log.warning("job retrying", extra={"job_id": claim.id, "status": "queued", "error": reason})

@@ -334,6 +334,7 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
         while not self._heartbeat_stop.wait(max(1, self.worker_ttl // 3)):
             try:
                 self.heartbeat()
+                self.runtime.metrics.publish_process("worker")  # its process_* figures on /metrics
             except RedisError as exc:
                 log.warning("heartbeat not sent: %s", exc)
 

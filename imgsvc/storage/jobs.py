@@ -446,6 +446,40 @@ def batch_members(batch_id: str, owner: str | None) -> list[Job]:
     return list(db.session.scalars(query))
 
 
+def cancel_queued(job_ids: Sequence[str], reason: str) -> list[str]:
+    """Cancel the still-queued rows among ``job_ids`` with ``reason``; returns the ids cancelled."""
+    now = utcnow()
+    rows = db.session.execute(
+        update(_TABLE)
+        .where(_TABLE.c.id.in_(job_ids), _TABLE.c.status == Status.QUEUED)
+        .values(status=Status.CANCELLED, error=reason, completed_at=now, updated_at=now)
+        .returning(_TABLE.c.id)
+    )
+    cancelled = [row.id for row in rows]
+    db.session.commit()
+    return cancelled
+
+
+def reopen_failed(job_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Failed jobs among ``job_ids`` back to queued (a fresh start: no error, no attempts), those
+    whose upload is still there; and the failed ones whose upload retention already removed."""
+    failed = db.session.execute(
+        select(_TABLE.c.id, _TABLE.c.upload_name).where(
+            _TABLE.c.id.in_(job_ids), _TABLE.c.status == Status.FAILED
+        )
+    ).all()
+    gone = [row.id for row in failed if row.upload_name is None]
+    reopened = [row.id for row in failed if row.upload_name is not None]
+    if reopened:
+        db.session.execute(
+            update(_TABLE)
+            .where(_TABLE.c.id.in_(reopened), _TABLE.c.status == Status.FAILED)
+            .values(status=Status.QUEUED, error=None, completed_at=None, attempts=0, updated_at=utcnow())
+        )
+    db.session.commit()
+    return reopened, gone
+
+
 def mark_failed(job_id: str, error: str) -> bool:
     return job_id in finish_jobs({}, {job_id: error})
 

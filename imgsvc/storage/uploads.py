@@ -3,11 +3,13 @@
 Every upload is first staged to a local temp file (a :class:`StagingFile`, which the web side's
 multipart parser writes into as the bytes arrive: never held whole in memory, never copied twice),
 hashed and size-limited on the way, so the web side can check its header; only once it passed
-every check is it committed to the store under a random name. The worker gets it back as a
-local file through :meth:`UploadStore.local_copy`, whichever store holds it. ``UPLOAD_DIR``
-picks the store (:mod:`imgsvc.storage.stores`): a directory, or ``s3://BUCKET/PREFIX`` (``s3.py``).
-A disk that is full, read-only or not ours (ENOSPC, EROFS, EACCES ...) is an infrastructure
-fault (503) and leaves no file behind.
+every check is it committed to the store under a random name. What follows the image's end
+(a phone's appended video, a vendor trailer, padding) is cut off the staged file first
+(:func:`trim_staged`), so the hash, the size and the stored bytes are the image's alone. The
+worker gets it back as a local file through :meth:`UploadStore.local_copy`, whichever store
+holds it. ``UPLOAD_DIR`` picks the store (:mod:`imgsvc.storage.stores`): a directory, or
+``s3://BUCKET/PREFIX`` (``s3.py``). A disk that is full, read-only or not ours (ENOSPC, EROFS,
+EACCES ...) is an infrastructure fault (503) and leaves no file behind.
 """
 
 from __future__ import annotations
@@ -171,6 +173,24 @@ class StagingFile(io.RawIOBase):
         if file is not None and not file.closed:
             file.close()
             self.path.unlink(missing_ok=True)
+
+
+def trim_staged(staged: StagedUpload, end: int | None) -> StagedUpload:
+    """The staged upload cut at ``end`` (where :func:`imgsvc.images.inspect_image` found the image
+    to end) and hashed again; as it is when nothing follows the image (or ``end`` is None).
+
+    Dedupe, the stored size and the quota then count the image, not what was appended to it:
+    40 copies of one JPEG with different padding are one image. Re-reading at most
+    MAX_FILE_SIZE bytes of a local file is cheap next to the upload itself.
+    """
+    if end is None or end >= staged.size:
+        return staged
+    digest = hashlib.sha256()
+    with _disk_faults(), staged.path.open("r+b") as file:
+        file.truncate(end)
+        while chunk := file.read(CHUNK):
+            digest.update(chunk)
+    return StagedUpload(staged.path, end, digest.hexdigest())
 
 
 def check_name(name: str) -> str:

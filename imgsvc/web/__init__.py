@@ -24,6 +24,7 @@ from imgsvc.errors import (
     ServiceUnavailable,
     TooManyFormParts,
 )
+from imgsvc.metrics import HttpMetrics
 from imgsvc.storage.uploads import StagingFile, file_too_large, human_size
 
 log = logging.getLogger("imgsvc.web")
@@ -70,7 +71,11 @@ class _CountedStream:
 
 class _UploadPartParser(MultiPartParser):
     def start_file_streaming(self, event: File, total_content_length: int | None) -> IO[bytes]:
-        if event.name != FILE_FIELD:  # the name is the client's: never quoted back
+        from imgsvc.web.api import FORM_FIELDS  # the blueprint owns its form; imported late (a cycle)
+
+        # A form builder that honours the OpenAPI encoding of a text field (Swagger UI's
+        # ``options``) sends it as a file part; any other name is refused before it is staged.
+        if event.name not in FORM_FIELDS:  # the name is the client's: never quoted back
             raise BadRequest(f"a file can only be sent in the form field '{FILE_FIELD}'")
         return super().start_file_streaming(event, total_content_length)
 
@@ -126,6 +131,21 @@ class UploadRequest(Request):
                 staging.close()
 
 
+#: The ``code`` of werkzeug's own errors, by status. Any other status is reported under its
+#: class (``bad_request``, ``internal_error``), so every code the API answers is one the
+#: OpenAPI document lists and a generated client can parse.
+WERKZEUG_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    503: "service_unavailable",
+}
+
+
 def register_web(app: Flask) -> None:
     from imgsvc.web import api, docs, health, pages
     from imgsvc.web.dashboard import mount_dashboard
@@ -137,6 +157,7 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(pages.bp)
     mount_dashboard(app, app_settings(app))
     register_errors(app)
+    app.extensions["imgsvc.http_metrics"] = HttpMetrics(app.metrics)
     app.before_request(_start_timer)
     app.after_request(no_sniffing)
     app.after_request(_log_request)
@@ -185,11 +206,12 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
     """Werkzeug's own errors (404 route, 405, 413 from MAX_CONTENT_LENGTH) as JSON too."""
     if exc.code == 413:
         return _imgsvc_error(_body_too_large())
-    code = (exc.name or "error").lower().replace(" ", "_")
+    status = exc.code or 500
+    code = WERKZEUG_CODES.get(status, "bad_request" if status < 500 else "internal_error")
     body = {"error": {"code": code, "message": exc.description, "status": exc.code}}
     # Keep the exception's own headers (Allow on a 405, WWW-Authenticate ...), not its HTML type.
     headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
-    return jsonify(body), exc.code or 500, headers
+    return jsonify(body), status, headers
 
 
 def _body_too_large() -> FileTooLarge:
@@ -220,7 +242,14 @@ def _start_timer() -> None:
 
 
 def _log_request(response: Response) -> Response:
-    elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+    elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+    elapsed_ms = elapsed * 1000
+    # The route's template (/api/v1/status/<job_id>), never the path: a job id per series would
+    # grow without bound.
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    current_app.extensions["imgsvc.http_metrics"].observe(
+        request.method, route, response.status_code, elapsed
+    )
     # The one line per request (gunicorn's access log is off): what an access log would say, plus job_id.
     extra = {
         "method": request.method,

@@ -47,22 +47,27 @@ FORM_FIELDS = {"file", "callback_url", "webhook_events", "options", *OPTION_SPEC
 
 
 def parse_submission(form: MultiDict, settings: Settings) -> Submission:
-    """Options come as fields (``-F max_length=20``) or one JSON ``options`` field; unknown names are 400."""
+    """Options come as fields (``-F max_length=20``) or one JSON ``options`` field; unknown names are 400.
+
+    An empty field is an absent one (``options=``, ``max_length=``, ``prompt=``, ``callback_url=``):
+    form builders such as Swagger UI send every field they show, filled in or not.
+    """
     # str(): a multipart part without a name arrives as the key None
     unknown = sorted(str(name) for name in set(form) - FORM_FIELDS)
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}", allowed=sorted(FORM_FIELDS))
+    given = {name: form[name] for name in FORM_FIELDS if form.get(name)}
     raw: dict[str, Any] = {}
-    if "options" in form:
+    if "options" in given:
         try:
-            raw = json.loads(form["options"], parse_constant=_no_constant)
+            raw = json.loads(given["options"], parse_constant=_no_constant)
         except (ValueError, RecursionError) as exc:  # RecursionError: [[[[... nested too deep
             raise BadRequest("options must be a JSON object") from exc
         if not isinstance(raw, dict):
             raise BadRequest("options must be a JSON object")
-    raw |= {name: form[name] for name in OPTION_SPECS if name in form}
+    raw |= {name: given[name] for name in OPTION_SPECS if name in given}
     options = {name: checked_option(name, value) for name, value in raw.items()}
-    callback_url = form.get("callback_url") or None
+    callback_url = given.get("callback_url")
     if callback_url:
         check_callback_url(callback_url, settings.webhook_allow_private)
     return Submission(options, callback_url, _webhook_events(form, callback_url))
@@ -81,6 +86,24 @@ def _webhook_events(form: MultiDict, callback_url: str | None) -> tuple[str, ...
             allowed=list(WEBHOOK_EVENTS),
         )
     return tuple(name for name in WEBHOOK_EVENTS if name in named)
+
+
+#: The most of a text field read from a part sent as a file (options is a short JSON object).
+MAX_TEXT_PART = 64 * 1024
+
+
+def form_fields(files: MultiDict, form: MultiDict) -> MultiDict:
+    """The form's text fields, with those a client sent as file parts read back as text.
+
+    A form builder that honours the OpenAPI ``encoding`` of ``options`` (Swagger UI) sends it as
+    a part with its own content type, ``application/json``, which arrives as a file named "blob".
+    """
+    fields = MultiDict(form)
+    for name, part in files.items(multi=True):
+        if name in FORM_FIELDS - {"file"}:
+            part.stream.seek(0)
+            fields.add(name, part.stream.read(MAX_TEXT_PART).decode("utf-8", "replace"))
+    return fields
 
 
 def _no_constant(name: str) -> None:
@@ -118,7 +141,7 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     job = accept_upload(
         _intake(),
         upload.stream,
-        parse_submission(request.form, settings),
+        parse_submission(form_fields(request.files, request.form), settings),
         owner=g.get("owner"),
         filename=client_filename(upload.filename),
         **limits,
@@ -151,7 +174,7 @@ def submit_batch() -> tuple[Response, int]:
         raise MissingFile("send the images as repeated multipart form fields 'file'")
     if len(uploads) > settings.max_batch_files:
         raise BadRequest(f"at most {settings.max_batch_files} files per batch")
-    submission = parse_submission(request.form, settings)
+    submission = parse_submission(form_fields(request.files, request.form), settings)
     intake = _intake()
     batch_id = jobs.new_id()
     entries: list[dict[str, Any]] = []
@@ -334,16 +357,22 @@ def delete_job(job_id: str) -> Response:
         canonical = job.id  # read before the row is gone
         current_app.uploads.delete(job.upload_name)
         jobs.delete_job(canonical)
+        _delete_rq_job(canonical)
         return jsonify({"job_id": canonical, "status": "deleted"})
     was = job.status
     jobs.mark_cancelled(job.id)
     if was == jobs.Status.QUEUED:
-        # If RQ cannot be told, the worker still finds the row cancelled and skips it.
-        with contextlib.suppress(NoSuchJobError, RedisError):
-            RQJob.fetch(job.id, connection=current_app.redis).cancel()
+        _delete_rq_job(job.id)
     # The image stays, as a finished job's does, so the job can be retried; a DELETE of the
     # cancelled job deletes it at once, `flask prune` after UPLOAD_RETENTION.
     return jsonify({"job_id": job.id, "status": "cancelled", "was": was})
+
+
+def _delete_rq_job(job_id: str) -> None:
+    """RQ's job and its registry entries go too, so the dashboard lists no deleted job. If RQ
+    cannot be told, the worker still finds the row cancelled or gone and skips the job."""
+    with contextlib.suppress(NoSuchJobError, RedisError):
+        RQJob.fetch(job_id, connection=current_app.redis).delete()
 
 
 @bp.post("/jobs/<job_id>/retry")

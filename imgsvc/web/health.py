@@ -51,6 +51,7 @@ def metrics() -> Response:
             "metrics need METRICS_TOKEN (Authorization: Bearer TOKEN)"
             + ("" if settings.metrics_token else "; this deployment has API keys and no METRICS_TOKEN set")
         )
+    current_app.extensions["imgsvc.http_metrics"].flush()  # this process's own counts, up to now
     registry = registry_for(current_app.metrics, current_app.task_queue, settings.worker_ttl)
     # content_type, not mimetype: the constant already carries its charset, and Flask would add another.
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -22,7 +22,6 @@ from imgsvc.images import (
     MAX_ELEMENTS,
     MAX_JPEG_SCANS,
     MAX_TIFF_STRIPS,
-    TRAILING_SLACK,
     ImageInfo,
     _Walker,
     inspect_image,
@@ -306,33 +305,47 @@ TRAILING = ["baseline.jpg", "progressive.jpg", "plain.png", "animated.png", "sti
 TRAILING += ["lossy.webp", "animated.webp", "plain.bmp"]
 
 
-@pytest.mark.parametrize("name", TRAILING)
-def test_a_few_hundred_bytes_after_an_image_s_end_are_padding(tmp_path, name):
-    path = sample(tmp_path, name)
-    path.write_bytes(path.read_bytes() + b"\x00" * TRAILING_SLACK)
-    assert inspect_image(path, **LIMITS).format == SAMPLES[name][2]
+#: What a phone appends to a motion photo: an MP4 (an ISO-BMFF ``ftyp`` box, then its media).
+MP4 = struct.pack(">I4s4sI4s", 20, b"ftyp", b"mp42", 0, b"isom") + struct.pack(">I4s", 16, b"mdat") + b"v" * 8
+TAILS = {
+    "none": b"",
+    "a few zeros": bytes(4),
+    "PADDING-7 x 60": b"PADDING-7" * 60,
+    "9 MB of zeros": bytes(9 * 1024 * 1024),
+    "an MP4 (motion photo)": MP4,
+}
 
 
 @pytest.mark.parametrize("name", TRAILING)
-@pytest.mark.parametrize("tail", [b"PADDING-7" * 60, bytes(9 * 1024 * 1024)], ids=["600 B", "9 MB of zeros"])
-def test_data_after_an_image_s_end_is_refused(tmp_path, name, tail):
-    """The review's uploads: one JPEG with PADDING-%d after it (dedupe bypassed), 600 B + 9 MB of zeros."""
+@pytest.mark.parametrize("tail", list(TAILS.values()), ids=list(TAILS))
+def test_the_walk_reports_where_the_image_ends_and_accepts_what_follows(tmp_path, name, tail):
+    """The review's uploads (PADDING-%d after a JPEG; 600 B + 9 MB of zeros) and a phone's
+    motion photo are read like the image alone; ``end`` is where the submit path cuts them."""
     path = sample(tmp_path, name)
-    path.write_bytes(path.read_bytes() + tail)
-    kind = "WebP" if SAMPLES[name][2] == "WEBP" else SAMPLES[name][2]
-    with pytest.raises(UnsupportedImage, match=f"^.*{len(tail)} bytes follow the end of the {kind} image"):
-        inspect_image(path, **LIMITS)
+    image = path.read_bytes()
+    alone = inspect_image(path, **LIMITS)
+    path.write_bytes(image + tail)
+    info = inspect_image(path, **LIMITS)
+    assert info == alone and info.format == SAMPLES[name][2]
+    assert info.end == alone.end == len(image)
 
 
-def test_jpeg_streams_after_a_jpeg_are_accepted_as_an_mpo_s_images(tmp_path):
-    """Cameras store an MPO's second image (and some a preview) right after the first's EOI."""
+def test_a_tiff_ends_with_its_file(tmp_path):
+    """A TIFF's strips are found by offsets and may lie anywhere: nothing after it is cut."""
+    path = sample(tmp_path, "plain.tiff")
+    path.write_bytes(path.read_bytes() + b"PADDING-7" * 60)
+    assert inspect_image(path, **LIMITS).end == path.stat().st_size
+
+
+def test_jpeg_streams_after_a_jpeg_are_part_of_the_image_as_an_mpo_s_images(tmp_path):
+    """Cameras store an MPO's second image (and some a preview) right after the first's EOI:
+    they stay; what follows the last one does not."""
     first, second = jpeg_bytes_of(noise((64, 48))), jpeg_bytes_of(noise((32, 24)))
     path = tmp_path / "two.jpg"
-    path.write_bytes(first + second + second + b"\x00" * 100)
-    assert inspect_image(path, **LIMITS) == ImageInfo("JPEG", 64, 48)
-    path.write_bytes(first + second + b"junk" * 200)
-    with pytest.raises(UnsupportedImage, match="800 bytes follow the end of the JPEG image"):
-        inspect_image(path, **LIMITS)
+    path.write_bytes(first + second + second + b"junk" * 200)
+    info = inspect_image(path, **LIMITS)
+    assert info == ImageInfo("JPEG", 64, 48)
+    assert info.end == len(first + second + second)
 
 
 def test_an_mpo_written_by_pillow_is_accepted(tmp_path):
@@ -341,7 +354,8 @@ def test_an_mpo_written_by_pillow_is_accepted(tmp_path):
     first.save(path, "MPO", save_all=True, append_images=[second])
     with Image.open(path) as image:
         assert image.format == "MPO" and image.n_frames == 2
-    assert inspect_image(path, **LIMITS) == ImageInfo("JPEG", 40, 30)
+    info = inspect_image(path, **LIMITS)
+    assert info == ImageInfo("JPEG", 40, 30) and info.end == path.stat().st_size
 
 
 def test_a_jpeg_after_a_jpeg_is_checked_like_the_first(tmp_path):
@@ -352,7 +366,7 @@ def test_a_jpeg_after_a_jpeg_is_checked_like_the_first(tmp_path):
         inspect_image(path, **LIMITS)
 
 
-def test_a_bmp_s_colour_profile_after_its_rows_is_not_trailing_data(tmp_path):
+def test_a_bmp_s_colour_profile_after_its_rows_is_part_of_the_image(tmp_path):
     """BITMAPV5HEADER may embed an ICC profile after the pixel rows, found by its offset."""
     path = tmp_path / "v5.bmp"
     noise((8, 4)).save(path, "BMP")
@@ -368,8 +382,7 @@ def test_a_bmp_s_colour_profile_after_its_rows_is_not_trailing_data(tmp_path):
     path.write_bytes(bytes(body))
     assert inspect_image(path, **LIMITS) == ImageInfo("BMP", 8, 4)
     path.write_bytes(bytes(body) + b"x" * 1000)
-    with pytest.raises(UnsupportedImage, match="1000 bytes follow the end of the BMP image"):
-        inspect_image(path, **LIMITS)
+    assert inspect_image(path, **LIMITS).end == len(body)
 
 
 def pillow_bytes(fmt: str) -> bytes:

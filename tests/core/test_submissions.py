@@ -6,6 +6,8 @@ needs is passed in through :class:`Intake`, built here from the test's own objec
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 from collections.abc import Iterator
 
@@ -65,6 +67,24 @@ def test_identical_bytes_are_answered_from_the_same_owners_result(intake, jpeg_b
     assert jobs.get_job(again.id).description == "a red square"
     assert (other_owner.status, other_owner.cached) == (jobs.Status.QUEUED, False)
     assert intake.task_queue.job_ids == [first.id, other_owner.id]  # the hit was not enqueued
+
+
+def test_what_follows_the_image_is_cut_off_before_dedupe_storage_and_the_quota(intake, jpeg_bytes):
+    """Issue 23 row 4: one JPEG with a different PADDING-%d after its end is one image."""
+    intake = dataclasses.replace(intake, settings=intake.settings.with_(quota_bytes_per_day=10**9))
+    publish_model(intake.redis, intake.settings, "tiny-blip", [])
+    first = accept_upload(intake, io.BytesIO(jpeg_bytes + b"PADDING-1" * 100), Submission(), bucket="c1")
+
+    row = jobs.get_job(first.id)
+    assert (row.size_bytes, row.sha256) == (len(jpeg_bytes), hashlib.sha256(jpeg_bytes).hexdigest())
+    assert intake.uploads.path_of(row.upload_name).read_bytes() == jpeg_bytes
+    (quota,) = intake.redis.scan_iter("imgsvc:quota:*")
+    assert int(intake.redis.hget(quota, "bytes")) == len(jpeg_bytes)  # the stored bytes are charged
+
+    assert jobs.finish_jobs({first.id: (Description("a red square"), "tiny-blip", 12)}) == {first.id}
+    again = accept_upload(intake, io.BytesIO(jpeg_bytes + b"PADDING-2" * 100), Submission())
+    assert (again.cached, jobs.get_job(again.id).description) == (True, "a red square")
+    assert stored_files(intake) == [row.upload_name]
 
 
 def test_options_the_running_model_does_not_take_are_refused_before_anything_is_kept(intake, jpeg_bytes):

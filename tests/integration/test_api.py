@@ -246,7 +246,8 @@ def test_worker_refuses_an_image_over_its_own_pixel_limit(settings, redis_db, ti
     status = web.test_client().get(f"/api/v1/status/{job_id}").get_json()
     assert status["status"] == "failed" and status["attempts"] == 1  # no retry can fix it
     assert "pixels" in status["error"]
-    assert seeing.images == [] and stored_files(settings) == []
+    assert seeing.images == []
+    assert len(stored_files(settings)) == 1  # kept until UPLOAD_RETENTION, for a requeue from RQ
 
 
 def test_an_animated_gif_is_described_from_its_first_frame(client, settings, run_worker, tiny_describer):
@@ -368,7 +369,8 @@ def test_jobs_run_in_the_order_they_were_submitted(client, run_worker, tiny_desc
 
 
 def test_a_finished_job_is_never_claimed_again(client, app, settings, run_worker, tiny_describer):
-    """A job RQ hands out again (a redelivery, a second enqueue) after its row finished is skipped."""
+    """A job RQ hands out again (a redelivery, a second enqueue) after its row finished is skipped;
+    a failed one runs again (that is what ``rq requeue`` asks for) and fails again, for the same reason."""
     done = submit(client, image_bytes("PNG", color=(1, 2, 3)), "a.png").get_json()["job_id"]
     failed = submit(client, image_bytes("PNG", color=(4, 5, 6)), "b.png").get_json()["job_id"]
     cancelled = submit(client, image_bytes("PNG", color=(7, 8, 9)), "c.png").get_json()["job_id"]
@@ -387,9 +389,12 @@ def test_a_finished_job_is_never_claimed_again(client, app, settings, run_worker
         enqueue_describe(app.task_queue, settings, job_id)
     seeing = Seeing(tiny_describer)
     run_worker(describer=seeing)
-    assert seeing.images == []
-    for job_id in ids:
+    assert seeing.images == []  # the broken image never reaches the model
+    for job_id in (done, cancelled):
         assert client.get(f"/api/v1/status/{job_id}").get_json() == before[job_id]
+    again = client.get(f"/api/v1/status/{failed}").get_json()
+    assert (again["status"], again["error"], again["attempts"]) == ("failed", before[failed]["error"], 1)
+    assert again["completed_at"] > before[failed]["completed_at"]
     assert client.get(f"/api/v1/result/{done}").get_json()["image_description"] == description
 
 

@@ -91,9 +91,11 @@ def test_bombs_that_pass_the_header_check_fail_alone_and_for_good_in_the_worker(
     assert "DECODE_MEMORY_MB=400" in by_name["webp"].error or "cannot decode" in by_name["webp"].error
     assert "cannot be decoded" in by_name["broken"].error
     assert worker.runtime.decoder.starts == 1  # failures inside the budget need no restart
+    # the failed jobs' uploads are kept until UPLOAD_RETENTION (for a requeue), and RQ failed them too
     assert sorted(p.name for p in app.uploads.root.iterdir()) == sorted(
-        row.upload_name for row in final.values() if row.status == jobs.Status.DONE
-    )  # the failed jobs' uploads are deleted
+        row.upload_name for row in final.values()
+    )
+    assert set(app.task_queue.failed_job_registry.get_job_ids()) == {ids["webp"], ids["broken"]}
 
 
 def test_an_image_over_the_decode_deadline_fails_its_job_only(settings, tiny_describer, scan_bomb):

@@ -22,6 +22,7 @@ from sqlalchemy import select
 from imgsvc import create_app
 from imgsvc.config import Settings
 from imgsvc.queue import reaper
+from imgsvc.queue.connection import waiting_key
 from imgsvc.queue.worker import ImgsvcWorker
 from imgsvc.storage import jobs
 from imgsvc.storage.db import db
@@ -216,10 +217,16 @@ def test_reaper_requeues_a_job_that_vanished_from_redis(app, client, settings, r
     job_id = submit_ok(client, 1)
     app.redis.delete(RQJob.key_for(job_id))
     app.redis.lrem(app.task_queue.key, 0, job_id)
+    app.redis.zrem(waiting_key(app.task_queue.name), job_id)  # written with the job: lost with it
     assert app.task_queue.get_job_ids() == []
 
     with app.app_context():
-        assert reaper.reconcile(settings, app.task_queue) == {"requeued": 1, "failed": 0, "reset": 0}
+        assert reaper.reconcile(settings, app.task_queue) == {
+            "requeued": 1,
+            "failed": 0,
+            "reset": 0,
+            "cancelled": 0,
+        }
     assert app.task_queue.get_job_ids() == [job_id]
     run_worker()
     assert rows(app)[job_id].status == jobs.Status.DONE
@@ -239,7 +246,12 @@ def test_reaper_fails_a_row_whose_rq_job_failed(app, client, settings):
     rq_job.set_status(JobStatus.FAILED)
 
     with app.app_context():
-        assert reaper.reconcile(settings, app.task_queue) == {"requeued": 0, "failed": 1, "reset": 0}
+        assert reaper.reconcile(settings, app.task_queue) == {
+            "requeued": 0,
+            "failed": 1,
+            "reset": 0,
+            "cancelled": 0,
+        }
     row = rows(app)[job_id]
     assert row.status == jobs.Status.FAILED and "died" in row.error
 
@@ -266,7 +278,12 @@ def test_reaper_takes_back_a_started_job_whose_worker_is_dead(app, client, setti
     # Alive on this host under another live pid (1 always is): a long job, left alone.
     app.redis.hset(dead.key, "pid", "1")
     with app.app_context():
-        assert reaper.reconcile(settings, app.task_queue) == {"requeued": 0, "failed": 0, "reset": 0}
+        assert reaper.reconcile(settings, app.task_queue) == {
+            "requeued": 0,
+            "failed": 0,
+            "reset": 0,
+            "cancelled": 0,
+        }
     assert job.get_status() == JobStatus.STARTED
 
     if how == "key expired":
@@ -276,7 +293,12 @@ def test_reaper_takes_back_a_started_job_whose_worker_is_dead(app, client, setti
     else:
         app.redis.hset(dead.key, "pid", str(_dead_pid()))
     with app.app_context():
-        assert reaper.reconcile(settings, app.task_queue) == {"requeued": 0, "failed": 0, "reset": 1}
+        assert reaper.reconcile(settings, app.task_queue) == {
+            "requeued": 0,
+            "failed": 0,
+            "reset": 1,
+            "cancelled": 0,
+        }
     assert job.get_status() == JobStatus.QUEUED and app.task_queue.get_job_ids() == [job_id]
     assert app.task_queue.started_job_registry.get_job_ids(cleanup=False) == []
     run_worker()
@@ -306,7 +328,12 @@ def test_a_job_taken_off_the_queue_by_a_worker_that_died_before_starting_it_is_r
     app.redis.lmove(app.task_queue.key, app.task_queue.intermediate_queue.key)
     assert app.task_queue.get_job_ids() == []
     with app.app_context():
-        assert reaper.reconcile(settings, app.task_queue) == {"requeued": 1, "failed": 0, "reset": 0}
+        assert reaper.reconcile(settings, app.task_queue) == {
+            "requeued": 1,
+            "failed": 0,
+            "reset": 0,
+            "cancelled": 0,
+        }
     assert app.task_queue.get_job_ids() == [job_id]
     assert app.task_queue.intermediate_queue.get_job_ids() == []  # else RQ would fail the new run later
     run_worker()
@@ -326,6 +353,7 @@ def test_a_lost_job_is_requeued_until_its_tries_are_spent(settings, redis_db, at
         db.session.commit()
     app.redis.delete(RQJob.key_for(job_id))
     app.redis.lrem(app.task_queue.key, 0, job_id)
+    app.redis.zrem(waiting_key(app.task_queue.name), job_id)  # written with the job: lost with it
     with app.app_context():
         assert reaper.reconcile(settings, app.task_queue)[action] == 1
     row = rows(app)[job_id]
@@ -346,7 +374,12 @@ def test_reaper_reports_a_dead_workers_batch_job_that_had_not_begun(app, client,
     dead, job = orphan_started_job(app, job_id, row_processing=False)
     app.redis.delete(dead.key)
     with app.app_context():
-        assert reaper.reconcile(settings, app.task_queue) == {"requeued": 1, "failed": 0, "reset": 0}
+        assert reaper.reconcile(settings, app.task_queue) == {
+            "requeued": 1,
+            "failed": 0,
+            "reset": 0,
+            "cancelled": 0,
+        }
     assert job.get_status() == JobStatus.QUEUED and app.task_queue.get_job_ids() == [job_id]
     run_worker()
     assert rows(app)[job_id].status == jobs.Status.DONE
@@ -359,7 +392,12 @@ def test_reaper_fails_a_dead_workers_job_with_no_retries_left(settings, redis_db
     dead, job = orphan_started_job(app, job_id)
     app.redis.delete(dead.key)
     with app.app_context():
-        assert reaper.reconcile(settings, app.task_queue) == {"requeued": 0, "failed": 1, "reset": 0}
+        assert reaper.reconcile(settings, app.task_queue) == {
+            "requeued": 0,
+            "failed": 1,
+            "reset": 0,
+            "cancelled": 0,
+        }
     assert job.get_status() == JobStatus.FAILED and job_id in app.task_queue.failed_job_registry
     row = rows(app)[job_id]
     assert row.status == jobs.Status.FAILED and "no retries" in row.error
@@ -378,16 +416,17 @@ def test_the_reaper_waits_stale_after_before_it_requeues(settings, redis_db, tin
     job_id = submit_ok(app.test_client(), 1)
     app.redis.delete(RQJob.key_for(job_id))
     app.redis.lrem(app.task_queue.key, 0, job_id)
+    app.redis.zrem(waiting_key(app.task_queue.name), job_id)  # written with the job: lost with it
     reap = app.test_cli_runner()
 
-    assert reap.invoke(args=["reap"]).output.strip() == "0 requeued, 0 failed, 0 reset"
+    assert reap.invoke(args=["reap"]).output.strip() == "0 requeued, 0 failed, 0 reset, 0 cancelled"
     assert app.task_queue.get_job_ids() == []
 
     with app.app_context():
         row = db.session.get(jobs.Job, job_id)
         row.updated_at = jobs.utcnow() - timedelta(seconds=601)
         db.session.commit()
-    assert reap.invoke(args=["reap"]).output.strip() == "1 requeued, 0 failed, 0 reset"
+    assert reap.invoke(args=["reap"]).output.strip() == "1 requeued, 0 failed, 0 reset, 0 cancelled"
     assert app.task_queue.get_job_ids() == [job_id]
     ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
     assert rows(app)[job_id].status == jobs.Status.DONE

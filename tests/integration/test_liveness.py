@@ -123,7 +123,7 @@ def test_a_worker_on_another_host_is_dead_once_its_heartbeat_is_stale(live_app, 
     with live_app.app_context():
         counts = reaper.reap_dead_workers(live_settings, live_app.task_queue)
     stale = heartbeat_age > WORKER_TTL
-    assert counts == {"requeued": 0, "failed": 0, "reset": int(stale)}
+    assert counts == {"requeued": 0, "failed": 0, "reset": int(stale), "cancelled": 0}
     assert job.get_status() == (JobStatus.QUEUED if stale else JobStatus.STARTED)
     assert rows(live_app)[job_id].status == (jobs.Status.QUEUED if stale else jobs.Status.PROCESSING)
     assert live_app.test_client().get("/readyz").get_json()["checks"]["workers"] == int(not stale)

@@ -15,6 +15,7 @@ from rq.utils import now, utcformat
 from sqlalchemy import inspect, text, update
 
 from imgsvc import create_app
+from imgsvc.queue.connection import waiting_key
 from imgsvc.queue.worker import ImgsvcWorker
 from imgsvc.storage import jobs
 from imgsvc.storage.db import db
@@ -260,13 +261,32 @@ def test_a_starting_worker_removes_temp_files_a_killed_process_left(app, setting
     assert not stale.exists() and receiving.exists()
 
 
-def test_failed_job_upload_is_removed(client, settings, run_worker, jpeg_bytes):
+def test_a_failed_jobs_upload_is_kept_until_retention_removes_it(
+    app, client, settings, run_worker, jpeg_bytes
+):
+    """Kept so that RQ's requeue (``rq requeue``, the dashboard) can run the job again."""
     job_id = submit(client, jpeg_bytes).get_json()["job_id"]
     (stored,) = stored_files(settings)
     stored.write_bytes(b"corrupted")
     run_worker()
     assert client.get(f"/api/v1/status/{job_id}").get_json()["status"] == "failed"
+    assert stored_files(settings) == [stored]
+    age(app, days=8)  # older than UPLOAD_RETENTION
+    assert app.test_cli_runner().invoke(args=["prune"]).output.startswith("1 files deleted")
     assert stored_files(settings) == []
+
+
+def test_deleting_a_job_deletes_its_rq_job(app, client, run_worker, jpeg_bytes, png_bytes):
+    """The dashboard lists no job the API deleted, finished or still queued."""
+    finished = submit(client, jpeg_bytes).get_json()["job_id"]
+    run_worker()
+    queued = submit(client, png_bytes, "b.png", "image/png").get_json()["job_id"]
+    assert app.task_queue.finished_job_registry.get_job_ids() == [finished]
+    for job_id in (finished, queued):
+        assert client.delete(f"/api/v1/jobs/{job_id}").status_code == 200
+        assert not RQJob.exists(job_id, connection=app.redis)
+    assert app.task_queue.finished_job_registry.get_job_ids() == []
+    assert app.task_queue.get_job_ids() == []
 
 
 def age(app, days: int) -> None:
@@ -321,11 +341,14 @@ def test_flask_cli_commands_do_what_they_say(app, client, settings, run_worker, 
     job_id = submit(client, jpeg_bytes).get_json()["job_id"]
     app.redis.delete(RQJob.key_for(job_id))  # Redis lost the job
     app.redis.lrem(app.task_queue.key, 0, job_id)
-    assert runner.invoke(args=["reap"]).output.strip() == "1 requeued, 0 failed, 0 reset"
+    app.redis.zrem(waiting_key(app.task_queue.name), job_id)  # written with the job: lost with it
+    assert runner.invoke(args=["reap"]).output.strip() == "1 requeued, 0 failed, 0 reset, 0 cancelled"
     assert app.task_queue.get_job_ids() == [job_id]
 
     run_worker()
-    assert runner.invoke(args=["reap"]).output.strip() == "0 requeued, 0 failed, 0 reset"  # done: left alone
+    assert (
+        runner.invoke(args=["reap"]).output.strip() == "0 requeued, 0 failed, 0 reset, 0 cancelled"
+    )  # done: left alone
     age(app, days=30)  # older than both UPLOAD_RETENTION and RESULT_TTL (7 days)
     assert (
         runner.invoke(args=["prune"]).output.strip() == "1 files deleted, 1 rows deleted, 0 orphans deleted"

@@ -144,7 +144,9 @@ def test_metrics_and_readiness_details_are_for_operators(
 
 # -- row 4: daily quotas per key and per address ---------------------------------------------------------
 def distinct_jpegs(jpeg_bytes: bytes, count: int) -> list[bytes]:
-    return [jpeg_bytes + bytes([n]) for n in range(count)]  # one byte of padding each: distinct bytes
+    """Distinct images of the same size: a one-byte comment (COM) segment each, after SOI.
+    (Padding after the end would not do: it is cut off, and the copies are one image.)"""
+    return [jpeg_bytes[:2] + b"\xff\xfe\x00\x03" + bytes([n]) + jpeg_bytes[2:] for n in range(count)]
 
 
 def test_a_client_over_its_daily_jobs_quota_gets_429_with_retry_after(settings, redis_db, jpeg_bytes):
@@ -180,6 +182,17 @@ def test_the_bytes_quota_counts_stored_bytes(settings, redis_db, jpeg_bytes):
     )
 
 
+def test_the_bytes_quota_charges_the_image_not_what_was_appended_to_it(settings, redis_db, jpeg_bytes):
+    """Row 4: a small JPEG + 9 MB of zeros stores, and is charged, the JPEG's bytes only."""
+    images = distinct_jpegs(jpeg_bytes, 3)
+    client = create_app(settings.with_(quota_bytes_per_day=len(images[0]) * 2)).test_client()
+    padded = [image + bytes(9 * 1024 * 1024) for image in images]
+    assert [submit(client, image).status_code for image in padded[:2]] == [202, 202]
+    stored = sorted(path.read_bytes() for path in settings.upload_dir.glob("*.jpg"))
+    assert stored == sorted(images[:2])
+    assert submit(client, padded[2]).status_code == 429  # the quota is used up by two images' bytes
+
+
 def test_quotas_are_per_valid_key(settings, redis_db, jpeg_bytes):
     client = create_app(settings.with_(quota_jobs_per_day=1, api_keys=("alpha", "beta"))).test_client()
     images = distinct_jpegs(jpeg_bytes, 3)
@@ -199,7 +212,7 @@ def test_a_client_over_its_quota_is_refused_before_its_upload_is_staged(
     client = create_app(settings.with_(quota_jobs_per_day=1)).test_client()
     assert submit(client, jpeg_bytes).status_code == 202
     staged.clear()
-    assert submit(client, jpeg_bytes + b"\x00").status_code == 429
+    assert submit(client, distinct_jpegs(jpeg_bytes, 1)[0]).status_code == 429
     assert staged == []
 
 
@@ -212,7 +225,7 @@ def test_a_batch_takes_what_the_quota_allows(settings, redis_db, jpeg_bytes):
         429,
         429,
     ]
-    again = {"file": (io.BytesIO(jpeg_bytes + b"\x09"), "again.jpg")}
+    again = {"file": (io.BytesIO(distinct_jpegs(jpeg_bytes, 10)[9]), "again.jpg")}
     assert client.post("/api/v1/batch", data=again, content_type="multipart/form-data").status_code == 429
 
 

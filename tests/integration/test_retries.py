@@ -81,13 +81,15 @@ def test_a_second_retry_of_the_same_failure_is_409(client, run_worker):
 
 
 def test_a_job_whose_image_is_gone_cannot_be_retried(client, settings, run_worker):
-    """An image that cannot be decoded is deleted when its job fails: nothing is left to run again."""
+    """A failed job keeps its image until UPLOAD_RETENTION; once retention removed it, nothing is
+    left to run again."""
     job_id = submit(client, image_bytes()).get_json()["job_id"]
     (stored,) = stored_files(settings)
     stored.write_bytes(stored.read_bytes()[:200])  # the stored copy turns out to be truncated
     run_worker()
     assert client.get(f"/api/v1/status/{job_id}").get_json()["status"] == "failed"
-    assert stored_files(settings) == []
+    assert stored_files(settings) == [stored]  # kept, for a requeue or a retry
+    stored.unlink()  # what `flask prune` does after UPLOAD_RETENTION
     response = client.post(f"/api/v1/jobs/{job_id}/retry")
     assert response.status_code == 409
     assert response.get_json()["error"]["message"].startswith("this job's image is no longer stored")

@@ -19,7 +19,7 @@ from imgsvc.config import ConfigError, Settings
 from imgsvc.errors import EmptyFile, FileTooLarge, StorageUnavailable
 from imgsvc.storage.s3 import S3UploadStore
 from imgsvc.storage.stores import open_upload_store
-from imgsvc.storage.uploads import LocalUploadStore, UploadStore, client_filename
+from imgsvc.storage.uploads import LocalUploadStore, UploadStore, client_filename, trim_staged
 from tests.integration.procs import free_port
 
 FAR_FUTURE = datetime.now(UTC) + timedelta(days=1)
@@ -53,6 +53,22 @@ def test_stage_commit_and_read_back_under_server_names(store):
     with store.local_copy(name) as path:
         assert path.read_bytes() == b"x" * 999
     assert leftovers(store) == []  # the object store's download is removed after use
+
+
+def test_a_staged_upload_is_cut_at_the_image_s_end_and_hashed_again(store):
+    staged = store.stage(io.BytesIO(b"image" + b"PADDING-1" * 100))
+    trimmed = trim_staged(staged, 5)
+    assert (trimmed.path, trimmed.size, trimmed.sha256) == (
+        staged.path,
+        5,
+        hashlib.sha256(b"image").hexdigest(),
+    )
+    assert trimmed.path.read_bytes() == b"image"
+    assert trim_staged(trimmed, 5) is trimmed and trim_staged(trimmed, None) is trimmed  # nothing follows
+    name = store.commit(trimmed, ".jpg")
+    with store.local_copy(name) as path:
+        assert path.read_bytes() == b"image"
+    assert leftovers(store) == []
 
 
 @pytest.mark.parametrize(("data", "error"), [(b"", EmptyFile), (b"y" * 1001, FileTooLarge)])

@@ -17,6 +17,7 @@
   const submitUrl = form.getAttribute("action");
   const statusUrl = (id) => form.dataset.statusUrl.replace("JOB_ID", encodeURIComponent(id));
   const resultUrl = (id) => form.dataset.resultUrl.replace("JOB_ID", encodeURIComponent(id));
+  const readyUrl = form.dataset.readyUrl;
   const eventsUrl = (id) => form.dataset.eventsUrl.replace("JOB_ID", encodeURIComponent(id));
 
   // Polling backs off from fast (short jobs feel instant) to a steady pace (long queues stay cheap).
@@ -115,6 +116,10 @@
 
   // -- What the model found: boxes over the preview, and one line in words ----------------------
 
+  // A face's expression is named only when the emotion model is this sure of it: the scene
+  // describer's sentence calls a face smiling from the same score (SMILE_SCORE, 0.8) and no lower.
+  const SURE_EMOTION = 0.8;
+
   const percent = (score) => `${Math.round(Number(score) * 100)}%`;
   const unit = (value) => Math.min(1, Math.max(0, Number(value) || 0));
 
@@ -126,7 +131,8 @@
       box: found.box,
     }));
     for (const face of (result.people && result.people.faces) || []) {
-      const emotion = face.emotion ? ` · ${face.emotion}` : "";
+      const sure = face.emotion && Number(face.emotion_score) >= SURE_EMOTION;
+      const emotion = sure ? ` · ${face.emotion}` : "";
       boxes.push({ kind: "face", label: `face ${percent(face.score)}${emotion}`, box: face.box });
     }
     return boxes;
@@ -186,6 +192,24 @@
       taken.push(label.getBoundingClientRect());
     }
   }
+
+  // How many workers /readyz counts, asked at most every READY_EVERY_MS for all cards together;
+  // null when it cannot say (unreachable, or Redis down).
+  const READY_EVERY_MS = 5000;
+  let readyAsked = 0;
+  let readyAnswer = Promise.resolve(null);
+  function liveWorkers() {
+    if (Date.now() - readyAsked >= READY_EVERY_MS) {
+      readyAsked = Date.now();
+      readyAnswer = fetch(readyUrl, { headers: { Accept: "application/json" } })
+        .then((response) => response.json())
+        .then((body) => (body && body.checks && Number.isInteger(body.checks.workers) ? body.checks.workers : null))
+        .catch(() => null);
+    }
+    return readyAnswer;
+  }
+
+  const NO_WORKER = "Waiting: no worker is running, so no image is being described until one starts.";
 
   function parseJson(text) {
     try {
@@ -379,8 +403,25 @@
       if (name === "queued" || name === "processing") {
         const retrying = name === "queued" && body.error;
         this.setState(name, retrying ? `Retrying after an error: ${body.error}` : "");
+        if (name === "queued") this.watchWorkers();
       }
       return false;
+    }
+
+    // A stream says nothing while a job waits: while the card shows "Queued", ask /readyz (shared by
+    // all cards) whether any worker is alive, and say so on the card when none is.
+    watchWorkers() {
+      if (this.workerWatch) return;
+      const check = async () => {
+        if (this.root.dataset.state !== "queued") {
+          clearInterval(this.workerWatch);
+          this.workerWatch = null;
+        } else if ((await liveWorkers()) === 0 && this.root.dataset.state === "queued") {
+          this.el(".status-detail").textContent = NO_WORKER;
+        }
+      };
+      this.workerWatch = setInterval(check, READY_EVERY_MS);
+      check();
     }
 
     // XMLHttpRequest rather than fetch: only it reports upload progress.
@@ -440,7 +481,9 @@
           continue;
         }
         const retrying = body.status === "queued" && body.error;
-        this.setState(body.status, retrying ? `Retrying after an error: ${body.error}` : "");
+        let detail = retrying ? `Retrying after an error: ${body.error}` : "";
+        if (body.status === "queued" && (await liveWorkers()) === 0) detail = NO_WORKER;
+        this.setState(body.status, detail);
       }
     }
 
