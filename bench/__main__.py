@@ -28,6 +28,7 @@ BENCHES = {
     "quality": "description quality on real photos and composites: classifier alone vs scene describer",
     "storage": "submit latency and end-to-end job time, uploads in a local directory vs S3",
     "bombs": "decode bombs before/after: the web check, the worker's decode, /healthz under bomb uploads",
+    "peer": "imgsvc vs BentoML end to end, 32 clients, near-free and realistic model; poll storm, waits",
     "waits": "Prefer: wait clients one gunicorn worker holds, /healthz meanwhile, wake-up latency",
     "models": "BLIP-base vs Florence-2 vs SmolVLM: CPU s per photo and peak RSS at real size, fp32 and int8",
 }

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from imgsvc.config import Settings
 from imgsvc.errors import BadRequest, ImgsvcError, QueueUnavailable
 from imgsvc.images import ImageInfo, inspect_image
+from imgsvc.queue.changes import set_validator
 from imgsvc.queue.connection import enqueue_describe
 from imgsvc.queue.routing import MAX_MODEL_NAME, ModelRegistry, Route, ServedModel
 from imgsvc.queue.webhooks import enqueue_delivery
@@ -27,6 +28,7 @@ from imgsvc.vision.captioners.capabilities import DETAILS, MAX_PROMPT_CHARS, OCR
 
 if TYPE_CHECKING:
     from redis import Redis
+    from redis.client import Pipeline
     from rq import Queue
 
     from imgsvc.metrics import RedisMetrics
@@ -267,7 +269,7 @@ def _store_and_enqueue(
             route.queue,
             intake.settings,
             job_id,
-            also=lambda pipe: intake.metrics.record("submitted", pipeline=pipe),
+            also=lambda pipe: _also_on_enqueue(intake, pipe, job_id),
             filename=row["filename"],
             model=route.model.name if route.model else None,
         )
@@ -278,6 +280,12 @@ def _store_and_enqueue(
             refund_quota(intake.redis, intake.settings, bucket, 1, staged.size)
         raise
     return Accepted(job_id, jobs.Status.QUEUED)
+
+
+def _also_on_enqueue(intake: Intake, pipe: Pipeline, job_id: str) -> None:
+    """Sent with the enqueue, in its round trip: the submit counter and the job's first poll validator."""
+    intake.metrics.record("submitted", pipeline=pipe)
+    set_validator(pipe, job_id, jobs.Status.QUEUED)
 
 
 def check_supported(model: ServedModel | None, options: dict[str, Any]) -> None:

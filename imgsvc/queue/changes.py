@@ -11,18 +11,26 @@ connection, subscribes to the channels of the jobs someone waits on, and wakes t
 A waiting request holds a thread of its web worker and nothing else: no database connection,
 no Redis connection of its own, no polling. A waiter subscribes first and reads the row only
 once Redis has confirmed the subscription, so a change committed after that read is never missed.
+
+The same round trip replaces the job's *poll validator* (``imgsvc:job-validator:<id>``): a random
+token that changes with every committed change of the row (the submit writes the first one with
+its enqueue). A poll that presents the ETag made from it is answered 304 from Redis alone
+(:mod:`imgsvc.web.polls`). Readers never write it: a token is only ever issued for a row read
+after the token was, so a client holding one has seen at least that change.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -30,12 +38,28 @@ from sqlalchemy.orm import Session
 log = logging.getLogger("imgsvc.changes")
 
 CHANNEL_PREFIX = "imgsvc:job-changed:"
+VALIDATOR_PREFIX = "imgsvc:job-validator:"
+#: A validator left behind by a write that could not reach Redis is trusted this long at most
+#: (the row is read again once it expires); a job that lives longer is polled from SQL meanwhile.
+VALIDATOR_TTL = 600
 #: Where :mod:`imgsvc.storage.jobs` notes the jobs a transaction changed: job id -> new status.
 SESSION_KEY = "imgsvc.changed_jobs"
 
 
 def channel(job_id: str) -> str:
     return CHANNEL_PREFIX + job_id
+
+
+def validator_key(job_id: str) -> str:
+    return VALIDATOR_PREFIX + job_id
+
+
+def set_validator(pipe: Pipeline, job_id: str, status: str) -> None:
+    """A fresh token for ``job_id`` (with its status, which only hints the next poll), in ``pipe``."""
+    if status == "deleted":
+        pipe.delete(validator_key(job_id))
+    else:
+        pipe.set(validator_key(job_id), f"{secrets.token_hex(8)} {status}", ex=VALIDATOR_TTL)
 
 
 def note_change(session: Session, job_id: str, status: str) -> None:
@@ -53,10 +77,14 @@ def publish(connection: Redis, changes: dict[str, str]) -> None:
     try:
         with connection.pipeline(transaction=False) as pipe:
             for job_id, status in changes.items():
+                set_validator(pipe, job_id, status)  # before the message: a woken poller sees it
                 pipe.publish(channel(job_id), json.dumps({"job_id": job_id, "status": status}))
             pipe.execute()
     except RedisError as exc:
         log.warning("job change not published (%s)", exc, extra={"jobs": len(changes)})
+        # An old validator must not vouch for the new row: drop them (or they expire: VALIDATOR_TTL).
+        with suppress(RedisError):
+            connection.delete(*(validator_key(job_id) for job_id in changes))
 
 
 def install_change_feed() -> None:

@@ -40,6 +40,7 @@ from imgsvc.submissions import (
 )
 from imgsvc.web.auth import client_bucket, require_api_key
 from imgsvc.web.idempotency import idempotent
+from imgsvc.web.polls import not_modified, poll_headers, read_validator
 from imgsvc.web.waits import event_stream, preferred_wait, wait_for
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -269,9 +270,25 @@ def _waited(job: jobs.Job) -> tuple[jobs.Job, dict[str, str]]:
     return later, headers
 
 
-@bp.get("/status/<job_id>")
-def status(job_id: str) -> tuple[Response, int, dict[str, str]]:
+def _polled(kind: str, job_id: str) -> Response | tuple[jobs.Job, dict[str, str]]:
+    """A poll of ``job_id``: a 304 from its validator when the client's ETag still holds (no SQL),
+    else the row (once finished, if the request waits for it) and the headers for the answer."""
+    waits = preferred_wait(request.headers.get("Prefer"), app_settings()) is not None
+    canonical = jobs.parse_job_id(job_id)
+    validator = read_validator(canonical) if canonical and not waits else None
+    if (unchanged := not_modified(kind, canonical or "", validator)) is not None:
+        return unchanged
     job, headers = _waited(_find(job_id))
+    # A waited-for row was read after the validator was, and after changes it may not vouch for.
+    return job, headers | poll_headers(kind, job, None if waits else validator)
+
+
+@bp.get("/status/<job_id>")
+def status(job_id: str) -> Response | tuple[Response, int, dict[str, str]]:
+    polled = _polled("status", job_id)
+    if isinstance(polled, Response):
+        return polled
+    job, headers = polled
     return jsonify(job.status_dict()), 200, headers
 
 
@@ -283,8 +300,11 @@ FINISHED_MESSAGES = {
 
 
 @bp.get("/result/<job_id>")
-def result(job_id: str) -> tuple[Response, int, dict[str, str]]:
-    job, headers = _waited(_find(job_id))
+def result(job_id: str) -> Response | tuple[Response, int, dict[str, str]]:
+    polled = _polled("result", job_id)
+    if isinstance(polled, Response):
+        return polled
+    job, headers = polled
     return (*result_answer(job), headers)
 
 
