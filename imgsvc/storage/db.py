@@ -49,8 +49,20 @@ class SchemaUpgradeError(RuntimeError):
 
 
 def create_or_upgrade() -> list[str]:
-    """Create missing tables, then add the model's new columns to tables an older version created."""
-    db.create_all()
+    """Create missing tables, then add the model's new columns to tables an older version created.
+
+    Several processes start at once on a new database (gunicorn's workers, the RQ workers): one
+    may create a table or index between another's check and its CREATE, which then fails with
+    "already exists". That one looks again (the check now finds it) instead of failing to boot.
+    """
+    for attempt in range(3):
+        try:
+            db.create_all()
+            break
+        except DBAPIError as exc:
+            if "already exists" not in str(exc.orig) or attempt == 2:
+                raise
+            log.info("schema created by another process meanwhile; checking again")
     return add_missing_columns(db.engine, db.metadata)
 
 
