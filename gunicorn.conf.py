@@ -53,4 +53,7 @@ def post_worker_init(worker):
 
     gc.freeze()
     # Request counts and process figures reach Redis (and /metrics) even while this process is idle.
-    worker.wsgi.extensions["imgsvc.http_metrics"].start()
+    # Only imgsvc's app counts them: compose's dashboard service runs another app with this file.
+    http_metrics = getattr(worker.wsgi, "extensions", {}).get("imgsvc.http_metrics")
+    if http_metrics is not None:
+        http_metrics.start()
