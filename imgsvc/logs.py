@@ -74,6 +74,10 @@ def configure(level: str = "INFO", log_format: str | None = None) -> None:
     RQ adds its own plain-text handlers only where a logger has none in its hierarchy,
     so a handler on ``rq`` turns every RQ line into this format too.
     """
+    # A line that cannot be written is dropped, not reported with a traceback on stderr: RQ's
+    # worker pool logs from its SIGINT handler, which can interrupt this handler mid-write (a
+    # reentrant write to stderr) and then printed "--- Logging error ---" among the log lines.
+    logging.raiseExceptions = False
     handler: logging.Handler | None = None
     for name in LOGGERS:
         logger = logging.getLogger(name)

@@ -6,6 +6,7 @@ The review's 40 slow-header connections took ``make run``'s gunicorn offline for
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -48,8 +49,13 @@ class SlowClients:
     def _drip(self) -> None:
         alive = list(self.socks)
         while alive and not self.stop.wait(1.0):
+            # A connection the server closed reads as the end of the stream (or a reset) at once; a
+            # send would only fail on the one after the server's reset comes back.
+            closed, _, _ = select.select(alive, [], [], 0)
             for sock in list(alive):
                 try:
+                    if sock in closed and not sock.recv(1, socket.MSG_DONTWAIT):
+                        raise ConnectionResetError("closed by the server")
                     sock.sendall(b"X")
                 except OSError:
                     alive.remove(sock)
