@@ -36,8 +36,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -49,6 +47,7 @@ from pathlib import Path
 from PIL import Image
 
 from imgsvc.config import PROJECT_ROOT
+from imgsvc.vision.scene.weights import FetchError, download
 
 MANIFEST = Path(__file__).with_name("devset.json")
 DEFAULT_CACHE = PROJECT_ROOT / "instance" / "devset"
@@ -149,10 +148,6 @@ def load_manifest(path: Path = MANIFEST) -> tuple[dict[str, Source], list[Photo]
     return sources, photos
 
 
-class FetchError(RuntimeError):
-    """An archive could not be fetched or failed its checks."""
-
-
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -193,23 +188,6 @@ def read_members(archive: Path, names: list[str]) -> dict[str, bytes]:
         raise FetchError(f"{archive.name} lacks an expected file or is unreadable: {exc}") from exc
 
 
-def download(source: Source, dest: Path) -> Path:
-    command = source.command(dest)
-    if shutil.which(command[0]) is None:
-        raise FetchError(f"{command[0]} is not installed: cannot fetch {source.spec}")
-    try:
-        done = subprocess.run(
-            command, cwd=dest, capture_output=True, text=True, timeout=CLIENT_TIMEOUT, check=False
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise FetchError(f"{source.client} did not fetch {source.spec} within {CLIENT_TIMEOUT} s") from exc
-    found = [p for p in dest.iterdir() if p.is_file()]
-    if done.returncode != 0 or len(found) != 1:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise FetchError(f"`{' '.join(command)}` failed (exit {done.returncode}): {' | '.join(tail)}")
-    return found[0]
-
-
 def to_image_bytes(photo: Photo, data: bytes) -> bytes:
     """The member as written to the cache: image files as they are, scipy's raw face as PNG."""
     if photo.decode is None:
@@ -241,7 +219,7 @@ def fetch(cache: Path = DEFAULT_CACHE, say: Callable[[str], None] = print) -> li
         try:
             with tempfile.TemporaryDirectory(prefix="imgsvc-devset-") as tmp:
                 say(f"{source.spec}: fetching with {source.client} ...")
-                archive = download(source, Path(tmp))
+                archive = download(source, Path(tmp), timeout=CLIENT_TIMEOUT)
                 actual = sha256_of(archive)
                 if actual != source.sha256:
                     raise FetchError(f"{archive.name}: sha256 {actual} is not the pinned {source.sha256}")

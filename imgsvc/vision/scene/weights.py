@@ -24,6 +24,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 CLIENT_TIMEOUT = 600  # seconds for one download; the larger archive is 29 MB
 
@@ -161,16 +162,26 @@ def in_place(models_dir: Path, archive: Archive) -> bool:
     )
 
 
-def download(archive: Archive, dest: Path) -> Path:
-    """Run the archive's client into the empty directory ``dest``; the one file it left there."""
+class Fetchable(Protocol):
+    """What :func:`download` needs of a package: its client, its pinned spec and the command line."""
+
+    client: str
+    spec: str
+
+    def command(self, dest: Path) -> list[str]: ...
+
+
+def download(archive: Fetchable, dest: Path, timeout: float = CLIENT_TIMEOUT) -> Path:
+    """Run the archive's client in the empty directory ``dest`` (``apt-get download`` writes into
+    its working directory; pip and npm are told ``dest``); the one file it left there."""
     command = archive.command(dest)
     if shutil.which(command[0]) is None:
         hint = " (e.g. `apt-get install npm`)" if archive.client == "npm" else ""
         raise FetchError(f"{archive.client} is not installed{hint}: cannot fetch {archive.spec}")
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=CLIENT_TIMEOUT, check=False)
+        done = subprocess.run(command, cwd=dest, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise FetchError(f"{archive.client} did not fetch {archive.spec} within {CLIENT_TIMEOUT} s") from exc
+        raise FetchError(f"{archive.client} did not fetch {archive.spec} within {timeout} s") from exc
     found = [p for p in dest.iterdir() if p.is_file()]
     if done.returncode != 0 or len(found) != 1:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
