@@ -71,7 +71,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/security/test_webhook_delivery.py",
         FEATURES,
     ],
-    "imgsvc/callback_urls.py": [
+    "imgsvc/outbound_urls.py": [
         "tests/queue/test_webhooks.py",
         "tests/security/test_webhook_delivery.py",
         FEATURES,

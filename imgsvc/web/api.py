@@ -20,9 +20,9 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from werkzeug.datastructures import FileStorage, MultiDict
 
-from imgsvc.callback_urls import check_callback_url
 from imgsvc.config import Settings, app_settings
 from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound, ServiceUnavailable
+from imgsvc.outbound_urls import check_callback_url
 from imgsvc.queue.routing import ModelRegistry
 from imgsvc.quotas import check_quota
 from imgsvc.retries import retry_job
