@@ -38,7 +38,9 @@ class Cutoff:
 
     def _cut(self) -> None:
         self.cut = True
-        sock = self.connection.sock
+        # Once a response that closes the connection is in, http.client drops ``connection.sock``
+        # while the response still reads the body from it: the socket the connection opened is cut.
+        sock = getattr(self.connection, "opened", None) or self.connection.sock
         if sock is not None:
             with contextlib.suppress(OSError):  # the plain socket's shutdown, under TLS too
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
@@ -59,9 +61,11 @@ class PinnedHTTPConnection(http.client.HTTPConnection):
     def __init__(self, host: str, port: int, address: IPAddress, timeout: float) -> None:
         super().__init__(host, port, timeout=timeout)
         self.address = address
+        #: The socket this connection opened, kept after http.client lets go of it (see Cutoff).
+        self.opened: socket.socket | None = None
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((str(self.address), self.port), self.timeout)
+        self.sock = self.opened = socket.create_connection((str(self.address), self.port), self.timeout)
 
 
 class PinnedHTTPSConnection(PinnedHTTPConnection):
@@ -74,4 +78,4 @@ class PinnedHTTPSConnection(PinnedHTTPConnection):
     def connect(self) -> None:
         super().connect()  # self.sock is the plain socket meanwhile: a cutoff can shut it
         # SNI and the certificate check are for the name the user gave, not the address.
-        self.sock = self.tls.wrap_socket(self.sock, server_hostname=self.host)
+        self.sock = self.opened = self.tls.wrap_socket(self.sock, server_hostname=self.host)
