@@ -134,14 +134,13 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     settings = app_settings()
     limits = _limits(settings)  # before the body is parsed: a client over its quota costs no staging
     fields = form_fields(request.files, request.form)
-    image_url = _image_url(fields, settings)
     uploads = request.files.getlist("file")
-    if image_url is not None:
+    if any(fields.getlist("image_url")):
         if uploads:
             raise BadRequest("send the image as the field 'file' or its address as 'image_url', not both")
         job = accept_url(
             _intake(),
-            image_url,
+            _image_url(fields, settings),
             parse_submission(fields, settings),
             owner=g.get("owner"),
             bucket=limits["bucket"],
@@ -182,12 +181,10 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     return jsonify(body), 202, headers
 
 
-def _image_url(fields: MultiDict, settings: Settings) -> str | None:
+def _image_url(fields: MultiDict, settings: Settings) -> str:
     """The ``image_url`` field, vetted by the SSRF guard (parsed and resolved, never connected to:
     the worker fetches it); an empty one is absent, as for every field."""
     given = [value for value in fields.getlist("image_url") if value]
-    if not given:
-        return None
     if len(given) > 1:
         raise BadRequest("submit takes one image_url; submit each image on its own")
     return check_url(given[0], settings.webhook_allow_private, UnsafeImageURL)
