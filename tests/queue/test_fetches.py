@@ -219,3 +219,22 @@ def test_a_refused_connection_is_transient():
     with pytest.raises(FetchFailed, match="could not connect \\(ConnectionRefusedError\\)") as failed:
         fetch(f"http://127.0.0.1:{port}/x.jpg")
     assert not failed.value.permanent
+
+
+def test_the_address_reached_is_judged_again_at_connect_time(monkeypatch):
+    """Should the network deliver the connection elsewhere than the vetted address (a transparent
+    proxy, a NAT), the peer the socket reached is checked too: a private one is refused."""
+    real = socket.create_connection
+    with ImageServer({"/a.jpg": Page(body=JPEG)}) as server:
+        monkeypatch.setattr(
+            socket, "create_connection", lambda address, *a, **k: real(("127.0.0.1", server.port), *a, **k)
+        )
+        resolve = lambda host, port: ["93.184.216.34"]  # noqa: E731
+        with pytest.raises(FetchFailed, match="reached an address that is not public") as failed:
+            download(
+                f"http://images.example:{server.port}/a.jpg",
+                Sink(),
+                limits(allow_private=False),
+                resolve=resolve,
+            )
+    assert failed.value.permanent and server.hits == []
