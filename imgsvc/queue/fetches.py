@@ -37,7 +37,7 @@ from typing import BinaryIO
 from urllib.parse import urljoin
 
 from imgsvc.config import Settings
-from imgsvc.errors import EmptyFile, FileTooLarge, ImageTooLarge, UnsupportedImage
+from imgsvc.errors import EmptyFile, ImageTooLarge, UnsupportedImage
 from imgsvc.images import ImageInfo, inspect_image
 from imgsvc.outbound_urls import (
     IPAddress,
@@ -118,8 +118,8 @@ def fetch_image(
     try:
         download(url, staging, limits, resolve=resolve, tls=tls)
         staged = staging.staged()
-    except (FileTooLarge, EmptyFile) as exc:
-        raise FetchFailed(f"the server sent no image: {exc.message}", permanent=True) from None
+    except EmptyFile:  # (past MAX_FILE_SIZE, download() has stopped already)
+        raise FetchFailed("the server answered with an empty body", permanent=True) from None
     finally:
         staging.close()
     try:

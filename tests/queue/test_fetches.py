@@ -238,3 +238,12 @@ def test_the_address_reached_is_judged_again_at_connect_time(monkeypatch):
                 resolve=resolve,
             )
     assert failed.value.permanent and server.hits == []
+
+
+def test_an_empty_body_fails_for_good(tmp_path):
+    store = LocalUploadStore(tmp_path / "uploads", LIMIT)
+    settings = Settings(webhook_allow_private=True, max_file_size=LIMIT)
+    with ImageServer({"/empty": Page(body=b"")}) as server, pytest.raises(FetchFailed) as failed:
+        fetch_image(server.url("/empty"), store, settings)
+    assert str(failed.value) == "fetch_failed: the server answered with an empty body"
+    assert failed.value.permanent
