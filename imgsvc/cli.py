@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -92,10 +93,15 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
 
 
 @main.command()
-@click.argument(
-    "paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--url", default="http://localhost:8000", show_default=True, help="Base URL of the server.")
+@click.option(
+    "--image-url",
+    "image_urls",
+    multiple=True,
+    metavar="URL",
+    help="An image for the server's worker to fetch (instead of a file; repeatable).",
+)
 @click.option(
     "--wait/--no-wait",
     default=True,
@@ -114,21 +120,32 @@ def describe(paths: tuple[Path, ...], model: str | None, as_json: bool, batch_si
     "--model", default=None, help="The model to run (GET /api/v1/models lists them; default: the server's)."
 )
 def submit(
-    paths: tuple[Path, ...], url: str, wait: bool, timeout: float, api_key: str | None, model: str | None
+    paths: tuple[Path, ...],
+    url: str,
+    image_urls: tuple[str, ...],
+    wait: bool,
+    timeout: float,
+    api_key: str | None,
+    model: str | None,
 ) -> None:
-    """Submit image files to a running server and print the results as JSON lines.
+    """Submit image files (or image URLs, --image-url) to a running server and print the results
+    as JSON lines.
 
-    The exit status is 1 when the server refused any file or any job failed.
+    The exit status is 1 when the server refused any image or any job failed.
     """
     import requests
 
+    if not paths and not image_urls:
+        raise click.UsageError("name image files, or image URLs with --image-url")
+    images = [Source("file", str(path), path) for path in paths]
+    images += [Source("image_url", image_url) for image_url in image_urls]
     base = url.rstrip("/")
     session = requests.Session()
     if api_key:
         session.headers["X-API-Key"] = api_key
     fields = {"model": model} if model else {}
     try:
-        failed = _submit_and_wait(session, base, paths, wait, timeout, fields)
+        failed = _submit_and_wait(session, base, images, wait, timeout, fields)
     except requests.ConnectionError as exc:
         raise click.ClickException(
             f"cannot reach the server at {base}: nothing answers there "
@@ -139,31 +156,49 @@ def submit(
     except requests.RequestException as exc:  # a malformed --url, mostly
         raise click.ClickException(f"cannot use the server URL {url!r}: {exc}") from exc
     if failed:
-        raise click.ClickException(f"{failed} of {len(paths)} file(s) could not be described")
+        what = "file(s)" if not image_urls else "image(s)"
+        raise click.ClickException(f"{failed} of {len(images)} {what} could not be described")
 
 
 #: The longest wait asked of the server per request (its MAX_WAIT may cut it shorter).
 WAIT_CAP = 60
 
 
+@dataclass(frozen=True)
+class Source:
+    """One image to submit: a file sent as ``file``, or a URL sent as ``image_url``."""
+
+    field: str  # "file" or "image_url": also the key that names it in each printed line
+    name: str
+    path: Path | None = None
+
+    def post(self, session: Any, base: str, fields: dict[str, str]) -> Any:
+        if self.path is None:
+            return session.post(f"{base}/api/v1/submit", data=fields | {"image_url": self.name}, timeout=60)
+        with self.path.open("rb") as fh:
+            files = {"file": (self.path.name, fh)}
+            return session.post(f"{base}/api/v1/submit", files=files, data=fields, timeout=60)
+
+    @property
+    def label(self) -> dict[str, str]:
+        return {self.field: self.name}
+
+
 def _submit_and_wait(
-    session: Any, base: str, paths: tuple[Path, ...], wait: bool, timeout: float, fields: dict[str, str]
+    session: Any, base: str, images: list[Source], wait: bool, timeout: float, fields: dict[str, str]
 ) -> int:
-    """Print one JSON line per file (refused, queued or finished); return how many failed.
+    """Print one JSON line per image (refused, queued or finished); return how many failed.
 
     A 429 or 503 is the server asking to come back later: the file is sent again, or the poll
     repeated, after its Retry-After, so a rate limit delays the run instead of losing jobs. Every
     line about an accepted job carries its ``job_id``, even when the run gives up on it.
     """
     failed = 0
-    ids: dict[str, Path] = {}
+    ids: dict[str, Source] = {}
     deadline = time.monotonic() + timeout
-    for path in paths:
+    for image in images:
         while True:
-            with path.open("rb") as fh:
-                response = session.post(
-                    f"{base}/api/v1/submit", files={"file": (path.name, fh)}, data=fields, timeout=60
-                )
+            response = image.post(session, base, fields)
             delay = _retry_after(response)
             if delay is None or time.monotonic() + delay > deadline:
                 break
@@ -172,16 +207,16 @@ def _submit_and_wait(
         body = _json_of(response)
         if response.status_code != 202:
             failed += 1
-            click.echo(json.dumps({"file": str(path), "http_status": response.status_code} | body))
+            click.echo(json.dumps(image.label | {"http_status": response.status_code} | body))
             continue
-        ids[body["job_id"]] = path
+        ids[body["job_id"]] = image
         if not wait:
-            click.echo(json.dumps({"file": str(path)} | body))
+            click.echo(json.dumps(image.label | body))
     deadline = max(deadline, time.monotonic() + 1)
     while wait and ids and time.monotonic() < deadline:
         held = False
         pause = 0.5
-        for job_id, path in list(ids.items()):
+        for job_id, image in list(ids.items()):
             # The server holds the request until the job ends (Prefer: wait, up to its MAX_WAIT);
             # the next jobs have mostly ended by then and answer at once.
             seconds = max(1, min(round(deadline - time.monotonic()), WAIT_CAP))
@@ -195,13 +230,13 @@ def _submit_and_wait(
             held |= "Preference-Applied" in response.headers
             if response.status_code != 202:
                 failed += response.status_code != 200
-                click.echo(json.dumps({"file": str(path), "job_id": job_id} | _json_of(response)))
+                click.echo(json.dumps(image.label | {"job_id": job_id} | _json_of(response)))
                 del ids[job_id]
         if ids and not held:  # a server that did not wait (busy, older, or rate-limiting): poll gently
             time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
     if wait and ids:
-        for job_id, path in ids.items():
-            click.echo(json.dumps({"file": str(path), "job_id": job_id, "status": "unfinished"}))
+        for job_id, image in ids.items():
+            click.echo(json.dumps(image.label | {"job_id": job_id, "status": "unfinished"}))
         raise click.ClickException(f"{len(ids)} job(s) did not finish within {timeout:.0f} s")
     return failed
 

@@ -57,6 +57,8 @@ POSITIVE = (
     "s3_timeout",
     "s3_cooldown",
     "web_header_timeout",
+    "image_url_connect_timeout",
+    "image_url_timeout",
 )
 
 
@@ -113,6 +115,10 @@ class Settings:
     webhook_workers: int = field(default=4, metadata={"env": "WEBHOOK_WORKERS"})
     #: Deliveries to one host and port queued or running at once; the rest wait their turn.
     webhook_per_host: int = field(default=2, metadata={"env": "WEBHOOK_PER_HOST"})
+    #: An ``image_url`` job's fetch (by the worker): seconds for one connect, and for the whole
+    #: fetch (every redirect, connect and byte of the body) before it fails as ``fetch_failed``.
+    image_url_connect_timeout: int = field(default=5, metadata={"env": "IMAGE_URL_CONNECT_TIMEOUT"})
+    image_url_timeout: int = field(default=30, metadata={"env": "IMAGE_URL_TIMEOUT"})
     # storage
     database_url: str = field(default="", metadata={"env": "DATABASE_URL"})
     # queue

@@ -2,7 +2,8 @@
 
 The use case behind ``POST /api/v1/jobs/<id>/retry``: a failed or cancelled job whose image is
 still stored goes back to queued with its ``attempt`` one higher and its last outcome cleared, and
-is enqueued again under its own id. Anything else is a 409 that says why.
+is enqueued again under its own id; an ``image_url`` job whose image was never fetched (or was
+removed) fetches it again. Anything else is a 409 that says why.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def retry_job(settings: Settings, queue: Queue, uploads: UploadStore, job: jobs.
             f"only a failed or cancelled job can be retried, and this one is {job.status}",
             status_now=job.status,
         )
-    if not uploads.exists(job.upload_name):
+    refetch = job.upload_name is None and job.image_url is not None  # the worker fetches it again
+    if not refetch and not uploads.exists(job.upload_name):
         raise Conflict(
             "this job's image is no longer stored (an image that cannot be decoded is deleted when its "
             "job fails, and every image after UPLOAD_RETENTION); submit it again instead"

@@ -166,6 +166,31 @@ def accept_upload(
     return _store_and_enqueue(intake, staged, info, row, route, bucket)
 
 
+def accept_url(
+    intake: Intake,
+    image_url: str,
+    submission: Submission,
+    *,
+    owner: str | None = None,
+    bucket: str | None = None,
+) -> Accepted:
+    """Record and enqueue a job whose image the worker fetches from ``image_url`` (already vetted:
+    :func:`imgsvc.outbound_urls.check_url`); nothing is fetched here.
+
+    No dedupe: the bytes are unknown until the worker has them, and the worker runs the model on
+    them whatever an earlier job found. A quota ``bucket`` is charged the job, not its bytes (a
+    fetched image is at most MAX_FILE_SIZE, counted by no one).
+    """
+    route = model_route(intake, submission.model)
+    check_supported(route.model, submission.options)
+    if bucket is not None:
+        charge_quota(intake.redis, intake.settings, bucket, 0)
+    row = _row_fields(None, None, submission, owner=owner, batch_id=None, filename=None)
+    row["queue"] = None if route.is_default else route.queue.name
+    row["image_url"] = image_url
+    return _enqueue_row(intake, row, route, bucket, size=0)
+
+
 def _stage_and_check(
     intake: Intake,
     stream: BinaryIO,
@@ -199,21 +224,22 @@ def model_route(intake: Intake, model: str | None) -> Route:
 
 
 def _row_fields(
-    staged: StagedUpload,
-    info: ImageInfo,
+    staged: StagedUpload | None,
+    info: ImageInfo | None,
     submission: Submission,
     *,
     owner: str | None,
     batch_id: str | None,
     filename: str | None,
 ) -> dict[str, Any]:
-    """The job row's columns that a cached answer and a queued job share."""
+    """The job row's columns that a cached answer and a queued job share; without an image yet
+    (an ``image_url`` job), its columns are empty until the worker has fetched it."""
     return {
-        "image_format": info.format,
-        "width": info.width,
-        "height": info.height,
-        "size_bytes": staged.size,
-        "sha256": staged.sha256,
+        "image_format": info.format if info else "",
+        "width": info.width if info else 0,
+        "height": info.height if info else 0,
+        "size_bytes": staged.size if staged else 0,
+        "sha256": staged.sha256 if staged else "",
         "options": submission.options or None,
         "callback_url": submission.callback_url,
         # NULL is the default, ``completed`` alone: rows written before the column mean that too.
@@ -257,12 +283,20 @@ def _store_and_enqueue(
 ) -> Accepted:
     """Keep the upload, insert a queued row, enqueue it; a failed step undoes the earlier ones."""
     name = intake.uploads.commit(staged, info.extension)
+    return _enqueue_row(intake, row | {"upload_name": name}, route, bucket, staged.size)
+
+
+def _enqueue_row(
+    intake: Intake, row: dict[str, Any], route: Route, bucket: str | None, size: int
+) -> Accepted:
+    """Insert a queued row and enqueue it; if either fails, the row, its stored upload (if any)
+    and the quota charge are undone."""
     try:
-        job_id = jobs.insert_job(**row, upload_name=name)["id"]
+        job_id = jobs.insert_job(**row)["id"]
     except BaseException:
-        intake.uploads.delete(name)
+        intake.uploads.delete(row.get("upload_name"))
         if bucket is not None:
-            refund_quota(intake.redis, intake.settings, bucket, 1, staged.size)
+            refund_quota(intake.redis, intake.settings, bucket, 1, size)
         raise
     try:
         enqueue_describe(
@@ -275,9 +309,9 @@ def _store_and_enqueue(
         )
     except ImgsvcError:
         jobs.delete_job(job_id)
-        intake.uploads.delete(name)
+        intake.uploads.delete(row.get("upload_name"))
         if bucket is not None:
-            refund_quota(intake.redis, intake.settings, bucket, 1, staged.size)
+            refund_quota(intake.redis, intake.settings, bucket, 1, size)
         raise
     return Accepted(job_id, jobs.Status.QUEUED)
 

@@ -71,7 +71,10 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/security/test_webhook_delivery.py",
         FEATURES,
     ],
-    "imgsvc/callback_urls.py": [
+    "imgsvc/queue/fetches.py": ["tests/queue/test_fetches.py", "tests/integration/test_image_urls.py"],
+    "imgsvc/outbound_urls.py": [
+        "tests/core/test_outbound_urls.py",
+        "tests/queue/test_fetches.py",
         "tests/queue/test_webhooks.py",
         "tests/security/test_webhook_delivery.py",
         FEATURES,

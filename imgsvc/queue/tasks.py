@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from flask import current_app
@@ -27,8 +27,10 @@ from rq.timeouts import BaseTimeoutException
 
 from imgsvc.config import Settings
 from imgsvc.decoding import DecoderPool
+from imgsvc.errors import StorageUnavailable
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue.connection import waiting_key
+from imgsvc.queue.fetches import FetchFailed, fetch_image
 from imgsvc.queue.prefetch import ImageLoader, PermanentJobError
 from imgsvc.queue.webhooks import enqueue_delivery
 from imgsvc.storage import jobs
@@ -182,6 +184,10 @@ class _Run:
             except UnsupportedOption as exc:
                 self.rejected[job_id] = str(exc)
                 continue
+            if claim.upload_name is None and claim.image_url:
+                claim = self._fetch(claim)
+                if claim is None:
+                    continue
             if claim.upload_name is None:
                 self.rejected[job_id] = "the job has no uploaded file"
                 continue
@@ -199,6 +205,35 @@ class _Run:
                 group[2].append(image)
         for options, ids, group_images in groups.values():
             self._forward(options, ids, group_images)
+
+    def _fetch(self, claim: jobs.Claim) -> jobs.Claim | None:
+        """An ``image_url`` job's image, fetched and stored as an upload (:mod:`imgsvc.queue.fetches`),
+        or None with the job's failure noted: for good, or for this try (the fetch may work later).
+        A fetched image is kept: a retry after a later step failed does not fetch it again."""
+        try:
+            fetched = fetch_image(claim.image_url or "", self.runtime.uploads, self.runtime.settings)
+        except FetchFailed as exc:
+            if exc.permanent:
+                self.rejected[claim.id] = str(exc)
+            else:
+                self.failures[claim.id] = exc
+            return None
+        except StorageUnavailable as exc:
+            self.failures[claim.id] = exc
+            return None
+        info = fetched.info
+        jobs.record_image(
+            claim.id,
+            upload_name=fetched.upload_name,
+            image_format=info.format,
+            width=info.width,
+            height=info.height,
+            size_bytes=fetched.size,
+            sha256=fetched.sha256,
+        )
+        log.info("image fetched", extra={"job_id": claim.id, "size_bytes": fetched.size})
+        self.claims[claim.id] = replace(claim, upload_name=fetched.upload_name)
+        return self.claims[claim.id]
 
     def _forward(self, options: dict[str, Any], ids: list[str], images: list[Any]) -> None:
         """One forward pass; if it fails, one image at a time, so a bad image fails only its job."""
@@ -299,7 +334,8 @@ def _failed_for_good(
 
 def _record_failure(runtime: WorkerRuntime, claim: jobs.Claim, exc: BaseException, retried: bool) -> None:
     """Mirror RQ's retry decision in the row: queued again with the error, or failed for good."""
-    reason = f"{type(exc).__name__}: {exc}"
+    # A fetch failure's text already starts with its code (fetch_failed: ...), as the API shows it.
+    reason = str(exc) if isinstance(exc, FetchFailed) else f"{type(exc).__name__}: {exc}"
     if not retried:
         _failed_for_good(runtime, claim, reason)
         return

@@ -7,7 +7,7 @@ so a plain ``rq worker imgsvc-webhooks`` runs it.
 
 Why it is built this way (server-side request forgery):
 
-- **One parser.** ``imgsvc/callback_urls.py``'s ``parse_callback_url`` is the only code that
+- **One parser.** ``imgsvc/outbound_urls.py``'s ``parse_url`` is the only code that
   reads a callback URL, at submit (the web side imports it from there) and at delivery; the
   HTTP client is handed its result (address, port, host name, path), never the URL. Its
   grammar is narrow on purpose: http(s), a plain host (a DNS name of letters, digits and
@@ -36,15 +36,12 @@ Why it is built this way (server-side request forgery):
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import http.client
 import json
 import logging
-import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -54,16 +51,17 @@ from rq import Queue, Retry, get_current_job
 from rq.rate_limit import RateLimit
 
 from imgsvc import logs
-from imgsvc.callback_urls import (
-    CallbackURL,
+from imgsvc.config import Settings
+from imgsvc.outbound_urls import (
     IPAddress,
+    OutboundURL,
     Resolver,
     UnsafeCallbackURL,
     parse_callback_url,
     resolve_host,
     vetted_addresses,
 )
-from imgsvc.config import Settings
+from imgsvc.queue.pinned_http import Cutoff, pinned_connection
 
 log = logging.getLogger("imgsvc.webhooks")
 
@@ -122,7 +120,7 @@ def deliver(
 
 
 def post_signed(
-    url: CallbackURL,
+    url: OutboundURL,
     body: bytes,
     signature: str,
     allow_private: bool,
@@ -157,7 +155,7 @@ def post_signed(
 
 
 def _post(
-    url: CallbackURL,
+    url: OutboundURL,
     addresses: Iterable[IPAddress],
     body: bytes,
     headers: dict[str, str],
@@ -175,8 +173,8 @@ def _post(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        connection = _connection_to(url, address, tls, min(TIMEOUT_S, remaining))
-        with _Cutoff(connection, deadline) as cutoff:
+        connection = pinned_connection(url, address, tls, min(TIMEOUT_S, remaining))
+        with Cutoff(connection, deadline) as cutoff:
             try:
                 connection.connect()
             except OSError as exc:
@@ -202,65 +200,6 @@ def _post(
             "webhook delivery failed: the receiver did not answer within the delivery deadline"
         ) from None
     raise WebhookDeliveryFailed(f"webhook delivery failed: {type(failure).__name__}") from None
-
-
-class _Cutoff:
-    """Shuts the connection's socket down at ``deadline``, unblocking whatever read or write
-    waits on it: per-read timeouts alone let a receiver that drips a byte at a time hold an
-    attempt for as long as it likes."""
-
-    def __init__(self, connection: http.client.HTTPConnection, deadline: float) -> None:
-        self.connection = connection
-        self.cut = False
-        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._cut)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Cutoff:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-
-    def _cut(self) -> None:
-        self.cut = True
-        sock = self.connection.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):  # the plain socket's shutdown, under TLS too
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-def _connection_to(
-    url: CallbackURL, address: IPAddress, tls: ssl.SSLContext | None, timeout: float
-) -> http.client.HTTPConnection:
-    """An http.client connection whose socket goes to ``address`` while it speaks to ``url.host``."""
-    if url.scheme == "https":
-        return _PinnedHTTPSConnection(
-            url.host, url.port, address, timeout, tls or ssl.create_default_context()
-        )
-    return _PinnedHTTPConnection(url.host, url.port, address, timeout)
-
-
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, host: str, port: int, address: IPAddress, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self.address = address
-
-    def connect(self) -> None:
-        self.sock = socket.create_connection((str(self.address), self.port), self.timeout)
-
-
-class _PinnedHTTPSConnection(_PinnedHTTPConnection):
-    default_port = http.client.HTTPS_PORT
-
-    def __init__(self, host: str, port: int, address: IPAddress, timeout: float, tls: ssl.SSLContext) -> None:
-        super().__init__(host, port, address, timeout)
-        self.tls = tls
-
-    def connect(self) -> None:
-        super().connect()  # self.sock is the plain socket meanwhile: a cutoff can shut it
-        # SNI and the certificate check are for the name the user gave, not the address.
-        self.sock = self.tls.wrap_socket(self.sock, server_hostname=self.host)
 
 
 def _give_up() -> None:

@@ -78,6 +78,9 @@ class Job(db.Model):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     status: Mapped[str] = mapped_column(String(16), index=True, default=Status.QUEUED)
     upload_name: Mapped[str | None] = mapped_column(String(64))
+    #: Where the worker fetches the image from (submitted with ``image_url``, not a file); until
+    #: it has, ``upload_name`` is NULL and the image columns are empty ("" and 0).
+    image_url: Mapped[str | None] = mapped_column(String(2048))
     #: The client's name for the file, sanitised (uploads.client_filename); shown back, never a path.
     filename: Mapped[str | None] = mapped_column(String(255))
     image_format: Mapped[str] = mapped_column(String(8))
@@ -239,6 +242,8 @@ class Claim:
     callback_url: str | None
     #: The moments that POST to ``callback_url``: ``start`` is the worker's to send on claiming.
     webhooks: tuple[str, ...] = ("completed",)
+    #: Set for an ``image_url`` job: fetched first while ``upload_name`` is None.
+    image_url: str | None = None
 
 
 # The submit's and the worker's statements, built once: composing a statement costs more than
@@ -256,7 +261,12 @@ _CLAIM = (
         attempts=_TABLE.c.attempts + 1,
     )
     .returning(
-        _TABLE.c.id, _TABLE.c.upload_name, _TABLE.c.options, _TABLE.c.callback_url, _TABLE.c.webhook_events
+        _TABLE.c.id,
+        _TABLE.c.upload_name,
+        _TABLE.c.options,
+        _TABLE.c.callback_url,
+        _TABLE.c.webhook_events,
+        _TABLE.c.image_url,
     )
 )
 _PEEK = select(_TABLE.c.id, _TABLE.c.upload_name).where(
@@ -303,6 +313,7 @@ def claim_jobs(
                 dict(row.options or {}),
                 row.callback_url,
                 webhook_moments(row.webhook_events),
+                row.image_url,
             )
             for row in rows
         }
@@ -368,6 +379,13 @@ def finish_jobs(
             note_change(db.session(), row["job_id"], row["status"])
     db.session.commit()
     return written
+
+
+def record_image(job_id: str, **image: Any) -> bool:
+    """An ``image_url`` job's fetched image, stored: its upload name and image columns, as a
+    submit records an upload's. Only while the job runs (a cancelled job's result is discarded
+    anyway, and its orphaned upload is swept by ``flask prune``)."""
+    return _transition(job_id, (Status.PROCESSING,), **image)
 
 
 def mark_retrying(job_id: str, error: str) -> bool:
@@ -467,12 +485,13 @@ def reopen_failed(job_ids: Sequence[str]) -> tuple[list[str], list[str]]:
     """Failed jobs among ``job_ids`` back to queued (a fresh start: no error, no attempts), those
     whose upload is still there; and the failed ones whose upload retention already removed."""
     failed = db.session.execute(
-        select(_TABLE.c.id, _TABLE.c.upload_name).where(
+        select(_TABLE.c.id, _TABLE.c.upload_name, _TABLE.c.image_url).where(
             _TABLE.c.id.in_(job_ids), _TABLE.c.status == Status.FAILED
         )
     ).all()
-    gone = [row.id for row in failed if row.upload_name is None]
-    reopened = [row.id for row in failed if row.upload_name is not None]
+    # An image_url job that has no upload yet fetches it again.
+    gone = [row.id for row in failed if row.upload_name is None and row.image_url is None]
+    reopened = [row.id for row in failed if row.id not in gone]
     if reopened:
         db.session.execute(
             update(_TABLE)

@@ -20,9 +20,9 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from werkzeug.datastructures import FileStorage, MultiDict
 
-from imgsvc.callback_urls import check_callback_url
 from imgsvc.config import Settings, app_settings
 from imgsvc.errors import BadRequest, ImgsvcError, MissingFile, NotFound, ServiceUnavailable
+from imgsvc.outbound_urls import UnsafeImageURL, check_callback_url, check_url
 from imgsvc.queue.routing import ModelRegistry
 from imgsvc.quotas import check_quota
 from imgsvc.retries import retry_job
@@ -34,6 +34,7 @@ from imgsvc.submissions import (
     Intake,
     Submission,
     accept_upload,
+    accept_url,
     checked_model,
     checked_option,
     model_route,
@@ -46,7 +47,7 @@ from imgsvc.web.waits import event_stream, preferred_wait, wait_for
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_key)
 
-FORM_FIELDS = {"file", "callback_url", "webhook_events", "options", "model", *OPTION_SPECS}
+FORM_FIELDS = {"file", "image_url", "callback_url", "webhook_events", "options", "model", *OPTION_SPECS}
 
 
 def parse_submission(form: MultiDict, settings: Settings) -> Submission:
@@ -132,24 +133,38 @@ def _limits(settings: Settings) -> dict[str, Any]:
 def submit() -> tuple[Response, int, dict[str, str]]:
     settings = app_settings()
     limits = _limits(settings)  # before the body is parsed: a client over its quota costs no staging
+    fields = form_fields(request.files, request.form)
     uploads = request.files.getlist("file")
-    if not uploads:
-        raise MissingFile("send the image as the multipart form field 'file'")
-    if len(uploads) > 1:
-        raise BadRequest(
-            f"submit takes one file and this request has {len(uploads)}; "
-            "send several files to POST /api/v1/batch instead",
-            batch_url=url_for("api.submit_batch"),
+    if any(fields.getlist("image_url")):
+        if uploads:
+            raise BadRequest("send the image as the field 'file' or its address as 'image_url', not both")
+        job = accept_url(
+            _intake(),
+            _image_url(fields, settings),
+            parse_submission(fields, settings),
+            owner=g.get("owner"),
+            bucket=limits["bucket"],
         )
-    upload = uploads[0]
-    job = accept_upload(
-        _intake(),
-        upload.stream,
-        parse_submission(form_fields(request.files, request.form), settings),
-        owner=g.get("owner"),
-        filename=client_filename(upload.filename),
-        **limits,
-    )
+    else:
+        if not uploads:
+            raise MissingFile(
+                "send the image as the multipart form field 'file' (or its address as the field 'image_url')"
+            )
+        if len(uploads) > 1:
+            raise BadRequest(
+                f"submit takes one file and this request has {len(uploads)}; "
+                "send several files to POST /api/v1/batch instead",
+                batch_url=url_for("api.submit_batch"),
+            )
+        upload = uploads[0]
+        job = accept_upload(
+            _intake(),
+            upload.stream,
+            parse_submission(fields, settings),
+            owner=g.get("owner"),
+            filename=client_filename(upload.filename),
+            **limits,
+        )
     g.job_id = job.id
     headers = {"Location": url_for("api.status", job_id=job.id), "Vary": "Prefer"}
     seconds = preferred_wait(request.headers.get("Prefer"), settings)
@@ -166,6 +181,15 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     return jsonify(body), 202, headers
 
 
+def _image_url(fields: MultiDict, settings: Settings) -> str:
+    """The ``image_url`` field, vetted by the SSRF guard (parsed and resolved, never connected to:
+    the worker fetches it); an empty one is absent, as for every field."""
+    given = [value for value in fields.getlist("image_url") if value]
+    if len(given) > 1:
+        raise BadRequest("submit takes one image_url; submit each image on its own")
+    return check_url(given[0], settings.webhook_allow_private, UnsafeImageURL)
+
+
 @bp.post("/batch")
 @idempotent
 def submit_batch() -> tuple[Response, int]:
@@ -178,7 +202,10 @@ def submit_batch() -> tuple[Response, int]:
         raise MissingFile("send the images as repeated multipart form fields 'file'")
     if len(uploads) > settings.max_batch_files:
         raise BadRequest(f"at most {settings.max_batch_files} files per batch")
-    submission = parse_submission(form_fields(request.files, request.form), settings)
+    fields = form_fields(request.files, request.form)
+    if any(fields.getlist("image_url")):
+        raise BadRequest("a batch takes files only; submit each image_url on its own to POST /api/v1/submit")
+    submission = parse_submission(fields, settings)
     intake = _intake()
     model_route(intake, submission.model)  # a model nobody serves refuses the batch, not each file
     batch_id = jobs.new_id()

@@ -15,6 +15,7 @@ from werkzeug.serving import make_server
 
 from imgsvc.cli import main
 from tests.conftest import image_bytes
+from tests.image_server import ImageServer, Page
 from tests.loopback import SITE_DIR
 
 
@@ -95,6 +96,27 @@ def test_submit_talks_to_a_running_server(app, photos, run_worker):
         assert json.loads(other.stdout)["error"]["code"] == "unknown_model" and other.exit_code == 1
     finally:
         server.shutdown()
+
+
+def test_submit_sends_image_urls_for_the_worker_to_fetch(app, settings, client, run_worker):
+    app.config["IMGSVC"] = settings.with_(webhook_allow_private=True)  # the image server is on loopback
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        with ImageServer({"/a.png": Page(body=image_bytes("PNG"))}) as images:
+            args = ["submit", "--no-wait", "--url", url, "--image-url", images.url("/a.png")]
+            result = CliRunner().invoke(main, [*args, "--image-url", "ftp://example.com/b.png"])
+            run_worker()
+    finally:
+        server.shutdown()
+    queued, refused = (json.loads(line) for line in result.stdout.splitlines())
+    assert queued["image_url"] == images.url("/a.png") and queued["status"] == "queued"
+    assert refused["image_url"] == "ftp://example.com/b.png" and refused["http_status"] == 422
+    assert refused["error"]["code"] == "invalid_image_url"
+    assert result.exit_code == 1 and "1 of 2 image(s) could not be described" in result.stderr
+    assert client.get(f"/api/v1/result/{queued['job_id']}").get_json()["status"] == "done"
+    assert CliRunner().invoke(main, ["submit", "--url", url]).exit_code == 2  # neither files nor URLs
 
 
 def test_submit_sends_the_api_key_a_keyed_server_needs(settings, photos, tiny_describer, monkeypatch):

@@ -1,7 +1,7 @@
 """Issue 26's features through what production runs: gunicorn with gunicorn.conf.py, a real worker
 (the tiny model, slowed to 1.5 s a batch so a job is seen processing), the webhook worker, and a
 real nginx rendered from deploy/nginx.conf.template in front: waits, event streams, the CLI's wait,
-retries, idempotent submits and webhook events.
+retries, idempotent submits, webhook events and images by URL.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import requests
 
 from imgsvc.config import PROJECT_ROOT
 from tests.conftest import TEST_REDIS_URL, empty_owned_db, image_bytes
+from tests.image_server import ImageServer, Page
 from tests.integration.procs import (
     NGINX,
     free_port,
@@ -316,3 +317,21 @@ def test_webhook_events_start_and_completed_reach_the_receiver_signed(served):
     assert all(json.loads(body)["job_id"] == job_id for _, body in received)
     for signature, body in received:
         assert signature == "sha256=" + hmac.new(b"live", body, hashlib.sha256).hexdigest()
+
+
+@needs_nginx
+def test_an_image_url_is_fetched_by_the_real_worker_and_described(served):
+    """gunicorn only vets the URL; the worker process fetches it (from this test, on loopback)."""
+    png = image_bytes("PNG", size=(32, 24), color=(3, 250, 9))
+    with ImageServer({"/live.png": Page(body=png)}) as images:
+        response = requests.post(
+            f"{served.proxy}/api/v1/submit",
+            data={"image_url": images.url("/live.png")},
+            headers={"Prefer": "wait=60"},
+            timeout=90,
+        )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "done" and body["image_description"]
+    assert body["image"] == {"format": "PNG", "width": 32, "height": 24}
+    assert images.hits == ["/live.png"] and images.requests[0]["User-Agent"] == "imgsvc-fetch"

@@ -160,7 +160,8 @@ def test_every_command_shown_exists_as_written(page, docs_app):
         elif "/" in command:
             assert (PROJECT_ROOT / command).exists(), command
         elif command == "curl":
-            method = "DELETE" if "DELETE" in args else "POST" if "-F" in args else "GET"
+            posts = {"-F", "-d", "--data"} & set(args)  # curl POSTs a form with any of these
+            method = "DELETE" if "DELETE" in args else "POST" if posts else "GET"
             url = next(a for a in args if re.match(r"(https?://)?(localhost|127\.0\.0\.1):8000", a))
             path = re.sub(r"^(https?://)?[^/]+", "", url).split("?")[0] or "/"
             path = re.sub(r"\{\w+\}|0b6f\.\.\.", "0" * 32, path)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from imgsvc.callback_urls import (
+from imgsvc.outbound_urls import (
     UnsafeCallbackURL,
     check_callback_url,
     embedded_ipv4,

@@ -17,8 +17,8 @@ import pytest
 from rq import Queue, SimpleWorker
 from rq.job import JobStatus
 
-from imgsvc.callback_urls import check_callback_url, parse_callback_url
 from imgsvc.config import Settings
+from imgsvc.outbound_urls import check_callback_url, parse_callback_url
 from imgsvc.queue import webhooks
 from imgsvc.queue.webhooks import (
     SIGNATURE_HEADER,

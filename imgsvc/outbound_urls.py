@@ -1,10 +1,13 @@
-"""Callback URLs: the one parser and the address vetting, used at submit and at delivery.
+"""URLs the service connects to: the one parser and the address vetting (the SSRF guard).
 
-The web side checks a ``callback_url`` when a job is submitted (:func:`check_callback_url`)
-and the webhook delivery (``queue/webhooks.py``) parses and vets it again before connecting
-(DNS may have changed); both import this module, so the URL is read by the same code on both
-sides and the address connected to is one this code judged. Why the grammar is so narrow and
-which IPv6 forms count as their IPv4: see ``queue/webhooks.py``'s docstring.
+Two kinds of URL come from clients and are connected to later by a worker: a job's
+``callback_url`` (the webhook delivery, ``queue/webhooks.py``) and its ``image_url`` (the
+image fetch, ``queue/fetches.py``). The web side checks either when a job is submitted
+(:func:`check_url`) and the worker parses and vets it again before connecting (DNS may have
+changed); all of them import this module, so a URL is read by the same code on both sides
+and the address connected to is one this code judged. The refusal's class says which field
+it was about (:class:`UnsafeCallbackURL`, :class:`UnsafeImageURL`). Why the grammar is so
+narrow and which IPv6 forms count as their IPv4: see ``queue/webhooks.py``'s docstring.
 """
 
 from __future__ import annotations
@@ -37,13 +40,28 @@ _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 _IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 
 
-class UnsafeCallbackURL(BadRequest):
+class UnsafeURL(BadRequest):
+    """A URL refused by the guard; a subclass names the field (its messages start with it)."""
+
+    field = "url"
+
+
+class UnsafeCallbackURL(UnsafeURL):
     code = "invalid_callback_url"
+    field = "callback_url"
+
+
+class UnsafeImageURL(UnsafeURL):
+    """422: the request is well formed, but the service will not fetch from there."""
+
+    status = 422
+    code = "invalid_image_url"
+    field = "image_url"
 
 
 @dataclass(frozen=True)
-class CallbackURL:
-    """A callback URL as the one parser read it; the HTTP client gets these parts, not the URL."""
+class OutboundURL:
+    """A URL as the one parser read it; the HTTP client gets these parts, not the URL."""
 
     scheme: str
     host: str  # lower-case DNS name, or an IP address without brackets
@@ -52,50 +70,56 @@ class CallbackURL:
     address: IPAddress | None  # set when the host is an IP literal: nothing to resolve
 
 
-def parse_callback_url(url: str) -> CallbackURL:
-    """Read a callback URL, or refuse it with a message that does not quote it."""
+def parse_url(url: str, refuse: type[UnsafeURL] = UnsafeCallbackURL) -> OutboundURL:
+    """Read a URL, or raise ``refuse`` with a message that names its field and does not quote it."""
+    name = refuse.field
     if len(url) > MAX_URL_LENGTH:
-        raise UnsafeCallbackURL(f"callback_url is longer than {MAX_URL_LENGTH} characters")
+        raise refuse(f"{name} is longer than {MAX_URL_LENGTH} characters")
     if not _URL_CHARACTERS.fullmatch(url):
-        raise UnsafeCallbackURL(
-            "callback_url may only contain URL characters (RFC 3986): no spaces, backslashes, "
+        raise refuse(
+            f"{name} may only contain URL characters (RFC 3986): no spaces, backslashes, "
             "quotes, angle brackets, control or non-ASCII characters"
         )
     try:
         parts = urlsplit(url)
     except ValueError:  # it validates bracketed hosts itself: http://[::1::2]/
-        raise UnsafeCallbackURL("callback_url has a malformed host") from None
+        raise refuse(f"{name} has a malformed host") from None
     scheme = parts.scheme.lower()
     if scheme not in {"http", "https"} or not parts.netloc:
-        raise UnsafeCallbackURL("callback_url must be an absolute http:// or https:// URL")
+        raise refuse(f"{name} must be an absolute http:// or https:// URL")
     if "@" in parts.netloc:
-        raise UnsafeCallbackURL("callback_url must not carry a user name or password")
+        raise refuse(f"{name} must not carry a user name or password")
     netloc = _NETLOC.fullmatch(parts.netloc)
     if netloc is None:
-        raise UnsafeCallbackURL("callback_url has a malformed host or port")
-    host, address = _parse_host(netloc["host"])
+        raise refuse(f"{name} has a malformed host or port")
+    host, address = _parse_host(netloc["host"], refuse)
     port = int(netloc["port"]) if netloc["port"] else (443 if scheme == "https" else 80)
     if not 1 <= port <= 65535:
-        raise UnsafeCallbackURL("callback_url has a port outside 1-65535")
+        raise refuse(f"{name} has a port outside 1-65535")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return CallbackURL(scheme, host, port, target, address)
+    return OutboundURL(scheme, host, port, target, address)
 
 
-def _parse_host(raw: str) -> tuple[str, IPAddress | None]:
+def parse_callback_url(url: str) -> OutboundURL:
+    return parse_url(url, UnsafeCallbackURL)
+
+
+def _parse_host(raw: str, refuse: type[UnsafeURL]) -> tuple[str, IPAddress | None]:
+    name = refuse.field
     if raw.startswith("["):
         try:
             address = ipaddress.IPv6Address(raw[1:-1])
         except ValueError:
-            raise UnsafeCallbackURL("callback_url has a malformed IPv6 address") from None
+            raise refuse(f"{name} has a malformed IPv6 address") from None
         return str(address), address
     host = raw.lower()
     if not _HOSTNAME.fullmatch(host):
-        raise UnsafeCallbackURL("callback_url host must be a DNS name or an IP address")
+        raise refuse(f"{name} host must be a DNS name or an IP address")
     if _NUMERIC_LABEL.fullmatch(host.rstrip(".").rsplit(".", 1)[-1]):
         try:  # only the plain dotted quad: no octal, hex, short or integer forms
             address = ipaddress.IPv4Address(host)
         except ValueError:
-            raise UnsafeCallbackURL("callback_url has a malformed IPv4 address") from None
+            raise refuse(f"{name} has a malformed IPv4 address") from None
         return str(address), address
     return host, None
 
@@ -137,29 +161,45 @@ def resolve_host(host: str, port: int) -> list[str]:
 
 
 def vetted_addresses(
-    url: CallbackURL, allow_private: bool, resolve: Resolver = resolve_host
+    url: OutboundURL,
+    allow_private: bool,
+    resolve: Resolver = resolve_host,
+    refuse: type[UnsafeURL] = UnsafeCallbackURL,
 ) -> list[IPAddress]:
     """Resolve once; every address must be public unless ``allow_private`` (development)."""
+    name = refuse.field
     if url.address is not None:
         addresses: list[IPAddress] = [url.address]
     else:
         try:
             addresses = [ipaddress.ip_address(a) for a in resolve(url.host, url.port)]
         except (OSError, UnicodeError, ValueError):
-            raise UnsafeCallbackURL("callback_url host does not resolve") from None
+            raise refuse(f"{name} host does not resolve") from None
         if not addresses:
-            raise UnsafeCallbackURL("callback_url host does not resolve")
+            raise refuse(f"{name} host does not resolve")
     if not allow_private and not all(is_public(a) for a in addresses):
-        raise UnsafeCallbackURL(
-            "callback_url resolves to an address that is not public "
+        raise refuse(
+            f"{name} resolves to an address that is not public "
             "(WEBHOOK_ALLOW_PRIVATE=true allows loopback and private addresses, for development)"
         )
     return addresses
 
 
-def check_callback_url(url: str, allow_private: bool, resolve: Resolver = resolve_host) -> str:
-    """At submit: refuse now what delivery would refuse (it checks again: DNS may change)."""
-    parsed = parse_callback_url(url)
+def check_url(
+    url: str,
+    allow_private: bool,
+    refuse: type[UnsafeURL] = UnsafeCallbackURL,
+    resolve: Resolver = resolve_host,
+) -> str:
+    """At submit: refuse now what the worker would refuse (it checks again: DNS may change).
+
+    Nothing is connected to: the host is only resolved (and not even that with ``allow_private``).
+    """
+    parsed = parse_url(url, refuse)
     if not allow_private:
-        vetted_addresses(parsed, allow_private, resolve)
+        vetted_addresses(parsed, allow_private, resolve, refuse)
     return url
+
+
+def check_callback_url(url: str, allow_private: bool, resolve: Resolver = resolve_host) -> str:
+    return check_url(url, allow_private, UnsafeCallbackURL, resolve)
