@@ -119,6 +119,9 @@ class Settings:
     #: fetch (every redirect, connect and byte of the body) before it fails as ``fetch_failed``.
     image_url_connect_timeout: int = field(default=5, metadata={"env": "IMAGE_URL_CONNECT_TIMEOUT"})
     image_url_timeout: int = field(default=30, metadata={"env": "IMAGE_URL_TIMEOUT"})
+    #: Lets ``image_url`` reach loopback and private addresses: development and tests only. Apart
+    #: from WEBHOOK_ALLOW_PRIVATE, so a local webhook receiver never opens the worker's own network.
+    image_url_allow_private: bool = field(default=False, metadata={"env": "IMAGE_URL_ALLOW_PRIVATE"})
     # storage
     database_url: str = field(default="", metadata={"env": "DATABASE_URL"})
     # queue

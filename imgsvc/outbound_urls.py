@@ -44,6 +44,8 @@ class UnsafeURL(BadRequest):
     """A URL refused by the guard; a subclass names the field (its messages start with it)."""
 
     field = "url"
+    #: The development setting that lifts the address check for this field (named in refusals).
+    allowance = "WEBHOOK_ALLOW_PRIVATE"
 
 
 class UnsafeCallbackURL(UnsafeURL):
@@ -57,6 +59,7 @@ class UnsafeImageURL(UnsafeURL):
     status = 422
     code = "invalid_image_url"
     field = "image_url"
+    allowance = "IMAGE_URL_ALLOW_PRIVATE"
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ def vetted_addresses(
     if not allow_private and not all(is_public(a) for a in addresses):
         raise refuse(
             f"{name} resolves to an address that is not public "
-            "(WEBHOOK_ALLOW_PRIVATE=true allows loopback and private addresses, for development)"
+            f"({refuse.allowance}=true allows loopback and private addresses, for development)"
         )
     return addresses
 

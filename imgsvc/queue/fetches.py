@@ -87,7 +87,7 @@ class FetchLimits:
             settings.max_file_size,
             settings.image_url_connect_timeout,
             settings.image_url_timeout,
-            settings.webhook_allow_private,
+            settings.image_url_allow_private,
         )
 
 

@@ -187,7 +187,7 @@ def _image_url(fields: MultiDict, settings: Settings) -> str:
     given = [value for value in fields.getlist("image_url") if value]
     if len(given) > 1:
         raise BadRequest("submit takes one image_url; submit each image on its own")
-    return check_url(given[0], settings.webhook_allow_private, UnsafeImageURL)
+    return check_url(given[0], settings.image_url_allow_private, UnsafeImageURL)
 
 
 @bp.post("/batch")

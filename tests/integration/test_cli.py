@@ -99,7 +99,7 @@ def test_submit_talks_to_a_running_server(app, photos, run_worker):
 
 
 def test_submit_sends_image_urls_for_the_worker_to_fetch(app, settings, client, run_worker):
-    app.config["IMGSVC"] = settings.with_(webhook_allow_private=True)  # the image server is on loopback
+    app.config["IMGSVC"] = settings.with_(image_url_allow_private=True)  # the image server is on loopback
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}"

@@ -1,7 +1,7 @@
 """Images by URL (issue 26): submit ``image_url`` -> the real worker fetches it from a loopback
 server -> the same checks and model as an upload; refusals at submit and ``fetch_failed`` jobs.
 
-The server is on 127.0.0.1, so the private-address allowance (WEBHOOK_ALLOW_PRIVATE) is on
+The server is on 127.0.0.1, so the private-address allowance (IMAGE_URL_ALLOW_PRIVATE) is on
 wherever a fetch should succeed; the refusals are tested with it off.
 """
 
@@ -31,7 +31,7 @@ def submit_url(client, url: str, **fields):
 @pytest.fixture()
 def allowed(app, settings):
     """Loopback may be fetched (the allowance is on), and RQ retries a failure twice."""
-    app.config["IMGSVC"] = settings.with_(webhook_allow_private=True, task_max_retries=2)
+    app.config["IMGSVC"] = settings.with_(image_url_allow_private=True, task_max_retries=2)
 
 
 def test_an_image_url_is_fetched_by_the_worker_and_described(client, app, settings, run_worker, allowed):
@@ -72,6 +72,15 @@ def test_a_private_address_is_refused_at_submit_with_422_and_nothing_queued(
     error = response.get_json()["error"]
     assert error["code"] == "invalid_image_url" and "not public" in error["message"]
     assert row_count(app) == 0 and app.task_queue.count == 0
+
+
+def test_the_webhook_allowance_does_not_open_image_urls(client, app, settings):
+    """A local webhook receiver (WEBHOOK_ALLOW_PRIVATE) must not let clients reach the worker's network."""
+    app.config["IMGSVC"] = settings.with_(webhook_allow_private=True)
+    response = submit_url(client, "http://127.0.0.1:6379/")
+    assert response.status_code == 422
+    assert "IMAGE_URL_ALLOW_PRIVATE=true" in response.get_json()["error"]["message"]
+    assert row_count(app) == 0
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/a.jpg", "file:///etc/passwd", "not a url"])

@@ -73,6 +73,7 @@ def served(tmp_path_factory, owned_redis, tiny_model_dir) -> Iterator[Served]:
         "LOG_LEVEL": "DEBUG",  # the web log's line per request (polls at DEBUG) is what the CLI test counts
         "LOG_FORMAT": "json",
         "WEBHOOK_ALLOW_PRIVATE": "true",  # the receiver is this test, on loopback
+        "IMAGE_URL_ALLOW_PRIVATE": "true",  # and so is the image server
         "WEBHOOK_SECRET": "live",
     }
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{web_port}"]

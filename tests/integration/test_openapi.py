@@ -182,8 +182,8 @@ def test_api_keys_answer_as_documented(app, conforms):
 
 @pytest.fixture()
 def settings(settings):
-    """No DNS look-ups for the fuzzer's made-up callback_url hosts."""
-    return settings.with_(webhook_allow_private=True)
+    """No DNS look-ups for the fuzzer's made-up callback_url and image_url hosts."""
+    return settings.with_(webhook_allow_private=True, image_url_allow_private=True)
 
 
 @pytest.fixture()

@@ -82,7 +82,7 @@ def no_connect_except_loopback(monkeypatch):
 
 def test_the_image_is_fetched_checked_and_stored_like_an_upload(tmp_path):
     store = LocalUploadStore(tmp_path / "uploads", LIMIT)
-    settings = Settings(webhook_allow_private=True, max_file_size=LIMIT)
+    settings = Settings(image_url_allow_private=True, max_file_size=LIMIT)
     with ImageServer({"/cat.jpg": Page(body=JPEG + b"trailing padding")}) as server:
         fetched = fetch_image(server.url("/cat.jpg"), store, settings)
     assert (fetched.info.format, fetched.info.width, fetched.info.height) == ("JPEG", 64, 48)
@@ -150,7 +150,7 @@ def test_the_first_url_is_vetted_again_in_the_worker(no_connect_except_loopback)
 def test_a_body_past_max_file_size_is_cut_there_while_streaming(tmp_path):
     """No Content-Length, and the server would send for ever: reading stops one byte past the limit."""
     store = LocalUploadStore(tmp_path / "uploads", LIMIT)
-    settings = Settings(webhook_allow_private=True, max_file_size=LIMIT, image_url_timeout=20)
+    settings = Settings(image_url_allow_private=True, max_file_size=LIMIT, image_url_timeout=20)
     with (
         ImageServer({"/huge.jpg": Page(body=JPEG, endless=True)}) as server,
         pytest.raises(FetchFailed, match=f"larger than MAX_FILE_SIZE \\({LIMIT} bytes\\)") as failed,
@@ -189,7 +189,7 @@ def test_a_slow_server_without_a_length_is_not_taken_for_a_complete_body():
 
 def test_a_body_that_is_not_an_image_fails_for_good(tmp_path):
     store = LocalUploadStore(tmp_path / "uploads", LIMIT)
-    settings = Settings(webhook_allow_private=True, max_file_size=LIMIT)
+    settings = Settings(image_url_allow_private=True, max_file_size=LIMIT)
     with (
         ImageServer({"/page": Page(body=b"<html><body>hello</body></html>")}) as server,
         pytest.raises(FetchFailed, match="not an image that can be described: the file is") as failed,
@@ -242,7 +242,7 @@ def test_the_address_reached_is_judged_again_at_connect_time(monkeypatch):
 
 def test_an_empty_body_fails_for_good(tmp_path):
     store = LocalUploadStore(tmp_path / "uploads", LIMIT)
-    settings = Settings(webhook_allow_private=True, max_file_size=LIMIT)
+    settings = Settings(image_url_allow_private=True, max_file_size=LIMIT)
     with ImageServer({"/empty": Page(body=b"")}) as server, pytest.raises(FetchFailed) as failed:
         fetch_image(server.url("/empty"), store, settings)
     assert str(failed.value) == "fetch_failed: the server answered with an empty body"
