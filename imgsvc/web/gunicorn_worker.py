@@ -5,16 +5,19 @@ with blocking reads: a client that sends its headers a byte at a time (slowloris
 thread for as long as it likes, and 40 of them took ``make run``'s gunicorn (4 threads) offline.
 Here a thread only takes what has arrived, without waiting; until the blank line that ends the
 head is in, the connection goes back to gunicorn's poller, costing no thread. A head that is
-not complete ``WEB_HEADER_TIMEOUT`` seconds after its first byte was awaited is dropped.
+not complete ``WEB_HEADER_TIMEOUT`` seconds after its first byte was awaited is dropped, whether
+more bytes arrive or not: the poller's sweep of deferred connections (once a second) closes it.
 
-It relies on gthread's private ``_DEFER`` answer and its parser's ``unreader``;
-``tests/web/test_gunicorn_worker.py`` pins both.
+It relies on gthread's private ``_DEFER`` answer, its parser's ``unreader``, and how its poller
+loop keeps deferred connections (``finish_request`` appends them to ``pending_conns``, which
+``murder_pending`` sweeps in order); ``tests/web/test_gunicorn_worker.py`` pins them.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Future
 from typing import Any
 
 from gunicorn.workers.gthread import _DEFER, ThreadWorker
@@ -44,6 +47,32 @@ class HeadFirstWorker(ThreadWorker):
             return gathered
         return super().handle(conn)
 
+    def finish_request(self, conn: Any, fs: Future) -> None:
+        """gthread's, except that a dropped head is closed at once and a deferred one is swept at
+        its deadline. Runs on the poller's thread."""
+        if conn.__dict__.pop("imgsvc_head_dropped", False):
+            # Nothing was answered, so there is no response for gthread's graceful close to
+            # protect, and that close lingers up to 2 s on this thread: 40 heads dropped at once
+            # held the poller (accepts, every other connection) for 80 s, one close at a time.
+            self.nr_conns -= 1
+            conn.close()
+            return
+        super().finish_request(conn, fs)
+        if "imgsvc_head_since" in conn.__dict__ and self.pending_conns and self.pending_conns[-1] is conn:
+            # gthread gave it keepalive seconds from now, renewed at every byte: a head that
+            # trickles in, or stops, outlived its deadline.
+            self._defer_until(conn, min(conn.timeout, conn.imgsvc_head_since + self.header_timeout))
+
+    def _defer_until(self, conn: Any, deadline: float) -> None:
+        """Move ``conn`` (last in ``pending_conns``) to its place by ``deadline``: gthread's sweep
+        stops at the first connection not yet due, so the queue must stay in deadline order."""
+        self.pending_conns.pop()
+        conn.timeout = deadline
+        place = len(self.pending_conns)
+        while place and self.pending_conns[place - 1].timeout > deadline:
+            place -= 1
+        self.pending_conns.insert(place, conn)
+
     def _gather_head(self, conn: Any) -> Any:
         """True once the head is in (handed to the parser), _DEFER to wait, False to close."""
         head: bytearray = conn.__dict__.setdefault("imgsvc_head", bytearray())
@@ -53,11 +82,13 @@ class HeadFirstWorker(ThreadWorker):
             while b"\r\n\r\n" not in head and len(head) <= MAX_HEAD:
                 chunk = conn.sock.recv(16384)
                 if not chunk:
+                    conn.imgsvc_head_dropped = True
                     return False  # the client went away
                 head += chunk
         except (BlockingIOError, InterruptedError):
             if time.monotonic() - started > self.header_timeout:
                 self.log.debug("request head not complete in %s s; connection closed", self.header_timeout)
+                conn.imgsvc_head_dropped = True
                 return False
             return _DEFER
         finally:
