@@ -65,7 +65,7 @@ def test_the_dashboard_service_boots_with_the_shared_gunicorn_conf(monkeypatch):
 
 def answer_ok(environ: dict, start_response) -> list[bytes]:
     """The WSGI app the live tests below serve: the worker, not the app, is under test."""
-    start_response("200 OK", [("Content-Type", "text/plain")])
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]
 
 
@@ -177,11 +177,12 @@ def test_deferred_heads_are_swept_in_deadline_order():
     """A head deferred late with an early deadline is closed at it, not behind a connection whose
     deadline is later (gthread's sweep stops at the first connection not yet due)."""
     worker = object.__new__(HeadFirstWorker)  # the poller loop's state only, no process
-    worker.cfg = SimpleNamespace(keepalive=5)
+    worker.cfg = SimpleNamespace(keepalive=5, is_ssl=False)
     worker.alive = True
     worker.header_timeout = 10.0
     worker.poller = selectors.DefaultSelector()
     worker.pending_conns = deque()
+    worker.lingering = deque()
     worker.nr_conns = 2
     pairs = [socket.socketpair() for _ in range(2)]
     try:
@@ -205,3 +206,24 @@ def test_deferred_heads_are_swept_in_deadline_order():
         for server, client in pairs:
             server.close()
             client.close()
+
+
+def test_clients_that_keep_their_socket_open_after_a_closing_answer_hold_up_no_one(web_port):
+    """10 requests with ``Connection: close`` whose clients never close: each gets its whole answer
+    and the server's FIN, and a normal request meanwhile is answered at once (before: ~2 s per such
+    client, gthread's graceful close lingering on the poller's thread; 11.5 s for 10)."""
+    lingering = [socket.create_connection(("127.0.0.1", web_port), timeout=5) for _ in range(10)]
+    try:
+        for sock in lingering:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        for sock in lingering:
+            answer = b""
+            while chunk := sock.recv(1024):  # to the server's FIN
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\nok"), answer
+        started = time.monotonic()
+        assert _answers(web_port)
+        assert time.monotonic() - started < 1.0
+    finally:
+        for sock in lingering:
+            sock.close()
