@@ -63,8 +63,9 @@ class HeadFirstWorker(ThreadWorker):
         return super().handle(conn)
 
     def finish_request(self, conn: Any, fs: Future) -> None:
-        """gthread's, except that a dropped head is closed at once and a deferred one is swept at
-        its deadline. Runs on the poller's thread."""
+        """gthread's, except that a dropped head is closed at once, a connection closed after its
+        answer lingers on the poller, and a deferred head is swept at its deadline. Runs on the
+        poller's thread, so nothing here may wait."""
         if conn.__dict__.pop("imgsvc_head_dropped", False):
             # Nothing was answered, so there is no response for gthread's graceful close to
             # protect, and that close lingers up to 2 s on this thread: 40 heads dropped at once
