@@ -53,7 +53,15 @@ WORK = ROOT / ".mutate"
 MUTMUT = Path(sys.executable).with_name("mutmut")
 
 API = "tests/integration/test_api.py"
-FEATURES = "tests/integration/test_features.py"
+#: what was tests/integration/test_features.py, split by concern
+FEATURES = [
+    "tests/integration/test_batch_submits.py",
+    "tests/integration/test_listing_and_cancel.py",
+    "tests/integration/test_job_options.py",
+    "tests/integration/test_dedupe.py",
+    "tests/integration/test_job_webhooks.py",
+    "tests/integration/test_api_keys_and_rate_limits.py",
+]
 BATCHING = "tests/integration/test_batching.py"
 OPS = "tests/integration/test_ops.py"
 FAULTS = "tests/integration/test_faults.py"
@@ -62,14 +70,14 @@ LIMITS = "tests/integration/test_request_limits.py"  # other hosts' workers: onl
 
 #: module -> the test files that exercise its guarantees (the whole list runs once, clean, first).
 MODULE_TESTS: dict[str, list[str]] = {
-    "imgsvc/queue/connection.py": [API, FEATURES, OPS, FAULTS],
-    "imgsvc/queue/tasks.py": [API, FEATURES, BATCHING, FAULTS],
+    "imgsvc/queue/connection.py": [API, *FEATURES, OPS, FAULTS],
+    "imgsvc/queue/tasks.py": [API, *FEATURES, BATCHING, FAULTS],
     "imgsvc/queue/worker.py": [API, BATCHING, FAULTS],
     "imgsvc/queue/reaper.py": [FAULTS, LIVENESS, OPS],
     "imgsvc/queue/webhooks.py": [
         "tests/queue/test_webhooks.py",
         "tests/security/test_webhook_delivery.py",
-        FEATURES,
+        *FEATURES,
     ],
     "imgsvc/queue/fetches.py": ["tests/queue/test_fetches.py", "tests/integration/test_image_urls.py"],
     "imgsvc/outbound_urls.py": [
@@ -77,10 +85,10 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/queue/test_fetches.py",
         "tests/queue/test_webhooks.py",
         "tests/security/test_webhook_delivery.py",
-        FEATURES,
+        *FEATURES,
     ],
     "imgsvc/results.py": ["tests/core/test_results.py", API, "tests/integration/test_job_rows.py"],
-    "imgsvc/storage/jobs.py": [API, FEATURES, BATCHING, OPS, FAULTS],
+    "imgsvc/storage/jobs.py": [API, *FEATURES, BATCHING, OPS, FAULTS],
     "imgsvc/storage/uploads.py": [
         "tests/storage/test_uploads.py",
         API,
@@ -88,9 +96,9 @@ MODULE_TESTS: dict[str, list[str]] = {
     ],
     "imgsvc/storage/retention.py": [OPS],
     "imgsvc/storage/db.py": [OPS, "tests/security/test_infrastructure_faults.py"],
-    "imgsvc/web/api.py": [API, FEATURES, BATCHING, LIMITS],
-    "imgsvc/submissions.py": ["tests/core/test_submissions.py", API, FEATURES, BATCHING, LIMITS],
-    "imgsvc/web/auth.py": [FEATURES, LIMITS],
+    "imgsvc/web/api.py": [API, *FEATURES, BATCHING, LIMITS],
+    "imgsvc/submissions.py": ["tests/core/test_submissions.py", API, *FEATURES, BATCHING, LIMITS],
+    "imgsvc/web/auth.py": [*FEATURES, LIMITS],
     "imgsvc/images.py": ["tests/core/test_images.py", API, LIMITS],
     "imgsvc/quotas.py": [LIMITS],
     "imgsvc/web/health.py": [LIMITS, OPS],

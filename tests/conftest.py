@@ -290,6 +290,10 @@ def image_bytes(
     return buf.getvalue()
 
 
+def open_rgb(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
 @pytest.fixture(scope="session")
 def scan_bomb() -> bytes:
     """The security review's 1.8 MB progressive JPEG: one AC scan repeated 20,000 times (42 s to decode)."""

@@ -7,9 +7,8 @@ import io
 
 import pytest
 
-from tests.conftest import image_bytes, worker_env
+from tests.conftest import image_bytes, open_rgb, worker_env
 from tests.integration.test_api import run_worker_script
-from tests.integration.test_features import open_rgb
 
 
 def submit(client, **fields: str) -> tuple[int, dict]:
