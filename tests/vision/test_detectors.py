@@ -25,7 +25,7 @@ from imgsvc.vision.graphs.compiler import compile_graph
 from imgsvc.vision.graphs.graphdef import load_graphdef
 from imgsvc.vision.scene.blazeface import FaceDetector
 from imgsvc.vision.scene.boxes import nms
-from imgsvc.vision.scene.centernet import ObjectDetector, decode
+from imgsvc.vision.scene.centernet import CLASS_THRESHOLDS, SCORE_THRESHOLD, ObjectDetector, decode
 from imgsvc.vision.scene.emotion import EmotionClassifier, face_crops
 from imgsvc.vision.scene.ssd_person import GRAPH_FILE, NMS_IOU, PersonDetector, decode_boxes, ssd_anchors
 
@@ -179,8 +179,24 @@ def test_object_detector_names_what_is_in_photos(object_detector: ObjectDetector
     (astronaut,) = found["astronaut"]
     assert astronaut.box.x1 < 0.1 and 0.6 < astronaut.box.x2 < 0.8 and astronaut.box.y2 > 0.95
     for detections in found.values():
-        assert all(d.score >= 0.3 for d in detections)
+        assert all(d.score >= min(SCORE_THRESHOLD, CLASS_THRESHOLDS.get(d.label, 1.0)) for d in detections)
         assert all(0 <= v <= 1 for d in detections for v in (d.box.x1, d.box.y1, d.box.x2, d.box.y2))
+
+
+def test_a_class_with_a_lower_threshold_is_reported_from_it_and_no_other() -> None:
+    """A heat map with a "sports ball" and a "kite" peak at 0.25: only the ball is reported."""
+    labels = ObjectDetector(lambda batch: None).labels  # type: ignore[arg-type]
+    ball, kite = labels.index("sports ball"), labels.index("kite")
+    assert CLASS_THRESHOLDS["sports ball"] <= 0.25 < SCORE_THRESHOLD
+
+    def heads(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        heatmap = torch.zeros(len(batch), 128, 128, 80)
+        heatmap[:, 40, 40, ball] = 0.25
+        heatmap[:, 90, 90, kite] = 0.25
+        return heatmap, torch.full((len(batch), 128, 128, 4), 8.0)
+
+    (found,) = ObjectDetector(heads).detect([photo("chelsea")])  # type: ignore[arg-type]
+    assert [(d.label, round(d.score, 2)) for d in found] == [("sports ball", 0.25)]
 
 
 # --- BlazeFace (TF.js graph model)

@@ -35,12 +35,11 @@ from imgsvc.vision.base import (
 )
 from imgsvc.vision.classifier.describer import BuiltinDescriber
 from imgsvc.vision.scene.blazeface import FaceDetector
-from imgsvc.vision.scene.centernet import ObjectDetector
+from imgsvc.vision.scene.centernet import ObjectDetector, class_threshold
 from imgsvc.vision.scene.emotion import EmotionClassifier
 from imgsvc.vision.scene.sentences import (
     COCO_NOUNS,
     FACE_INSIDE,
-    OBJECT_SCORE,
     Evidence,
     compose_scene,
     inside,
@@ -138,7 +137,8 @@ def needs_crop(detection: Detection, whole: Sequence[Tag]) -> bool:
     their own name (the motorcycle, the cup of espresso): each crop is one more classifier pass.
     """
     noun = COCO_NOUNS.get(detection.label, (detection.label, "object"))[0]
-    if noun == "person" or detection.score < OBJECT_SCORE or detection.box.area >= WHOLE_IMAGE:
+    weak = detection.score < class_threshold(detection.label)
+    if noun == "person" or weak or detection.box.area >= WHOLE_IMAGE:
         return False
     confirmed = weigh_object(detection, whole)
     return confirmed is None or not confirmed.sure or confirmed.noun != noun
