@@ -255,4 +255,6 @@ def _answer(
         if size > limits.max_bytes:  # one byte past the limit: nothing more is read
             raise too_large
         into.write(chunk)
+    if response.length:  # http.client ends a body cut short of its Content-Length without a word
+        raise http.client.IncompleteRead(b"", response.length)
     return None

@@ -247,3 +247,14 @@ def test_an_empty_body_fails_for_good(tmp_path):
         fetch_image(server.url("/empty"), store, settings)
     assert str(failed.value) == "fetch_failed: the server answered with an empty body"
     assert failed.value.permanent
+
+
+def test_a_body_cut_short_of_its_content_length_is_not_taken_for_the_image():
+    """The connection closes after half the declared length (a reset, a server that dies): the fetch
+    fails this try and is retried, instead of a truncated image being stored and described."""
+    half = JPEG[: len(JPEG) // 2]
+    page = Page(body=half, length=False, headers={"Content-Length": str(len(JPEG))})
+    with ImageServer({"/cut.jpg": page}) as server, pytest.raises(FetchFailed) as failed:
+        fetch(server.url("/cut.jpg"))
+    assert str(failed.value) == "fetch_failed: the connection failed (IncompleteRead)"
+    assert not failed.value.permanent
