@@ -197,3 +197,17 @@ def test_an_idempotency_key_replays_an_image_url_submit(client, app, allowed):
     assert first.status_code == again.status_code == 202
     assert again.get_json()["job_id"] == first.get_json()["job_id"] and row_count(app) == 1
     assert other.status_code == 422 and other.get_json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_the_bytes_quota_counts_an_image_url_job_as_max_file_size(client, app, settings):
+    """The fetch may store up to MAX_FILE_SIZE, unknown at submit: a bytes quota counts that much,
+    so URLs are no way round QUOTA_BYTES_PER_DAY (without a jobs quota, nothing else would bound it)."""
+    app.config["IMGSVC"] = settings.with_(
+        image_url_allow_private=True, quota_bytes_per_day=settings.max_file_size * 2
+    )
+    accepted = [submit_url(client, f"http://127.0.0.1:9/{n}.jpg").status_code for n in range(2)]
+    refused = submit_url(client, "http://127.0.0.1:9/2.jpg")
+    assert accepted == [202, 202]
+    assert refused.status_code == 429
+    assert "bytes of uploads is used up" in refused.get_json()["error"]["message"]
+    assert row_count(app) == 2
