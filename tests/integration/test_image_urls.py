@@ -211,3 +211,22 @@ def test_the_bytes_quota_counts_an_image_url_job_as_max_file_size(client, app, s
     assert refused.status_code == 429
     assert "bytes of uploads is used up" in refused.get_json()["error"]["message"]
     assert row_count(app) == 2
+
+
+def test_slow_urls_in_a_batch_cost_it_one_image_url_timeout_not_one_each(client, app, settings, run_worker):
+    """A batch's images are fetched side by side: four URLs that drip for ever end together after
+    IMAGE_URL_TIMEOUT (1 s). One after another they would take 4 s, past JOB_TIMEOUT (3 s), and
+    another client's upload in the same batch would fail with them."""
+    app.config["IMGSVC"] = settings.with_(
+        image_url_allow_private=True, batch_size=5, image_url_timeout=1, job_timeout=3, task_max_retries=0
+    )
+    drip = Page(body=JPEG, chunk=1, drip=0.2)
+    with ImageServer({f"/slow{n}.jpg": drip for n in range(4)}) as server:
+        slow = [submit_url(client, server.url(f"/slow{n}.jpg")).get_json()["job_id"] for n in range(4)]
+        upload = client.post(
+            "/api/v1/submit", data={"file": (io.BytesIO(JPEG), "a.jpg")}, content_type="multipart/form-data"
+        ).get_json()["job_id"]
+        run_worker()
+    assert client.get(f"/api/v1/status/{upload}").get_json()["status"] == "done"
+    errors = {client.get(f"/api/v1/status/{job_id}").get_json()["error"] for job_id in slow}
+    assert errors == {"fetch_failed: no complete answer within IMAGE_URL_TIMEOUT (1 s)"}
