@@ -186,7 +186,7 @@ class _Run:
                 self.rejected[job_id] = str(exc)
                 continue
             checked.append(job_id)
-        self._fetch_all([self.claims[i] for i in checked if self.claims[i].upload_name is None])
+        self._fetch_all([c for i in checked if (c := self.claims[i]).upload_name is None and c.image_url])
         wanted: dict[str, jobs.Claim] = {}
         for job_id in checked:
             claim = self.claims[job_id]
@@ -210,11 +210,10 @@ class _Run:
         for options, ids, group_images in groups.values():
             self._forward(options, ids, group_images)
 
-    def _fetch_all(self, claims: list[jobs.Claim]) -> None:
+    def _fetch_all(self, urls: list[jobs.Claim]) -> None:
         """The ``image_url`` jobs' images, fetched side by side (:mod:`imgsvc.queue.fetches`): a
         batch of URLs whose servers drip takes one IMAGE_URL_TIMEOUT, not one each, which for a
         batch of BATCH_SIZE would pass JOB_TIMEOUT and fail the batch's other jobs with them."""
-        urls = [claim for claim in claims if claim.image_url]
         if not urls:
             return
         runtime = self.runtime
