@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -22,6 +23,8 @@ from urllib.parse import urlsplit
 from imgsvc.errors import BadRequest
 
 MAX_URL_LENGTH = 2048
+#: Seconds one name lookup may take (see :func:`resolve_host`).
+RESOLVE_TIMEOUT = 5.0
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: host, port -> the addresses it resolves to (injectable: tests never use real DNS)
@@ -159,8 +162,30 @@ def is_public(address: IPAddress) -> bool:
 
 
 def resolve_host(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+    """The host's addresses, or ``TimeoutError`` after :data:`RESOLVE_TIMEOUT` seconds.
+
+    ``getaddrinfo`` has no deadline: a name server that never answers (one a client runs for its
+    own domain) would hold the submit, or a hop of the worker's fetch past IMAGE_URL_TIMEOUT, for
+    as long as the system resolver retries. The lookup runs on a thread left to finish alone.
+    """
+    answer: list[list[str] | OSError | UnicodeError] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            answer.append(list(dict.fromkeys(str(info[4][0]) for info in infos)))
+        except (OSError, UnicodeError) as exc:
+            answer.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="imgsvc-resolve", daemon=True).start()
+    if not done.wait(RESOLVE_TIMEOUT):
+        raise TimeoutError(f"no answer from the resolver in {RESOLVE_TIMEOUT:g} s")
+    if isinstance(answer[0], Exception):
+        raise answer[0]
+    return answer[0]
 
 
 def vetted_addresses(

@@ -178,17 +178,19 @@ def accept_url(
     :func:`imgsvc.outbound_urls.check_url`); nothing is fetched here.
 
     No dedupe: the bytes are unknown until the worker has them, and the worker runs the model on
-    them whatever an earlier job found. A quota ``bucket`` is charged the job, not its bytes (a
-    fetched image is at most MAX_FILE_SIZE, counted by no one).
+    them whatever an earlier job found. A quota ``bucket`` is charged the job and MAX_FILE_SIZE
+    bytes, the most the fetch may store: the worker knows no bucket, and charging nothing would let
+    URLs round QUOTA_BYTES_PER_DAY.
     """
     route = model_route(intake, submission.model)
     check_supported(route.model, submission.options)
+    reserved = intake.settings.max_file_size
     if bucket is not None:
-        charge_quota(intake.redis, intake.settings, bucket, 0)
+        charge_quota(intake.redis, intake.settings, bucket, reserved)
     row = _row_fields(None, None, submission, owner=owner, batch_id=None, filename=None)
     row["queue"] = None if route.is_default else route.queue.name
     row["image_url"] = image_url
-    return _enqueue_row(intake, row, route, bucket, size=0)
+    return _enqueue_row(intake, row, route, bucket, size=reserved)
 
 
 def _stage_and_check(

@@ -13,7 +13,9 @@ connects. Here, as the job's first step:
 - **Bounded.** ``MAX_FILE_SIZE`` is enforced while the body streams in (reading stops one byte past
   it; a larger ``Content-Length`` is refused before the body), ``IMAGE_URL_CONNECT_TIMEOUT`` bounds
   each connect and ``IMAGE_URL_TIMEOUT`` the whole fetch, redirects included: a timer shuts the
-  socket down at that deadline, so a server that drips a byte at a time is cut there.
+  socket down at that deadline, so a server that drips a byte at a time is cut there (a batch's
+  fetches run side by side: ``tasks.py``). A body cut short of its ``Content-Length`` is a failed
+  try, not a complete image.
 - **The upload's checks.** The bytes land in a staging file of the upload store and go through
   the same header check (:func:`imgsvc.images.inspect_image`) and trimming as an upload; the
   worker's decoder limits then apply as to any upload.
@@ -255,4 +257,6 @@ def _answer(
         if size > limits.max_bytes:  # one byte past the limit: nothing more is read
             raise too_large
         into.write(chunk)
+    if response.length:  # http.client ends a body cut short of its Content-Length without a word
+        raise http.client.IncompleteRead(b"", response.length)
     return None

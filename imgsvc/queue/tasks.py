@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,7 +31,7 @@ from imgsvc.decoding import DecoderPool
 from imgsvc.errors import StorageUnavailable
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue.connection import waiting_key
-from imgsvc.queue.fetches import FetchFailed, fetch_image
+from imgsvc.queue.fetches import FetchedImage, FetchFailed, fetch_image
 from imgsvc.queue.prefetch import ImageLoader, PermanentJobError
 from imgsvc.queue.webhooks import enqueue_delivery
 from imgsvc.storage import jobs
@@ -177,17 +178,20 @@ class _Run:
     def describe(self, upcoming: Sequence[str]) -> None:
         """Read and decode the images (the next batch's decode queued behind), then the model."""
         describer = self.runtime.describer
-        wanted: dict[str, jobs.Claim] = {}
+        checked: list[str] = []
         for job_id, claim in self.claims.items():
             try:
                 describer.check_options(claim.options)
             except UnsupportedOption as exc:
                 self.rejected[job_id] = str(exc)
                 continue
-            if claim.upload_name is None and claim.image_url:
-                claim = self._fetch(claim)
-                if claim is None:
-                    continue
+            checked.append(job_id)
+        self._fetch_all([c for i in checked if (c := self.claims[i]).upload_name is None and c.image_url])
+        wanted: dict[str, jobs.Claim] = {}
+        for job_id in checked:
+            claim = self.claims[job_id]
+            if job_id in self.rejected or job_id in self.failures:  # its fetch failed
+                continue
             if claim.upload_name is None:
                 self.rejected[job_id] = "the job has no uploaded file"
                 continue
@@ -206,21 +210,36 @@ class _Run:
         for options, ids, group_images in groups.values():
             self._forward(options, ids, group_images)
 
-    def _fetch(self, claim: jobs.Claim) -> jobs.Claim | None:
-        """An ``image_url`` job's image, fetched and stored as an upload (:mod:`imgsvc.queue.fetches`),
-        or None with the job's failure noted: for good, or for this try (the fetch may work later).
-        A fetched image is kept: a retry after a later step failed does not fetch it again."""
-        try:
-            fetched = fetch_image(claim.image_url or "", self.runtime.uploads, self.runtime.settings)
-        except FetchFailed as exc:
-            if exc.permanent:
-                self.rejected[claim.id] = str(exc)
-            else:
-                self.failures[claim.id] = exc
-            return None
-        except StorageUnavailable as exc:
-            self.failures[claim.id] = exc
-            return None
+    def _fetch_all(self, urls: list[jobs.Claim]) -> None:
+        """The ``image_url`` jobs' images, fetched side by side (:mod:`imgsvc.queue.fetches`): a
+        batch of URLs whose servers drip takes one IMAGE_URL_TIMEOUT, not one each, which for a
+        batch of BATCH_SIZE would pass JOB_TIMEOUT and fail the batch's other jobs with them."""
+        if not urls:
+            return
+        runtime = self.runtime
+
+        def fetch(claim: jobs.Claim) -> FetchedImage | FetchFailed | StorageUnavailable:
+            try:
+                return fetch_image(claim.image_url or "", runtime.uploads, runtime.settings)
+            except (FetchFailed, StorageUnavailable) as exc:
+                return exc
+
+        with ThreadPoolExecutor(len(urls), thread_name_prefix="imgsvc-fetch") as pool:
+            fetched = list(pool.map(fetch, urls))
+        for claim, outcome in zip(urls, fetched, strict=True):
+            self._fetched(claim, outcome)
+
+    def _fetched(self, claim: jobs.Claim, outcome: FetchedImage | FetchFailed | StorageUnavailable) -> None:
+        """Record an ``image_url`` job's fetch (stored as an upload), or note its failure: for
+        good, or for this try (the fetch may work later). A fetched image is kept: a retry after
+        a later step failed does not fetch it again."""
+        if isinstance(outcome, FetchFailed) and outcome.permanent:
+            self.rejected[claim.id] = str(outcome)
+            return
+        if isinstance(outcome, Exception):
+            self.failures[claim.id] = outcome
+            return
+        fetched = outcome
         info = fetched.info
         jobs.record_image(
             claim.id,
@@ -233,7 +252,6 @@ class _Run:
         )
         log.info("image fetched", extra={"job_id": claim.id, "size_bytes": fetched.size})
         self.claims[claim.id] = replace(claim, upload_name=fetched.upload_name)
-        return self.claims[claim.id]
 
     def _forward(self, options: dict[str, Any], ids: list[str], images: list[Any]) -> None:
         """One forward pass; if it fails, one image at a time, so a bad image fails only its job."""

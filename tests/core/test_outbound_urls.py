@@ -4,9 +4,12 @@ URL and its resolved addresses alone; nothing is ever connected to."""
 from __future__ import annotations
 
 import socket
+import threading
+import time
 
 import pytest
 
+from imgsvc import outbound_urls
 from imgsvc.outbound_urls import UnsafeCallbackURL, UnsafeImageURL, check_url
 
 REFUSED_ADDRESSES = [
@@ -99,3 +102,23 @@ def test_callback_urls_keep_their_own_code_and_status(no_connections):
         check_url("http://10.0.0.1/hook", False, resolve=no_dns)
     assert (refused.value.status, refused.value.code) == (400, "invalid_callback_url")
     assert refused.value.message.startswith("callback_url resolves")
+
+
+def test_a_name_server_that_never_answers_is_given_up_on(monkeypatch, no_connections):
+    """getaddrinfo has no deadline of its own: a hostile name server would hold the submit (and
+    each hop of the worker's fetch) as long as the system resolver retries, past every timeout."""
+    released = threading.Event()
+
+    def hanging(*args, **kwargs):
+        released.wait(10)
+        raise socket.gaierror("Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    monkeypatch.setattr(outbound_urls, "RESOLVE_TIMEOUT", 0.2)
+    started = time.monotonic()
+    try:
+        with pytest.raises(UnsafeImageURL, match="image_url host does not resolve"):
+            check_url("http://slow-dns.example/cat.jpg", False, UnsafeImageURL)
+        assert time.monotonic() - started < 2
+    finally:
+        released.set()

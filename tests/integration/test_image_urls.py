@@ -197,3 +197,36 @@ def test_an_idempotency_key_replays_an_image_url_submit(client, app, allowed):
     assert first.status_code == again.status_code == 202
     assert again.get_json()["job_id"] == first.get_json()["job_id"] and row_count(app) == 1
     assert other.status_code == 422 and other.get_json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_the_bytes_quota_counts_an_image_url_job_as_max_file_size(client, app, settings):
+    """The fetch may store up to MAX_FILE_SIZE, unknown at submit: a bytes quota counts that much,
+    so URLs are no way round QUOTA_BYTES_PER_DAY (without a jobs quota, nothing else would bound it)."""
+    app.config["IMGSVC"] = settings.with_(
+        image_url_allow_private=True, quota_bytes_per_day=settings.max_file_size * 2
+    )
+    accepted = [submit_url(client, f"http://127.0.0.1:9/{n}.jpg").status_code for n in range(2)]
+    refused = submit_url(client, "http://127.0.0.1:9/2.jpg")
+    assert accepted == [202, 202]
+    assert refused.status_code == 429
+    assert "bytes of uploads is used up" in refused.get_json()["error"]["message"]
+    assert row_count(app) == 2
+
+
+def test_slow_urls_in_a_batch_cost_it_one_image_url_timeout_not_one_each(client, app, settings, run_worker):
+    """A batch's images are fetched side by side: four URLs that drip for ever end together after
+    IMAGE_URL_TIMEOUT (1 s). One after another they would take 4 s, past JOB_TIMEOUT (3 s), and
+    another client's upload in the same batch would fail with them."""
+    app.config["IMGSVC"] = settings.with_(
+        image_url_allow_private=True, batch_size=5, image_url_timeout=1, job_timeout=3, task_max_retries=0
+    )
+    drip = Page(body=JPEG, chunk=1, drip=0.2)
+    with ImageServer({f"/slow{n}.jpg": drip for n in range(4)}) as server:
+        slow = [submit_url(client, server.url(f"/slow{n}.jpg")).get_json()["job_id"] for n in range(4)]
+        upload = client.post(
+            "/api/v1/submit", data={"file": (io.BytesIO(JPEG), "a.jpg")}, content_type="multipart/form-data"
+        ).get_json()["job_id"]
+        run_worker()
+    assert client.get(f"/api/v1/status/{upload}").get_json()["status"] == "done"
+    errors = {client.get(f"/api/v1/status/{job_id}").get_json()["error"] for job_id in slow}
+    assert errors == {"fetch_failed: no complete answer within IMAGE_URL_TIMEOUT (1 s)"}

@@ -247,3 +247,27 @@ def test_an_empty_body_fails_for_good(tmp_path):
         fetch_image(server.url("/empty"), store, settings)
     assert str(failed.value) == "fetch_failed: the server answered with an empty body"
     assert failed.value.permanent
+
+
+def test_a_body_cut_short_of_its_content_length_is_not_taken_for_the_image():
+    """The connection closes after half the declared length (a reset, a server that dies): the fetch
+    fails this try and is retried, instead of a truncated image being stored and described."""
+    half = JPEG[: len(JPEG) // 2]
+    page = Page(body=half, length=False, headers={"Content-Length": str(len(JPEG))})
+    with ImageServer({"/cut.jpg": page}) as server, pytest.raises(FetchFailed) as failed:
+        fetch(server.url("/cut.jpg"))
+    assert str(failed.value) == "fetch_failed: the connection failed (IncompleteRead)"
+    assert not failed.value.permanent
+
+
+def test_the_fetch_goes_straight_to_the_host_and_asks_for_no_compression(
+    monkeypatch, no_connect_except_loopback
+):
+    """Proxy variables in the worker's environment are not followed (a proxy would connect where
+    the guard never looked), and the body is asked for as is: no gzip to inflate past MAX_FILE_SIZE."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://10.9.9.9:3128")
+    with ImageServer({"/a.jpg": Page(body=JPEG)}) as server:
+        assert fetch(server.url("/a.jpg")) == JPEG
+    assert server.requests[0]["Accept-Encoding"] == "identity"
+    assert no_connect_except_loopback == []
