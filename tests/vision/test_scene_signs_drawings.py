@@ -41,6 +41,21 @@ def test_a_kind_never_outvotes_a_detectors_box():
     assert compose_scene(evidence) == "A photo of what may be a horse."
 
 
+def test_a_sure_building_is_the_subject_behind_small_boxes():
+    # A shop front with a car parked in front: the car is all the detectors found.
+    shops = [Tag("cinema", 0.29), Tag("bookshop", 0.13), Tag("prison", 0.07), Tag("restaurant", 0.03)]
+    car = Detection("car", 0.63, Box(0.13, 0.81, 0.34, 0.99))
+    evidence = Evidence(
+        people=[], objects=[car], object_tags=[[Tag("cab", 0.7)]], tags=shops, wide_tags=shops
+    )
+    assert compose_scene(evidence) == "A photo of a building with a car."
+    big = Detection("car", 0.63, Box(0.1, 0.3, 0.9, 0.99))
+    evidence = Evidence(
+        people=[], objects=[big], object_tags=[[Tag("cab", 0.7)]], tags=shops, wide_tags=shops
+    )
+    assert compose_scene(evidence) == "A photo of a car."
+
+
 def test_people_come_before_any_kind():
     person = Detection("person", 0.9, Box(0.3, 0.1, 0.7, 1.0))
     assert compose_scene(Evidence(people=[person], wide_tags=BUILDINGS)) == "A photo of a person."

@@ -73,6 +73,10 @@ FRUIT = frozenset(
     {"banana", "apple", "orange", "lemon", "Granny Smith", "pineapple", "strawberry", "fig", "pomegranate"}
     | {"custard apple", "jackfruit"}
 )
+#: Kinds that are where a photo was taken rather than a thing in it: named, when sure, before
+#: boxes no larger than SMALL_BOX (of the photo's area) that are all the detectors found.
+SETTINGS = frozenset({"building", "shop", "bridge"})
+SMALL_BOX = 0.1
 #: With nothing sure, the classifier's places (valley, lakeside, seashore ...) summed from this
 #: mass make "a landscape".
 OUTDOOR_SCORE = 0.6
@@ -419,6 +423,12 @@ def read_scene(evidence: Evidence) -> Scene:
         kind = best_kind(evidence.wide_tags or evidence.tags)
         if kind is not None:
             unboxed = [Thing(kind.noun, kind.mass, sure=kind.sure)]
+    elif not people and not unboxed and all(t.box is not None and t.box.area < SMALL_BOX for t in boxed):
+        # Small boxes in front of a building the whole photo is of (a car before a shop front):
+        # the building is the subject; the kind must be sure, since a box is there to disagree.
+        kind = best_kind(evidence.wide_tags or evidence.tags)
+        if kind is not None and kind.sure and kind.noun in SETTINGS:
+            boxed = [Thing(kind.noun, kind.mass), *boxed]
     place = next((PLACES[n] for n, m in whole.items() if n in PLACES and m >= PLACE_SCORE), None)
     return Scene(
         people=people,
