@@ -81,16 +81,24 @@ class BuiltinDescriber(Describer):
             results.append(Description(text=compose(tags, lines), tags=tags, lines=lines))
         return results
 
-    def classify(self, images: Sequence[Image.Image]) -> list[list[Tag]]:
+    def classify(self, images: Sequence[Image.Image], k: int = TOP_K) -> list[list[Tag]]:
         """Top-k ImageNet tags per image, one forward pass for the whole batch."""
+        return self.classify_with_features(images, k)[0]
+
+    def classify_with_features(
+        self, images: Sequence[Image.Image], k: int = TOP_K
+    ) -> tuple[list[list[Tag]], np.ndarray]:
+        """Top-k tags and each image's pooled features (N x 1280), from the same forward pass."""
         batch = torch.stack([self._preprocess(image) for image in images]).to(self.device)
         with torch.inference_mode():
-            probs = self.model(batch).softmax(dim=-1)
-            scores, indices = probs.topk(TOP_K, dim=-1)
-        return [
+            features = self.model.features(batch)
+            probs = self.model.logits(features).softmax(dim=-1)
+            scores, indices = probs.topk(k, dim=-1)
+        tags = [
             [Tag(self.labels[i], round(s, 4)) for s, i in zip(row_s.tolist(), row_i.tolist(), strict=True)]
             for row_s, row_i in zip(scores.cpu(), indices.cpu(), strict=True)
         ]
+        return tags, features.float().cpu().numpy()
 
     def read_text(self, image: Image.Image, tags: Sequence[Tag]) -> list[TextLine] | None:
         """OCR lines, or None where OCR did not run (off, or ``auto`` judged the image text-free)."""

@@ -126,12 +126,20 @@ class EfficientNetLite(nn.Module):
         self._bn1 = _bn(1280)
         self._fc = nn.Linear(1280, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled 1280-d features the ImageNet head reads (small heads of our own read them too)."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
         x = F.relu6(self._bn1(self._conv_head(x)))
-        return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The ImageNet-1k logits from :meth:`features`."""
+        return self._fc(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.features(x))
 
 
 def weights_path(variant: Variant) -> Path:

