@@ -123,7 +123,7 @@ class Conv:
         nchw = x.permute(0, 3, 1, 2)
         geometry = zip(x.shape[1:3], self.weight.shape[2:], self.stride, self.dilation, strict=True)
         pads = [same_padding(*axis) if self.padding == "SAME" else (0, 0) for axis in geometry]
-        even = [_even_padding(before, after, s) for (before, after), s in zip(pads, self.stride, strict=True)]
+        even = [even_padding(before, after, s) for (before, after), s in zip(pads, self.stride, strict=True)]
         if None in even:  # uneven padding at stride 1 (an even kernel): an explicit copy of the input
             nchw = F.pad(nchw, (*pads[1], *pads[0]))
             even = [(0, 0), (0, 0)]
@@ -143,7 +143,7 @@ class Conv:
         return IN_PLACE[self.activation](out)
 
 
-def _even_padding(before: int, after: int, stride: int) -> tuple[int, int] | None:
+def even_padding(before: int, after: int, stride: int) -> tuple[int, int] | None:
     """TF's uneven "SAME" padding as the even padding torch's convolution takes, without copying
     the input: ``(pad, skip)``, pad both sides by ``pad`` and drop the first ``skip`` outputs.
 
