@@ -64,7 +64,9 @@ def assert_summary(values: torch.Tensor, reference: dict[str, float], tolerance:
         "max": values.max(),
     }
     for key, expected in reference.items():
-        assert float(mine[key]) == pytest.approx(expected, abs=tolerance), key
+        # rel: a few float32 steps, for extremes far from zero (BlazeFace's min logit is about -11,000,
+        # where one float32 step is 0.001 and the order of a sum moves it by two).
+        assert float(mine[key]) == pytest.approx(expected, abs=tolerance, rel=1e-6), key
 
 
 def labels(detections: list[Detection]) -> list[str]:
@@ -155,7 +157,7 @@ def test_centernet_heads_and_decoder_match_tfjs(object_detector: ObjectDetector,
         flat[reference["top_indices"]], torch.tensor(reference["top_values"]), atol=1e-4, rtol=0
     )
     # Our batched decoder vs the graph's own tail (peaks, top 100, boxes) as TF.js ran it.
-    decoded = decode(heatmap, sizes)[0, :20]
+    decoded = decode(heatmap, sizes)[0][:20]
     expected = torch.tensor(reference["detections"])
     torch.testing.assert_close(decoded[:, :4], expected[:, :4], atol=PIXEL_TOLERANCE, rtol=0)
     torch.testing.assert_close(decoded[:, 4], expected[:, 4], atol=1e-4, rtol=0)

@@ -240,6 +240,27 @@ def test_same_padding_puts_the_odd_pixel_right_and_bottom_like_tensorflow(size: 
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "kernel_size", "stride"),
+    [(6, 7, 3, 2), (8, 8, 5, 2), (9, 10, 3, 3), (7, 7, 2, 1), (12, 11, 1, 2)],
+)
+def test_uneven_same_padding_matches_explicit_padding(
+    height: int, width: int, kernel_size: int, stride: int
+) -> None:
+    # The executor lines TF's uneven padding up with an even one instead of padding the input: the
+    # same numbers whatever the kernel, stride and odd or even sides.
+    kernel = np.random.default_rng(4).normal(size=(kernel_size, kernel_size, 2, 3)).astype(np.float32)
+    x = torch.randn(2, height, width, 2)
+    (y,) = compile_graph(conv_graph(kernel, "Conv2D", stride, "SAME"), ["x"], ["conv"])(x)
+    top, bottom = same_padding(height, kernel_size, stride)
+    left, right = same_padding(width, kernel_size, stride)
+    padded = F.pad(x.permute(0, 3, 1, 2), (left, right, top, bottom))
+    weight = torch.from_numpy(kernel).permute(3, 2, 0, 1)
+    expected = F.conv2d(padded, weight, stride=stride).permute(0, 2, 3, 1)
+    assert y.shape == (2, math.ceil(height / stride), math.ceil(width / stride), 3)
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_depthwise_with_a_channel_multiplier() -> None:
     kernel = np.random.default_rng(2).normal(size=(3, 3, 2, 2)).astype(np.float32)  # (kh, kw, in, multiplier)
     x = torch.randn(1, 4, 4, 2)

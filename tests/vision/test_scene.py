@@ -73,6 +73,24 @@ def test_batch_keeps_order(scene: SceneDescriber):
     assert scene.describe_full([]) == []
 
 
+def test_models_that_cannot_change_the_sentence_are_not_run(
+    scene: SceneDescriber, monkeypatch: pytest.MonkeyPatch
+):
+    # Cost: no person detector where CenterNet has no hint of a person, no face detector where
+    # nobody was found; the sentences are what they were with every model run.
+    calls: list[tuple[str, int]] = []
+    for slot in ("person", "faces"):
+        detector = getattr(scene.detectors, slot)
+        real = detector.detect
+        monkeypatch.setattr(
+            detector, "detect", lambda images, s=slot, f=real: calls.append((s, len(images))) or f(images)
+        )
+    names = ["coffee", "chelsea", "astronaut"]
+    texts = scene.describe([PHOTOS[name]() for name in names])
+    assert calls == [("person", 1), ("faces", 1)]  # the astronaut only
+    assert texts == ["A photo of a cup of coffee.", "A photo of a cat.", "A photo of a smiling person."]
+
+
 def test_runs_without_missing_detectors_and_says_so_once(models_dir: Path, tmp_path: Path, caplog):
     # Only the pip archive fetched (no npm): the person detector, the classifier; no OCR asked for.
     partial = tmp_path / "models"

@@ -183,6 +183,9 @@ class _Compiler:
                 value = self.constants[name]
                 self.instructions.append(_Instruction(lambda v=value: v, [], [self.new_slot(name)]))
             output_slots.append(self.slot_of[name])
+        for instruction in self.instructions:
+            if isinstance(instruction.run, Conv):
+                instruction.run.prepare()
         return Program(self.instructions, input_slots, output_slots, self.slots)
 
     def compile_node(self, node: Node) -> None:
@@ -212,7 +215,7 @@ class _Compiler:
 
     def fold_into_conv(self, node: Node, refs: list[str]) -> bool:
         """BiasAdd / FusedBatchNorm / an activation right after a convolution joins that convolution."""
-        if node.op not in {"BiasAdd", *BATCH_NORMS, *ACTIVATIONS}:
+        if node.op not in {"BiasAdd", HARD_SWISH, *BATCH_NORMS, *ACTIVATIONS}:
             return False
         source = refs[0]
         slot = self.slot_of.get(source)
@@ -229,6 +232,8 @@ class _Compiler:
         conv = instruction.run
         if node.op in ACTIVATIONS:
             conv.activation = node.op
+        elif node.op == HARD_SWISH:
+            conv.activation, conv.scale = HARD_SWISH, float(node.attrs["scale"])
         elif node.op == "BiasAdd":
             bias = self.const(refs[1]).float()
             conv.bias = bias if conv.bias is None else conv.bias + bias

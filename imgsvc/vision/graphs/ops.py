@@ -71,10 +71,10 @@ def resize_bilinear(
         if size_out == size_in:
             continue
         lower, upper, weight = _resize_weights(size_in, size_out, align_corners, half_pixel_centers)
-        low, high = x.index_select(axis, lower), x.index_select(axis, upper)
         shape = [1] * x.dim()
         shape[axis] = size_out
-        x = low + (high - low) * weight.view(shape)
+        # One pass (lerp) rather than three (sub, mul, add) over the enlarged activation.
+        x = torch.lerp(x.index_select(axis, lower), x.index_select(axis, upper), weight.view(shape))
     return x
 
 
@@ -83,10 +83,19 @@ def resize_bilinear(
 
 Step = Callable[..., Any]
 
+HARD_SWISH = "imgsvc.HardSwish"  # not a TF op: what _fuse_hard_swish turns four nodes into
+
 
 @dataclass
 class Conv:
-    """A 2-D convolution with its folded bias and activation; called on NHWC, returns NHWC."""
+    """A 2-D convolution with its folded bias and activation; called on NHWC, returns NHWC.
+
+    :meth:`prepare` (once, after folding) picks how it runs: a 1x1 stride-1 convolution is a
+    matrix product over the NHWC pixels (no layout change; ``conv2d`` takes torch's slow im2col
+    path there on channels-last input, and first fills its output with the bias, as ``addmm``
+    does); the rest go to ``conv2d`` on the channels-last view. The activation runs in place on the fresh
+    output, so it costs no allocation.
+    """
 
     weight: torch.Tensor  # torch layout (out, in / groups, kh, kw)
     bias: torch.Tensor | None
@@ -94,31 +103,72 @@ class Conv:
     dilation: tuple[int, int]
     padding: str  # "SAME" | "VALID"
     groups: int = 1
-    activation: str | None = None  # a key of ACTIVATIONS
+    activation: str | None = None  # a key of ACTIVATIONS, or HARD_SWISH
+    scale: float = 1.0  # HARD_SWISH's factor
+    matrix: torch.Tensor | None = None  # (in, out), set by prepare() for a 1x1 stride-1 convolution
+
+    def prepare(self) -> None:
+        """Lay the weights out for how this convolution will run (after every fold into it)."""
+        out_channels, in_channels, kh, kw = self.weight.shape
+        if (kh, kw, self.stride, self.groups) == (1, 1, (1, 1), 1):
+            self.matrix = self.weight.reshape(out_channels, in_channels).t().contiguous()
+        self.weight = self.weight.contiguous()
+        self.bias = None if self.bias is None else self.bias.contiguous()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.matrix is not None:
+            pixels = x.reshape(-1, x.shape[3])
+            out = pixels @ self.matrix if self.bias is None else (pixels @ self.matrix).add_(self.bias)
+            return self.activate(out.view(*x.shape[:3], -1))
         nchw = x.permute(0, 3, 1, 2)
-        kh, kw = self.weight.shape[2:]
-        if self.padding == "SAME":
-            top, bottom = same_padding(x.shape[1], kh, self.stride[0], self.dilation[0])
-            left, right = same_padding(x.shape[2], kw, self.stride[1], self.dilation[1])
-        else:
-            top = bottom = left = right = 0
-        if top == bottom and left == right:
-            # Symmetric: let the convolution pad, an explicit F.pad would copy the whole input.
-            out = F.conv2d(nchw, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
-        else:
-            nchw = F.pad(nchw, (left, right, top, bottom))
-            out = F.conv2d(nchw, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-        if self.activation is not None:
-            out = ACTIVATIONS[self.activation](out)
-        return out.permute(0, 2, 3, 1)
+        geometry = zip(x.shape[1:3], self.weight.shape[2:], self.stride, self.dilation, strict=True)
+        pads = [same_padding(*axis) if self.padding == "SAME" else (0, 0) for axis in geometry]
+        even = [even_padding(before, after, s) for (before, after), s in zip(pads, self.stride, strict=True)]
+        if None in even:  # uneven padding at stride 1 (an even kernel): an explicit copy of the input
+            nchw = F.pad(nchw, (*pads[1], *pads[0]))
+            even = [(0, 0), (0, 0)]
+        (pad_h, skip_h), (pad_w, skip_w) = even
+        out = F.conv2d(nchw, self.weight, self.bias, self.stride, (pad_h, pad_w), self.dilation, self.groups)
+        if skip_h or skip_w:
+            height, width = (math.ceil(size / s) for size, s in zip(x.shape[1:3], self.stride, strict=True))
+            out = out[:, :, skip_h : skip_h + height, skip_w : skip_w + width]
+        return self.activate(out).permute(0, 2, 3, 1)
+
+    def activate(self, out: torch.Tensor) -> torch.Tensor:
+        """The folded activation, in place (``out`` is this step's own fresh tensor)."""
+        if self.activation is None:
+            return out
+        if self.activation == HARD_SWISH:
+            return F.hardswish(out, inplace=True).mul_(self.scale)
+        return IN_PLACE[self.activation](out)
+
+
+def even_padding(before: int, after: int, stride: int) -> tuple[int, int] | None:
+    """TF's uneven "SAME" padding as the even padding torch's convolution takes, without copying
+    the input: ``(pad, skip)``, pad both sides by ``pad`` and drop the first ``skip`` outputs.
+
+    Output i of the evenly padded input reads from input row stride * i - pad, TF's output j from
+    stride * j - before: with pad = before + stride * skip they line up, and the larger pad also
+    covers TF's ``after``. None at stride 1, where no skip can line them up.
+    """
+    if before == after:
+        return before, 0
+    if stride == 1:
+        return None
+    skip = max(1, math.ceil((after - before) / stride))
+    return before + stride * skip, skip
 
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "Relu": F.relu,
     "Relu6": lambda x: F.hardtanh(x, 0.0, 6.0),
     "Sigmoid": torch.sigmoid,
+}
+#: The same, in place: for a convolution's own output.
+IN_PLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "Relu": torch.relu_,
+    "Relu6": lambda x: x.clamp_(0.0, 6.0),
+    "Sigmoid": torch.sigmoid_,
 }
 CONV_OPS = {"Conv2D", "DepthwiseConv2dNative", "_FusedConv2D", "FusedDepthwiseConv2dNative"}
 
@@ -182,9 +232,6 @@ _BINARY: dict[str, Callable[[Any, Any], torch.Tensor]] = {
 BATCH_NORMS = {"FusedBatchNorm", "FusedBatchNormV3"}
 
 
-HARD_SWISH = "imgsvc.HardSwish"  # not a TF op: what _fuse_hard_swish turns four nodes into
-
-
 # Ops whose inputs from this position on are read at compile time (axes, shapes, sizes, weights).
 STATIC_FROM = {
     "Mean": 1, "ExpandDims": 1, "StridedSlice": 1, "Slice": 1, "Pad": 1, "ResizeBilinear": 1,
@@ -213,7 +260,7 @@ def make_step(node: Node, refs: list[str], const: Callable[[str], Any]) -> tuple
         return _BINARY[op], 1
     if op == HARD_SWISH:
         scale = float(attrs["scale"])
-        return (lambda x: F.hardswish(x) * scale), 1
+        return (lambda x: F.hardswish(x).mul_(scale)), 1
     if op in BATCH_NORMS:  # one not right after a convolution
         epsilon = float(attrs.get("epsilon", 1e-3))
         return (lambda x, s, o, m, v: (x - m) * (s / torch.sqrt(v + epsilon)) + o), 1

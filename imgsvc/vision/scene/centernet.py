@@ -13,7 +13,6 @@ from functools import cache
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from imgsvc.vision.base import Detection, Detector, model_file, packaged_labels
@@ -65,33 +64,45 @@ def coco_labels() -> list[str]:
     return packaged_labels("coco_labels.txt", 80)
 
 
-def decode(heatmap: torch.Tensor, sizes: torch.Tensor, k: int = TOP_K) -> torch.Tensor:
-    """CenterNet decoding, as the graph's tail does it, for a batch.
+def decode(
+    heatmap: torch.Tensor, sizes: torch.Tensor, k: int = TOP_K, threshold: float = 0.0
+) -> list[torch.Tensor]:
+    """CenterNet decoding, as the graph's tail does it, for a batch: its top ``k`` peaks, less those
+    scoring under ``threshold``.
 
     ``heatmap`` (N, H, W, C) class probabilities, ``sizes`` (N, H, W, 4) distances from the centre
-    to the left, top, right and bottom edges in input pixels. Returns (N, k, 6): x1, y1, x2, y2
-    (input pixels), score, class index, best first.
+    to the left, top, right and bottom edges in input pixels. Returns per image an (M, 6) tensor,
+    M <= k: x1, y1, x2, y2 (input pixels), score, class index, best first.
+
+    Only cells at or above ``threshold`` are tested for being a peak (a few hundred of the 1.3 M
+    cells at the detector's threshold), rather than max-pooling and ranking the whole heat map:
+    that took a quarter of the detector's time, for the same peaks.
     """
-    batch, _height, width, classes = heatmap.shape
-    nchw = heatmap.permute(0, 3, 1, 2)
-    # A peak is a cell equal to the max of its 3x3 neighbourhood (the graph's MaxPool + Equal).
-    peaks = heatmap * (F.max_pool2d(nchw, 3, 1, 1) == nchw).permute(0, 2, 3, 1)
-    scores, index = torch.topk(peaks.reshape(batch, -1), k)
-    cls = index % classes
-    cell = index // classes
-    row, col = (cell // width).float() * STRIDE, (cell % width).float() * STRIDE
-    edges = torch.gather(sizes.reshape(batch, -1, 4), 1, cell[..., None].expand(-1, -1, 4))
-    return torch.stack(
-        [
-            col - edges[..., 0],
-            row - edges[..., 1],
-            col + edges[..., 2],
-            row + edges[..., 3],
-            scores,
-            cls.float(),
-        ],
-        dim=-1,
-    )
+    _batch, height, width, _classes = heatmap.shape
+    results = []
+    for heat, edges in zip(heatmap, sizes, strict=True):
+        y, x, c = torch.nonzero(heat >= threshold, as_tuple=True)
+        scores = heat[y, x, c]
+        # A peak is a cell equal to the max of its 3x3 neighbourhood (the graph's MaxPool + Equal);
+        # clamping at the borders only repeats cells that are in the neighbourhood anyway.
+        peak = torch.ones_like(scores, dtype=torch.bool)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                if dy or dx:
+                    ny, nx = (y + dy).clamp(0, height - 1), (x + dx).clamp(0, width - 1)
+                    peak &= scores >= heat[ny, nx, c]
+        y, x, c, scores = y[peak], x[peak], c[peak], scores[peak]
+        scores, order = torch.topk(scores, min(k, len(scores)))
+        y, x, c = y[order], x[order], c[order]
+        row, col = (y * STRIDE).float(), (x * STRIDE).float()
+        box = edges[y, x]
+        results.append(
+            torch.stack(
+                [col - box[:, 0], row - box[:, 1], col + box[:, 2], row + box[:, 3], scores, c.float()],
+                dim=-1,
+            )
+        )
+    return results
 
 
 class ObjectDetector(Detector):
@@ -122,22 +133,25 @@ class ObjectDetector(Detector):
         return heatmap, sizes
 
     def detect(self, images: Sequence[Image.Image]) -> list[list[Detection]]:
-        if not images:
-            return []
-        results = []
-        for image, found in zip(images, decode(*self.raw(images)), strict=True):
-            found = found[found[:, 4] >= self.thresholds[found[:, 5].long()]]
-            keep = batched_nms(found[:, :4], found[:, 4], found[:, 5].long(), NMS_IOU)
-            # Input pixels -> pixels of the letterboxed square (= the photo's) -> normalised.
-            to_photo = max(image.size) / INPUT_SIZE
-            results.append(
-                [
-                    Detection(
-                        self.labels[int(found[i, 5])],
-                        float(found[i, 4]),
-                        normalised_box(*(found[i, :4] * to_photo).tolist(), image.width, image.height),
-                    )
-                    for i in keep.tolist()
-                ]
+        # One photo at a time: on CPU a batch of 512x512 inputs only adds memory traffic (a batch
+        # of six cost 1.4x per photo what six single calls did, bench/results/2026-12-06-backends.txt).
+        return [self.scan(image)[0] for image in images]
+
+    def scan(self, image: Image.Image) -> tuple[list[Detection], float]:
+        """One photo's objects, and the strongest "person" score anywhere in its heat map: a hint,
+        below any box's threshold, of whether a person detector could find someone there."""
+        heatmap, sizes = self.raw([image])
+        (found,) = decode(heatmap, sizes, threshold=float(self.thresholds.min()))
+        found = found[found[:, 4] >= self.thresholds[found[:, 5].long()]]
+        keep = batched_nms(found[:, :4], found[:, 4], found[:, 5].long(), NMS_IOU)
+        # Input pixels -> pixels of the letterboxed square (= the photo's) -> normalised.
+        to_photo = max(image.size) / INPUT_SIZE
+        detections = [
+            Detection(
+                self.labels[int(found[i, 5])],
+                float(found[i, 4]),
+                normalised_box(*(found[i, :4] * to_photo).tolist(), image.width, image.height),
             )
-        return results
+            for i in keep.tolist()
+        ]
+        return detections, float(heatmap[0, :, :, self.labels.index("person")].max())
