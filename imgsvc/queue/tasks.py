@@ -233,7 +233,9 @@ class _Run:
         duration_ms = round(elapsed * 1000)
         name = runtime.describer.name
         written = jobs.finish_jobs(
-            {job_id: (result, name, duration_ms) for job_id, result in self.results.items()}, self.rejected
+            {job_id: (result, name, duration_ms) for job_id, result in self.results.items()},
+            self.rejected,
+            bases={job_id: self.claims[job_id].basis for job_id in self.results},
         )
         outcomes: dict[str, Outcome] = {}
         done = 0
