@@ -147,9 +147,10 @@ WERKZEUG_CODES = {
 
 
 def register_web(app: Flask) -> None:
-    from imgsvc.web import api, docs, health, pages
+    from imgsvc.web import api, docs, health, multipart, pages
     from imgsvc.web.dashboard import mount_dashboard
 
+    multipart.install()
     app.request_class = UploadRequest
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
