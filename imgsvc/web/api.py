@@ -116,7 +116,8 @@ def _no_constant(name: str) -> None:
 
 def _intake() -> Intake:
     app = current_app
-    return Intake(app_settings(), app.uploads, app.redis, app.task_queue, app.metrics)
+    models = app.extensions["imgsvc.default_model"]
+    return Intake(app_settings(), app.uploads, app.redis, app.task_queue, app.metrics, models)
 
 
 def _limits(settings: Settings) -> dict[str, Any]:
