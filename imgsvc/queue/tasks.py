@@ -87,6 +87,7 @@ def describe_batch(
     can_retry: Callable[[str], bool],
     deadline: Callable[[], AbstractContextManager[object]] = nullcontext,
     ahead: Sequence[str] = (),
+    ahead_later: Callable[[], Sequence[str]] | None = None,
     metrics: Pipeline | None = None,
 ) -> dict[str, Outcome]:
     """Describe a batch of jobs; each job's outcome is its own, in its row and in the answer.
@@ -94,8 +95,10 @@ def describe_batch(
     ``can_retry(job_id)``: whether RQ will run a job again if it fails now (its retries left),
     so the row can say "queued again" or "failed". ``deadline``: wraps reading, decoding and
     the model (the worker's JOB_TIMEOUT). ``ahead``: the jobs next on the queue, whose images
-    are decoded meanwhile. ``metrics``: a Redis pipeline the caller executes (one round trip
-    fewer); without it the metrics are written here.
+    are decoded meanwhile; ``ahead_later()``: the jobs next on the queue once the model has run
+    (those submitted meanwhile), whose images are then decoded while this batch's results are
+    written and the next batch is taken. ``metrics``: a Redis pipeline the caller executes (one
+    round trip fewer); without it the metrics are written here.
     """
     started = time.perf_counter()
     try:
@@ -128,6 +131,8 @@ def describe_batch(
     except Exception as exc:  # JOB_TIMEOUT, or the loader itself: the rest of the batch fails this try
         for job_id in claims.keys() - run.results.keys() - run.rejected.keys() - run.failures.keys():
             run.failures[job_id] = exc
+    if ahead_later is not None:
+        _decode_ahead(runtime, ahead_later, skip=set(job_ids) | upcoming.keys())
     elapsed = time.perf_counter() - started
     try:
         outcomes |= run.record(elapsed, can_retry, metrics)
@@ -135,6 +140,17 @@ def describe_batch(
         db.session.rollback()
         raise
     return outcomes
+
+
+def _decode_ahead(runtime: WorkerRuntime, next_ids: Callable[[], Sequence[str]], skip: set[str]) -> None:
+    """Start decoding the images of the jobs queued now; a guess, so a failure only costs the guess."""
+    try:
+        names = jobs.peek_uploads([job_id for job_id in next_ids() if job_id not in skip])
+    except Exception:  # Redis or the database: the next batch decodes its images when it runs
+        db.session.rollback()
+        log.debug("no decoding ahead this time", exc_info=True)
+        return
+    runtime.loader.prefetch(names.values())
 
 
 def _requeued_by_rq(job_ids: Sequence[str], outcomes: dict[str, Outcome]) -> dict[str, jobs.Claim]:

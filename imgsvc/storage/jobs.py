@@ -352,12 +352,21 @@ def claim_jobs(
         }
         for job_id in claims:
             note_change(db.session(), job_id, Status.PROCESSING)
-    ahead: dict[str, str] = {}
-    if peek:
-        peeked = db.session.execute(_PEEK, {"ids": list(peek)})
-        ahead = {row.id: row.upload_name for row in peeked if row.upload_name}
+    ahead = peek_uploads(peek, commit=False)
     db.session.commit()  # also ends the read: an idle worker must not hold a SQLite snapshot open
     return claims, ahead
+
+
+def peek_uploads(job_ids: Sequence[str], *, commit: bool = True) -> dict[str, str]:
+    """The upload names of those of ``job_ids`` still queued, to decode their images ahead
+    (nothing is claimed); the read ends with a commit unless the caller's transaction goes on."""
+    ahead: dict[str, str] = {}
+    if job_ids:
+        peeked = db.session.execute(_PEEK, {"ids": list(job_ids)})
+        ahead = {row.id: row.upload_name for row in peeked if row.upload_name}
+        if commit:
+            db.session.commit()
+    return ahead
 
 
 #: The columns that hold a job's result; a dedupe hit copies exactly these from the earlier job.
