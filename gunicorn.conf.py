@@ -18,8 +18,10 @@ keepalive = 5
 max_requests = 5000
 max_requests_jitter = 500
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-# No access log: the app logs every request itself, once, with its job_id (imgsvc/web).
+# No access log: the app logs every request itself, once, with its job_id (imgsvc/web); and no
+# access-log line built per request for nobody (gunicorn builds one whenever logconfig_dict is set).
 accesslog = None
+logger_class = "imgsvc.web.gunicorn_logging.AccessOffLogger"
 errorlog = "-"
 # gunicorn's own lines (start-up, worker exits, timeouts) in LOG_FORMAT, like every other process's.
 _formatter = "imgsvc.logs." + ("JsonFormatter" if os.environ.get("LOG_FORMAT") == "json" else "TextFormatter")

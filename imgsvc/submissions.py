@@ -19,7 +19,7 @@ from imgsvc.errors import BadRequest, ImgsvcError, QueueUnavailable
 from imgsvc.images import ImageInfo, inspect_image
 from imgsvc.queue.changes import set_validator
 from imgsvc.queue.connection import enqueue_describe
-from imgsvc.queue.routing import MAX_MODEL_NAME, ModelRegistry, Route, ServedModel
+from imgsvc.queue.routing import MAX_MODEL_NAME, DefaultModelCache, ModelRegistry, Route, ServedModel
 from imgsvc.queue.webhooks import enqueue_delivery
 from imgsvc.quotas import charge_quota, refund_quota
 from imgsvc.storage import jobs
@@ -57,6 +57,8 @@ class Intake:
     redis: Redis
     task_queue: Queue
     metrics: RedisMetrics
+    #: The default model as the workers last said, kept up to a second (the web's); None: asked every time.
+    default_model: DefaultModelCache | None = None
 
 
 @dataclass(frozen=True)
@@ -208,7 +210,14 @@ def _stage_and_check(
         info = inspect_image(staged.path, settings.max_image_pixels, settings.max_image_frames, deadline)
         staged = trim_staged(staged, info.end)
         route = model_route(intake, submission.model)
-        check_supported(route.model, submission.options)
+        try:
+            check_supported(route.model, submission.options)
+        except BadRequest:
+            if intake.default_model is None or submission.model is not None:
+                raise
+            intake.default_model.forget()  # never refused on a remembered model: ask the workers again
+            route = model_route(intake, None)
+            check_supported(route.model, submission.options)
         if bucket is not None:  # last: a refused file is not counted
             charge_quota(intake.redis, settings, bucket, staged.size)
     except BaseException:
@@ -220,7 +229,7 @@ def _stage_and_check(
 def model_route(intake: Intake, model: str | None) -> Route:
     """Where a job for ``model`` goes; Redis failing here is the queue's outage (503), as when enqueueing."""
     try:
-        return ModelRegistry(intake.task_queue, intake.settings.worker_ttl).route(model)
+        return ModelRegistry(intake.task_queue, intake.settings.worker_ttl).route(model, intake.default_model)
     except RedisError as exc:
         raise QueueUnavailable() from exc
 

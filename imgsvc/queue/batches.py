@@ -130,6 +130,11 @@ def start(worker: BaseWorker, queue: Queue, jobs: list[RQJob], peek: int) -> Bat
     return batch
 
 
+def peek(queue: Queue, count: int) -> list[str]:
+    """The ids at the head of ``queue`` now (taking none): what the next batch will likely be."""
+    return [raw.decode() for raw in queue.connection.lrange(queue.key, 0, count - 1)]
+
+
 def finish(worker: BaseWorker, batch: Batch, returned: dict[str, Any], pipe: Pipeline) -> None:
     """RQ's success handling for the jobs in ``returned`` (job id -> return value), then the
     worker IDLE, added to ``pipe`` (a transaction that may already hold the caller's commands,

@@ -3,8 +3,10 @@
 Whoever writes a job row's status (the worker, the reaper, a cancel, a delete, a retry) does it
 through :mod:`imgsvc.storage.jobs`, which notes the job id in the SQL session; once that
 transaction commits, :func:`publish_committed` publishes one message per job on the channel
-``imgsvc:job-changed:<id>`` (one pipelined round trip per commit). The message only says
-"look again": the row stays the truth, and a waiter that wakes re-reads it.
+``imgsvc:job-changed:<id>`` (one pipelined round trip per commit). The message says the new
+status, and for a job a worker finished, the result it has just committed: a waiter answers
+from that, and re-reads the row whenever the message does not carry the answer. The row stays
+the truth: a message is only ever published after its transaction committed.
 
 The web side waits through one :class:`JobWatcher` per process: a thread that owns one Redis
 connection, subscribes to the channels of the jobs someone waits on, and wakes their waiters.
@@ -27,7 +29,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis import Redis
 from redis.client import Pipeline
@@ -42,8 +44,15 @@ VALIDATOR_PREFIX = "imgsvc:job-validator:"
 #: A validator left behind by a write that could not reach Redis is trusted this long at most
 #: (the row is read again once it expires); a job that lives longer is polled from SQL meanwhile.
 VALIDATOR_TTL = 600
-#: Where :mod:`imgsvc.storage.jobs` notes the jobs a transaction changed: job id -> new status.
+#: Where :mod:`imgsvc.storage.jobs` notes the jobs a transaction changed: job id -> :class:`Change`.
 SESSION_KEY = "imgsvc.changed_jobs"
+
+
+class Change(NamedTuple):
+    """A job's new status, and the result a finishing worker wrote with it (None: read the row)."""
+
+    status: str
+    result: dict[str, Any] | None = None
 
 
 def channel(job_id: str) -> str:
@@ -62,12 +71,13 @@ def set_validator(pipe: Pipeline, job_id: str, status: str) -> None:
         pipe.set(validator_key(job_id), f"{secrets.token_hex(8)} {status}", ex=VALIDATOR_TTL)
 
 
-def note_change(session: Session, job_id: str, status: str) -> None:
-    """Remember that this transaction wrote ``job_id``'s status; published when it commits."""
-    session.info.setdefault(SESSION_KEY, {})[job_id] = str(status)
+def note_change(session: Session, job_id: str, status: str, result: dict[str, Any] | None = None) -> None:
+    """Remember that this transaction wrote ``job_id``'s status (and ``result``, exactly as the row
+    now holds it); published when it commits."""
+    session.info.setdefault(SESSION_KEY, {})[job_id] = Change(str(status), result)
 
 
-def publish(connection: Redis, changes: dict[str, str]) -> None:
+def publish(connection: Redis, changes: dict[str, Change]) -> None:
     """One message per changed job, in one round trip; never fails the caller's work.
 
     Without Redis a waiter is not woken and answers when its wait runs out, from the row.
@@ -76,9 +86,12 @@ def publish(connection: Redis, changes: dict[str, str]) -> None:
         return
     try:
         with connection.pipeline(transaction=False) as pipe:
-            for job_id, status in changes.items():
+            for job_id, (status, result) in changes.items():
                 set_validator(pipe, job_id, status)  # before the message: a woken poller sees it
-                pipe.publish(channel(job_id), json.dumps({"job_id": job_id, "status": status}))
+                message: dict[str, Any] = {"job_id": job_id, "status": status}
+                if result is not None:
+                    message["result"] = result
+                pipe.publish(channel(job_id), json.dumps(message, separators=(",", ":")))
             pipe.execute()
     except RedisError as exc:
         log.warning("job change not published (%s)", exc, extra={"jobs": len(changes)})
@@ -106,11 +119,33 @@ def _forget(session: Session) -> None:
     session.info.pop(SESSION_KEY, None)
 
 
+class Wakeup(threading.Event):
+    """Set whenever the job's row changes, with the change's message when one woke it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._guard = threading.Lock()
+        self._message: dict[str, Any] | None = None
+
+    def deliver(self, message: dict[str, Any] | None) -> None:
+        """Wake the waiter; ``message`` None says "something changed, read the row" (Redis was lost)."""
+        with self._guard:
+            self._message = message
+            self.set()
+
+    def take(self) -> dict[str, Any] | None:
+        """Clear the event, and return the last message that set it (None: read the row)."""
+        with self._guard:
+            self.clear()
+            message, self._message = self._message, None
+        return message
+
+
 class _Channel:
     """The waiters on one job's channel, and whether Redis has confirmed the subscription."""
 
     def __init__(self, wanted: int) -> None:
-        self.events: set[threading.Event] = set()
+        self.events: set[Wakeup] = set()
         #: Which SUBSCRIBE on this channel, counted since the watcher connected, is this one's.
         self.wanted = wanted
         self.ready = threading.Event()
@@ -141,14 +176,14 @@ class JobWatcher:
         return self._waiting
 
     @contextmanager
-    def watch(self, job_id: str, confirm_timeout: float = 2.0) -> Iterator[threading.Event | None]:
+    def watch(self, job_id: str, confirm_timeout: float = 2.0) -> Iterator[Wakeup | None]:
         """An event set whenever the job's row changes, for the duration of the block.
 
         None when the watcher is full or Redis cannot be reached: the caller answers at once.
         When it yields an event, Redis has confirmed the subscription: read the row *after*
         entering the block, and any later change sets the event.
         """
-        woken = threading.Event()
+        woken = Wakeup()
         entry = self._join(job_id, woken)
         if entry is None:
             yield None
@@ -161,7 +196,7 @@ class JobWatcher:
         finally:
             self._leave(job_id, woken)
 
-    def _join(self, job_id: str, woken: threading.Event) -> _Channel | None:
+    def _join(self, job_id: str, woken: Wakeup) -> _Channel | None:
         with self._lock:
             if self._waiting >= self.capacity:
                 return None
@@ -183,7 +218,7 @@ class JobWatcher:
             self._waiting += 1
             return entry
 
-    def _leave(self, job_id: str, woken: threading.Event) -> None:
+    def _leave(self, job_id: str, woken: Wakeup) -> None:
         with self._lock:
             self._waiting -= 1
             entry = self._channels.get(job_id)
@@ -230,7 +265,7 @@ class JobWatcher:
         for entry in self._channels.values():
             entry.ready.set()
             for woken in entry.events:
-                woken.set()
+                woken.deliver(None)
         self._channels.clear()
 
     def _read(self) -> None:
@@ -270,5 +305,15 @@ class JobWatcher:
                     self._confirmed.pop(name, None)  # nothing in flight: forget the counts
                     self._subscribes.pop(name, None)
             elif kind == "message" and entry is not None:
+                message = _parsed(reply[2])
                 for woken in entry.events:
-                    woken.set()
+                    woken.deliver(message)
+
+
+def _parsed(data: Any) -> dict[str, Any] | None:
+    """A change's message, or None for one this module did not write (the waiter reads the row)."""
+    try:
+        message = json.loads(data)
+    except (ValueError, TypeError):
+        return None
+    return message if isinstance(message, dict) and isinstance(message.get("status"), str) else None

@@ -75,6 +75,14 @@ class ImageLoader:
             self._ahead = dict.fromkeys(upcoming, later)
         return [_result(futures[name], name) for name in names]
 
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Also decode ``names`` ahead (those not ahead already): uploads that joined the queue
+        after the last :meth:`load` said what comes next."""
+        upcoming = [name for name in dict.fromkeys(names) if name not in self._ahead]
+        if upcoming:
+            later = self._thread.submit(self._read_and_decode, upcoming)
+            self._ahead |= dict.fromkeys(upcoming, later)
+
     def close(self) -> None:
         self._ahead = {}
         self._thread.shutdown(wait=True, cancel_futures=True)

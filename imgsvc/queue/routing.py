@@ -257,15 +257,16 @@ class ModelRegistry:
             missing=newest.missing,
         )
 
-    def route(self, model: str | None) -> Route:
-        """The queue a job for ``model`` goes to (None: the default queue, whoever serves it).
+    def route(self, model: str | None, default: DefaultModelCache | None = None) -> Route:
+        """The queue a job for ``model`` goes to (None: the default queue, whoever serves it,
+        as ``default`` remembers it if given).
 
         A named model must be served by a live worker now: one never served here is a 400
         (:class:`UnknownModel`), one whose workers are all down a 503 (:class:`ModelUnavailable`);
         both name the models that are served.
         """
         if model is None:
-            return Route(self.default_queue, self.default_model())
+            return Route(self.default_queue, default.get(self) if default else self.default_model())
         models = self.served()
         chosen = next((m for m in models if m.name == model), None)
         if chosen is not None and chosen.workers:
@@ -287,3 +288,25 @@ class ModelRegistry:
         """The default queue, then every known model's queue: what the reaper and /metrics go over."""
         names = dict.fromkeys([self.default_queue.name, *sorted({e.queue for e in self.entries()})])
         return [self.queue(name) for name in names]
+
+
+class DefaultModelCache:
+    """The default queue's model as :meth:`ModelRegistry.default_model` last said, for up to
+    ``seconds``: every submit needs it (for dedupe and the options check), while a change of
+    the served model is rare, and a job's ``generated_by`` always tells what ran. One per web
+    process; nothing is kept while no worker has said what it serves."""
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        self.seconds = seconds
+        self._kept: tuple[float, str, ServedModel] | None = None
+
+    def get(self, registry: ModelRegistry) -> ServedModel | None:
+        kept, now = self._kept, time.monotonic()  # one read of the tuple: threads share the cache
+        if kept is not None and kept[1] == registry.key and now - kept[0] < self.seconds:
+            return kept[2]
+        model = registry.default_model()
+        self._kept = None if model is None else (now, registry.key, model)
+        return model
+
+    def forget(self) -> None:
+        self._kept = None

@@ -34,6 +34,7 @@ from imgsvc.queue.connection import waiting_key
 from imgsvc.queue.fetches import FetchedImage, FetchFailed, fetch_image
 from imgsvc.queue.prefetch import ImageLoader, PermanentJobError
 from imgsvc.queue.webhooks import enqueue_delivery
+from imgsvc.results import ImageSummary
 from imgsvc.storage import jobs
 from imgsvc.storage.db import db
 from imgsvc.storage.uploads import UploadStore
@@ -90,6 +91,7 @@ def describe_batch(
     can_retry: Callable[[str], bool],
     deadline: Callable[[], AbstractContextManager[object]] = nullcontext,
     ahead: Sequence[str] = (),
+    ahead_later: Callable[[], Sequence[str]] | None = None,
     metrics: Pipeline | None = None,
 ) -> dict[str, Outcome]:
     """Describe a batch of jobs; each job's outcome is its own, in its row and in the answer.
@@ -97,8 +99,10 @@ def describe_batch(
     ``can_retry(job_id)``: whether RQ will run a job again if it fails now (its retries left),
     so the row can say "queued again" or "failed". ``deadline``: wraps reading, decoding and
     the model (the worker's JOB_TIMEOUT). ``ahead``: the jobs next on the queue, whose images
-    are decoded meanwhile. ``metrics``: a Redis pipeline the caller executes (one round trip
-    fewer); without it the metrics are written here.
+    are decoded meanwhile; ``ahead_later()``: the jobs next on the queue once the model has run
+    (those submitted meanwhile), whose images are then decoded while this batch's results are
+    written and the next batch is taken. ``metrics``: a Redis pipeline the caller executes (one
+    round trip fewer); without it the metrics are written here.
     """
     started = time.perf_counter()
     try:
@@ -131,6 +135,8 @@ def describe_batch(
     except Exception as exc:  # JOB_TIMEOUT, or the loader itself: the rest of the batch fails this try
         for job_id in claims.keys() - run.results.keys() - run.rejected.keys() - run.failures.keys():
             run.failures[job_id] = exc
+    if ahead_later is not None:
+        _decode_ahead(runtime, ahead_later, skip=set(job_ids) | upcoming.keys())
     elapsed = time.perf_counter() - started
     try:
         outcomes |= run.record(elapsed, can_retry, metrics)
@@ -138,6 +144,17 @@ def describe_batch(
         db.session.rollback()
         raise
     return outcomes
+
+
+def _decode_ahead(runtime: WorkerRuntime, next_ids: Callable[[], Sequence[str]], skip: set[str]) -> None:
+    """Start decoding the images of the jobs queued now; a guess, so a failure only costs the guess."""
+    try:
+        names = jobs.peek_uploads([job_id for job_id in next_ids() if job_id not in skip])
+    except Exception:  # Redis or the database: the next batch decodes its images when it runs
+        db.session.rollback()
+        log.debug("no decoding ahead this time", exc_info=True)
+        return
+    runtime.loader.prefetch(names.values())
 
 
 def _requeued_by_rq(job_ids: Sequence[str], outcomes: dict[str, Outcome]) -> dict[str, jobs.Claim]:
@@ -251,7 +268,10 @@ class _Run:
             sha256=fetched.sha256,
         )
         log.info("image fetched", extra={"job_id": claim.id, "size_bytes": fetched.size})
-        self.claims[claim.id] = replace(claim, upload_name=fetched.upload_name)
+        # The published result must show the fetched image, not the empty one the claim read.
+        image = ImageSummary(info.format, info.width, info.height)
+        basis = replace(claim.basis, image=image) if claim.basis is not None else None
+        self.claims[claim.id] = replace(claim, upload_name=fetched.upload_name, basis=basis)
 
     def _forward(self, options: dict[str, Any], ids: list[str], images: list[Any]) -> None:
         """One forward pass; if it fails, one image at a time, so a bad image fails only its job."""
@@ -286,7 +306,9 @@ class _Run:
         duration_ms = round(elapsed * 1000)
         name = runtime.describer.name
         written = jobs.finish_jobs(
-            {job_id: (result, name, duration_ms) for job_id, result in self.results.items()}, self.rejected
+            {job_id: (result, name, duration_ms) for job_id, result in self.results.items()},
+            self.rejected,
+            bases={job_id: self.claims[job_id].basis for job_id in self.results},
         )
         outcomes: dict[str, Outcome] = {}
         done = 0

@@ -284,6 +284,7 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
     def _run_batch(self, batch: batches.Batch) -> None:
         runtime = self.runtime
         assert runtime is not None
+        settings = runtime.settings
         pipe = self.connection.pipeline()
         rq_jobs = {job.id: job for job in batch.jobs}
         try:
@@ -295,6 +296,7 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
                     batch.timeout, JobTimeoutException, job_id=batch.ids[0]
                 ),
                 ahead=batch.next_ids if self._alone else (),
+                ahead_later=(lambda: batches.peek(batch.queue, settings.batch_size)) if self._alone else None,
                 metrics=pipe,
             )
         except Exception as exc:  # the database or Redis failed under the batch: each job fails this try

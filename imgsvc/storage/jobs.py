@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from imgsvc.queue.changes import note_change
-from imgsvc.results import Findings, ImageSummary, JobResult
+from imgsvc.results import ImageSummary, JobResult, described
 from imgsvc.storage.db import db
 from imgsvc.vision.base import Description
 
@@ -244,6 +244,36 @@ class Claim:
     webhooks: tuple[str, ...] = ("completed",)
     #: Set for an ``image_url`` job: fetched first while ``upload_name`` is None.
     image_url: str | None = None
+    #: The rest of what the job's result shows, read by the same statement: the worker publishes
+    #: the result it writes, so a waiting request answers without reading the row back.
+    basis: ResultBasis | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class ResultBasis:
+    """A claimed row's columns that its result shows besides what the model found."""
+
+    filename: str | None
+    created_at: datetime
+    cached: bool
+    attempt: int | None
+    options: dict[str, Any] | None
+    image: ImageSummary
+
+    def result(self, job_id: str, found: dict[str, Any], completed_at: datetime) -> JobResult:
+        """The result the row holds once written with ``found`` (:func:`described`) and ``completed_at``."""
+        return JobResult(
+            job_id=job_id,
+            status=Status.DONE,
+            filename=self.filename,
+            created_at=isoformat(self.created_at),
+            completed_at=isoformat(completed_at),
+            cached=self.cached,
+            attempt=self.attempt or 1,
+            options=self.options or {},
+            image=self.image,
+            **found,
+        )
 
 
 # The submit's and the worker's statements, built once: composing a statement costs more than
@@ -267,6 +297,8 @@ _CLAIM = (
         _TABLE.c.callback_url,
         _TABLE.c.webhook_events,
         _TABLE.c.image_url,
+        *(_TABLE.c[name] for name in ("filename", "created_at", "cached", "attempt")),
+        *(_TABLE.c[name] for name in ("image_format", "width", "height")),
     )
 )
 _PEEK = select(_TABLE.c.id, _TABLE.c.upload_name).where(
@@ -314,17 +346,34 @@ def claim_jobs(
                 row.callback_url,
                 webhook_moments(row.webhook_events),
                 row.image_url,
+                ResultBasis(
+                    row.filename,
+                    row.created_at,
+                    bool(row.cached),
+                    row.attempt,
+                    row.options,
+                    ImageSummary(row.image_format, row.width, row.height),
+                ),
             )
             for row in rows
         }
         for job_id in claims:
             note_change(db.session(), job_id, Status.PROCESSING)
-    ahead: dict[str, str] = {}
-    if peek:
-        peeked = db.session.execute(_PEEK, {"ids": list(peek)})
-        ahead = {row.id: row.upload_name for row in peeked if row.upload_name}
+    ahead = peek_uploads(peek, commit=False)
     db.session.commit()  # also ends the read: an idle worker must not hold a SQLite snapshot open
     return claims, ahead
+
+
+def peek_uploads(job_ids: Sequence[str], *, commit: bool = True) -> dict[str, str]:
+    """The upload names of those of ``job_ids`` still queued, to decode their images ahead
+    (nothing is claimed); the read ends with a commit unless the caller's transaction goes on."""
+    ahead: dict[str, str] = {}
+    if job_ids:
+        peeked = db.session.execute(_PEEK, {"ids": list(job_ids)})
+        ahead = {row.id: row.upload_name for row in peeked if row.upload_name}
+        if commit:
+            db.session.commit()
+    return ahead
 
 
 #: The columns that hold a job's result; a dedupe hit copies exactly these from the earlier job.
@@ -337,33 +386,42 @@ def stored_result(job: Job) -> dict[str, Any]:
 
 
 def finish_jobs(
-    done: Mapping[str, tuple[Description, str, int | None]], failed: Mapping[str, str] | None = None
+    done: Mapping[str, tuple[Description, str, int | None]],
+    failed: Mapping[str, str] | None = None,
+    *,
+    bases: Mapping[str, ResultBasis | None] | None = None,
 ) -> set[str]:
     """Write a batch's outcomes in one transaction: ``done`` job id -> (result, model, duration_ms),
     ``failed`` job id -> why. Each row is written only if it is still unfinished (compare-and-set,
     as :func:`mark_failed`); returns the ids written. One that was not
     was cancelled (or deleted) while the model ran.
+
+    A done job with its claim's :class:`ResultBasis` in ``bases`` has its result published with
+    the change, after the commit: the result exactly as the row now holds it.
     """
     moment = utcnow()
     common = {"completed_at": moment, "updated_at": moment}
     rows = []
+    results: dict[str, dict[str, Any]] = {}
     for job_id, (result, generated_by, duration_ms) in done.items():
-        findings = Findings.of(result)
+        found = described(result, generated_by)
         rows.append(
             common
             | {
                 "job_id": job_id,
                 "status": Status.DONE,
-                "description": result.text,
+                "description": found["image_description"],
                 "generated_by": generated_by,
-                "tags": findings.tags,
-                "text_lines": findings.text,
-                "objects": findings.objects,
-                "people": findings.people,
+                "tags": found["tags"],
+                "text_lines": found["text"],
+                "objects": found["objects"],
+                "people": found["people"],
                 "duration_ms": duration_ms,
                 "error": None,
             }
         )
+        if (basis := (bases or {}).get(job_id)) is not None:
+            results[job_id] = basis.result(job_id, found, moment).to_json()
     reasons = [common | {"job_id": i, "status": Status.FAILED, "error": e} for i, e in (failed or {}).items()]
     ids = [row["job_id"] for row in rows + reasons]
     complete = True
@@ -376,7 +434,7 @@ def finish_jobs(
     written = set(ids) if complete else set(db.session.scalars(_WRITTEN, {"ids": ids, "now": moment}))
     for row in rows + reasons:
         if row["job_id"] in written:
-            note_change(db.session(), row["job_id"], row["status"])
+            note_change(db.session(), row["job_id"], row["status"], results.get(row["job_id"]))
     db.session.commit()
     return written
 

@@ -25,6 +25,7 @@ from imgsvc.errors import (
     TooManyFormParts,
 )
 from imgsvc.metrics import HttpMetrics
+from imgsvc.queue.routing import DefaultModelCache
 from imgsvc.storage.uploads import StagingFile, file_too_large, human_size
 
 log = logging.getLogger("imgsvc.web")
@@ -147,9 +148,10 @@ WERKZEUG_CODES = {
 
 
 def register_web(app: Flask) -> None:
-    from imgsvc.web import api, docs, health, pages
+    from imgsvc.web import api, docs, health, multipart, pages
     from imgsvc.web.dashboard import mount_dashboard
 
+    multipart.install()
     app.request_class = UploadRequest
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
@@ -158,6 +160,7 @@ def register_web(app: Flask) -> None:
     mount_dashboard(app, app_settings(app))
     register_errors(app)
     app.extensions["imgsvc.http_metrics"] = HttpMetrics(app.metrics)
+    app.extensions["imgsvc.default_model"] = DefaultModelCache()
     app.before_request(_start_timer)
     app.after_request(no_sniffing)
     app.after_request(_log_request)

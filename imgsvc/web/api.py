@@ -42,7 +42,7 @@ from imgsvc.submissions import (
 from imgsvc.web.auth import client_bucket, require_api_key
 from imgsvc.web.idempotency import idempotent
 from imgsvc.web.polls import not_modified, poll_headers, read_validator
-from imgsvc.web.waits import event_stream, preferred_wait, wait_for
+from imgsvc.web.waits import event_stream, preferred_wait, wait_for, wait_for_result
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_key)
@@ -117,7 +117,8 @@ def _no_constant(name: str) -> None:
 
 def _intake() -> Intake:
     app = current_app
-    return Intake(app_settings(), app.uploads, app.redis, app.task_queue, app.metrics)
+    models = app.extensions["imgsvc.default_model"]
+    return Intake(app_settings(), app.uploads, app.redis, app.task_queue, app.metrics, models)
 
 
 def _limits(settings: Settings) -> dict[str, Any]:
@@ -170,9 +171,11 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     seconds = preferred_wait(request.headers.get("Prefer"), settings)
     if seconds is not None:
         # One request per job: the answer is /result's once the job ends within the wait.
-        ended, applied = wait_for(job.id, seconds)
+        ended, applied = wait_for_result(job.id, seconds)
         if applied:
             headers["Preference-Applied"] = f"wait={seconds}"
+        if isinstance(ended, dict):  # done: the result its worker committed and published
+            return jsonify(ended), 200, headers
         if ended is not None and ended.status in jobs.FINISHED:
             return (*result_answer(ended), headers)
     body = {"job_id": job.id, "status": job.status, "message": "Job submitted successfully"}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import ipaddress
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -49,6 +51,29 @@ def test_an_image_url_is_fetched_by_the_worker_and_described(client, app, settin
     assert body["status"] == "done" and body["image_description"]
     assert body["image"] == {"format": "JPEG", "width": 40, "height": 30}
     assert [p.read_bytes() for p in stored_files(settings)] == [JPEG]  # stored as an upload is
+
+
+def test_a_submit_that_waits_on_an_image_url_answers_with_the_fetched_image(client, run_worker, allowed):
+    """The held submit answers from the result the worker publishes: it must show the image the
+    fetch stored (the row the worker claimed had none yet), as GET /result does."""
+    with ImageServer({"/w.jpg": Page(body=JPEG)}) as server, ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(
+            client.post,
+            "/api/v1/submit",
+            data={"image_url": server.url("/w.jpg")},
+            content_type="multipart/form-data",
+            headers={"Prefer": "wait=60"},
+        )
+        for _ in range(200):  # the worker runs whatever is queued, until the held submit answers
+            run_worker()
+            if waiting.done():
+                break
+            threading.Event().wait(0.05)
+        response = waiting.result(timeout=30)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["image"] == {"format": "JPEG", "width": 40, "height": 30}
+    assert body == client.get(f"/api/v1/result/{body['job_id']}").get_json()
 
 
 @pytest.mark.parametrize(

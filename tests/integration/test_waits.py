@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from imgsvc.config import Settings
+from imgsvc.web import waits
 from imgsvc.web.waits import preferred_wait
 from tests.conftest import image_bytes
 from tests.integration.test_api import submit
@@ -155,6 +156,45 @@ def test_a_submit_that_waits_answers_with_the_description(client, run_worker):
     body = response.get_json()
     assert body["status"] == "done" and body["image_description"]
     assert response.headers["Location"].endswith(f"/api/v1/status/{body['job_id']}")
+
+
+def held_submit(client, image: bytes, run_worker=None):
+    """A submit with ``Prefer: wait=60`` in a thread; the worker (if given) runs until it answers."""
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(submit_with, client, image, {"Prefer": "wait=60"})
+        for _ in range(200):
+            if run_worker is not None:
+                run_worker()
+            if waiting.done():
+                break
+            threading.Event().wait(0.05)
+        return waiting.result(timeout=30)
+
+
+def test_a_submit_that_waits_answers_as_result_does_without_reading_the_row_back(
+    client, run_worker, monkeypatch
+):
+    """The worker publishes the result it committed; the held submit answers with it, and it is
+    the very body GET /result reads from the row afterwards."""
+    reads = []
+    read_row = waits.fresh_job
+    monkeypatch.setattr(waits, "fresh_job", lambda job_id: reads.append(job_id) or read_row(job_id))
+    response = held_submit(client, image_bytes(color=(70, 20, 90)), run_worker)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert reads == []
+    assert body == client.get(f"/api/v1/result/{body['job_id']}").get_json()
+    assert body["filename"] == "a.jpg" and body["image"]["format"] == "JPEG" and body["attempt"] == 1
+
+
+def test_a_submit_that_waits_is_answered_when_its_job_is_cancelled(client):
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(submit_with, client, image_bytes(color=(5, 6, 7)), {"Prefer": "wait=60"})
+        while not (listed := client.get("/api/v1/jobs").get_json()["jobs"]):
+            threading.Event().wait(0.02)
+        assert client.delete(f"/api/v1/jobs/{listed[0]['job_id']}").get_json()["status"] == "cancelled"
+        response = waiting.result(timeout=30)
+    assert response.status_code == 422 and response.get_json()["status"] == "cancelled"
 
 
 def test_a_submit_that_waits_in_vain_gets_the_usual_202(client):

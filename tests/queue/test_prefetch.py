@@ -98,3 +98,15 @@ def test_a_store_that_does_not_answer_is_a_fault_of_the_host(store, loader, monk
     monkeypatch.setattr(LocalUploadStore, "local_copy", unreachable)
     (result,) = loader.load([name])
     assert isinstance(result, StorageUnavailable)
+
+
+def test_uploads_queued_after_a_load_are_decoded_ahead_too(loader, store):
+    now, known, newcomer, next_one = (upload(store, w) for w in (31, 32, 33, 34))
+
+    loader.load([now], then=[known])
+    loader.prefetch([known, newcomer])  # what the queue holds once the model has run
+    images = loader.load([known, newcomer], then=[next_one])
+
+    assert [image.size for image in images] == [(32, 10), (33, 10)]
+    # the one already ahead is not decoded twice; the newcomer went in a request of its own
+    assert loader.decoder.requests[:3] == [[now], [known], [newcomer]]

@@ -64,6 +64,19 @@ def test_a_job_without_model_goes_to_the_default_queue_even_with_no_worker_up(re
     )
 
 
+def test_the_default_model_is_remembered_for_up_to_a_second_and_never_while_unknown(registry):
+    cache = routing.DefaultModelCache(seconds=1.0)
+    assert registry.route(None, cache).model is None  # no worker has said yet: nothing kept
+    serve(registry, "blip", queue="imgsvc")
+    assert registry.route(None, cache).model.name == "blip"
+    time.sleep(0.01)  # the switch is published later than the first entry
+    serve(registry, "git", queue="imgsvc")
+    assert registry.route(None, cache).model.name == "blip"  # within the second: as remembered
+    cache.forget()
+    assert registry.route(None, cache).model.name == "git"
+    assert registry.route(None, routing.DefaultModelCache(seconds=0)).model.name == "git"
+
+
 def test_a_named_model_goes_to_the_queue_its_live_workers_serve(registry):
     serve(registry, "blip", queue="imgsvc")
     serve(registry, "builtin:scene")
