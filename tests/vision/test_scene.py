@@ -133,3 +133,8 @@ def test_crops_only_where_the_classifier_could_change_the_wording():
     # A small "dog" in a photo the classifier calls a cat: the crop decides, not the whole photo.
     assert needs_crop(Detection("dog", 0.7, small), [Tag("Egyptian cat", 0.8)])
     assert needs_crop(Detection("umbrella", 0.51, small), [Tag("lampshade", 0.22)])
+    # Boxes that share a label are each counted only from their own crop: the whole photo's
+    # "orange" confirms one orange, not six slices of citrus.
+    oranges = [Tag("orange", 0.5), Tag("lemon", 0.3)]
+    assert not needs_crop(Detection("orange", 0.7, small), oranges)
+    assert needs_crop(Detection("orange", 0.7, small), oranges, shared=True)

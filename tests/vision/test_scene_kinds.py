@@ -7,6 +7,7 @@ import pytest
 from imgsvc.vision.base import Tag
 from imgsvc.vision.classifier.describer import imagenet_labels
 from imgsvc.vision.scene.kinds import KIND_RANK, Kind, best_kind, imagenet_kinds, kind_masses
+from imgsvc.vision.scene.sentences import Evidence, compose_scene
 
 
 def test_kind_table_covers_every_class():
@@ -79,3 +80,19 @@ def test_broad_kinds_are_said_only_when_sure():
 def test_clothing_and_structures_are_never_said_alone():
     assert best_kind([Tag("jean", 0.4), Tag("cardigan", 0.3)]) is None
     assert best_kind([Tag("picket fence", 0.4), Tag("stone wall", 0.3)]) is None
+
+
+def test_a_broad_kind_needs_its_mass_concentrated():
+    # A leaf or green wallpaper: the classifier spreads over the animals ImageNet photographs on
+    # leaves. Summed they pass SURE_KIND, but no class holds much of it: no sure "animal", at most
+    # a hedged guess at the narrow kind with the most of it.
+    leafy = ["vine snake", "green mamba", "green snake", "tree frog", "ladybug", "cricket"]
+    leafy += ["walking stick", "mantis", "leafhopper", "lacewing"]
+    spread = [Tag(label, 0.06) for label in leafy]
+    assert best_kind(spread) == Kind("insect", 0.36, False)
+    assert compose_scene(Evidence(people=[], wide_tags=spread)) == "A photo of what may be an insect."
+    # A real animal's mass sits on a few classes (scikit-image's cat beside coffee: tiger cat 0.30 of 0.55).
+    cat = [Tag("tiger cat", 0.3), Tag("Egyptian cat", 0.14), Tag("tabby", 0.09), Tag("lynx", 0.02)]
+    assert best_kind(cat) == Kind("cat", 0.55, True)
+    lynx_and_fox = [Tag("lynx", 0.3), Tag("red fox", 0.25)]
+    assert best_kind(lynx_and_fox) == Kind("animal", 0.55, True)

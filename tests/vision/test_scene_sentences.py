@@ -424,3 +424,31 @@ def test_recorded_quality_set(case):
 def test_counts_past_the_number_words_are_written_as_digits(count, phrase):
     """Ten is the last number word; exactly 11 of one thing must not run off their end."""
     assert counted("cup", count) == phrase
+
+
+def test_boxes_that_share_a_label_count_only_where_their_own_crop_agrees():
+    # Citrus slices: CenterNet (COCO's only citrus is "orange") says orange on each. Four crops
+    # were looked at; two boxes past the crop budget carry the whole photo's tags.
+    whole = [Tag("orange", 0.35), Tag("lemon", 0.3)]
+    crops = [
+        [Tag("orange", 0.7)],
+        [Tag("orange", 0.4), Tag("lemon", 0.3)],
+        [Tag("lemon", 0.55), Tag("orange", 0.2)],  # a lemon at heart, not sure enough to rename
+        [Tag("lemon", 0.7), Tag("orange", 0.1)],  # sure: a lemon
+        whole,
+        whole,
+    ]
+    boxes = [Box(0.1 * i, 0.1, 0.1 * i + 0.1, 0.3) for i in range(6)]
+    evidence = Evidence(
+        people=[],
+        objects=[Detection("orange", 0.7, box) for box in boxes],
+        object_tags=crops,
+        tags=whole,
+    )
+    nouns = [t.noun for t in read_scene(evidence).things]
+    assert nouns.count("orange") == 2 and nouns.count("lemon") == 1 and nouns.count("fruit") == 3
+    text = compose_scene(evidence)
+    assert "two oranges" in text and "a lemon" in text and "some fruit" in text, text
+    # A lone box is still confirmed by the whole photo (scikit-image's motorcycle, its cat).
+    alone = Evidence(people=[], objects=[Detection("orange", 0.7, boxes[0])], object_tags=[whole], tags=whole)
+    assert compose_scene(alone) == "A photo of an orange."

@@ -144,3 +144,15 @@ def test_the_second_read_runs_only_where_nothing_else_is_said(classifier_only: S
         assert reader.calls == 1 and text == "A photo of a cat."
     finally:
         classifier.reader, classifier.ocr = None, "off"
+
+
+def test_only_plain_words_are_said_as_a_sign_whichever_read_gave_them():
+    # OCR=auto read a graffiti mural (the tuning half) and a painting: specks and scribbles.
+    for lines in ([TextLine("HLR", 0.8681)], [TextLine("C", 0.95), TextLine("E", 0.93)]):
+        text = compose_scene(Evidence(people=[], lines=lines, page=False))
+        assert "sign" not in text and text == "An image with no clearly recognisable subject."
+    beer = [TextLine("FOSTER'S", 0.9743), TextLine("S=", 0.99)]
+    assert (
+        compose_scene(Evidence(people=[], lines=beer, page=False))
+        == "A photo of a sign that reads 'FOSTER'S'."
+    )

@@ -14,6 +14,7 @@ is left out: the describer runs with the rest, says so in one log line and in it
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -139,17 +140,20 @@ def looks_like_page(image: Image.Image) -> bool:
     return float(plain.mean()) >= PAGE_SHARE
 
 
-def needs_crop(detection: Detection, whole: Sequence[Tag]) -> bool:
+def needs_crop(detection: Detection, whole: Sequence[Tag], shared: bool = False) -> bool:
     """Whether the classifier's view of this box could change what we say about it.
 
     Not for people (the classifier has no "person"), boxes too weak to name, boxes covering most
-    of the photo (scikit-image's chelsea), nor boxes the whole photo's tags already confirm under
-    their own name (the motorcycle, the cup of espresso): each crop is one more classifier pass.
+    of the photo (scikit-image's chelsea), nor a box the whole photo's tags already confirm under
+    its own name (the motorcycle, the cup of espresso) unless other boxes share its label (``shared``:
+    each is counted only where its own crop agrees): each crop is one more classifier pass.
     """
     noun = COCO_NOUNS.get(detection.label, (detection.label, "object"))[0]
     weak = detection.score < class_threshold(detection.label)
     if noun == "person" or weak or detection.box.area >= WHOLE_IMAGE:
         return False
+    if shared:
+        return True
     confirmed = weigh_object(detection, whole)
     return confirmed is None or not confirmed.sure or confirmed.noun != noun
 
@@ -248,7 +252,8 @@ class SceneDescriber(Describer):
         (wide_tags,), features = self.classifier.classify_with_features([image], k=KIND_TAGS)
         tags = wide_tags[:TOP_K]
         drawing = bool((drawing_scores(features) >= DRAWING_SCORE)[0])
-        wanted = [i for i, o in enumerate(objects) if needs_crop(o, tags)][:MAX_CROPS]
+        labels = Counter(o.label for o in objects)
+        wanted = [i for i, o in enumerate(objects) if needs_crop(o, tags, labels[o.label] > 1)][:MAX_CROPS]
         crop_tags = iter(
             self.classifier.classify([crop(image, objects[i]) for i in wanted]) if wanted else []
         )

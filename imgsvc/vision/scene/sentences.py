@@ -8,7 +8,8 @@ The tests feed recorded detector outputs, so every wording rule is checked witho
 The rules, in one place: a detector's label stands unhedged only when something independent
 agrees (the classifier on its crop, or on the whole photo); where the classifier agrees only on
 the kind, the box is named by its kind ("an animal", "some fruit"); a sure box nothing agrees with
-is a guess ("what may be a bicycle"); a "dining table" the classifier cannot confirm stands where
+is a guess ("what may be a bicycle"); where several boxes share a label, each needs its own crop
+to agree before it is counted; a "dining table" the classifier cannot confirm stands where
 people are at it. The classifier overrules a detector's label only within one
 kind (a "dog" box becomes a cat, never a cup) and only when it is sure. Counts come only from
 boxes that stand. People: a box counts from PERSON_SCORE, or from SECOND_LOOK where a sure person
@@ -20,6 +21,7 @@ wrong noun.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -78,6 +80,10 @@ FRUIT = frozenset(
     {"banana", "apple", "orange", "lemon", "Granny Smith", "pineapple", "strawberry", "fig", "pomegranate"}
     | {"custard apple", "jackfruit"}
 )
+#: A line of text is said as a sign only from this confidence (RapidOCR's own score) ...
+SIGN_CONFIDENCE = 0.9
+#: ... and with this many letters or digits: "★", "M6" and "S=" on coins and textures are noise.
+SIGN_CHARS = 3
 #: Kinds that are where a photo was taken rather than a thing in it: named, when sure, before
 #: boxes no larger than SMALL_BOX (of the photo's area) that are all the detectors found.
 SETTINGS = frozenset({"building", "shop", "bridge"})
@@ -395,22 +401,36 @@ def merge_people(evidence: Evidence) -> list[Detection]:
     return kept
 
 
-def weigh_object(detection: Detection, crop_tags: Sequence[Tag]) -> Thing | None:
-    """One COCO box against the classifier's view of its crop: kept, renamed, hedged or dropped."""
+def weigh_object(detection: Detection, crop_tags: Sequence[Tag], own_crop: bool = True) -> Thing | None:
+    """One COCO box against the classifier's view of its crop: kept, renamed, hedged or dropped.
+
+    ``own_crop`` False: the tags are the whole photo's and other boxes share this box's label. The
+    whole photo's "orange" says there is an orange, not that each of six boxes is one, so such a box
+    is named at most by its kind ("some fruit") and never counts toward its own noun.
+    """
     noun, kind = COCO_NOUNS.get(detection.label, (detection.label, "object"))
     nouns = fold(crop_tags)
     crop_kinds = kinds(crop_tags)
-    if nouns.get(noun, 0.0) >= SUPPORT or crop_kinds.get(CONTENT_KINDS.get(noun, ""), 0.0) >= KIND_SUPPORT:
+    fruit = {n: m for n, m in nouns.items() if n in FRUIT}
+    if noun in FRUIT:
+        # COCO's only citrus is "orange": a lemon or a lime slice is one to CenterNet. Its crop
+        # agrees only where the box's own fruit is the surest fruit the classifier sees there.
+        agrees = nouns.get(noun, 0.0) >= SUPPORT and max(fruit, key=fruit.__getitem__) == noun
+    else:
+        agrees = nouns.get(noun, 0.0) >= SUPPORT
+    agrees = agrees or crop_kinds.get(CONTENT_KINDS.get(noun, ""), 0.0) >= KIND_SUPPORT
+    if agrees and own_crop:
         # The detector reports a box below OBJECT_SCORE only for the classes its threshold table
         # lowers (centernet.CLASS_THRESHOLDS), and such a box stands only here, where the crop agrees.
         return Thing(noun, detection.score, detection.box)
     if detection.score < OBJECT_SCORE:
         return None
     best, mass = next(iter(nouns.items()), ("", 0.0))
-    if kind in RENAMEABLE_KINDS and mass >= SURE_NOUN and kind_of(best) == kind:
+    renameable = (kind in RENAMEABLE_KINDS and kind_of(best) == kind) or (noun in FRUIT and best in FRUIT)
+    if own_crop and renameable and mass >= SURE_NOUN:
         return Thing(best, detection.score, detection.box)  # "dog" 0.47 on a crop the classifier calls a cat
     if noun in FRUIT:
-        kind, kind_agrees = "fruit", sum(m for n, m in nouns.items() if n in FRUIT) >= KIND_SUPPORT
+        kind, kind_agrees = "fruit", sum(fruit.values()) >= KIND_SUPPORT
     else:
         kind_agrees = crop_kinds.get(kind, 0.0) >= KIND_SUPPORT
     if detection.score >= SURE_OBJECT and kind_agrees and kind in KIND_NOUNS:
@@ -442,11 +462,14 @@ def read_scene(evidence: Evidence) -> Scene:
     smiling = sum(1 for f in faces if f.emotion == "happy" and (f.emotion_score or 0.0) >= SMILE_SCORE)
 
     boxed = []
+    shared = Counter(d.label for d in evidence.objects)
     for i, detection in enumerate(evidence.objects):
         if detection.label == "person":
             continue
         crop_tags = evidence.object_tags[i] if i < len(evidence.object_tags) else evidence.tags
-        thing = weigh_object(detection, crop_tags)
+        # Boxes past the describer's crop budget carry the whole photo's tags: they count only alone.
+        own_crop = shared[detection.label] == 1 or list(crop_tags) != list(evidence.tags)
+        thing = weigh_object(detection, crop_tags, own_crop)
         unconfirmed = thing is None or not thing.sure
         if detection.label == "dining table" and unconfirmed and at_table(detection, people):
             thing = Thing("table", detection.score, detection.box)
@@ -491,6 +514,19 @@ def read_scene(evidence: Evidence) -> Scene:
         page=evidence.page,
         drawing=bool(evidence.drawing),
     )
+
+
+def sign_lines(lines: Sequence[TextLine]) -> list[TextLine]:
+    """The lines that are plainly words, not specks read as letters; the rest is never said as a sign.
+
+    Whichever read gave them: OCR=auto reads paintings and textures whose brushwork has the rhythm
+    of lines of text (a graffiti mural on the tuning half reads 'HLR' at 0.87).
+    """
+    return [
+        line
+        for line in lines
+        if line.confidence >= SIGN_CONFIDENCE and sum(c.isalnum() for c in line.text) >= SIGN_CHARS
+    ]
 
 
 # --- writing it down ---------------------------------------------------------------------------
@@ -595,6 +631,9 @@ def compose_scene(evidence: Evidence | Scene) -> str:
         # Lots of text on a page: the detectors' and classifier's guesses there are noise.
         return f"A document with the text: {quote(lines)}."
     subject = subject_and_rest(scene)
+    # Not a page: only the lines that are plainly words are said, as a sign or a drawing's text.
+    lines = sign_lines(lines)
+    text_chars = sum(len(line.text.strip()) for line in lines)
     sign = f"a sign that reads {quote(lines)}" if text_chars else None
     if scene.drawing:
         # Not a photo: say so; what is sure stands, the rest (a cartoon fish's "mouse") stays unsaid.
