@@ -355,6 +355,9 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
         super().set_state(state, pipeline)
 
     def run_maintenance_tasks(self) -> None:
+        # The reaper takes a worker under this very pid for a dead one (it never runs inside a
+        # job of its own): the last batch must be finished in RQ before it looks.
+        self.settle()
         super().run_maintenance_tasks()
         if self.runtime is not None:
             self._reconcile()

@@ -227,6 +227,34 @@ def test_a_worker_that_stops_has_finished_its_last_batch_in_rq(settings, tiny_de
     assert int(app.redis.hget(worker.key, "successful_job_count")) == 4
 
 
+def test_the_workers_own_reaper_leaves_the_batch_it_is_finishing_alone(app, tiny_describer, monkeypatch):
+    """The reaper takes a worker under its own pid for a dead one; the maintenance round that
+    runs it comes after the last batch's RQ finish, so that batch is not run again."""
+    from rq.job import JobStatus
+
+    from imgsvc.queue import batches
+
+    (job_id,) = submit_many(app, 1)
+    real_finish = batches.finish
+
+    def slow_finish(*args, **kwargs):
+        time.sleep(0.3)
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(batches, "finish", slow_finish)
+    worker = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer)
+    worker.load_runtime()
+    worker.register_birth()
+    job, queue = app.task_queue.dequeue_any([app.task_queue], None, connection=app.redis)
+    worker.execute_job(job, queue)
+    worker.run_maintenance_tasks()
+    worker.settle()
+
+    assert RQJob.fetch(job_id, connection=app.redis).get_status() == JobStatus.FINISHED
+    assert app.task_queue.get_job_ids() == []
+    assert job_id in app.task_queue.finished_job_registry
+
+
 def test_jobs_next_on_the_queue_are_decoded_ahead_but_stay_queued(settings, tiny_describer):
     app = create_app(settings.with_(batch_size=2))
     ids = submit_many(app, 4)
