@@ -12,6 +12,7 @@ step a call or a pipeline of its own. For a batch, the worker issues the very sa
              intermediate list; the worker BUSY; the ids next in the queue      1
     finish   result, FINISHED, finished registry, execution removed, counters;
              the worker IDLE (and the caller's metrics)                          1
+             (the worker runs it on a thread of its own, beside the next batch)
 
 Every state a job can be left in by a crash is one RQ already knows: taken but not started,
 it is on the intermediate list (RQ's cleanup and imgsvc's reaper requeue it); started, it is
@@ -135,10 +136,16 @@ def peek(queue: Queue, count: int) -> list[str]:
     return [raw.decode() for raw in queue.connection.lrange(queue.key, 0, count - 1)]
 
 
-def finish(worker: BaseWorker, batch: Batch, returned: dict[str, Any], pipe: Pipeline) -> None:
+def finish(
+    worker: BaseWorker, batch: Batch, returned: dict[str, Any], pipe: Pipeline, *, idle: bool = True
+) -> None:
     """RQ's success handling for the jobs in ``returned`` (job id -> return value), then the
     worker IDLE, added to ``pipe`` (a transaction that may already hold the caller's commands,
-    e.g. metrics) and executed: one round trip for the batch."""
+    e.g. metrics) and executed: one round trip for the batch.
+
+    ``idle=False`` leaves the worker's state alone: for a finish run off the worker's main
+    thread, which may have started the next batch (BUSY) meanwhile; RQ's loop sets IDLE itself.
+    """
     runs = [(job, run) for job, run in zip(batch.jobs, batch.executions, strict=True) if job.id in returned]
     ended = now()
     for job, execution in runs:
@@ -163,13 +170,13 @@ def finish(worker: BaseWorker, batch: Batch, returned: dict[str, Any], pipe: Pip
         job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
         worker.cleanup_execution(job, pipeline=pipe, execution=execution)
     watched = [(job, run) for job, run in runs if job.id in batch.with_dependents]
-    if not watched:
+    if idle and not watched:
         worker.set_state(WorkerStatus.IDLE, pipeline=pipe)
     pipe.execute()
     for job, execution in watched:
         job.heartbeat(ended, job.success_callback_timeout)
         worker.handle_job_success(job, batch.queue, batch.queue.started_job_registry, execution)
-    if watched:
+    if idle and watched:
         worker.set_state(WorkerStatus.IDLE)
 
 

@@ -7,8 +7,9 @@ whatever the row's age; and any row that has not moved for STALE_AFTER seconds.
 Missing from Redis (Redis lost it, or a worker died between dequeue and start) ->
 enqueued again; started by a worker that is gone -> handed to RQ's abandoned-job
 handling (retried, or failed with no retries left) instead of after its heartbeat TTL
-(JOB_TIMEOUT + 60 s); failed in RQ -> failed in SQL; requeued by RQ after an abandoned
-run -> shown as queued again; removed from RQ on purpose while waiting (``rq empty``, the
+(JOB_TIMEOUT + 60 s), a job whose row is already done included (the next worker ends it
+in RQ); failed in RQ -> failed in SQL; requeued by RQ after an abandoned run -> shown as
+queued again; removed from RQ on purpose while waiting (``rq empty``, the
 dashboard) -> cancelled, with the reason; failed but put back on the queue (``rq requeue``)
 -> queued again, and run again by the next worker.
 :func:`reap_dead_workers` (the first kind only) runs in every worker's maintenance loop,
@@ -84,7 +85,11 @@ def _reconcile_rows(settings: Settings, queue: Queue, *, stale_rows: bool) -> di
             rows = {row.id: row for row in jobs.unfinished_before(cutoff)}
         for job_id, alive in started.items():
             row = None if alive or job_id in rows else jobs.get_job(job_id)
-            if row is not None and row.status in (jobs.Status.QUEUED, jobs.Status.PROCESSING):
+            if row is not None and row.status in (
+                jobs.Status.QUEUED,
+                jobs.Status.PROCESSING,
+                jobs.Status.DONE,
+            ):
                 rows[job_id] = row
         for row in rows.values():
             action = _reconcile_one(settings, registry.queue(row.queue), row, queued_ids, started)
@@ -160,6 +165,15 @@ def _reconcile_one(
     except NoSuchJobError:
         rq_job, status = None, None
 
+    if row.status == jobs.Status.DONE:
+        # Its result written, its worker gone before RQ finished it (the worker finishes a batch
+        # in RQ beside the next one): RQ retries it, and the next worker, finding the row done,
+        # ends it in RQ without running it. The row needs nothing, so nothing is counted.
+        if status == JobStatus.STARTED and _worker_is_gone(
+            queue.connection, rq_job.worker_name, settings.worker_ttl
+        ):
+            _abandon(queue, rq_job)
+        return None
     abandoned = False
     if status == JobStatus.QUEUED and row.id not in queued_ids:
         if started.get(row.id):

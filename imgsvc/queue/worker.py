@@ -11,7 +11,9 @@ waiting (or arrive within BATCH_WAIT_MS) and runs them together, at every step o
 for the whole batch (:mod:`imgsvc.queue.batches` for RQ's side, :func:`~imgsvc.queue.tasks.
 describe_batch` for the rows and the model): take, start, claim the rows, one forward pass
 per group of equal options, write the rows, finish. A failure in one image fails only that
-job; a job that fails goes through RQ's own retry and failure handling.
+job; a job that fails goes through RQ's own retry and failure handling. RQ's finish of a batch
+whose rows are written runs on a thread of its own while the next batch is taken and run
+(:meth:`ImgsvcWorker.settle`).
 
 Decoding ahead: while a batch runs, its images having been decoded, the uploads of the jobs
 next in the queue are read and decoded on the loader's thread (:mod:`imgsvc.queue.prefetch`),
@@ -27,6 +29,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -202,6 +205,9 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
         self.registry: ModelRegistry | None = None
         self.served: ModelEntry | None = None
         self.runtime: tasks.WorkerRuntime | None = None
+        #: RQ's finish of the last batch, on a thread of its own (:meth:`settle`).
+        self._finisher: ThreadPoolExecutor | None = None
+        self._finishing: Future[None] | None = None
         self._heartbeat_stop = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         self._next_full_reconcile = 0.0
@@ -304,7 +310,27 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
             pipe.reset()
             outcomes = dict.fromkeys(batch.ids, exc)
         batches.fail(self, batch, {i: o for i, o in outcomes.items() if isinstance(o, Exception)})
-        batches.finish(self, batch, {i: o for i, o in outcomes.items() if not isinstance(o, Exception)}, pipe)
+        returned = {i: o for i, o in outcomes.items() if not isinstance(o, Exception)}
+        self.settle()
+        if batch.with_dependents & returned.keys():
+            batches.finish(self, batch, returned, pipe)  # RQ's handle_job_success: the rare path, here
+            return
+        if self._finisher is None:
+            self._finisher = ThreadPoolExecutor(1, thread_name_prefix="imgsvc-finish")
+        self._finishing = self._finisher.submit(batches.finish, self, batch, returned, pipe, idle=False)
+
+    def settle(self, timeout: float | None = None) -> None:
+        """Wait for the last batch's RQ finish (run on the finisher thread); raise what it raised.
+
+        A batch's rows are written and its results published before its RQ finish is handed to
+        the finisher, so the worker takes and runs the next batch meanwhile (RQ's finish was a
+        seventh of the loop's wall time). Until it is done its jobs stay in RQ's started
+        registry under this worker, as a job being run does: a worker killed in between leaves
+        them to the reaper, whose retry finds the rows done and skips them.
+        """
+        finishing, self._finishing = self._finishing, None
+        if finishing is not None:
+            finishing.result(timeout)
 
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         """RQ's heartbeat (three commands), in one round trip when it is sent on its own.
@@ -329,6 +355,9 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
         super().set_state(state, pipeline)
 
     def run_maintenance_tasks(self) -> None:
+        # The reaper takes a worker under this very pid for a dead one (it never runs inside a
+        # job of its own): the last batch must be finished in RQ before it looks.
+        self.settle()
         super().run_maintenance_tasks()
         if self.runtime is not None:
             self._reconcile()
@@ -365,6 +394,12 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
                 log.warning("heartbeat not sent: %s", exc)
 
     def teardown(self) -> None:
+        try:
+            self.settle(timeout=30)  # the last batch finished in RQ before the worker registers its death
+        except Exception:
+            log.exception("the last batch's RQ finish failed; the reaper will finish its jobs")
+        if self._finisher is not None:
+            self._finisher.shutdown(wait=False)
         self._heartbeat_stop.set()
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout=5)

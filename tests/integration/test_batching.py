@@ -97,7 +97,8 @@ def submit_many(app, count: int) -> list[str]:
 
 class Tally:
     """Redis round trips (a command sent alone, or a whole pipeline) and SQL statements and
-    commits, counted only while a worker runs ``execute_job`` (not its start-up or its loop)."""
+    commits, counted only while a worker runs ``execute_job`` (not its start-up or its loop),
+    the batch's RQ finish on the finisher thread included."""
 
     def __init__(self, monkeypatch, worker: ImgsvcWorker) -> None:
         from redis.client import Pipeline, Redis
@@ -126,6 +127,7 @@ class Tally:
             self.on = True
             try:
                 execute_job(job, queue)
+                worker.settle()
             finally:
                 self.on = False
 
@@ -180,6 +182,7 @@ def test_a_job_finished_in_a_batch_looks_to_rq_like_a_job_rq_finished_itself(app
         SimpleWorker.execute_job(worker, job, queue)  # RQ's own path: prepare, perform, finish
     job, _ = queue.dequeue_any([queue], None, connection=app.redis)
     worker.execute_job(job, queue)  # the batch path
+    worker.settle()  # its RQ finish, run on the finisher thread
 
     jobs_ = {name: RQJob.fetch(i, connection=app.redis) for name, i in (("rq", by_rq), ("batch", by_batch))}
     for name, rq_job in jobs_.items():
@@ -194,6 +197,62 @@ def test_a_job_finished_in_a_batch_looks_to_rq_like_a_job_rq_finished_itself(app
     assert queue.intermediate_queue.get_job_ids() == []
     assert worker.executions == {} and app.redis.scard(worker.executions_key) == 0
     assert int(app.redis.hget(worker.key, "successful_job_count")) == 2
+
+
+def test_a_worker_that_stops_has_finished_its_last_batch_in_rq(settings, tiny_describer, monkeypatch):
+    """RQ's finish of a batch runs beside the next batch; a worker that stops (burst, SIGTERM)
+    waits for it, so RQ, the dashboard and ``rq info`` never see a stopped worker's jobs started."""
+    import threading
+
+    from imgsvc.queue import batches
+
+    app = create_app(settings.with_(batch_size=2))
+    ids = submit_many(app, 4)
+    finished_on: list[str] = []
+    real_finish = batches.finish
+
+    def slow_finish(*args, **kwargs):
+        time.sleep(0.3)  # a busy Redis: the finish ends after the worker's loop has nothing left
+        finished_on.append(threading.current_thread().name)
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(batches, "finish", slow_finish)
+    worker = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer)
+    worker.work(burst=True)
+
+    assert len(finished_on) == 2 and threading.main_thread().name not in finished_on
+    queue = app.task_queue
+    assert sorted(queue.finished_job_registry.get_job_ids()) == sorted(ids)
+    assert queue.started_job_registry.get_job_ids(cleanup=False) == []
+    assert int(app.redis.hget(worker.key, "successful_job_count")) == 4
+
+
+def test_the_workers_own_reaper_leaves_the_batch_it_is_finishing_alone(app, tiny_describer, monkeypatch):
+    """The reaper takes a worker under its own pid for a dead one; the maintenance round that
+    runs it comes after the last batch's RQ finish, so that batch is not run again."""
+    from rq.job import JobStatus
+
+    from imgsvc.queue import batches
+
+    (job_id,) = submit_many(app, 1)
+    real_finish = batches.finish
+
+    def slow_finish(*args, **kwargs):
+        time.sleep(0.3)
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(batches, "finish", slow_finish)
+    worker = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer)
+    worker.load_runtime()
+    worker.register_birth()
+    job, queue = app.task_queue.dequeue_any([app.task_queue], None, connection=app.redis)
+    worker.execute_job(job, queue)
+    worker.run_maintenance_tasks()
+    worker.settle()
+
+    assert RQJob.fetch(job_id, connection=app.redis).get_status() == JobStatus.FINISHED
+    assert app.task_queue.get_job_ids() == []
+    assert job_id in app.task_queue.finished_job_registry
 
 
 def test_jobs_next_on_the_queue_are_decoded_ahead_but_stay_queued(settings, tiny_describer):

@@ -306,6 +306,49 @@ def test_reaper_takes_back_a_started_job_whose_worker_is_dead(app, client, setti
     assert row.status == jobs.Status.DONE and row.attempts == 2
 
 
+def test_a_worker_dead_before_rq_finished_its_written_batch_leaves_the_results_done(
+    app, client, settings, tiny_describer, monkeypatch
+):
+    """RQ's finish of a batch runs beside the next batch, after the rows are written: a worker
+    that dies in between leaves its jobs started in RQ. The reaper takes them back and the next
+    worker ends them in RQ without running the model again or touching the rows' results."""
+    from imgsvc.queue import batches
+
+    ids = [submit_ok(client, n) for n in range(3)]
+    real_finish = batches.finish
+    monkeypatch.setattr(batches, "finish", lambda *args, **kwargs: None)  # the process died first
+    dead = ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer)
+    dead.work(burst=True)
+    before = rows(app)
+    assert {row.status for row in before.values()} == {jobs.Status.DONE}
+    assert sorted(app.task_queue.started_job_registry.get_job_ids(cleanup=False)) == sorted(ids)
+
+    monkeypatch.setattr(batches, "finish", real_finish)
+    with app.app_context():
+        assert reaper.reconcile(settings, app.task_queue)["failed"] == 0
+    calls: list[int] = []
+
+    class Counting(Describer):
+        name = tiny_describer.name
+        supported_options = tiny_describer.supported_options
+
+        def describe_full(self, images, options=None):
+            calls.append(len(images))
+            return tiny_describer.describe_full(images, options)
+
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=Counting()).work(burst=True)
+
+    assert calls == []
+    after = rows(app)
+    for job_id in ids:
+        assert after[job_id].status == jobs.Status.DONE
+        assert after[job_id].description == before[job_id].description
+        assert after[job_id].completed_at == before[job_id].completed_at
+        assert RQJob.fetch(job_id, connection=app.redis).get_status() == JobStatus.FINISHED
+    assert app.task_queue.started_job_registry.get_job_ids(cleanup=False) == []
+    assert app.task_queue.failed_job_registry.get_job_ids() == []
+
+
 def test_the_reset_row_tells_the_user_the_job_is_queued_again(app, client, settings):
     """Between the reaper's pass and the next worker, status says queued and why, not processing."""
     job_id = submit_ok(client, 1)
