@@ -85,10 +85,12 @@ class FetchLimits:
 
     @classmethod
     def of(cls, settings: Settings) -> FetchLimits:
+        """The fetch runs inside its batch's job: a deadline past half of JOB_TIMEOUT would let one
+        slow URL get the whole batch (other clients' jobs) killed by RQ, so it is cut there."""
         return cls(
             settings.max_file_size,
             settings.image_url_connect_timeout,
-            settings.image_url_timeout,
+            min(settings.image_url_timeout, settings.job_timeout / 2),
             settings.image_url_allow_private,
         )
 
@@ -222,7 +224,7 @@ def _get(
 
 
 def _too_slow(limits: FetchLimits) -> str:
-    return f"no complete answer within IMAGE_URL_TIMEOUT ({limits.deadline_s:g} s)"
+    return f"no complete answer within {limits.deadline_s:g} s (IMAGE_URL_TIMEOUT)"
 
 
 def _check_peer(connection: http.client.HTTPConnection, limits: FetchLimits) -> None:

@@ -172,7 +172,7 @@ def test_a_declared_length_past_max_file_size_is_refused_before_the_body():
 def test_a_slow_server_is_cut_at_the_total_deadline():
     """A byte every 50 ms never trips a per-read timeout; the whole fetch has 1 s."""
     with ImageServer({"/slow.jpg": Page(body=JPEG, chunk=1, drip=0.05)}) as server:
-        with pytest.raises(FetchFailed, match=r"IMAGE_URL_TIMEOUT \(1 s\)") as failed:
+        with pytest.raises(FetchFailed, match=r"within 1 s \(IMAGE_URL_TIMEOUT\)") as failed:
             fetch(server.url("/slow.jpg"), deadline_s=1)
         sent_by_then = server.sent["/slow.jpg"]
     assert not failed.value.permanent  # a timeout may pass: retried as the job's other faults are
@@ -271,3 +271,9 @@ def test_the_fetch_goes_straight_to_the_host_and_asks_for_no_compression(
         assert fetch(server.url("/a.jpg")) == JPEG
     assert server.requests[0]["Accept-Encoding"] == "identity"
     assert no_connect_except_loopback == []
+
+
+def test_the_fetch_deadline_never_reaches_past_half_the_job_timeout():
+    """A slow URL must not outlast its batch's job: RQ would kill the batch and every job in it."""
+    assert FetchLimits.of(Settings(image_url_timeout=30, job_timeout=300)).deadline_s == 30
+    assert FetchLimits.of(Settings(image_url_timeout=30, job_timeout=20)).deadline_s == 10
