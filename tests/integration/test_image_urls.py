@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import ipaddress
 import socket
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -20,6 +18,7 @@ from imgsvc.queue import fetches
 from tests.conftest import image_bytes
 from tests.image_server import ImageServer, Page
 from tests.integration.test_api import row_count, stored_files
+from tests.integration.test_waits import held_post
 
 JPEG = image_bytes("JPEG", size=(40, 30))
 
@@ -56,20 +55,8 @@ def test_an_image_url_is_fetched_by_the_worker_and_described(client, app, settin
 def test_a_submit_that_waits_on_an_image_url_answers_with_the_fetched_image(client, run_worker, allowed):
     """The held submit answers from the result the worker publishes: it must show the image the
     fetch stored (the row the worker claimed had none yet), as GET /result does."""
-    with ImageServer({"/w.jpg": Page(body=JPEG)}) as server, ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(
-            client.post,
-            "/api/v1/submit",
-            data={"image_url": server.url("/w.jpg")},
-            content_type="multipart/form-data",
-            headers={"Prefer": "wait=60"},
-        )
-        for _ in range(200):  # the worker runs whatever is queued, until the held submit answers
-            run_worker()
-            if waiting.done():
-                break
-            threading.Event().wait(0.05)
-        response = waiting.result(timeout=30)
+    with ImageServer({"/w.jpg": Page(body=JPEG)}) as server:
+        response = held_post(client, {"image_url": server.url("/w.jpg")}, run_worker)
     assert response.status_code == 200
     body = response.get_json()
     assert body["image"] == {"format": "JPEG", "width": 40, "height": 30}

@@ -137,21 +137,7 @@ def test_the_event_stream_of_an_unknown_job_is_404(client):
 def test_a_submit_that_waits_answers_with_the_description(client, run_worker):
     """One request per job: the submit is held until the worker writes the row, then answered as
     /result would answer."""
-    image = image_bytes(color=(40, 50, 60))
-    with ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(
-            client.post,
-            "/api/v1/submit",
-            data={"file": (io.BytesIO(image), "a.jpg", "image/jpeg")},
-            content_type="multipart/form-data",
-            headers={"Prefer": "wait=60"},
-        )
-        for _ in range(200):  # the worker runs whatever is queued, until the held submit answers
-            run_worker()
-            if waiting.done():
-                break
-            threading.Event().wait(0.05)
-        response = waiting.result(timeout=30)
+    response = held_submit(client, image_bytes(color=(40, 50, 60)), run_worker)
     assert response.status_code == 200 and response.headers["Preference-Applied"] == "wait=60"
     body = response.get_json()
     assert body["status"] == "done" and body["image_description"]
@@ -159,9 +145,21 @@ def test_a_submit_that_waits_answers_with_the_description(client, run_worker):
 
 
 def held_submit(client, image: bytes, run_worker=None):
-    """A submit with ``Prefer: wait=60`` in a thread; the worker (if given) runs until it answers."""
+    """A submit of ``image`` with ``Prefer: wait=60``: :func:`held_post`."""
+    return held_post(client, {"file": (io.BytesIO(image), "a.jpg", "image/jpeg")}, run_worker)
+
+
+def held_post(client, data: dict, run_worker=None):
+    """A submit of the form ``data`` with ``Prefer: wait=60`` in a thread; the worker (if given)
+    runs whatever is queued until the held submit answers."""
     with ThreadPoolExecutor(1) as pool:
-        waiting = pool.submit(submit_with, client, image, {"Prefer": "wait=60"})
+        waiting = pool.submit(
+            client.post,
+            "/api/v1/submit",
+            data=data,
+            content_type="multipart/form-data",
+            headers={"Prefer": "wait=60"},
+        )
         for _ in range(200):
             if run_worker is not None:
                 run_worker()
