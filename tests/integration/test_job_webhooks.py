@@ -54,16 +54,21 @@ def receiver():
     server.shutdown()
 
 
+def submit_with_hook(client, image: bytes, receiver: str, **fields: str) -> dict:
+    """Submit ``image`` with ``callback_url=receiver`` (and any other form fields); the JSON answer."""
+    return client.post(
+        "/api/v1/submit",
+        data={"file": (io.BytesIO(image), "x.jpg"), "callback_url": receiver, **fields},
+        content_type="multipart/form-data",
+    ).get_json()
+
+
 def test_webhook_is_signed_and_retried_until_delivered(
     settings, redis_db, tiny_describer, receiver, jpeg_bytes
 ):
     app = create_app(settings.with_(webhook_allow_private=True, webhook_secret="s3cret"))
     client = app.test_client()
-    job_id = client.post(
-        "/api/v1/submit",
-        data={"file": (io.BytesIO(jpeg_bytes), "x.jpg"), "callback_url": receiver},
-        content_type="multipart/form-data",
-    ).get_json()["job_id"]
+    job_id = submit_with_hook(client, jpeg_bytes, receiver)["job_id"]
     ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
     Receiver.fail_first = 1  # the receiver is down for the first attempt
     hooks = Queue(settings.webhook_queue_name, connection=app.redis)
@@ -82,11 +87,7 @@ def test_webhook_is_signed_and_retried_until_delivered(
 
     # The same bytes again are answered from the stored result; its webhook's times are in order too.
     Receiver.calls.clear()
-    again = client.post(
-        "/api/v1/submit",
-        data={"file": (io.BytesIO(jpeg_bytes), "x.jpg"), "callback_url": receiver},
-        content_type="multipart/form-data",
-    ).get_json()
+    again = submit_with_hook(client, jpeg_bytes, receiver)
     assert again["cached"] is True
     SimpleWorker([hooks], connection=app.redis).work(burst=True, with_scheduler=True)
     (_, body), *_ = Receiver.calls
@@ -104,11 +105,7 @@ def run_webhook_worker(app, settings) -> None:
 def test_a_failed_job_fires_its_webhook_too(settings, redis_db, tiny_describer, receiver, jpeg_bytes):
     app = create_app(settings.with_(webhook_allow_private=True, webhook_secret="k"))
     client = app.test_client()
-    job_id = client.post(
-        "/api/v1/submit",
-        data={"file": (io.BytesIO(jpeg_bytes), "x.jpg"), "callback_url": receiver},
-        content_type="multipart/form-data",
-    ).get_json()["job_id"]
+    job_id = submit_with_hook(client, jpeg_bytes, receiver)["job_id"]
     (stored,) = stored_files(settings)
     stored.write_bytes(b"no longer an image")  # fails for good: no retry can fix it
     ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
@@ -136,15 +133,8 @@ def test_callback_url_must_be_public_http_unless_allowed(client, app):
 def test_webhook_events_start_and_completed_each_post_once(settings, redis_db, tiny_describer, receiver):
     app = create_app(settings.with_(webhook_allow_private=True, webhook_secret="k"))
     client = app.test_client()
-    job_id = client.post(
-        "/api/v1/submit",
-        data={
-            "file": (io.BytesIO(image_bytes(color=(5, 6, 7))), "x.jpg"),
-            "callback_url": receiver,
-            "webhook_events": "start,completed",
-        },
-        content_type="multipart/form-data",
-    ).get_json()["job_id"]
+    image = image_bytes(color=(5, 6, 7))
+    job_id = submit_with_hook(client, image, receiver, webhook_events="start,completed")["job_id"]
     ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
     run_webhook_worker(app, settings)
     payloads = [json.loads(body) for _, body in Receiver.calls]
@@ -155,15 +145,7 @@ def test_webhook_events_start_and_completed_each_post_once(settings, redis_db, t
 def test_webhook_events_start_alone_sends_no_completion(settings, redis_db, tiny_describer, receiver):
     app = create_app(settings.with_(webhook_allow_private=True))
     client = app.test_client()
-    client.post(
-        "/api/v1/submit",
-        data={
-            "file": (io.BytesIO(image_bytes(color=(8, 6, 7))), "x.jpg"),
-            "callback_url": receiver,
-            "webhook_events": "start",
-        },
-        content_type="multipart/form-data",
-    )
+    submit_with_hook(client, image_bytes(color=(8, 6, 7)), receiver, webhook_events="start")
     ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=tiny_describer).work(burst=True)
     run_webhook_worker(app, settings)
     assert [json.loads(body)["status"] for _, body in Receiver.calls] == ["processing"]
