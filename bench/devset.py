@@ -47,7 +47,7 @@ from pathlib import Path
 from PIL import Image
 
 from imgsvc.config import PROJECT_ROOT
-from imgsvc.vision.scene.weights import FetchError, download
+from imgsvc.vision.scene.weights import FetchError, download, sha256_of
 
 MANIFEST = Path(__file__).with_name("devset.json")
 DEFAULT_CACHE = PROJECT_ROOT / "instance" / "devset"
@@ -146,14 +146,6 @@ def load_manifest(path: Path = MANIFEST) -> tuple[dict[str, Source], list[Photo]
     if unknown:
         raise ValueError(f"{path}: photos name unknown sources {sorted(unknown)}")
     return sources, photos
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def deb_data(path: Path) -> tarfile.TarFile:
