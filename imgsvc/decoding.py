@@ -74,12 +74,15 @@ class DecoderUnavailable(RuntimeError):
     """The decoder process does not start: a fault of this host, not of the image (jobs are retried)."""
 
 
-def load_for_model(path: Path, max_pixels: int, max_side: int) -> Image.Image:
+def load_for_model(path: Path, max_pixels: int, max_side: int, model_side: int = 0) -> Image.Image:
     """Decode the first frame, bounded to ``max_side``, as plain RGB with no metadata.
 
     Work is done at the smallest size that serves the model: JPEG decodes at 1/2..1/8
     scale (draft), other formats are shrunk by ``thumbnail`` (an integer ``reduce``,
-    then one resampling) before the colour flattening and the EXIF rotation.
+    then one resampling) before the colour flattening and the EXIF rotation. A model that
+    squeezes every image to ``model_side`` pixels square (0: not known) gets a JPEG decoded
+    no smaller than that on either side: its own resize then starts from a few times its
+    size, not from the photo's (a 12-megapixel JPEG for a 384-pixel model decodes at 1/8).
     """
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -87,8 +90,9 @@ def load_for_model(path: Path, max_pixels: int, max_side: int) -> Image.Image:
             with Image.open(path, formats=list(ALLOWED_FORMATS)) as img:
                 if img.width * img.height > max_pixels:
                     raise DecodeError(f"image has {img.width}x{img.height} pixels; the limit is {max_pixels}")
-                if img.format == "JPEG" and max(img.size) > 2 * max_side:
-                    img.draft("RGB", (max_side, max_side))
+                wanted = min(model_side, max_side) if model_side > 0 else max_side
+                if img.format == "JPEG" and min(img.size) >= 2 * wanted:  # draft scales by 2, 4 or 8
+                    img.draft("RGB", (wanted, wanted))
                 img.seek(0)  # GIF/TIFF/WebP/APNG: the first frame
                 img.load()
                 orientation = _orientation(img)  # after load: PNG reads its EXIF chunk by loading
@@ -140,9 +144,13 @@ class Decoder:
     is killed and the next image starts a new one). Thread-safe: calls are serialised.
     """
 
-    def __init__(self, max_pixels: int, max_side: int, timeout: float, memory_mb: int) -> None:
+    def __init__(
+        self, max_pixels: int, max_side: int, timeout: float, memory_mb: int, model_side: int = 0
+    ) -> None:
         self.max_pixels = max_pixels
         self.max_side = max_side
+        #: The side the model squeezes images to (0: unknown): see :func:`load_for_model`.
+        self.model_side = model_side
         self.timeout = timeout
         self.memory_mb = memory_mb
         self._child: subprocess.Popen | None = None
@@ -155,9 +163,11 @@ class Decoder:
         self._pixels = bytearray()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Decoder:
+    def from_settings(cls, settings: Settings, model_side: int | None = None) -> Decoder:
         s = settings
-        return cls(s.max_image_pixels, s.max_image_side, s.decode_timeout, s.decode_memory_mb)
+        return cls(
+            s.max_image_pixels, s.max_image_side, s.decode_timeout, s.decode_memory_mb, model_side or 0
+        )
 
     def start(self) -> None:
         """Start the child now, so the first image does not wait for it (raises DecoderUnavailable)."""
@@ -253,7 +263,7 @@ class Decoder:
             return self._child
         self._stop()
         command = [sys.executable, "-m", "imgsvc.decoding", str(self.max_pixels), str(self.max_side)]
-        command.append(str(self.memory_mb))
+        command += [str(self.memory_mb), str(self.model_side)]
         # stderr is shared: Pillow's and the child's own complaints land in the worker's log.
         self._child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         self.starts += 1
@@ -312,9 +322,9 @@ class DecoderPool:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DecoderPool:
+    def from_settings(cls, settings: Settings, model_side: int | None = None) -> DecoderPool:
         count = settings.decode_processes or auto_decode_processes(settings.worker_count)
-        return cls([Decoder.from_settings(settings) for _ in range(count)])
+        return cls([Decoder.from_settings(settings, model_side) for _ in range(count)])
 
     @property
     def starts(self) -> int:
@@ -444,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("max_pixels", type=int)
     parser.add_argument("max_side", type=int)
     parser.add_argument("memory_mb", type=int)
+    parser.add_argument("model_side", type=int, nargs="?", default=0)
     args = parser.parse_args(argv)
     answers = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print from any library must not corrupt the answers
@@ -454,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     _answer(answers, {"ready": True})
     for line in _requests(sys.stdin.fileno(), _malloc_trim()):
-        _answer_one(answers, Path(json.loads(line)), args.max_pixels, args.max_side, args.memory_mb)
+        _answer_one(answers, Path(json.loads(line)), args)
     return 0
 
 
@@ -477,13 +488,13 @@ def _requests(fd: int, trim: Callable[[], object]) -> Iterator[bytes]:
         yield line
 
 
-def _answer_one(out: BinaryIO, path: Path, max_pixels: int, max_side: int, memory_mb: int) -> None:
+def _answer_one(out: BinaryIO, path: Path, args: argparse.Namespace) -> None:
     try:
-        image = load_for_model(path, max_pixels, max_side)
+        image = load_for_model(path, args.max_pixels, args.max_side, args.model_side)
     except DecodeError as exc:
         _answer(out, {"ok": False, "error": str(exc)})
     except MemoryError:
-        error = f"decoding this image needs more than DECODE_MEMORY_MB={memory_mb} MB"
+        error = f"decoding this image needs more than DECODE_MEMORY_MB={args.memory_mb} MB"
         _answer(out, {"ok": False, "error": error})
     else:
         _answer(out, {"ok": True, "width": image.width, "height": image.height}, image.tobytes())

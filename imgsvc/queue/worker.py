@@ -245,7 +245,7 @@ class ImgsvcWorker(PromptStop, SimpleWorker):
             extra={"model": describer.name, "load_s": round(time.perf_counter() - started, 2)},
         )
         uploads = open_upload_store(settings)
-        decoder = DecoderPool.from_settings(settings)
+        decoder = DecoderPool.from_settings(settings, describer.input_side)
         self.runtime = tasks.WorkerRuntime(
             settings,
             describer,

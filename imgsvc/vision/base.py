@@ -104,6 +104,10 @@ class Describer(ABC):
     #: (weights missing); the worker publishes both for /readyz.
     components: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
+    #: The side of the square every image is resized to before the model sees it (BLIP: 384), or
+    #: None where the model reads more of a large photo (tiles, OCR): the worker decodes photos
+    #: no larger than this needs (:func:`imgsvc.decoding.load_for_model`).
+    input_side: int | None = None
 
     @abstractmethod
     def describe_full(

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageChops
 
 from imgsvc.config import PROJECT_ROOT, Settings
 from imgsvc.decoding import DecodeError, Decoder, DecoderPool, load_for_model
@@ -57,6 +57,28 @@ def test_large_images_are_downscaled_for_the_model(tmp_path):
     assert load_for_model(path, max_pixels=10**7, max_side=512).size == (512, 256)
     jpeg = save(tmp_path, Image.new("RGB", (4000, 2000)), "JPEG")  # decoded at 1/2..1/8 (draft)
     assert load_for_model(jpeg, max_pixels=10**7, max_side=512).size == (512, 256)
+
+
+def test_a_jpeg_is_decoded_no_larger_than_the_model_reads(tmp_path):
+    """A 384-pixel model gets a 4000x3000 photo at 1/4 scale (both sides still >= 384), not at
+    1024 on the long side; what the model then sees (its 384x384 resize) is the same picture."""
+    photo = Image.radial_gradient("L").resize((4000, 3000)).convert("RGB")
+    jpeg = save(tmp_path, photo, "JPEG")
+    full = load_for_model(jpeg, max_pixels=10**8, max_side=1024)
+    small = load_for_model(jpeg, max_pixels=10**8, max_side=1024, model_side=384)
+    assert (full.size, small.size) == ((1024, 768), (1000, 750))
+    seen = [image.resize((384, 384), Image.Resampling.BICUBIC) for image in (full, small)]
+    assert max(high for _, high in ImageChops.difference(*seen).getextrema()) <= 8
+    png = save(tmp_path, photo, "PNG")  # other formats: only MAX_IMAGE_SIDE bounds them
+    assert load_for_model(png, max_pixels=10**8, max_side=1024, model_side=384).size == (1024, 768)
+
+
+def test_the_decoder_child_decodes_for_the_model_it_serves(tmp_path):
+    jpeg = save(tmp_path, Image.new("RGB", (640, 480), (0, 90, 0)), "JPEG")
+    with Decoder(10**7, 1024, timeout=30, memory_mb=512, model_side=32) as decoder:
+        assert decoder.decode(jpeg).size == (80, 60)  # 1/8 scale: both sides still >= 32
+    with DecoderPool.from_settings(Settings(max_image_side=1024), model_side=None) as pool:
+        assert pool.decode(jpeg).size == (640, 480)
 
 
 def test_gif_uses_first_frame(tmp_path):

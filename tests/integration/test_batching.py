@@ -15,17 +15,36 @@ from tests.integration.test_api import submit
 
 
 class Recording(Describer):
-    """Delegates to the real model and remembers the size of every batch it was given."""
+    """Delegates to the real model and remembers the size of every batch (and image) it was given."""
 
     def __init__(self, inner: Describer) -> None:
         self.inner = inner
         self.name = inner.name
         self.supported_options = inner.supported_options
+        self.input_side = inner.input_side
         self.batches: list[int] = []
+        self.sizes: list[tuple[int, int]] = []
 
     def describe_full(self, images, options=None):
         self.batches.append(len(images))
+        self.sizes += [image.size for image in images]
         return self.inner.describe_full(images, options)
+
+
+def test_a_photo_is_decoded_no_larger_than_the_model_reads(settings, tiny_describer):
+    """The tiny BLIP squeezes every image to 32x32: a 640x480 JPEG reaches it at 1/8 scale, and
+    the job's row still says what was uploaded."""
+    app = create_app(settings)
+    client = app.test_client()
+    job_id = submit(client, image_bytes("JPEG", size=(640, 480)), "x.jpg", "image/jpeg").get_json()["job_id"]
+    recording = Recording(tiny_describer)
+
+    ImgsvcWorker([app.task_queue], connection=app.redis, app=app, describer=recording).work(burst=True)
+
+    assert recording.sizes == [(80, 60)]
+    result = client.get(f"/api/v1/result/{job_id}").get_json()
+    assert result["status"] == "done" and result["image_description"]
+    assert (result["image"]["width"], result["image"]["height"]) == (640, 480)
 
 
 def test_waiting_jobs_share_one_forward_pass(settings, tiny_describer):

@@ -51,6 +51,7 @@ def test_describes_a_batch_with_every_family(
 
     assert captioner.family == family
     assert captioner.name == str(path)
+    assert captioner.input_side == 32  # its processor squeezes every image to 32x32: decode no larger
     assert len(texts) == len(images)
     assert all(isinstance(text, str) and text for text in texts)
     assert captioner.describe(images) == texts, "same input, same output"

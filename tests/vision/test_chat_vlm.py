@@ -38,6 +38,10 @@ def test_a_released_smolvlm_checkpoint_loads_without_torchvision(smolvlm, tiny_s
     assert smolvlm.name == str(tiny_smolvlm_dir)
 
 
+def test_its_tiles_read_large_photos_whole(smolvlm):
+    assert smolvlm.input_side is None  # the worker decodes up to MAX_IMAGE_SIDE, not to one tile
+
+
 def test_the_web_side_knows_it_takes_a_prompt_from_its_config_alone(smolvlm, tiny_smolvlm_dir):
     assert model_type(tiny_smolvlm_dir) == "smolvlm"
     assert options_for("smolvlm") == smolvlm.supported_options == {"prompt", "max_length"}

@@ -128,6 +128,7 @@ def images() -> list[Image.Image]:
 def test_it_is_loaded_by_its_config_not_its_name_and_says_what_it_takes(florence, tiny_florence2_dir):
     assert florence.name == str(tiny_florence2_dir)
     assert florence.supported_options == {"detail", "ocr", "max_length"}
+    assert florence.input_side == 64  # its processor's square: the worker decodes photos no larger
     with pytest.raises(UnsupportedOption, match="prompt"):
         florence.check_options({"prompt": "how many?"})
 

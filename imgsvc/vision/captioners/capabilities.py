@@ -8,7 +8,9 @@ the describer of that family honours, so the API can refuse a ``prompt`` to a mo
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 #: ``detail`` -> the Florence-2 task that answers it.
 DETAILS = ("brief", "detailed", "paragraph")
@@ -62,3 +64,25 @@ def _config(directory: str | Path) -> dict:
 def options_for(model_type_name: str | None) -> frozenset[str]:
     """The per-job options a family honours; none for a family this service does not know."""
     return OPTIONS_BY_MODEL_TYPE.get(model_type_name or "", frozenset())
+
+
+def square_side(image_processor: Any) -> int | None:
+    """The side an image processor squeezes every image to (``size`` with height and width, or a
+    shortest edge that is then cropped square), or None where it keeps more (tiles, longest edge).
+
+    ``size`` is a dict in older processors and a ``SizeDict`` (attributes) in newer ones.
+    """
+    size = getattr(image_processor, "size", None)
+    if size is None or not getattr(image_processor, "do_resize", True):
+        return None
+
+    def get(key: str) -> int | None:
+        value = size.get(key) if isinstance(size, Mapping) else getattr(size, key, None)
+        return value if isinstance(value, int) and value > 0 else None
+
+    height, width, shortest, longest = get("height"), get("width"), get("shortest_edge"), get("longest_edge")
+    if height and width:
+        return max(height, width)
+    if shortest and not longest:
+        return shortest
+    return None

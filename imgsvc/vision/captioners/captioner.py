@@ -22,7 +22,13 @@ from PIL import Image
 
 from imgsvc.vision.base import Describer, Description, ModelLoadError
 from imgsvc.vision.captioners import blip, git, vision_encoder_decoder
-from imgsvc.vision.captioners.capabilities import CHAT_MODEL_TYPES, model_type, needs_remote_code, options_for
+from imgsvc.vision.captioners.capabilities import (
+    CHAT_MODEL_TYPES,
+    model_type,
+    needs_remote_code,
+    options_for,
+    square_side,
+)
 from imgsvc.vision.captioners.family import Family
 from imgsvc.vision.captioners.hub import cached_snapshot, download_model, looks_like_path, offline
 from imgsvc.vision.devices import resolve_device
@@ -58,6 +64,7 @@ class TransformersCaptioner(Describer):
         self.family = family
         self.model = model
         self.image_processor = image_processor
+        self.input_side = square_side(image_processor)
         self.tokenizer = tokenizer
         self.device = device
         self.dtype = dtype

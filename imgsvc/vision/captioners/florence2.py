@@ -32,7 +32,7 @@ from imgsvc.vision.base import (
     TextLine,
     UnsupportedOption,
 )
-from imgsvc.vision.captioners.capabilities import DETAILS, OCR_MODES, options_for
+from imgsvc.vision.captioners.capabilities import DETAILS, OCR_MODES, options_for, square_side
 from imgsvc.vision.captioners.text import clean_text
 
 log = logging.getLogger("imgsvc.vision.captioners")
@@ -156,6 +156,7 @@ class Florence2Describer(Describer):
         self.name = name
         self.model = model
         self.processor = processor
+        self.input_side = square_side(processor.image_processor)
         self.tokenizer = processor.tokenizer
         self.device = device
         self.dtype = dtype
