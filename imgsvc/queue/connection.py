@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 from redis import Redis
@@ -54,6 +55,19 @@ def describe_label(filename: str | None, model: str | None) -> str:
     return f"describe {name} with {model or 'the running model'}"
 
 
+@dataclass(frozen=True)
+class Describe:
+    """One describe job to enqueue: its row's id, where it goes, what RQ's listing says of it, and
+    the caller's commands sent in the same round trip (``also``: a counter, a validator)."""
+
+    queue: Queue
+    job_id: str
+    at_front: bool = False
+    filename: str | None = None
+    model: str | None = None
+    also: Callable[[Pipeline], object] | None = None
+
+
 def enqueue_describe(
     queue: Queue,
     settings: Settings,
@@ -69,28 +83,39 @@ def enqueue_describe(
     One round trip: RQ writes the job into a pipeline, ``also`` adds the caller's commands
     (the submit counter) to the same one.
     """
+    (job,) = enqueue_describes(settings, [Describe(queue, job_id, at_front, filename, model, also)])
+    return job
+
+
+def enqueue_describes(settings: Settings, wanted: Sequence[Describe]) -> list[RQJob]:
+    """Several describe jobs (and their callers' commands) in one transaction and one round trip:
+    the submits that arrive together (:class:`imgsvc.submissions.SubmitGroup`). All or none."""
     retry = None
     if settings.task_max_retries > 0:
         retry = Retry(max=settings.task_max_retries, interval=settings.task_retry_delay)
     try:
-        with queue.connection.pipeline() as pipe:
-            job = queue.enqueue(
-                DESCRIBE_TASK,
-                job_id,
-                job_id=job_id,
-                retry=retry,
-                job_timeout=settings.job_timeout,
-                result_ttl=settings.result_ttl,
-                failure_ttl=settings.result_ttl,
-                description=describe_label(filename, model),
-                at_front=at_front,
-                pipeline=pipe,
-            )
-            pipe.zadd(waiting_key(queue.name), {job_id: time.time()})
-            if also is not None:
-                also(pipe)
+        with wanted[0].queue.connection.pipeline() as pipe:
+            made = []
+            for one in wanted:
+                made.append(
+                    one.queue.enqueue(
+                        DESCRIBE_TASK,
+                        one.job_id,
+                        job_id=one.job_id,
+                        retry=retry,
+                        job_timeout=settings.job_timeout,
+                        result_ttl=settings.result_ttl,
+                        failure_ttl=settings.result_ttl,
+                        description=describe_label(one.filename, one.model),
+                        at_front=one.at_front,
+                        pipeline=pipe,
+                    )
+                )
+                pipe.zadd(waiting_key(one.queue.name), {one.job_id: time.time()})
+                if one.also is not None:
+                    one.also(pipe)
             pipe.execute()
-            return job
+            return made
     except RedisError as exc:
         raise QueueUnavailable() from exc
 

@@ -27,6 +27,7 @@ from imgsvc.errors import (
 from imgsvc.metrics import HttpMetrics
 from imgsvc.queue.routing import DefaultModelCache
 from imgsvc.storage.uploads import StagingFile, file_too_large, human_size
+from imgsvc.submissions import SubmitGroup
 
 log = logging.getLogger("imgsvc.web")
 #: GETs a probe or a waiting client repeats every second or so: logged at DEBUG (see _log_request).
@@ -161,6 +162,7 @@ def register_web(app: Flask) -> None:
     register_errors(app)
     app.extensions["imgsvc.http_metrics"] = HttpMetrics(app.metrics)
     app.extensions["imgsvc.default_model"] = DefaultModelCache()
+    app.extensions["imgsvc.submit_group"] = SubmitGroup()
     app.before_request(_start_timer)
     app.after_request(no_sniffing)
     app.after_request(_log_request)

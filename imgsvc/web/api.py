@@ -117,8 +117,8 @@ def _no_constant(name: str) -> None:
 
 def _intake() -> Intake:
     app = current_app
-    models = app.extensions["imgsvc.default_model"]
-    return Intake(app_settings(), app.uploads, app.redis, app.task_queue, app.metrics, models)
+    models, group = app.extensions["imgsvc.default_model"], app.extensions["imgsvc.submit_group"]
+    return Intake(app_settings(), app.uploads, app.redis, app.task_queue, app.metrics, models, group)
 
 
 def _limits(settings: Settings) -> dict[str, Any]:
