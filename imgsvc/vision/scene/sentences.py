@@ -125,6 +125,11 @@ CONTENT_KINDS = {"cup": "drink", "mug": "drink", "wine glass": "drink", "bottle"
 #: photos of books are of their covers and bindings ("book jacket" 0.24 and "binder" 0.19 on a
 #: crop of two books). Their summed probability on a box's crop vouches for the box as its own noun.
 SHOWN_AS = {"book": frozenset({"book jacket", "binder", "comic book"})}
+#: Kinds the classifier may name from a box's crop when it is sure of them (SURE_NOUN) and the box
+#: is unconfirmed: CenterNet boxes the table a cup of coffee stands on, whose crop is espresso 0.9;
+#: the coffee is there, unboxed, whatever the box is. Only on boxes of things that hold food (a
+#: table, a bowl, food), not on an animal's or a vehicle's.
+HELD = frozenset({"drink", "food"})
 PLACES = {
     "seashore": "on a beach",
     "sandbar": "on a beach",
@@ -479,6 +484,7 @@ def read_scene(evidence: Evidence) -> Scene:
     smiling = sum(1 for f in faces if f.emotion == "happy" and (f.emotion_score or 0.0) >= SMILE_SCORE)
 
     boxed = []
+    held: dict[str, float] = {}  # food and drink the classifier is sure of on a box it does not confirm
     shared = Counter(d.label for d in evidence.objects)
     for i, detection in enumerate(evidence.objects):
         if detection.label == "person":
@@ -495,15 +501,25 @@ def read_scene(evidence: Evidence) -> Scene:
             thing = Thing(detection.label, detection.score, detection.box, sure=False)
         if thing is not None:
             boxed.append(thing)
+        # Not on an animal's or a vehicle's box: a dachshund the classifier calls a hotdog is no food.
+        holder = COCO_NOUNS.get(detection.label, (detection.label, "object"))[1] in {"object", "food"}
+        best, mass = next(iter(fold(crop_tags).items()), ("", 0.0))
+        if (
+            holder
+            and own_crop
+            and mass >= SURE_NOUN
+            and kind_of(best) in HELD
+            and (thing is None or thing.noun != best)
+        ):
+            held[best] = max(held.get(best, 0.0), mass)
     # Animals first (people say "a cat next to a motorcycle"), then by size times score.
     boxed.sort(key=lambda t: (kind_of(t.noun) != "animal", -(t.box.area if t.box else 0.0) * t.score))
 
     named = {t.noun for t in boxed if t.sure} | ({"person"} if people else set())
     whole = fold(evidence.tags)
+    sure_nouns = {noun: mass for noun, mass in whole.items() if mass >= SURE_NOUN} | held
     unboxed = [
-        Thing(noun, mass)
-        for noun, mass in whole.items()
-        if mass >= SURE_NOUN and noun not in named and noun not in PLACES
+        Thing(noun, mass) for noun, mass in sure_nouns.items() if noun not in named and noun not in PLACES
     ]
     outdoors = kinds(evidence.tags).get("place", 0.0)
     if outdoors >= OUTDOOR_SCORE and not people and not unboxed and not any(t.sure for t in boxed):
