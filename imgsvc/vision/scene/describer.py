@@ -51,6 +51,7 @@ from imgsvc.vision.scene.sentences import (
 )
 from imgsvc.vision.scene.signs import sign_lines, wants_second_read
 from imgsvc.vision.scene.ssd_person import PersonDetector
+from imgsvc.vision.scene.surfaces import surfaces
 from imgsvc.vision.scene.weights import missing_components
 
 log = logging.getLogger("imgsvc.vision")
@@ -270,7 +271,7 @@ class SceneDescriber(Describer):
             page=looks_like_page(image) if lines else None,
             drawing=drawing,
         )
-        return self._read_signs(image, evidence)
+        return self._look_at_surfaces(image, self._read_signs(image, evidence))
 
     def _read_signs(self, image: Image.Image, item: Evidence) -> Evidence:
         """OCR after all where the scene would name nothing else (a sign with a word or two)."""
@@ -278,6 +279,14 @@ class SceneDescriber(Describer):
             return item
         found = sign_lines(self.classifier.reader.read(image))
         return replace(item, lines=found, page=looks_like_page(image) if found else None)
+
+    def _look_at_surfaces(self, image: Image.Image, item: Evidence) -> Evidence:
+        """The sky and grass (:mod:`~imgsvc.vision.scene.surfaces`) where the sentence would name
+        nobody, nothing and no words: what is left to say is what the photo is a view of."""
+        scene = read_scene(item)
+        if scene.people or scene.things or sign_lines(scene.lines or ()) or scene.drawing:
+            return item
+        return replace(item, surfaces=surfaces(image, item.wide_tags or item.tags))
 
     def _faces_with_emotions(
         self, image: Image.Image, persons: list[Detection], detections: list[Detection]

@@ -33,6 +33,7 @@ from imgsvc.vision.base import Box, Detection, Face, Tag, TextLine
 from imgsvc.vision.classifier.sentences import DOCUMENT_CHARS, display_name, quote, with_article
 from imgsvc.vision.scene.boxes import overlap
 from imgsvc.vision.scene.kinds import best_kind
+from imgsvc.vision.scene.surfaces import GRASS, GREENERY, SKY
 
 #: A person box counts from this score, whichever detector gave it.
 PERSON_SCORE = 0.5
@@ -88,6 +89,10 @@ SIGN_CHARS = 3
 #: boxes no larger than SMALL_BOX (of the photo's area) that are all the detectors found.
 SETTINGS = frozenset({"building", "shop", "bridge"})
 SMALL_BOX = 0.1
+#: COCO classes that carry print: a box the classifier cannot confirm is still a guess where the
+#: photo has lines of words (a cover's title is the independent word a crop of it does not give:
+#: the classifier calls two books a carton and a mousetrap), and the words are its text, not a sign.
+PRINTED = frozenset({"book"})
 #: With nothing sure, the classifier's places (valley, lakeside, seashore ...) summed from this
 #: mass make "a landscape".
 OUTDOOR_SCORE = 0.6
@@ -116,6 +121,15 @@ CONTAINERS = frozenset({"cup", "mug", "wine glass", "bottle", "bowl"})
 #: What the classifier sees in a container vouches for the container: a crop it calls espresso
 #: (0.92 on scikit-image's coffee, "cup" itself 0.02) supports the detector's "cup" box.
 CONTENT_KINDS = {"cup": "drink", "mug": "drink", "wine glass": "drink", "bottle": "drink", "bowl": "food"}
+#: COCO classes ImageNet has no class for, and the ImageNet classes whose photos show them: its
+#: photos of books are of their covers and bindings ("book jacket" 0.24 and "binder" 0.19 on a
+#: crop of two books). Their summed probability on a box's crop vouches for the box as its own noun.
+SHOWN_AS = {"book": frozenset({"book jacket", "binder", "comic book"})}
+#: Kinds the classifier may name from a box's crop when it is sure of them (SURE_NOUN) and the box
+#: is unconfirmed: CenterNet boxes the table a cup of coffee stands on, whose crop is espresso 0.9;
+#: the coffee is there, unboxed, whatever the box is. Only on boxes of things that hold food (a
+#: table, a bowl, food), not on an animal's or a vehicle's.
+HELD = frozenset({"drink", "food"})
 PLACES = {
     "seashore": "on a beach",
     "sandbar": "on a beach",
@@ -162,6 +176,9 @@ class Evidence:
     page: bool | None = None
     #: Whether the drawing head (:mod:`imgsvc.vision.scene.drawings`) calls it a drawing; None: not run.
     drawing: bool | None = None
+    #: What :func:`~imgsvc.vision.scene.surfaces.surfaces` sees (sky, grass); None: not measured
+    #: (the describer measures only where nothing else would be named).
+    surfaces: Sequence[str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types, for recording real model outputs as test fixtures."""
@@ -191,6 +208,7 @@ class Evidence:
             "greyscale": self.greyscale,
             "page": self.page,
             "drawing": self.drawing,
+            "surfaces": None if self.surfaces is None else list(self.surfaces),
         }
 
     @classmethod
@@ -209,6 +227,7 @@ class Evidence:
             greyscale=data["greyscale"],
             page=data.get("page"),
             drawing=data.get("drawing"),
+            surfaces=data.get("surfaces"),
         )
 
 
@@ -235,6 +254,7 @@ class Scene:
     lines: Sequence[TextLine] | None = None
     page: bool | None = None
     drawing: bool = False
+    surfaces: Sequence[str] = ()
 
     @property
     def objects(self) -> list[Detection]:
@@ -419,6 +439,8 @@ def weigh_object(detection: Detection, crop_tags: Sequence[Tag], own_crop: bool 
     else:
         agrees = nouns.get(noun, 0.0) >= SUPPORT
     agrees = agrees or crop_kinds.get(CONTENT_KINDS.get(noun, ""), 0.0) >= KIND_SUPPORT
+    shown = SHOWN_AS.get(noun, frozenset())
+    agrees = agrees or sum(t.score for t in crop_tags if t.label in shown) >= SUPPORT
     if agrees and own_crop:
         # The detector reports a box below OBJECT_SCORE only for the classes its threshold table
         # lowers (centernet.CLASS_THRESHOLDS), and such a box stands only here, where the crop agrees.
@@ -462,6 +484,7 @@ def read_scene(evidence: Evidence) -> Scene:
     smiling = sum(1 for f in faces if f.emotion == "happy" and (f.emotion_score or 0.0) >= SMILE_SCORE)
 
     boxed = []
+    held: dict[str, float] = {}  # food and drink the classifier is sure of on a box it does not confirm
     shared = Counter(d.label for d in evidence.objects)
     for i, detection in enumerate(evidence.objects):
         if detection.label == "person":
@@ -473,17 +496,30 @@ def read_scene(evidence: Evidence) -> Scene:
         unconfirmed = thing is None or not thing.sure
         if detection.label == "dining table" and unconfirmed and at_table(detection, people):
             thing = Thing("table", detection.score, detection.box)
+        printed = detection.label in PRINTED and detection.score >= OBJECT_SCORE
+        if printed and thing is None and sign_lines(evidence.lines or ()):
+            thing = Thing(detection.label, detection.score, detection.box, sure=False)
         if thing is not None:
             boxed.append(thing)
+        # Not on an animal's or a vehicle's box: a dachshund the classifier calls a hotdog is no food.
+        holder = COCO_NOUNS.get(detection.label, (detection.label, "object"))[1] in {"object", "food"}
+        best, mass = next(iter(fold(crop_tags).items()), ("", 0.0))
+        if (
+            holder
+            and own_crop
+            and mass >= SURE_NOUN
+            and kind_of(best) in HELD
+            and (thing is None or thing.noun != best)
+        ):
+            held[best] = max(held.get(best, 0.0), mass)
     # Animals first (people say "a cat next to a motorcycle"), then by size times score.
     boxed.sort(key=lambda t: (kind_of(t.noun) != "animal", -(t.box.area if t.box else 0.0) * t.score))
 
     named = {t.noun for t in boxed if t.sure} | ({"person"} if people else set())
     whole = fold(evidence.tags)
+    sure_nouns = {noun: mass for noun, mass in whole.items() if mass >= SURE_NOUN} | held
     unboxed = [
-        Thing(noun, mass)
-        for noun, mass in whole.items()
-        if mass >= SURE_NOUN and noun not in named and noun not in PLACES
+        Thing(noun, mass) for noun, mass in sure_nouns.items() if noun not in named and noun not in PLACES
     ]
     outdoors = kinds(evidence.tags).get("place", 0.0)
     if outdoors >= OUTDOOR_SCORE and not people and not unboxed and not any(t.sure for t in boxed):
@@ -513,6 +549,7 @@ def read_scene(evidence: Evidence) -> Scene:
         lines=evidence.lines,
         page=evidence.page,
         drawing=bool(evidence.drawing),
+        surfaces=tuple(evidence.surfaces or ()),
     )
 
 
@@ -622,6 +659,15 @@ def subject_and_rest(scene: Scene) -> str | None:
     return f"{subject}{joint} {join(words)}" if words else subject
 
 
+def view_phrase(surfaces: Sequence[str]) -> str | None:
+    """What a photo with no subject shows, from its surfaces: "the sky over what may be grass"."""
+    ground = next((s for s in surfaces if s in (GRASS, GREENERY)), None)
+    said = {GRASS: "what may be grass", GREENERY: "what may be grass or leaves", None: None}[ground]
+    if SKY in surfaces:
+        return f"the sky over {said}" if said else "the sky, with no clearly recognisable subject"
+    return said
+
+
 def compose_scene(evidence: Evidence | Scene) -> str:
     """One sentence for one image, from its evidence (or an already weighed scene)."""
     scene = read_scene(evidence) if isinstance(evidence, Evidence) else evidence
@@ -634,7 +680,10 @@ def compose_scene(evidence: Evidence | Scene) -> str:
     # Not a page: only the lines that are plainly words are said, as a sign or a drawing's text.
     lines = sign_lines(lines)
     text_chars = sum(len(line.text.strip()) for line in lines)
-    sign = f"a sign that reads {quote(lines)}" if text_chars else None
+    sign = None
+    if text_chars:
+        on_print = any(t.noun in PRINTED for t in scene.things)
+        sign = f"the text {quote(lines)}" if on_print else f"a sign that reads {quote(lines)}"
     if scene.drawing:
         # Not a photo: say so; what is sure stands, the rest (a cartoon fish's "mouse") stays unsaid.
         if subject is None:
@@ -644,6 +693,9 @@ def compose_scene(evidence: Evidence | Scene) -> str:
     if subject is None:
         if sign:
             return f"A {kind} of {sign}."
+        view = view_phrase(scene.surfaces)
+        if view:
+            return f"A {kind} of {view}."
         colour = "black-and-white " if scene.greyscale else ""
         return f"A{'' if colour else 'n'} {colour}image with no clearly recognisable subject."
     sentence = f"A {kind} of {subject}"
