@@ -9,20 +9,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import threading
 from collections.abc import Iterator
 
 import pytest
 from flask import has_request_context
+from sqlalchemy.exc import OperationalError
 
-from imgsvc.errors import BadRequest, UnsupportedImage
+from imgsvc import submissions
+from imgsvc.errors import BadRequest, QueueUnavailable, UnsupportedImage
 from imgsvc.metrics import RedisMetrics
 from imgsvc.queue.connection import job_queue, redis_connection
 from imgsvc.queue.routing import ModelEntry, ModelRegistry
 from imgsvc.storage import jobs
 from imgsvc.storage.uploads import LocalUploadStore
-from imgsvc.submissions import Intake, Submission, accept_upload
+from imgsvc.submissions import Intake, Submission, SubmitGroup, accept_upload
 from imgsvc.vision.base import Description
 from tests.conftest import image_bytes
+from tests.integration.procs import wait_until
 
 
 @pytest.fixture()
@@ -121,3 +125,99 @@ def test_batch_members_share_the_batch_id(intake):
         for i in range(2)
     ]
     assert {job.id for job in jobs.batch_members(batch, None)} == set(ids)
+
+
+# -- submits that arrive together share their writes (SubmitGroup) ------------------------------
+def submit_together(app, intake: Intake, filenames: list[str]) -> dict[str, object]:
+    """One thread per file, all at once through one SubmitGroup: each file's Accepted, or what it raised."""
+    outcomes: dict[str, object] = {}
+
+    def one(index: int, name: str) -> None:
+        with app.app_context():
+            data = image_bytes("PNG", color=(index * 40 % 256, 90, 7))
+            try:
+                outcomes[name] = accept_upload(intake, io.BytesIO(data), Submission(), filename=name)
+            except Exception as exc:
+                outcomes[name] = exc
+
+    threads = [threading.Thread(target=one, args=(i, name)) for i, name in enumerate(filenames)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return outcomes
+
+
+@pytest.fixture()
+def grouped(intake, monkeypatch) -> tuple[Intake, list[int]]:
+    """An intake whose group's first INSERT (of 5 submits) is held until every other submit has
+    handed its row in, so the rest form one group; the sizes of the INSERTs are recorded."""
+    group = SubmitGroup()
+    sizes: list[int] = []
+    real = jobs.insert_jobs
+
+    def insert_jobs(rows):
+        sizes.append(len(rows))
+        if len(sizes) == 1:
+            assert wait_until(lambda: len(rows) + len(group._pending) == 5, timeout=10)
+        return real(rows)
+
+    monkeypatch.setattr(jobs, "insert_jobs", insert_jobs)
+    return dataclasses.replace(intake, group=group), sizes
+
+
+def test_submits_that_arrive_together_share_one_insert_and_one_enqueue(app, grouped, monkeypatch):
+    intake, sizes = grouped
+    enqueues: list[int] = []
+    real = submissions.enqueue_describes
+    monkeypatch.setattr(
+        submissions,
+        "enqueue_describes",
+        lambda settings, wanted: (enqueues.append(len(wanted)), real(settings, wanted))[1],
+    )
+
+    outcomes = submit_together(app, intake, [f"{i}.png" for i in range(5)])
+
+    assert len(sizes) == 2 and sum(sizes) == 5  # the first writer's group, then all the rest together
+    assert enqueues == sizes
+    ids = [outcome.id for outcome in outcomes.values()]
+    assert len(set(ids)) == 5 and set(intake.task_queue.job_ids) == set(ids)
+    rows = [jobs.get_job(job_id) for job_id in ids]
+    assert {row.status for row in rows} == {"queued"}
+    assert {row.filename for row in rows} == set(outcomes)  # each row is its own submit's
+
+
+def test_a_group_whose_enqueue_fails_leaves_nothing_and_every_submit_is_told(app, grouped, monkeypatch):
+    intake, _ = grouped
+
+    def redis_down(settings, wanted):
+        raise QueueUnavailable()
+
+    monkeypatch.setattr(submissions, "enqueue_describes", redis_down)
+
+    outcomes = submit_together(app, intake, [f"{i}.png" for i in range(5)])
+
+    assert all(isinstance(outcome, QueueUnavailable) for outcome in outcomes.values())
+    assert jobs.list_jobs(status=None, owner=None, limit=10, before=None) == []
+    assert stored_files(intake) == [] and intake.task_queue.job_ids == []
+
+
+def test_a_row_that_cannot_be_written_spoils_no_other_row_of_its_group(app, grouped, monkeypatch):
+    intake, sizes = grouped
+    held = jobs.insert_jobs
+
+    def insert_jobs(rows):
+        if any(row["filename"] == "bad.png" for row in rows):
+            sizes.append(len(rows))
+            raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+        return held(rows)
+
+    monkeypatch.setattr(jobs, "insert_jobs", insert_jobs)
+    names = ["0.png", "1.png", "bad.png", "3.png", "4.png"]
+
+    outcomes = submit_together(app, intake, names)
+
+    assert isinstance(outcomes.pop("bad.png"), OperationalError)
+    assert {outcome.status for outcome in outcomes.values()} == {"queued"}
+    assert set(intake.task_queue.job_ids) == {outcome.id for outcome in outcomes.values()}
+    assert len(stored_files(intake)) == 4  # the refused row's upload is gone
