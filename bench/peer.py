@@ -197,6 +197,7 @@ def imgsvc_server(env: dict[str, str], workdir: Path, web_threads: int) -> Itera
     )  # fmt: skip
     processes = [redis]
     try:
+        _wait_redis(env["REDIS_URL"], redis, workdir / "redis.log")
         # The worker first: it creates the tables, which two gunicorn workers booting at once on a
         # new SQLite file may both try (one then fails to boot, and gunicorn stops).
         worker = _popen([sys.executable, "worker.py"], env, workdir / "worker.log")
@@ -218,6 +219,25 @@ def imgsvc_server(env: dict[str, str], workdir: Path, web_threads: int) -> Itera
     finally:
         for process in reversed(processes):
             stop_tree(process)
+
+
+def _wait_redis(redis_url: str, process: subprocess.Popen, log: Path) -> None:
+    """Until the private redis-server answers: on a loaded machine it may take a moment to listen."""
+    from redis import Redis
+    from redis.exceptions import ConnectionError as RedisDown
+
+    connection = Redis.from_url(redis_url)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            connection.ping()
+            break
+        except RedisDown:
+            if process.poll() is not None or time.monotonic() > deadline:
+                said = log.read_text()[-3000:]
+                raise RuntimeError(f"redis-server did not start; its log:\n{said}") from None
+            time.sleep(0.05)
+    connection.close()
 
 
 def _wait_worker(redis_url: str, queue: str, process: subprocess.Popen, log: Path) -> None:
