@@ -1,7 +1,7 @@
 """imgsvc against BentoML end to end: same model directory, same photos, same clients, one run.
 
-    python -m bench peer [--models tiny,blip-base] [--images 200] [--clients 32] [--rounds 2]
-                         [--poll-ms 20] [--web-threads N] [--warm 64] [--sides ...] [--quick]
+    python -m bench peer [--models tiny,blip-base] [--images N] [--clients 32] [--rounds 2]
+                         [--poll-ms 20] [--web-threads N] [--warm N] [--sides ...] [--quick]
 
 Each model directory (the tiny BLIP generating 3 tokens: a near-free model that shows what the
 serving costs; the BLIP-base-size one at 20 tokens: a realistic model; random weights, built under
@@ -59,6 +59,9 @@ from imgsvc.config import PROJECT_ROOT
 
 PEER_VENV = PROJECT_ROOT / ".venv-peer"
 TOKENS = {"tiny": 3, "blip-base": 20}
+#: Photos per run and per warm-up, by model: enough for steady figures at each model's pace.
+IMAGES = {"tiny": 800, "blip-base": 32}
+WARM = {"tiny": 64, "blip-base": 2}
 BATCH = 16
 TIMEOUT = 120.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -631,7 +634,11 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", default="tiny,blip-base", help="tiny (3 tokens), blip-base (20 tokens)")
-    parser.add_argument("--images", type=int, default=200, help="distinct 320x240 JPEGs per run")
+    parser.add_argument(
+        "--images", type=int, default=0,
+        help="distinct 320x240 JPEGs per run (default: 800 for tiny, 32 for blip-base, whose raw model "
+        "does about half a photo a second here)",
+    )  # fmt: skip
     parser.add_argument("--clients", type=int, default=32, help="concurrent keep-alive clients")
     parser.add_argument("--rounds", type=int, default=2, help="ABBA rounds (each reverses the order)")
     parser.add_argument("--poll-ms", type=float, default=20, help="a polling client's pause between polls")
@@ -640,7 +647,12 @@ def main(argv: list[str] | None = None) -> None:
         help="WEB_THREADS of imgsvc's gunicorn workers (default: clients + 8, so that every client can "
         "wait in one request whichever process its connection lands on; docs/scaling.md)",
     )  # fmt: skip
-    parser.add_argument("--warm", type=int, default=64, help="photos per side's warm-up run (0: none)")
+    parser.add_argument(
+        "--warm",
+        type=int,
+        default=None,
+        help="photos per side's warm-up run (0: none; default 64 for tiny, 2 for blip-base)",
+    )
     parser.add_argument("--sides", default=",".join(SIDES), help=f"any of: {', '.join(SIDES)}")
     parser.add_argument("--quick", action="store_true", help="tiny model, few photos, one round, no BentoML")
     args = parser.parse_args(argv)
@@ -658,9 +670,10 @@ def main(argv: list[str] | None = None) -> None:
         print("--quick: the BentoML side is skipped (a bench-only venv, bench/peer-setup.sh; "
               "run without --quick to compare)")  # fmt: skip
     args.web_threads = args.web_threads or args.clients + 8
-    jpegs = photos(args.images)
-    for size in args.models.split(","):
-        measure_model(size.strip(), args, jpegs)
+    for size in (s.strip() for s in args.models.split(",")):
+        count = args.images or IMAGES.get(size, 200)
+        warm = WARM.get(size, 64) if args.warm is None else args.warm
+        measure_model(size, argparse.Namespace(**vars(args) | {"warm": warm}), photos(count))
 
 
 if __name__ == "__main__":
