@@ -144,6 +144,7 @@ def accept_upload(
     filename: str | None = None,
     deadline: float | None = None,
     bucket: str | None = None,
+    job_id: str | None = None,
 ) -> Accepted:
     """Stage, check, store, record, enqueue; on any failure undo what was done so far.
 
@@ -154,10 +155,13 @@ def accept_upload(
     only from the same ``owner``'s jobs: another key must not learn what was uploaded.
     ``deadline`` (a :func:`time.monotonic` instant) bounds the header check; the web side gives
     every file of a request the same one. With a quota ``bucket`` (the client), the job and its
-    stored bytes are charged to its daily quota (:mod:`imgsvc.quotas`).
+    stored bytes are charged to its daily quota (:mod:`imgsvc.quotas`). ``job_id``: the new job's
+    id, chosen by the caller (who may watch it before it exists); else a new one.
     """
     staged, info, route = _stage_and_check(intake, stream, submission, deadline, bucket)
     row = _row_fields(staged, info, submission, owner=owner, batch_id=batch_id, filename=filename)
+    if job_id is not None:
+        row["id"] = job_id
     row["queue"] = None if route.is_default else route.queue.name
     model = route.model
     hit = None
@@ -178,6 +182,7 @@ def accept_url(
     *,
     owner: str | None = None,
     bucket: str | None = None,
+    job_id: str | None = None,
 ) -> Accepted:
     """Record and enqueue a job whose image the worker fetches from ``image_url`` (already vetted:
     :func:`imgsvc.outbound_urls.check_url`); nothing is fetched here.
@@ -195,6 +200,8 @@ def accept_url(
     row = _row_fields(None, None, submission, owner=owner, batch_id=None, filename=None)
     row["queue"] = None if route.is_default else route.queue.name
     row["image_url"] = image_url
+    if job_id is not None:
+        row["id"] = job_id
     return _enqueue_row(intake, row, route, bucket, size=reserved)
 
 

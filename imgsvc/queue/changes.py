@@ -120,10 +120,12 @@ def _forget(session: Session) -> None:
 
 
 class Wakeup(threading.Event):
-    """Set whenever the job's row changes, with the change's message when one woke it."""
+    """Set whenever the job's row changes, with the change's message when one woke it; a message
+    whose status is in ``ignore`` does not wake it (a client waiting for the end, not for a start)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ignore: frozenset[str] = frozenset()) -> None:
         super().__init__()
+        self.ignore = ignore
         self._guard = threading.Lock()
         self._message: dict[str, Any] | None = None
 
@@ -176,14 +178,17 @@ class JobWatcher:
         return self._waiting
 
     @contextmanager
-    def watch(self, job_id: str, confirm_timeout: float = 2.0) -> Iterator[Wakeup | None]:
-        """An event set whenever the job's row changes, for the duration of the block.
+    def watch(
+        self, job_id: str, confirm_timeout: float = 2.0, ignore: frozenset[str] = frozenset()
+    ) -> Iterator[Wakeup | None]:
+        """An event set whenever the job's row changes (to a status not in ``ignore``), for the
+        duration of the block.
 
         None when the watcher is full or Redis cannot be reached: the caller answers at once.
         When it yields an event, Redis has confirmed the subscription: read the row *after*
         entering the block, and any later change sets the event.
         """
-        woken = Wakeup()
+        woken = Wakeup(ignore)
         entry = self._join(job_id, woken)
         if entry is None:
             yield None
@@ -306,8 +311,10 @@ class JobWatcher:
                     self._subscribes.pop(name, None)
             elif kind == "message" and entry is not None:
                 message = _parsed(reply[2])
+                status = message["status"] if message is not None else None
                 for woken in entry.events:
-                    woken.deliver(message)
+                    if status not in woken.ignore:
+                        woken.deliver(message)
 
 
 def _parsed(data: Any) -> dict[str, Any] | None:

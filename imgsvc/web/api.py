@@ -31,6 +31,7 @@ from imgsvc.storage.uploads import client_filename
 from imgsvc.submissions import (
     OPTION_SPECS,
     WEBHOOK_EVENTS,
+    Accepted,
     Intake,
     Submission,
     accept_upload,
@@ -42,7 +43,7 @@ from imgsvc.submissions import (
 from imgsvc.web.auth import client_bucket, require_api_key
 from imgsvc.web.idempotency import idempotent
 from imgsvc.web.polls import not_modified, poll_headers, read_validator
-from imgsvc.web.waits import event_stream, preferred_wait, wait_for, wait_for_result
+from imgsvc.web.waits import event_stream, fresh_job, preferred_wait, wait_for, wait_for_result, watch_new_job
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 bp.before_request(require_api_key)
@@ -136,52 +137,66 @@ def submit() -> tuple[Response, int, dict[str, str]]:
     limits = _limits(settings)  # before the body is parsed: a client over its quota costs no staging
     fields = form_fields(request.files, request.form)
     uploads = request.files.getlist("file")
+    seconds = preferred_wait(request.headers.get("Prefer"), settings)
+    job_id = jobs.new_id()
+    # A submit that waits subscribes to its job's changes before the job exists: nothing to read after.
+    with watch_new_job(job_id) if seconds is not None else contextlib.nullcontext() as woken:
+        job = _accept(settings, fields, uploads, limits, job_id)
+        g.job_id = job.id
+        headers = {"Location": url_for("api.status", job_id=job.id), "Vary": "Prefer"}
+        if seconds is not None:
+            # One request per job: the answer is /result's once the job ends within the wait.
+            if job.cached:  # answered from an identical image's result: done already
+                ended, applied = fresh_job(job.id), True
+            else:
+                ended, applied = wait_for_result(job.id, woken, seconds)
+            if applied:
+                headers["Preference-Applied"] = f"wait={seconds}"
+            if isinstance(ended, dict):  # done: the result its worker committed and published
+                return jsonify(ended), 200, headers
+            if ended is not None and ended.status in jobs.FINISHED:
+                return (*result_answer(ended), headers)
+    body = {"job_id": job.id, "status": job.status, "message": "Job submitted successfully"}
+    if job.cached:
+        body |= {"cached": True, "message": "Identical image already described; result is ready"}
+    return jsonify(body), 202, headers
+
+
+def _accept(
+    settings: Settings, fields: MultiDict, uploads: list[FileStorage], limits: dict[str, Any], job_id: str
+) -> Accepted:
+    """The submit's one image, by URL or as a file, accepted as job ``job_id``."""
     if any(fields.getlist("image_url")):
         if uploads:
             raise BadRequest("send the image as the field 'file' or its address as 'image_url', not both")
-        job = accept_url(
+        return accept_url(
             _intake(),
             _image_url(fields, settings),
             parse_submission(fields, settings),
             owner=g.get("owner"),
             bucket=limits["bucket"],
+            job_id=job_id,
         )
-    else:
-        if not uploads:
-            raise MissingFile(
-                "send the image as the multipart form field 'file' (or its address as the field 'image_url')"
-            )
-        if len(uploads) > 1:
-            raise BadRequest(
-                f"submit takes one file and this request has {len(uploads)}; "
-                "send several files to POST /api/v1/batch instead",
-                batch_url=url_for("api.submit_batch"),
-            )
-        upload = uploads[0]
-        job = accept_upload(
-            _intake(),
-            upload.stream,
-            parse_submission(fields, settings),
-            owner=g.get("owner"),
-            filename=client_filename(upload.filename),
-            **limits,
+    if not uploads:
+        raise MissingFile(
+            "send the image as the multipart form field 'file' (or its address as the field 'image_url')"
         )
-    g.job_id = job.id
-    headers = {"Location": url_for("api.status", job_id=job.id), "Vary": "Prefer"}
-    seconds = preferred_wait(request.headers.get("Prefer"), settings)
-    if seconds is not None:
-        # One request per job: the answer is /result's once the job ends within the wait.
-        ended, applied = wait_for_result(job.id, seconds)
-        if applied:
-            headers["Preference-Applied"] = f"wait={seconds}"
-        if isinstance(ended, dict):  # done: the result its worker committed and published
-            return jsonify(ended), 200, headers
-        if ended is not None and ended.status in jobs.FINISHED:
-            return (*result_answer(ended), headers)
-    body = {"job_id": job.id, "status": job.status, "message": "Job submitted successfully"}
-    if job.cached:
-        body |= {"cached": True, "message": "Identical image already described; result is ready"}
-    return jsonify(body), 202, headers
+    if len(uploads) > 1:
+        raise BadRequest(
+            f"submit takes one file and this request has {len(uploads)}; "
+            "send several files to POST /api/v1/batch instead",
+            batch_url=url_for("api.submit_batch"),
+        )
+    upload = uploads[0]
+    return accept_upload(
+        _intake(),
+        upload.stream,
+        parse_submission(fields, settings),
+        owner=g.get("owner"),
+        filename=client_filename(upload.filename),
+        job_id=job_id,
+        **limits,
+    )
 
 
 def _image_url(fields: MultiDict, settings: Settings) -> str:

@@ -5,7 +5,8 @@ notification that the worker publishes when it writes the row), never on a loop 
 and holds no database connection while it waits. The row is the truth: :func:`wait_for` re-reads
 it whenever it is woken; :func:`wait_for_result` (a submit that waits) reads it only when the
 notification does not say enough, and answers a done job with the result its worker published
-right after committing it, which is the row's, read back by no one.
+right after committing it, which is the row's, read back by no one. A submit that waits
+subscribes before its job is enqueued (:func:`watch_new_job`): one Redis round trip, no read.
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from flask import current_app
 
 from imgsvc.config import Settings, app_settings
-from imgsvc.queue.changes import JobWatcher
+from imgsvc.queue.changes import JobWatcher, Wakeup
 from imgsvc.storage import jobs
 from imgsvc.storage.db import db
-from imgsvc.web.polls import read_validator
 
 #: ``wait=10`` among a Prefer header's comma-separated preferences (RFC 7240: delta-seconds).
 WAIT = re.compile(r"^\s*wait\s*=\s*\"?([0-9]{1,9})\"?\s*(;.*)?$", re.IGNORECASE)
@@ -88,36 +89,39 @@ def wait_for(
             woken.wait(remaining)
 
 
-def wait_for_result(job_id: str, seconds: int) -> tuple[dict | jobs.Job | None, bool]:
+@contextmanager
+def watch_new_job(job_id: str) -> Iterator[Wakeup | None]:
+    """A watch on a job about to be made, for a submit that waits for its end: confirmed by Redis
+    before the job is enqueued, so no change can come before it and there is nothing to read
+    first; woken only when the job ends (its start is no news to this client). None when every
+    waiting slot is taken or Redis cannot be reached."""
+    with watcher().watch(job_id, ignore=frozenset(jobs.UNFINISHED)) as woken:
+        yield woken
+
+
+def wait_for_result(job_id: str, woken: Wakeup | None, seconds: int) -> tuple[dict | jobs.Job | None, bool]:
     """A done job's result as its worker published it (no SQL read) once the job ends within
     ``seconds``; else the row as it is then (a Job; None: deleted). Also whether the wait was applied.
 
-    Once subscribed, the job's poll validator (one Redis GET) tells whether it changed before:
-    the worker replaces it before it publishes. Any doubt (no validator, a finished status, a
-    message without the result, a wake-up without a message) is settled by reading the row.
+    ``woken`` is :func:`watch_new_job`'s for this job (None: no watch, the row is answered at once).
+    Any doubt (a message without the result, a wake-up without a message) is settled by reading the row.
     """
+    if woken is None:
+        return fresh_job(job_id), False
     deadline = time.monotonic() + seconds
-    with watcher().watch(job_id) as woken:
-        if woken is None:
-            return fresh_job(job_id), False
-        validator = read_validator(job_id)
-        if validator is None or validator[1] not in jobs.UNFINISHED:
-            job = fresh_job(job_id)
-            if job is None or finished(job):
-                return job, True
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not woken.wait(remaining):
-                return fresh_job(job_id), True
-            message = woken.take()
-            status = message.get("status") if message is not None else None
-            if status in jobs.UNFINISHED:
-                continue  # queued again, or started: nothing to answer yet
-            if status == jobs.Status.DONE and isinstance(result := message.get("result"), dict):
-                return result, True
-            job = fresh_job(job_id)
-            if job is None or finished(job):
-                return job, True
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not woken.wait(remaining):
+            return fresh_job(job_id), True
+        message = woken.take()
+        status = message.get("status") if message is not None else None
+        if status in jobs.UNFINISHED:
+            continue  # queued again, or started: nothing to answer yet
+        if status == jobs.Status.DONE and isinstance(result := message.get("result"), dict):
+            return result, True
+        job = fresh_job(job_id)
+        if job is None or finished(job):
+            return job, True
 
 
 def event_stream(job_id: str, payload: Callable[[jobs.Job], dict]) -> Iterator[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from redis import Redis
 
 from imgsvc.queue.changes import JobWatcher, channel
@@ -18,6 +20,22 @@ def test_the_watcher_wakes_a_waiter_for_a_change_published_right_after_it_subscr
         assert woken.wait(10)
         assert not other.is_set()
     assert watcher.waiting == 0
+
+
+def test_a_waiter_for_the_end_sleeps_through_the_start(redis_db: Redis):
+    """A submit waiting for its result is not woken (a thread switch for nothing) when its job
+    starts; a watcher of every change on the same job is."""
+    watcher = JobWatcher(TEST_REDIS_URL, capacity=4)
+    with (
+        watcher.watch("job-a", ignore=frozenset({"queued", "processing"})) as end,
+        watcher.watch("job-a") as every,
+    ):
+        assert end is not None and every is not None
+        redis_db.publish(channel("job-a"), json.dumps({"job_id": "job-a", "status": "processing"}))
+        assert every.wait(10) and every.take() == {"job_id": "job-a", "status": "processing"}
+        assert not end.is_set()
+        redis_db.publish(channel("job-a"), json.dumps({"job_id": "job-a", "status": "done"}))
+        assert end.wait(10) and end.take() == {"job_id": "job-a", "status": "done"}
 
 
 def test_a_waiter_is_woken_when_redis_goes_away_and_answers_from_the_row(tmp_path):
