@@ -595,6 +595,13 @@ def report(size: str, runs: dict[str, list[Run]], n: int, args: argparse.Namespa
           f"load average {load_average()})")  # fmt: skip
     if size == "tiny":
         _goals(summary, args)
+    elif "bento sync" in summary and (ours := [s for s in summary if s.startswith("imgsvc")]):
+        # The model is ~99 % of the CPU here: "even" is within 5 %, under the spread of two rounds
+        # of 32 photos on this machine (their batches form by the clients' timing).
+        best = max(ours, key=lambda s: summary[s]["rate"])
+        mine, sync = summary[best]["rate"], summary["bento sync"]["rate"]
+        goal(f"imgsvc at least even with BentoML's sync endpoint ({size}, within 5 %)", mine >= 0.95 * sync,
+             f"{best} {mine:.3g} vs {sync:.3g} jobs/s ({mine / sync:.2f}x)", not args.quick)  # fmt: skip
     return rows
 
 
