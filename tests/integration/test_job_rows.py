@@ -68,3 +68,51 @@ def test_a_batchs_outcomes_are_written_together_except_where_the_user_cancelled(
     assert rows[0].duration_ms == 12 and rows[0].generated_by == "model" and rows[0].completed_at
     assert rows[3].error == "cannot decode image"
     assert jobs.finish_jobs({ids[0]: (result, "model", 1)}) == set()  # finished rows stay as they are
+
+
+def test_rows_of_submits_that_arrive_together_go_in_with_their_own_columns(db_app):
+    """One INSERT per set of columns: an upload's row and an image_url's row in one group."""
+    image = {"image_format": "PNG", "width": 1, "height": 1, "size_bytes": 1, "sha256": "1" * 64}
+    no_image = {"image_format": "", "width": 0, "height": 0, "size_bytes": 0, "sha256": ""}
+    upload, by_url = jobs.insert_jobs(
+        [
+            image | {"upload_name": "f" * 32 + ".png", "filename": "cat.png"},
+            no_image | {"id": (chosen := jobs.new_id()), "image_url": "https://example.test/a.jpg"},
+        ]
+    )
+    assert by_url["id"] == chosen
+    db.session.expire_all()
+    assert (jobs.get_job(upload["id"]).upload_name, jobs.get_job(upload["id"]).status) == (
+        "f" * 32 + ".png",
+        "queued",
+    )
+    assert (jobs.get_job(chosen).image_url, jobs.get_job(chosen).upload_name) == (
+        "https://example.test/a.jpg",
+        None,
+    )
+
+
+def test_dedupe_for_several_uploads_answers_each_by_its_own_image_model_owner_and_options(db_app):
+    def done(sha: str, model: str, owner: str | None, options: dict | None = None) -> str:
+        job_id = new_row(sha256=sha, owner=owner, options=options)
+        jobs.finish_jobs({job_id: (Description("x"), model, 1)})
+        return job_id
+
+    cat = done("c" * 64, "blip", "k1")
+    cat_short = done("c" * 64, "blip", "k1", {"max_length": 5})
+    dog = done("d" * 64, "florence", "k2")
+    key = jobs.CacheKey
+
+    hits = jobs.find_cached_ids(
+        [
+            key("c" * 64, None, "blip", "k1"),
+            key("c" * 64, {"max_length": 5}, "blip", "k1"),
+            key("c" * 64, None, "blip", "k2"),  # another key's upload: never its hit
+            key("d" * 64, None, "blip", "k2"),  # another model's result
+            key("d" * 64, {}, "florence", "k2"),
+            key("e" * 64, None, "blip", None),
+            key("c" * 64, None, "blip", None),  # no API keys: any earlier upload counts
+        ]
+    )
+
+    assert hits == [cat, cat_short, None, None, dog, None, cat]
