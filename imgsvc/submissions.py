@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -167,8 +166,7 @@ def accept_upload(
     model = route.model
     hit = None
     if model is not None:
-        key = jobs.CacheKey(staged.sha256, submission.options, model.generated_by, owner)
-        hit = (intake.group or SubmitGroup()).find_cached(key)
+        hit = jobs.find_cached(staged.sha256, submission.options, model.generated_by, owner=owner)
     if hit is not None:
         intake.uploads.discard(staged)
         if bucket is not None:  # answered from a stored result: no bytes kept
@@ -341,82 +339,40 @@ class _Pending:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-@dataclass(eq=False)
-class _Lookup:
-    """One submit's dedupe question: answered by whichever submit's thread asks for the group."""
+class SubmitGroup:
+    """Submits that arrive together in one process share one INSERT, one COMMIT and one Redis round trip.
 
-    key: jobs.CacheKey
-    hit: str | None = None
-    error: BaseException | None = None
-    done: threading.Event = field(default_factory=threading.Event)
-
-
-class _Combining:
-    """Flat combining: callers hand in an item each; whichever caller gets the lock runs ``work`` on
-    every item handed in so far, the others wait for that. Alone, a caller runs its own at once."""
+    Each submit hands its row here; whichever submit gets the lock writes every row handed in so
+    far (flat combining), the others wait for that. Alone, a submit writes its own row at once, as
+    before: nothing waits for company. Under load a group costs about what one submit did
+    (statements, commits and round trips are most of a submit's CPU after the HTTP itself).
+    A row is committed before its job is enqueued, as for one submit: a job never runs without
+    its row, and a group whose enqueue fails is undone by each of its submits (503).
+    """
 
     def __init__(self) -> None:
-        self._running = threading.Lock()
+        self._writing = threading.Lock()
         self._guard = threading.Lock()
-        self._pending: list[Any] = []
+        self._pending: list[_Pending] = []
 
-    def run(self, item: _Pending | _Lookup, work: Callable[[list[Any]], None]) -> None:
-        """``work`` sets each item's outcome and ``done``; ``item``'s error is raised here."""
+    def write(self, intake: Intake, entry: _Pending) -> None:
+        """Commit ``entry``'s row and enqueue its job, alone or in a group; raises as one submit would."""
         with self._guard:
-            self._pending.append(item)
-        with self._running:
-            if not item.done.is_set():
+            self._pending.append(entry)
+        with self._writing:
+            if not entry.done.is_set():
                 with self._guard:
                     group, self._pending = self._pending, []
                 try:
-                    work(group)
-                except BaseException as exc:  # interrupted: no caller of the group may wait forever
+                    _write_group(intake, group)
+                except BaseException as exc:  # interrupted: no submit of the group may wait forever
                     for other in group:
                         if not other.done.is_set():
                             other.error = exc
                             other.done.set()
                     raise
-        if item.error is not None:
-            raise item.error
-
-
-class SubmitGroup:
-    """Submits that arrive together in one process share their statements and round trips: one
-    dedupe SELECT, then one INSERT, one COMMIT and one Redis transaction for the rows.
-
-    Alone, a submit runs its own at once, as before: nothing waits for company. Under load a group
-    costs about what one submit did (statements, commits and round trips are most of a submit's
-    CPU after the HTTP itself). A row is committed before its job is enqueued, as for one submit:
-    a job never runs without its row, and a group whose enqueue fails is undone by each of its
-    submits (503). The dedupe question is asked before the upload is stored, as for one submit.
-    """
-
-    def __init__(self) -> None:
-        self._lookups = _Combining()
-        self._writes = _Combining()
-
-    def find_cached(self, key: jobs.CacheKey) -> jobs.Job | None:
-        """:func:`imgsvc.storage.jobs.find_cached`, asked together with the submits beside this one."""
-        lookup = _Lookup(key)
-        self._lookups.run(lookup, _look_up_group)
-        return None if lookup.hit is None else jobs.get_job(lookup.hit)
-
-    def write(self, intake: Intake, entry: _Pending) -> None:
-        """Commit ``entry``'s row and enqueue its job, alone or in a group; raises as one submit would."""
-        self._writes.run(entry, lambda group: _write_group(intake, group))
-
-
-def _look_up_group(group: list[_Lookup]) -> None:
-    try:
-        hits = jobs.find_cached_ids([lookup.key for lookup in group])
-    except Exception as exc:
-        for lookup in group:
-            lookup.error = exc
-    else:
-        for lookup, hit in zip(group, hits, strict=True):
-            lookup.hit = hit
-    for lookup in group:
-        lookup.done.set()
+        if entry.error is not None:
+            raise entry.error
 
 
 def _write_group(intake: Intake, group: list[_Pending]) -> None:

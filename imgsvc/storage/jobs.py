@@ -24,7 +24,6 @@ from sqlalchemy import (
     Text,
     bindparam,
     delete,
-    func,
     insert,
     or_,
     select,
@@ -324,27 +323,17 @@ _PEEK = select(_TABLE.c.id, _TABLE.c.upload_name).where(
 _FINISH = update(_TABLE).where(
     _TABLE.c.id == bindparam("job_id"), or_(*(_TABLE.c.status == status for status in UNFINISHED))
 )
-_NEWEST = (
-    func.row_number()
-    .over(
-        partition_by=(_TABLE.c.sha256, _TABLE.c.generated_by, _TABLE.c.owner),
-        order_by=_TABLE.c.completed_at.desc(),
-    )
-    .label("newest")
-)
-_CANDIDATES = (
-    select(
-        *(_TABLE.c[name] for name in ("id", "sha256", "generated_by", "owner", "options", "completed_at")),
-        _NEWEST,
-    )
+_CACHED = (
+    select(_TABLE.c.id, _TABLE.c.options)
     .where(
-        _TABLE.c.sha256.in_(bindparam("hashes", expanding=True)),
+        _TABLE.c.sha256 == bindparam("sha256"),
         _TABLE.c.status == Status.DONE,
-        _TABLE.c.generated_by.in_(bindparam("models", expanding=True)),
+        _TABLE.c.generated_by == bindparam("model"),
     )
-    .subquery()
+    .order_by(_TABLE.c.completed_at.desc())
+    .limit(20)
 )
-_CACHED = select(_CANDIDATES).where(_CANDIDATES.c.newest <= 20).order_by(_CANDIDATES.c.completed_at.desc())
+_CACHED_FOR_OWNER = _CACHED.where(_TABLE.c.owner == bindparam("owner"))
 _WRITTEN = select(_TABLE.c.id).where(
     _TABLE.c.id.in_(bindparam("ids", expanding=True)), _TABLE.c.completed_at == bindparam("now")
 )
@@ -513,43 +502,20 @@ def undo_retry(job_id: str, before: dict[str, Any]) -> None:
     _transition(job_id, (Status.QUEUED,), **before)
 
 
-@dataclass(frozen=True)
-class CacheKey:
-    """What makes an earlier result the answer to a new upload: the same bytes, model and options,
-    and with API keys (``owner`` set) the same owner: a hit would tell another key that these exact
-    bytes were uploaded before."""
+def find_cached(
+    sha256: str, options: dict[str, Any] | None, generated_by: str, *, owner: str | None
+) -> Job | None:
+    """The newest finished description of the same bytes, by the same model, with the same options.
 
-    sha256: str
-    options: Mapping[str, Any] | None
-    generated_by: str
-    owner: str | None
-
-    def matches(self, row: Any) -> bool:
-        return (
-            row.sha256 == self.sha256
-            and row.generated_by == self.generated_by
-            and (self.owner is None or row.owner == self.owner)
-            and (row.options or {}) == (self.options or {})
-        )
-
-
-def find_cached(key: CacheKey) -> Job | None:
-    """The newest finished description of the same bytes, by the same model, with the same options."""
-    (hit,) = find_cached_ids([key])
-    return None if hit is None else get_job(hit)
-
-
-def find_cached_ids(keys: Sequence[CacheKey]) -> list[str | None]:
-    """:func:`find_cached` for several uploads in one statement (submits that arrive together):
-    for each key, the id of its newest matching done job, or None.
-
-    Candidates are the newest 20 done rows per image, model and owner, compared here by options;
-    the whole row is read for a hit alone (most submits are misses).
+    With API keys (``owner`` set) only that owner's jobs count: a hit would tell another key
+    that these exact bytes were uploaded before. Candidates are compared by id and options
+    only; the whole row is read for a hit alone (most submits are misses).
     """
-    hashes = sorted({key.sha256 for key in keys})
-    models = sorted({key.generated_by for key in keys})
-    rows = db.session.execute(_CACHED, {"hashes": hashes, "models": models}).all()
-    return [next((row.id for row in rows if key.matches(row)), None) for key in keys]
+    query = _CACHED if owner is None else _CACHED_FOR_OWNER
+    candidates = db.session.execute(query, {"sha256": sha256, "model": generated_by, "owner": owner})
+    wanted = options or {}
+    hit = next((row.id for row in candidates if (row.options or {}) == wanted), None)
+    return None if hit is None else get_job(hit)
 
 
 def list_jobs(

@@ -128,15 +128,13 @@ def test_batch_members_share_the_batch_id(intake):
 
 
 # -- submits that arrive together share their writes (SubmitGroup) ------------------------------
-def submit_together(
-    app, intake: Intake, filenames: list[str], images: dict[str, bytes] | None = None
-) -> dict[str, object]:
+def submit_together(app, intake: Intake, filenames: list[str]) -> dict[str, object]:
     """One thread per file, all at once through one SubmitGroup: each file's Accepted, or what it raised."""
     outcomes: dict[str, object] = {}
 
     def one(index: int, name: str) -> None:
         with app.app_context():
-            data = (images or {}).get(name) or image_bytes("PNG", color=(index * 40 % 256, 90, 7))
+            data = image_bytes("PNG", color=(index * 40 % 256, 90, 7))
             try:
                 outcomes[name] = accept_upload(intake, io.BytesIO(data), Submission(), filename=name)
             except Exception as exc:
@@ -161,7 +159,7 @@ def grouped(intake, monkeypatch) -> tuple[Intake, list[int]]:
     def insert_jobs(rows):
         sizes.append(len(rows))
         if len(sizes) == 1:
-            assert wait_until(lambda: len(rows) + len(group._writes._pending) == 5, timeout=10)
+            assert wait_until(lambda: len(rows) + len(group._pending) == 5, timeout=10)
         return real(rows)
 
     monkeypatch.setattr(jobs, "insert_jobs", insert_jobs)
@@ -223,31 +221,3 @@ def test_a_row_that_cannot_be_written_spoils_no_other_row_of_its_group(app, grou
     assert {outcome.status for outcome in outcomes.values()} == {"queued"}
     assert set(intake.task_queue.job_ids) == {outcome.id for outcome in outcomes.values()}
     assert len(stored_files(intake)) == 4  # the refused row's upload is gone
-
-
-def test_submits_that_arrive_together_ask_dedupe_in_one_select(app, intake, monkeypatch, jpeg_bytes):
-    """Each still gets its own answer: the described image its stored result, the others a job."""
-    publish_model(intake, "tiny-blip")
-    first = accept_upload(intake, io.BytesIO(jpeg_bytes), Submission())
-    jobs.finish_jobs({first.id: (Description("a red square"), "tiny-blip", 12)})
-    group = SubmitGroup()
-    asked: list[int] = []
-    real = jobs.find_cached_ids
-
-    def find_cached_ids(keys):
-        asked.append(len(keys))
-        if len(asked) == 1:
-            assert wait_until(lambda: len(keys) + len(group._lookups._pending) == 4, timeout=10)
-        return real(keys)
-
-    monkeypatch.setattr(jobs, "find_cached_ids", find_cached_ids)
-    images = {"same.jpg": jpeg_bytes}
-
-    outcomes = submit_together(
-        app, dataclasses.replace(intake, group=group), ["a.png", "same.jpg", "b.png", "c.png"], images
-    )
-
-    assert len(asked) == 2 and sum(asked) == 4
-    assert (outcomes["same.jpg"].status, outcomes["same.jpg"].cached) == ("done", True)
-    assert jobs.get_job(outcomes["same.jpg"].id).description == "a red square"
-    assert {outcomes[name].status for name in ("a.png", "b.png", "c.png")} == {"queued"}
