@@ -357,6 +357,9 @@ class SubmitGroup:
 
     def write(self, intake: Intake, entry: _Pending) -> None:
         """Commit ``entry``'s row and enqueue its job, alone or in a group; raises as one submit would."""
+        # A submit that waits must hold no connection: the one writing its group may need one, and
+        # 40 threads waiting on their dedupe reads' connections would leave it none (pool: 15).
+        jobs.hand_back_connection()
         with self._guard:
             self._pending.append(entry)
         with self._writing:

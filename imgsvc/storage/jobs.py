@@ -207,6 +207,15 @@ def insert_jobs(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return values
 
 
+def hand_back_connection() -> None:
+    """End this thread's reads (it has written nothing) so its connection goes back to the pool.
+
+    Before waiting on another thread that may need a connection (:class:`~imgsvc.submissions.SubmitGroup`):
+    threads that wait while holding one can take the whole pool from the one they wait for.
+    """
+    db.session.close()
+
+
 def create_job(**fields: Any) -> Job:
     """:func:`insert_job`, returned as a detached object.
 

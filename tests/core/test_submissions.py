@@ -187,6 +187,31 @@ def test_submits_that_arrive_together_share_one_insert_and_one_enqueue(app, grou
     assert {row.filename for row in rows} == set(outcomes)  # each row is its own submit's
 
 
+def test_submits_waiting_for_their_group_hold_no_database_connection(app, intake, monkeypatch):
+    """Each did its dedupe read first (a model is published); had they kept its connection while
+    they waited, 15 of them would take the whole pool from the thread writing their rows (a URL
+    submit reads nothing before: it needs one), and every submit would time out after 30 s."""
+    from imgsvc.storage.db import db
+
+    publish_model(intake, "tiny-blip")
+    group = SubmitGroup()
+    held: list[int] = []
+    real = jobs.insert_jobs
+
+    def insert_jobs(rows):
+        if not held:  # the first writer: wait until the other submits wait for it
+            assert wait_until(lambda: len(rows) + len(group._pending) == 5, timeout=10)
+            held.append(db.engine.pool.checkedout())
+        return real(rows)
+
+    monkeypatch.setattr(jobs, "insert_jobs", insert_jobs)
+
+    outcomes = submit_together(app, dataclasses.replace(intake, group=group), [f"{i}.png" for i in range(5)])
+
+    assert {outcome.status for outcome in outcomes.values()} == {"queued"}
+    assert held == [0]  # none held while they wait (the writer takes one for its INSERT)
+
+
 def test_a_group_whose_enqueue_fails_leaves_nothing_and_every_submit_is_told(app, grouped, monkeypatch):
     intake, _ = grouped
 

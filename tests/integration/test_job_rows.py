@@ -90,29 +90,3 @@ def test_rows_of_submits_that_arrive_together_go_in_with_their_own_columns(db_ap
         "https://example.test/a.jpg",
         None,
     )
-
-
-def test_dedupe_for_several_uploads_answers_each_by_its_own_image_model_owner_and_options(db_app):
-    def done(sha: str, model: str, owner: str | None, options: dict | None = None) -> str:
-        job_id = new_row(sha256=sha, owner=owner, options=options)
-        jobs.finish_jobs({job_id: (Description("x"), model, 1)})
-        return job_id
-
-    cat = done("c" * 64, "blip", "k1")
-    cat_short = done("c" * 64, "blip", "k1", {"max_length": 5})
-    dog = done("d" * 64, "florence", "k2")
-    key = jobs.CacheKey
-
-    hits = jobs.find_cached_ids(
-        [
-            key("c" * 64, None, "blip", "k1"),
-            key("c" * 64, {"max_length": 5}, "blip", "k1"),
-            key("c" * 64, None, "blip", "k2"),  # another key's upload: never its hit
-            key("d" * 64, None, "blip", "k2"),  # another model's result
-            key("d" * 64, {}, "florence", "k2"),
-            key("e" * 64, None, "blip", None),
-            key("c" * 64, None, "blip", None),  # no API keys: any earlier upload counts
-        ]
-    )
-
-    assert hits == [cat, cat_short, None, None, dog, None, cat]
