@@ -159,9 +159,9 @@ def accept_upload(
     id, chosen by the caller (who may watch it before it exists); else a new one.
     """
     staged, info, route = _stage_and_check(intake, stream, submission, deadline, bucket)
-    row = _row_fields(staged, info, submission, owner=owner, batch_id=batch_id, filename=filename)
-    if job_id is not None:
-        row["id"] = job_id
+    row = _row_fields(
+        staged, info, submission, owner=owner, batch_id=batch_id, filename=filename, job_id=job_id
+    )
     row["queue"] = None if route.is_default else route.queue.name
     model = route.model
     hit = None
@@ -197,11 +197,9 @@ def accept_url(
     reserved = intake.settings.max_file_size
     if bucket is not None:
         charge_quota(intake.redis, intake.settings, bucket, reserved)
-    row = _row_fields(None, None, submission, owner=owner, batch_id=None, filename=None)
+    row = _row_fields(None, None, submission, owner=owner, batch_id=None, filename=None, job_id=job_id)
     row["queue"] = None if route.is_default else route.queue.name
     row["image_url"] = image_url
-    if job_id is not None:
-        row["id"] = job_id
     return _enqueue_row(intake, row, route, bucket, size=reserved)
 
 
@@ -252,10 +250,13 @@ def _row_fields(
     owner: str | None,
     batch_id: str | None,
     filename: str | None,
+    job_id: str | None = None,
 ) -> dict[str, Any]:
     """The job row's columns that a cached answer and a queued job share; without an image yet
-    (an ``image_url`` job), its columns are empty until the worker has fetched it."""
-    return {
+    (an ``image_url`` job), its columns are empty until the worker has fetched it. Its ``id`` is
+    ``job_id`` where the caller chose one (else the INSERT makes one)."""
+    chosen = {} if job_id is None else {"id": job_id}
+    return chosen | {
         "image_format": info.format if info else "",
         "width": info.width if info else 0,
         "height": info.height if info else 0,
