@@ -113,10 +113,8 @@ def wait_for_result(job_id: str, woken: Wakeup | None, seconds: int) -> tuple[di
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not woken.wait(remaining):
             return fresh_job(job_id), True
-        message = woken.take()
+        message = woken.take()  # never of an unfinished status: watch_new_job's watch ignores those
         status = message.get("status") if message is not None else None
-        if status in jobs.UNFINISHED:
-            continue  # queued again, or started: nothing to answer yet
         if status == jobs.Status.DONE and isinstance(result := message.get("result"), dict):
             return result, True
         job = fresh_job(job_id)
