@@ -6,6 +6,7 @@ photos and logo, with a stand-in OCR reader that records whether it was asked.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,14 @@ from skimage import data
 
 from imgsvc.vision.base import Box, Detection, Tag, TextLine
 from imgsvc.vision.scene.describer import SceneDescriber
-from imgsvc.vision.scene.drawings import DRAWING_SCORE, drawing_head, drawing_scores
+from imgsvc.vision.scene.drawings import (
+    DRAWING_SCORE,
+    PAINTING_SCORE,
+    drawing_head,
+    drawing_scores,
+    head,
+    painting_scores,
+)
 from imgsvc.vision.scene.sentences import Evidence, compose_scene, read_scene
 from imgsvc.vision.scene.signs import sign_lines, wants_second_read
 
@@ -101,6 +109,22 @@ def test_a_drawing_says_so_and_keeps_only_what_is_sure():
 def test_the_drawing_head_is_one_bias_and_a_weight_per_feature():
     bias, weights = drawing_head()
     assert weights.shape == (1280,) and np.isfinite(bias)
+    bias, weights = head("painting")
+    assert weights.shape == (1280,) and np.isfinite(bias) and np.isfinite(weights).all()
+
+
+def test_a_painting_is_said_to_be_one_before_a_drawing():
+    boat = Detection("boat", 0.8, Box(0.2, 0.4, 0.8, 0.9))
+    evidence = Evidence(people=[], objects=[boat], object_tags=[[Tag("canoe", 0.7)]], painting=True)
+    assert compose_scene(evidence) == "A painting of a boat."
+    assert compose_scene(replace(evidence, drawing=True)) == "A painting of a boat."
+    assert compose_scene(replace(evidence, painting=False, drawing=True)) == "A drawing of a boat."
+    assert compose_scene(Evidence(people=[], painting=True)) == "A painting."
+    again = Evidence.from_json(evidence.to_json())
+    assert (
+        again.painting is True
+        and Evidence.from_json({**evidence.to_json(), "painting": None}).painting is None
+    )
 
 
 class RecordingReader:
@@ -130,6 +154,8 @@ def test_the_drawing_head_tells_scikit_images_logo_from_its_photos(classifier_on
     _, features = classifier_only.classifier.classify_with_features(images)
     scores = drawing_scores(features)
     assert scores[0] >= DRAWING_SCORE and max(scores[1:]) < 0.1, scores
+    # Neither the logo nor a photo is a painting.
+    assert max(painting_scores(features)) < PAINTING_SCORE
 
 
 def test_the_second_read_runs_only_where_nothing_else_is_said(classifier_only: SceneDescriber):

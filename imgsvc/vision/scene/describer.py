@@ -37,7 +37,7 @@ from imgsvc.vision.base import (
 from imgsvc.vision.classifier.describer import TOP_K, BuiltinDescriber
 from imgsvc.vision.scene.blazeface import FaceDetector
 from imgsvc.vision.scene.centernet import ObjectDetector, class_threshold
-from imgsvc.vision.scene.drawings import DRAWING_SCORE, drawing_scores
+from imgsvc.vision.scene.drawings import DRAWING_SCORE, PAINTING_SCORE, drawing_scores, painting_scores
 from imgsvc.vision.scene.emotion import EmotionClassifier
 from imgsvc.vision.scene.sentences import (
     COCO_NOUNS,
@@ -253,6 +253,7 @@ class SceneDescriber(Describer):
         (wide_tags,), features = self.classifier.classify_with_features([image], k=KIND_TAGS)
         tags = wide_tags[:TOP_K]
         drawing = bool((drawing_scores(features) >= DRAWING_SCORE)[0])
+        painting = bool((painting_scores(features) >= PAINTING_SCORE)[0])
         labels = Counter(o.label for o in objects)
         wanted = [i for i, o in enumerate(objects) if needs_crop(o, tags, labels[o.label] > 1)][:MAX_CROPS]
         crop_tags = iter(
@@ -270,6 +271,7 @@ class SceneDescriber(Describer):
             greyscale=is_greyscale(image),
             page=looks_like_page(image) if lines else None,
             drawing=drawing,
+            painting=painting,
         )
         return self._look_at_surfaces(image, self._read_signs(image, evidence))
 
@@ -284,7 +286,7 @@ class SceneDescriber(Describer):
         """The sky and grass (:mod:`~imgsvc.vision.scene.surfaces`) where the sentence would name
         nobody, nothing and no words: what is left to say is what the photo is a view of."""
         scene = read_scene(item)
-        if scene.people or scene.things or sign_lines(scene.lines or ()) or scene.drawing:
+        if scene.people or scene.things or sign_lines(scene.lines or ()) or scene.drawing or scene.painting:
             return item
         return replace(item, surfaces=surfaces(image, item.wide_tags or item.tags))
 

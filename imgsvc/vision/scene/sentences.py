@@ -176,6 +176,8 @@ class Evidence:
     page: bool | None = None
     #: Whether the drawing head (:mod:`imgsvc.vision.scene.drawings`) calls it a drawing; None: not run.
     drawing: bool | None = None
+    #: Whether the painting head (same module) calls it a painting; None: not run.
+    painting: bool | None = None
     #: What :func:`~imgsvc.vision.scene.surfaces.surfaces` sees (sky, grass); None: not measured
     #: (the describer measures only where nothing else would be named).
     surfaces: Sequence[str] | None = None
@@ -208,6 +210,7 @@ class Evidence:
             "greyscale": self.greyscale,
             "page": self.page,
             "drawing": self.drawing,
+            "painting": self.painting,
             "surfaces": None if self.surfaces is None else list(self.surfaces),
         }
 
@@ -227,6 +230,7 @@ class Evidence:
             greyscale=data["greyscale"],
             page=data.get("page"),
             drawing=data.get("drawing"),
+            painting=data.get("painting"),
             surfaces=data.get("surfaces"),
         )
 
@@ -254,6 +258,7 @@ class Scene:
     lines: Sequence[TextLine] | None = None
     page: bool | None = None
     drawing: bool = False
+    painting: bool = False
     surfaces: Sequence[str] = ()
 
     @property
@@ -549,6 +554,7 @@ def read_scene(evidence: Evidence) -> Scene:
         lines=evidence.lines,
         page=evidence.page,
         drawing=bool(evidence.drawing),
+        painting=bool(evidence.painting),
         surfaces=tuple(evidence.surfaces or ()),
     )
 
@@ -684,11 +690,13 @@ def compose_scene(evidence: Evidence | Scene) -> str:
     if text_chars:
         on_print = any(t.noun in PRINTED for t in scene.things)
         sign = f"the text {quote(lines)}" if on_print else f"a sign that reads {quote(lines)}"
-    if scene.drawing:
+    if scene.painting or scene.drawing:
         # Not a photo: say so; what is sure stands, the rest (a cartoon fish's "mouse") stays unsaid.
+        # A painting first: a woodblock print is drawn too, but "a painting" is what a viewer says.
+        art = "painting" if scene.painting else "drawing"
         if subject is None:
-            return f"A drawing with the text {quote(lines)}." if text_chars else "A drawing."
-        return f"A drawing of {subject}" + (f" with the text {quote(lines)}" if text_chars else "") + "."
+            return f"A {art} with the text {quote(lines)}." if text_chars else f"A {art}."
+        return f"A {art} of {subject}" + (f" with the text {quote(lines)}" if text_chars else "") + "."
     kind = "black-and-white photo" if scene.greyscale else "photo"
     if subject is None:
         if sign:
