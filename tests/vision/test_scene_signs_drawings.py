@@ -182,3 +182,19 @@ def test_only_plain_words_are_said_as_a_sign_whichever_read_gave_them():
         compose_scene(Evidence(people=[], lines=beer, page=False))
         == "A photo of a sign that reads 'FOSTER'S'."
     )
+
+
+def test_a_second_box_of_a_named_noun_is_not_hedged_beside_it():
+    # GCompris's horse photo: one box the crop confirms, a second one nothing does.
+    sure = Detection("horse", 0.7, Box(0.1, 0.2, 0.6, 0.9))
+    unsure = Detection("horse", 0.45, Box(0.6, 0.3, 0.9, 0.8))
+    evidence = Evidence(
+        people=[],
+        objects=[sure, unsure],
+        object_tags=[[Tag("sorrel", 0.9)], [Tag("Great Dane", 0.2), Tag("Doberman", 0.1)]],
+        tags=[Tag("sorrel", 0.5)],
+    )
+    assert compose_scene(evidence) == "A photo of a horse."
+    cow = Detection("cow", 0.45, Box(0.6, 0.3, 0.9, 0.8))
+    other = replace(evidence, objects=[sure, cow])
+    assert compose_scene(other) == "A photo of a horse with what may be a cow."

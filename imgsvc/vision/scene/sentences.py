@@ -657,8 +657,10 @@ def subject_and_rest(scene: Scene) -> str | None:
         if where:
             subject = f"{subject} {where} {rest[0][0]}"
             rest = rest[1:]
-    # A box nothing independent confirmed is still worth a hedge beside what is sure.
-    guess = next((t for t in scene.things if not t.sure and t.box is not None), None)
+    # A box nothing independent confirmed is still worth a hedge beside what is sure, but not a
+    # second box of a noun already named ("a horse with what may be a horse").
+    named = {t.noun for t in scene.things if t.sure} | ({"person"} if scene.people else set())
+    guess = next((t for t in scene.things if not t.sure and t.box is not None and t.noun not in named), None)
     words = [phrase for phrase, _ in rest] + ([f"what may be {counted(guess.noun, 1)}"] if guess else [])
     # "six people, two of them smiling, with a table": the smiles belong to the people, not the table.
     joint = ", with" if "," in subject else " with"
