@@ -198,3 +198,17 @@ def test_a_second_box_of_a_named_noun_is_not_hedged_beside_it():
     cow = Detection("cow", 0.45, Box(0.6, 0.3, 0.9, 0.8))
     other = replace(evidence, objects=[sure, cow])
     assert compose_scene(other) == "A photo of a horse with what may be a cow."
+
+
+def test_a_kindless_object_the_classifier_alone_names_needs_more_to_stand():
+    # GCompris's pliers: ImageNet has no pliers, and the classifier says "can opener" at 0.78.
+    pliers = Evidence(people=[], tags=[Tag("can opener", 0.78), Tag("hook", 0.09)])
+    assert compose_scene(pliers) == "A photo of what may be a can opener."
+    hammer = Evidence(people=[], tags=[Tag("hammer", 0.85), Tag("hatchet", 0.11)])
+    assert compose_scene(hammer) == "A photo of a hammer."
+    # A flower or a fruit has a kind: the usual bar.
+    assert compose_scene(Evidence(people=[], tags=[Tag("daisy", 0.7)])) == "A photo of a daisy."
+    assert (
+        compose_scene(Evidence(people=[], tags=[Tag("Granny Smith", 0.7)]))
+        == "A photo of a Granny Smith apple."
+    )

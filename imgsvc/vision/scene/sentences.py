@@ -32,7 +32,7 @@ from typing import Any
 from imgsvc.vision.base import Box, Detection, Face, Tag, TextLine
 from imgsvc.vision.classifier.sentences import DOCUMENT_CHARS, display_name, quote, with_article
 from imgsvc.vision.scene.boxes import overlap
-from imgsvc.vision.scene.kinds import best_kind
+from imgsvc.vision.scene.kinds import best_kind, imagenet_kinds
 from imgsvc.vision.scene.surfaces import GRASS, GREENERY, SKY
 
 #: A person box counts from this score, whichever detector gave it.
@@ -63,6 +63,12 @@ OBJECT_SCORE = 0.3
 SURE_OBJECT = 0.6
 #: Summed (folded) probability of one noun at which the classifier is sure, alone or against a detector.
 SURE_NOUN = 0.6
+#: ... and of an object it alone names, with no box to agree, that belongs to no kind (a tool, a
+#: utensil, a gadget: not a flower, a fruit or a building): ImageNet has a can opener, a letter
+#: opener and a hook but no pliers, tweezers or sickle, and said those at 0.6-0.78 on GCompris's
+#: tool photos, where its right hammers, pans and balls scored 0.66-0.99. Below it such an object
+#: is a guess ("what may be a can opener").
+SURE_LONE_OBJECT = 0.8
 #: The crop's probability of a box's own noun that corroborates the box.
 SUPPORT = 0.1
 #: The crop's probability of the box's kind (animal, vehicle) that makes a weak box a hedged guess.
@@ -309,6 +315,14 @@ def kinds(tags: Sequence[Tag]) -> dict[str, float]:
     return mass
 
 
+@cache
+def kindless_object(noun: str) -> bool:
+    """An ImageNet object noun none of whose classes has a kind (a hammer, a modem; not a daisy)."""
+    labels = [label for label, (folded, _) in imagenet_nouns().items() if folded == noun]
+    kinds = imagenet_kinds()
+    return kind_of(noun) == "object" and not any(kinds.get(label) for label in labels)
+
+
 def kind_of(noun: str) -> str | None:
     for coco_noun, kind in COCO_NOUNS.values():
         if coco_noun == noun:
@@ -524,7 +538,9 @@ def read_scene(evidence: Evidence) -> Scene:
     whole = fold(evidence.tags)
     sure_nouns = {noun: mass for noun, mass in whole.items() if mass >= SURE_NOUN} | held
     unboxed = [
-        Thing(noun, mass) for noun, mass in sure_nouns.items() if noun not in named and noun not in PLACES
+        Thing(noun, mass, sure=mass >= SURE_LONE_OBJECT or noun in held or not kindless_object(noun))
+        for noun, mass in sure_nouns.items()
+        if noun not in named and noun not in PLACES
     ]
     outdoors = kinds(evidence.tags).get("place", 0.0)
     if outdoors >= OUTDOOR_SCORE and not people and not unboxed and not any(t.sure for t in boxed):
