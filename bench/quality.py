@@ -1,13 +1,14 @@
 """Description quality: scikit-image's photos (tuned on) and the development set's two halves.
 
     python -m bench devset          # once: fetch the development set's photos (bench/devset.py)
-    python -m bench quality [--set skimage|tuning|validation|devset|all] [--models A,B] [--quick] [--show]
+    python -m bench quality [--set skimage|tuning|extra|validation|devset|all] [--models A,B] [--show]
 
-Three sets, reported apart: ``skimage`` (scikit-image's photos and composites, the set the scene
-describer's first rules were tuned on), and the development set's ``tuning`` and ``validation``
-halves (72 real photos from eleven packages, split by hash before any rule looked at them).
-Tune on ``tuning``; run ``validation`` once per candidate, at the end. ``--set all`` (the default)
-runs the three; ``devset`` runs both halves.
+Four sets, reported apart: ``skimage`` (scikit-image's photos and composites, the set the scene
+describer's first rules were tuned on), the development set's ``tuning`` and ``validation``
+halves (72 real photos from eleven packages, split by hash before any rule looked at them), and
+its ``extra`` tuning photos (104 of GCompris's, outside the split). Tune on ``tuning`` and
+``extra``; run ``validation`` once per candidate, at the end. ``--set all`` (the default) runs the
+four; ``devset`` all but scikit-image's.
 
 Each case lists word groups its description must contain (``a|b``: either) and nouns that would
 be a confident mistake (must-words match anywhere, wrong nouns as whole words). Per set and model
@@ -240,7 +241,7 @@ def short(name: str) -> str:
     return "builtin:scene" if name.startswith("builtin:scene") else name.removesuffix("+rapidocr")
 
 
-SETS = {"all": ("skimage", "tuning", "validation"), "devset": ("tuning", "validation")}
+SETS = {"all": ("skimage", "tuning", "extra", "validation"), "devset": ("tuning", "extra", "validation")}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -251,8 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--set",
         default="all",
-        choices=("all", "skimage", "tuning", "validation", "devset"),
-        help="which cases: scikit-image's (tuned on), a development-set half, both halves, or all",
+        choices=("all", "skimage", "tuning", "extra", "validation", "devset"),
+        help="which cases: scikit-image's (tuned on), a development-set half, its extra tuning photos, "
+        "the development set, or all",
     )
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)} (scikit-image)")
     parser.add_argument("--show", action="store_true", help="also save each case's image under /tmp")

@@ -37,9 +37,7 @@ import hashlib
 import json
 import random
 import re
-import struct
 import sys
-import zlib
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
@@ -50,7 +48,7 @@ from skimage import data
 
 ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.devset import load_photos  # noqa: E402
+from bench.devset import load_photos, qt_resources  # noqa: E402
 from imgsvc.vision.classifier.describer import BuiltinDescriber  # noqa: E402
 from imgsvc.vision.scene.drawings import DRAWING_SCORE, PAINTING_SCORE  # noqa: E402
 
@@ -88,39 +86,6 @@ CROPS = 3
 #: PAINTING_SCORE and let 3 of 1514 other pictures through, 5 kept 13 (2 through), 20 kept 10.
 PENALTY = {"drawing": 1.0, "painting": 1.0}
 SHOWN = 6
-
-
-def qt_resources(path: Path) -> dict[str, bytes]:
-    """Every file in a Qt resource bundle (``.rcc``, format 1-3), by its path inside it."""
-    blob = path.read_bytes()
-    if blob[:4] != b"qres":
-        raise ValueError(f"{path}: not a Qt resource bundle")
-    version, tree, data_at, names = struct.unpack(">IIII", blob[4:20])
-    node = 14 if version == 1 else 22
-    files: dict[str, bytes] = {}
-
-    def name(offset: int) -> str:
-        (length,) = struct.unpack(">H", blob[names + offset : names + offset + 2])
-        return blob[names + offset + 6 : names + offset + 6 + 2 * length].decode("utf-16-be")
-
-    def walk(index: int, prefix: str) -> None:
-        at = tree + index * node
-        name_at, flags = struct.unpack(">IH", blob[at : at + 6])
-        here = f"{prefix}/{name(name_at)}" if index else ""
-        if flags & 2:  # a directory
-            count, first = struct.unpack(">II", blob[at + 6 : at + 14])
-            for child in range(first, first + count):
-                walk(child, here)
-            return
-        (offset,) = struct.unpack(">I", blob[at + 10 : at + 14])
-        (size,) = struct.unpack(">I", blob[data_at + offset : data_at + offset + 4])
-        content = blob[data_at + offset + 4 : data_at + offset + 4 + size]
-        if flags & 4:
-            raise ValueError(f"{path}: zstd-compressed resources are not read here")
-        files[here] = zlib.decompress(content[4:]) if flags & 1 else content
-
-    walk(0, "")
-    return files
 
 
 def paintings(bundle: dict[str, bytes]) -> dict[str, Image.Image]:
@@ -197,8 +162,11 @@ class Pictures:
         self.groups: list[int] = []
         self.rows: list[np.ndarray] = []
         self.refused = 0
-        devset = json.loads((ROOT / "bench/devset.json").read_text())["photos"]
-        photos = [Image.open(path).convert("RGB") for _, path in load_photos()]
+        # The two halves, not the extra tuning photos (GCompris's own, which this script reads too).
+        devset = [
+            p for p in json.loads((ROOT / "bench/devset.json").read_text())["photos"] if not p.get("half")
+        ]
+        photos = [Image.open(path).convert("RGB") for p, path in load_photos() if not p.half]
         if len(photos) != len(devset):
             raise SystemExit(
                 "fetch the development set first (python -m bench devset): its copies are refused"
@@ -294,7 +262,9 @@ def main(argv: list[str]) -> int:
 
     found = Pictures(features)
     rng = random.Random(0)
-    for number, (name, image) in enumerate(paintings(qt_resources(gcompris / RCC / "paintings.rcc")).items()):
+    for number, (name, image) in enumerate(
+        paintings(qt_resources((gcompris / RCC / "paintings.rcc").read_bytes())).items()
+    ):
         views = [image, *crops(image, rng)]
         found.add(
             "painting",
@@ -302,7 +272,7 @@ def main(argv: list[str]) -> int:
             -1 - number,
         )
     for activity in (*PHOTO_ACTIVITIES, CARTOONS):
-        bundle = qt_resources(gcompris / RCC / f"{activity}.rcc")
+        bundle = qt_resources((gcompris / RCC / f"{activity}.rcc").read_bytes())
         kind = "cartoon" if activity == CARTOONS else "photo"
         found.add(kind, [(p, c) for p, c in sorted(bundle.items()) if p.endswith(".webp")])
     drawn = sorted(clipart.rglob("*.png"))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import pytest
 
-from bench.devset import HALVES, Photo, load_manifest, read_members, split, with_people
+from bench.devset import HALVES, Photo, load_manifest, qt_resources, read_members, split, with_people
 from bench.quality import Case, Score, misses, names, people_said, wrong_nouns
 
 
@@ -86,6 +88,44 @@ def test_split_keeps_a_photo_in_its_half_when_others_are_added():
     late = Photo("late", photos[0].source, "x.jpg", "f" * 64, "CC0", ("cat",), (), 0)
     after = split([*photos, late])
     assert {name: after[name] for name in before} == before
+
+
+def test_extra_photos_stay_out_of_the_halves():
+    _, photos = load_manifest()
+    dealt = [p for p in photos if not p.half]
+    halves = split(photos)
+    assert {halves[p.name] for p in photos if p.half} == {"extra"}
+    assert {p.name: halves[p.name] for p in dealt} == split(dealt)  # the halves as drawn before them
+    # An extra photo that would hash first in the deal moves nobody.
+    first = Photo("first", photos[0].source, "x.jpg", "0" * 64, "CC0", ("cat",), (), 0, half="extra")
+    assert split([*photos, first]) == {**halves, "first": "extra"}
+
+
+def rcc(files: dict[str, tuple[bytes, bool]]) -> bytes:
+    """A Qt resource bundle (format 2) with one directory, ``a``, holding ``files`` (bytes, compressed?)."""
+    names, data, offsets = b"", b"", {}
+
+    def name_at(name: str) -> int:
+        nonlocal names
+        offset = len(names)
+        names += struct.pack(">HI", len(name), 0) + name.encode("utf-16-be")
+        return offset
+
+    nodes = [struct.pack(">IHII", 0, 2, 1, 1), struct.pack(">IHII", name_at("a"), 2, len(files), 2)]
+    for name, (content, packed) in files.items():
+        offsets[name] = len(data)
+        body = struct.pack(">I", len(content)) + zlib.compress(content) if packed else content
+        data += struct.pack(">I", len(body)) + body
+        nodes.append(struct.pack(">IHHHI", name_at(name), 1 if packed else 0, 0, 0, offsets[name]))
+    tree = b"".join(node + bytes(8) for node in nodes)  # format 2: each node ends in a modification time
+    header_size = 20
+    tree_at, data_at = header_size, header_size + len(tree)
+    return b"qres" + struct.pack(">IIII", 2, tree_at, data_at, data_at + len(data)) + tree + data + names
+
+
+def test_qt_resources_reads_plain_and_compressed_files():
+    bundle = rcc({"pic.webp": (b"RIFF plain", False), "big.webp": (b"RIFF " * 100, True)})
+    assert qt_resources(bundle) == {"/a/pic.webp": b"RIFF plain", "/a/big.webp": b"RIFF " * 100}
 
 
 def ar_member(name: str, data: bytes) -> bytes:
