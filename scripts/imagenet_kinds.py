@@ -55,6 +55,7 @@ KINDS = {
     "03100490": "vehicle",  # conveyance
     "03051540": "clothing",
     "03800933": "musical instrument",
+    "04451818": "tool",  # hammer, screwdriver, hatchet, plane, can opener, letter opener, corkscrew
 }
 #: Classes WordNet files away from the kind their photos show, by hand: ImageNet's "pot" is the
 #: flowerpot (its photos are potted plants), rapeseed a field in flower, a castle, a prison, a

@@ -212,3 +212,14 @@ def test_a_kindless_object_the_classifier_alone_names_needs_more_to_stand():
         compose_scene(Evidence(people=[], tags=[Tag("Granny Smith", 0.7)]))
         == "A photo of a Granny Smith apple."
     )
+
+
+def test_tools_the_classifier_spreads_over_add_up_to_a_tool():
+    # GCompris's wrench: ImageNet has no wrench; its tool classes together are sure.
+    wrench = [Tag("can opener", 0.49), Tag("letter opener", 0.09), Tag("corkscrew", 0.05), Tag("hook", 0.04)]
+    assert compose_scene(Evidence(people=[], tags=wrench, wide_tags=wrench)) == "A photo of a tool."
+    # Spread over unlike tools with no class standing out, it is no reading.
+    spread = [
+        Tag(label, 0.1) for label in ("can opener", "hammer", "plane", "shovel", "chain saw", "plunger")
+    ]
+    assert compose_scene(Evidence(people=[], tags=spread, wide_tags=spread)).startswith("An image with no")

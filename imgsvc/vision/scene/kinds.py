@@ -24,7 +24,7 @@ SURE_KIND = 0.5
 GUESS_KIND = 0.25
 #: Broad kinds are said only when sure: a guess at "an animal" from a spread of unlike classes (red
 #: fox, porcupine, bittern on dune grass) is noise, where a guess at one narrow kind is a reading.
-BROAD = frozenset({"food", "mammal", "invertebrate", "animal", "vehicle", "musical instrument"})
+BROAD = frozenset({"food", "mammal", "invertebrate", "animal", "vehicle", "musical instrument", "tool"})
 #: ... and only when their mass is concentrated: the kind's surest class holds this share of it.
 #: On green and leafy textures the classifier spreads over the animals ImageNet photographs on
 #: leaves (vine snake, green mamba, ladybug, cicada ...): on the tuning half's nuthatch on bark and
@@ -116,7 +116,7 @@ KIND_RANK = {
             "flower", "tree", "mushroom", "fruit", "vegetable", "shop", "bridge", "building", "bird", "dog",
             "cat", "butterfly", "insect", "spider", "fish", "snake", "reptile", "amphibian", "boat", "ship",
             "aircraft", "car", "plant", "food", "structure", "mammal", "invertebrate", "animal", "vehicle",
-            "clothing", "musical instrument",
+            "clothing", "musical instrument", "tool",
         )
     )
 }  # fmt: skip

@@ -63,8 +63,8 @@ OBJECT_SCORE = 0.3
 SURE_OBJECT = 0.6
 #: Summed (folded) probability of one noun at which the classifier is sure, alone or against a detector.
 SURE_NOUN = 0.6
-#: ... and of an object it alone names, with no box to agree, that belongs to no kind (a tool, a
-#: utensil, a gadget: not a flower, a fruit or a building): ImageNet has a can opener, a letter
+#: ... and of an object it alone names, with no box to agree, that is a tool, a utensil or a
+#: gadget (not a flower, a fruit or a building, :data:`NATURAL_KINDS`): ImageNet has a can opener, a letter
 #: opener and a hook but no pliers, tweezers or sickle, and said those at 0.6-0.78 on GCompris's
 #: tool photos, where its right hammers, pans and balls scored 0.66-0.99. Below it such an object
 #: is a guess ("what may be a can opener").
@@ -315,12 +315,19 @@ def kinds(tags: Sequence[Tag]) -> dict[str, float]:
     return mass
 
 
+#: Kinds of object the classifier knows well enough from its many classes of them: a flower, a
+#: fruit or a building it names alone at the usual bar.
+NATURAL_KINDS = frozenset(
+    {"flower", "tree", "mushroom", "fruit", "vegetable", "plant", "food", "building", "shop", "bridge"}
+)
+
+
 @cache
 def kindless_object(noun: str) -> bool:
-    """An ImageNet object noun none of whose classes has a kind (a hammer, a modem; not a daisy)."""
+    """An ImageNet object noun that is no plant, food or building (a hammer, a modem; not a daisy)."""
     labels = [label for label, (folded, _) in imagenet_nouns().items() if folded == noun]
     kinds = imagenet_kinds()
-    return kind_of(noun) == "object" and not any(kinds.get(label) for label in labels)
+    return kind_of(noun) == "object" and not any(NATURAL_KINDS & set(kinds.get(lb, ())) for lb in labels)
 
 
 def kind_of(noun: str) -> str | None:
