@@ -32,7 +32,7 @@ BENCHES = {
     "waits": "Prefer: wait clients one gunicorn worker holds, /healthz meanwhile, wake-up latency",
     "models": "BLIP-base vs Florence-2 vs SmolVLM: CPU s per photo and peak RSS at real size, fp32 and int8",
 }
-#: Not benches: run by name only, never by ``all`` (the fetch downloads ~170 MB of packages once).
+#: Not benches: run by name only, never by ``all`` (the fetch downloads ~215 MB of packages once).
 TOOLS = {"devset": "fetch the development set's photos into instance/devset/ (for `quality`)"}
 QUICK_ARGS = {"backends": ["--repeat", "1"]}
 

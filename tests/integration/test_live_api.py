@@ -6,6 +6,7 @@ retries, idempotent submits, webhook events and images by URL.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -77,40 +78,41 @@ def served(tmp_path_factory, owned_redis, tiny_model_dir) -> Iterator[Served]:
         "WEBHOOK_SECRET": "live",
     }
     command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--bind", f"127.0.0.1:{web_port}"]
-    with (tmp / "web.log").open("wb") as web_log:
-        web = subprocess.Popen(
-            [*command, "--no-control-socket", "wsgi:app"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=web_log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    # One after the other: two processes creating the SQLite schema at once can collide.
-    assert wait_until(lambda: _answers(f"http://127.0.0.1:{web_port}/healthz"), timeout=60, interval=0.2)
-    worker = start_worker(env, delay=1.5, log=tmp / "worker.log")
-    rq = str(Path(sys.executable).parent / "rq")
-    with (tmp / "webhooks.log").open("wb") as hooks_log:
-        hooks = subprocess.Popen(
-            [rq, "worker", "--url", TEST_REDIS_URL, "--with-scheduler", "imgsvc-webhooks"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=hooks_log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    nginx = start_nginx(tmp, proxy_port, web_port)
-    served = Served(f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{proxy_port}", tmp)
-    try:
+    # Every process started is stopped, even when a later one fails to start (nginx absent): a
+    # worker left behind would take the next tests' jobs from the shared queue.
+    with contextlib.ExitStack() as started:
+        with (tmp / "web.log").open("wb") as web_log:
+            web = subprocess.Popen(
+                [*command, "--no-control-socket", "wsgi:app"],
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=web_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.callback(kill_group, web, signal.SIGTERM)
+        # One after the other: two processes creating the SQLite schema at once can collide.
+        assert wait_until(lambda: _answers(f"http://127.0.0.1:{web_port}/healthz"), timeout=60, interval=0.2)
+        worker = start_worker(env, delay=1.5, log=tmp / "worker.log")
+        started.callback(kill_group, worker, signal.SIGTERM)
+        rq = str(Path(sys.executable).parent / "rq")
+        with (tmp / "webhooks.log").open("wb") as hooks_log:
+            hooks = subprocess.Popen(
+                [rq, "worker", "--url", TEST_REDIS_URL, "--with-scheduler", "imgsvc-webhooks"],
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=hooks_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        started.callback(kill_group, hooks, signal.SIGTERM)
+        nginx = start_nginx(tmp, proxy_port, web_port)
+        started.callback(kill_group, nginx, signal.SIGTERM)
+        served = Served(f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{proxy_port}", tmp)
         ready = wait_until(lambda: _answers(served.proxy + "/readyz"), timeout=120, interval=0.2)
         logs = "".join((tmp / name).read_text()[-2000:] for name in ("web.log", "worker.log", "error.log"))
         assert ready, logs
         yield served
-    finally:
-        kill_group(nginx, signal.SIGTERM)
-        kill_group(hooks, signal.SIGTERM)
-        kill_group(worker, signal.SIGTERM)
-        kill_group(web, signal.SIGTERM)
 
 
 def _answers(url: str) -> bool:
@@ -208,6 +210,7 @@ def _next_event(response: http.client.HTTPResponse) -> tuple[str, dict]:
             return name, data or {}
 
 
+@needs_nginx
 def test_the_cli_waits_for_each_job_with_one_result_request(served, tmp_path):
     """``imgsvc submit --wait``: the server holds the result request until the job ends, instead of
     the CLI polling every half second while the slowed worker takes its 1.5 s."""
