@@ -81,31 +81,28 @@ def served(tmp_path_factory, owned_redis, tiny_model_dir) -> Iterator[Served]:
     # Every process started is stopped, even when a later one fails to start (nginx absent): a
     # worker left behind would take the next tests' jobs from the shared queue.
     with contextlib.ExitStack() as started:
-        with (tmp / "web.log").open("wb") as web_log:
-            web = subprocess.Popen(
-                [*command, "--no-control-socket", "wsgi:app"],
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdout=web_log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        started.callback(kill_group, web, signal.SIGTERM)
+
+        def spawn(args: list[str], log: str) -> subprocess.Popen:
+            """Start a process in its own group, logging to tmp/log; stopped when the fixture ends."""
+            with (tmp / log).open("wb") as out:
+                proc = subprocess.Popen(
+                    args,
+                    cwd=PROJECT_ROOT,
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            started.callback(kill_group, proc, signal.SIGTERM)
+            return proc
+
+        spawn([*command, "--no-control-socket", "wsgi:app"], "web.log")
         # One after the other: two processes creating the SQLite schema at once can collide.
         assert wait_until(lambda: _answers(f"http://127.0.0.1:{web_port}/healthz"), timeout=60, interval=0.2)
         worker = start_worker(env, delay=1.5, log=tmp / "worker.log")
         started.callback(kill_group, worker, signal.SIGTERM)
         rq = str(Path(sys.executable).parent / "rq")
-        with (tmp / "webhooks.log").open("wb") as hooks_log:
-            hooks = subprocess.Popen(
-                [rq, "worker", "--url", TEST_REDIS_URL, "--with-scheduler", "imgsvc-webhooks"],
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdout=hooks_log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        started.callback(kill_group, hooks, signal.SIGTERM)
+        spawn([rq, "worker", "--url", TEST_REDIS_URL, "--with-scheduler", "imgsvc-webhooks"], "webhooks.log")
         nginx = start_nginx(tmp, proxy_port, web_port)
         started.callback(kill_group, nginx, signal.SIGTERM)
         served = Served(f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{proxy_port}", tmp)
