@@ -56,6 +56,10 @@ KINDS = {
     "03051540": "clothing",
     "03800933": "musical instrument",
     "04451818": "tool",  # hammer, screwdriver, hatchet, plane, can opener, letter opener, corkscrew
+    "03405725": "furniture",  # chairs, tables, desks, wardrobes, cradles, benches
+    "03528263": "home appliance",  # toaster, iron, microwave, washer, vacuum
+    "03278248": "electronic equipment",  # CD player, modem, monitor, telephones, printer
+    "03733925": "measuring instrument",  # clocks, rule, scale, barometer, stopwatch
 }
 #: Classes WordNet files away from the kind their photos show, by hand: ImageNet's "pot" is the
 #: flowerpot (its photos are potted plants), rapeseed a field in flower, a castle, a prison, a

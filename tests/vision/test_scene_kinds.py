@@ -107,3 +107,15 @@ def test_a_narrow_kind_holding_most_of_a_sure_broad_one_is_guessed_instead():
     # Half a plant's mass in flowers is no reason to guess the flower: sure beats specific.
     plant = [Tag("daisy", 0.25), Tag("pot", 0.3)]
     assert best_kind(plant) == Kind("plant", 0.55, sure=True)
+
+
+def test_furniture_and_devices_are_said_as_a_reader_would():
+    chairs = [Tag("folding chair", 0.3), Tag("rocking chair", 0.2), Tag("dining table", 0.15)]
+    assert (
+        compose_scene(Evidence(people=[], tags=chairs, wide_tags=chairs))
+        == "A photo of a piece of furniture."
+    )
+    meter = [Tag("CD player", 0.33), Tag("modem", 0.12), Tag("tape player", 0.08)]
+    assert (
+        compose_scene(Evidence(people=[], tags=meter, wide_tags=meter)) == "A photo of an electronic device."
+    )

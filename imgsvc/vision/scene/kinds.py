@@ -24,7 +24,10 @@ SURE_KIND = 0.5
 GUESS_KIND = 0.25
 #: Broad kinds are said only when sure: a guess at "an animal" from a spread of unlike classes (red
 #: fox, porcupine, bittern on dune grass) is noise, where a guess at one narrow kind is a reading.
-BROAD = frozenset({"food", "mammal", "invertebrate", "animal", "vehicle", "musical instrument", "tool"})
+BROAD = frozenset(
+    {"food", "mammal", "invertebrate", "animal", "vehicle", "musical instrument", "tool", "furniture"}
+    | {"home appliance", "electronic equipment", "measuring instrument"}
+)
 #: ... and only when their mass is concentrated: the kind's surest class holds this share of it.
 #: On green and leafy textures the classifier spreads over the animals ImageNet photographs on
 #: leaves (vine snake, green mamba, ladybug, cicada ...): on the tuning half's nuthatch on bark and
@@ -37,7 +40,10 @@ BROAD_SHARE = 0.35
 #: by a person the detectors did not find. Their classes still count toward nothing else.
 UNSAID = frozenset({"structure", "clothing"})
 #: How a kind is said: broad zoological kinds read as "an animal".
-SAID_AS = {"mammal": "animal", "invertebrate": "animal", "amphibian": "animal"}
+SAID_AS = {
+    "mammal": "animal", "invertebrate": "animal", "amphibian": "animal", "furniture": "piece of furniture",
+    "home appliance": "household appliance", "electronic equipment": "electronic device",
+}  # fmt: skip
 #: ImageNet's bee, butterfly and hummingbird photos are mostly taken on flowers, so on a flower
 #: the classifier spreads its belief over them (a marigold: sulphur butterfly 0.28, daisy 0.20,
 #: bee 0.11). Where the flower classes reach FLOWER_SEEN, the pollinators count toward "flower".
@@ -138,7 +144,8 @@ KIND_RANK = {
             "flower", "tree", "mushroom", "fruit", "vegetable", "shop", "bridge", "building", "bird", "dog",
             "cat", "butterfly", "insect", "spider", "fish", "snake", "reptile", "amphibian", "boat", "ship",
             "aircraft", "car", "plant", "food", "structure", "mammal", "invertebrate", "animal", "vehicle",
-            "clothing", "musical instrument", "tool",
+            "clothing", "musical instrument", "tool", "furniture", "home appliance", "electronic equipment",
+            "measuring instrument",
         )
     )
 }  # fmt: skip
