@@ -201,9 +201,12 @@ def test_a_second_box_of_a_named_noun_is_not_hedged_beside_it():
 
 
 def test_a_kindless_object_the_classifier_alone_names_needs_more_to_stand():
-    # GCompris's pliers: ImageNet has no pliers, and the classifier says "can opener" at 0.78.
+    # GCompris's tape measure: ImageNet has none, and the classifier says "pencil sharpener" at 0.7.
+    tape = Evidence(people=[], tags=[Tag("pencil sharpener", 0.7), Tag("toaster", 0.06)])
+    assert compose_scene(tape) == "A photo of what may be a pencil sharpener."
+    # Its pliers, "can opener" at 0.78: a guess, which gives way to the sure kind.
     pliers = Evidence(people=[], tags=[Tag("can opener", 0.78), Tag("hook", 0.09)])
-    assert compose_scene(pliers) == "A photo of what may be a can opener."
+    assert compose_scene(pliers) == "A photo of a tool."
     hammer = Evidence(people=[], tags=[Tag("hammer", 0.85), Tag("hatchet", 0.11)])
     assert compose_scene(hammer) == "A photo of a hammer."
     # A flower or a fruit has a kind: the usual bar.
@@ -223,3 +226,14 @@ def test_tools_the_classifier_spreads_over_add_up_to_a_tool():
         Tag(label, 0.1) for label in ("can opener", "hammer", "plane", "shovel", "chain saw", "plunger")
     ]
     assert compose_scene(Evidence(people=[], tags=spread, wide_tags=spread)).startswith("An image with no")
+
+
+def test_a_hedged_lone_object_gives_way_to_its_sure_kind():
+    # GCompris's tweezers: ImageNet has none; its "letter opener" (0.7) is a guess, its tools are sure.
+    tweezers = [Tag("letter opener", 0.7), Tag("ballpoint", 0.05), Tag("can opener", 0.03)]
+    assert compose_scene(Evidence(people=[], tags=tweezers, wide_tags=tweezers)) == "A photo of a tool."
+    # A sickle's "hook" has no kind: the guess stays a guess.
+    sickle = [Tag("hook", 0.64), Tag("hatchet", 0.05)]
+    assert (
+        compose_scene(Evidence(people=[], tags=sickle, wide_tags=sickle)) == "A photo of what may be a hook."
+    )
