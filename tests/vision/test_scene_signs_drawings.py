@@ -237,3 +237,14 @@ def test_a_hedged_lone_object_gives_way_to_its_sure_kind():
     assert (
         compose_scene(Evidence(people=[], tags=sickle, wide_tags=sickle)) == "A photo of what may be a hook."
     )
+
+
+def test_passers_by_come_after_the_building_the_photo_is_of():
+    # GCompris's leaning tower: three tourists, each under 1 % of the frame, before a sure building.
+    tourists = [Detection("person", 0.7, Box(x, 0.8, x + 0.04, 0.9)) for x in (0.2, 0.5, 0.7)]
+    towers = [Tag("palace", 0.24), Tag("bell cote", 0.23), Tag("mosque", 0.1), Tag("church", 0.08)]
+    evidence = Evidence(people=tourists, tags=towers, wide_tags=towers)
+    assert compose_scene(evidence) == "A photo of a building with three people side by side."
+    # People who fill the frame stay the subject.
+    close = [Detection("person", 0.9, Box(0.1, 0.1, 0.5, 1.0))]
+    assert compose_scene(replace(evidence, people=close)) == "A photo of a person."

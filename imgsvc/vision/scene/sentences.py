@@ -95,6 +95,9 @@ SIGN_CHARS = 3
 #: boxes no larger than SMALL_BOX (of the photo's area) that are all the detectors found.
 SETTINGS = frozenset({"building", "shop", "bridge"})
 SMALL_BOX = 0.1
+#: People whose boxes are each under this share of the photo are passers-by before what it is of
+#: (on GCompris's monument photos, tourists 0.1-1 % of the frame): a sure building leads the sentence.
+SMALL_PERSON = 0.02
 #: COCO classes that carry print: a box the classifier cannot confirm is still a guess where the
 #: photo has lines of words (a cover's title is the independent word a crop of it does not give:
 #: the classifier calls two books a carton and a mousetrap), and the words are its text, not a sign.
@@ -573,9 +576,14 @@ def read_scene(evidence: Evidence) -> Scene:
         kind = best_kind(evidence.wide_tags or evidence.tags)
         if kind is not None and kind.sure and kind.noun in said_kinds(unboxed[0].noun):
             unboxed = [Thing(kind.noun, kind.mass)]
-    elif not people and not unboxed and all(t.box is not None and t.box.area < SMALL_BOX for t in boxed):
-        # Small boxes in front of a building the whole photo is of (a car before a shop front):
-        # the building is the subject; the kind must be sure, since a box is there to disagree.
+    elif (
+        all(p.box.area < SMALL_PERSON for p in people)
+        and not unboxed
+        and all(t.box is not None and t.box.area < SMALL_BOX for t in boxed)
+    ):
+        # Small boxes, or tourists, in front of a building the whole photo is of (a car before a
+        # shop front, three people under the leaning tower): the building is a subject; the kind
+        # must be sure, since a box is there to disagree.
         kind = best_kind(evidence.wide_tags or evidence.tags)
         if kind is not None and kind.sure and kind.noun in SETTINGS:
             boxed = [Thing(kind.noun, kind.mass), *boxed]
@@ -681,7 +689,12 @@ def join(words: Sequence[str]) -> str:
 def subject_and_rest(scene: Scene) -> str | None:
     """The noun phrase after "A photo of"; None when nothing is sure enough to name."""
     rest = phrases(scene.things)
-    if scene.people:
+    setting = next((i for i, (phrase, boxes) in enumerate(rest) if not boxes and is_setting(phrase)), None)
+    if scene.people and setting is not None and all(p.box.area < SMALL_PERSON for p in scene.people):
+        # "a palace with three people": the passers-by come after what the photo is of.
+        subject, boxes = rest[setting][0], []
+        rest = [(people_phrase(scene), [p.box for p in scene.people]), *rest[:setting], *rest[setting + 1 :]]
+    elif scene.people:
         subject, boxes = people_phrase(scene), [p.box for p in scene.people]
     elif rest:
         (subject, boxes), rest = rest[0], rest[1:]
@@ -701,6 +714,12 @@ def subject_and_rest(scene: Scene) -> str | None:
     # "six people, two of them smiling, with a table": the smiles belong to the people, not the table.
     joint = ", with" if "," in subject else " with"
     return f"{subject}{joint} {join(words)}" if words else subject
+
+
+def is_setting(phrase: str) -> bool:
+    """Whether a phrase ("a palace", "a building") names a building, shop or bridge."""
+    noun = phrase.split(" ", 1)[-1]
+    return noun in SETTINGS or bool(SETTINGS & said_kinds(noun))
 
 
 def view_phrase(surfaces: Sequence[str]) -> str | None:
