@@ -248,3 +248,22 @@ def test_passers_by_come_after_the_building_the_photo_is_of():
     # People who fill the frame stay the subject.
     close = [Detection("person", 0.9, Box(0.1, 0.1, 0.5, 1.0))]
     assert compose_scene(replace(evidence, people=close)) == "A photo of a person."
+
+
+def test_the_person_detector_alone_counts_nobody_on_a_photo_of_an_animal():
+    # A GCompris crab: SSDLite sees its legs as two people (0.73, 0.72); CenterNet sees no person,
+    # and the classifier is sure of crabs.
+    legs = [
+        Detection("person", 0.73, Box(0.42, 0.49, 0.52, 0.79)),
+        Detection("person", 0.72, Box(0.52, 0.5, 0.6, 0.79)),
+    ]
+    crabs = [Tag("rock crab", 0.32), Tag("fiddler crab", 0.31), Tag("spiny lobster", 0.03)]
+    assert compose_scene(Evidence(people=legs, tags=crabs, wide_tags=crabs)) == "A photo of an animal."
+    # With no animal in sight, the same boxes are two people.
+    street = [Tag("street sign", 0.3), Tag("traffic light", 0.2)]
+    assert compose_scene(Evidence(people=legs, tags=street)).startswith("A photo of two people")
+    # And beside an animal, a person both detectors see still counts.
+    rider = Detection("person", 0.8, Box(0.4, 0.1, 0.6, 0.7))
+    horse = [Tag("sorrel", 0.8)]
+    both = Evidence(people=[rider], objects=[rider], tags=horse)
+    assert compose_scene(both).startswith("A photo of a person")

@@ -46,6 +46,9 @@ SECOND_LOOK_AREA = 0.03
 #: A box only the person detector gave, below this, needs the general detector to agree
 #: (SSDLite's 0.51 "person" on a honey bee; no COCO person box there).
 LONE_PERSON = 0.6
+#: ... at any score where the classifier is this sure the photo is of an animal (a crab's legs, 0.73
+#: "person" twice on a GCompris photo the classifier calls rock and fiddler crab, CenterNet no one).
+ANIMAL_PHOTO = 0.5
 #: Boxes whose overlap is this large (IoU), or one this much inside the other, are one person.
 SAME_PERSON_IOU = 0.5
 SAME_PERSON_INSIDE = 0.7
@@ -441,10 +444,11 @@ def merge_people(evidence: Evidence) -> list[Detection]:
             claimed[len(kept)] = candidate
         kept.append(candidate)
 
+    animal_photo = kinds(evidence.tags).get("animal", 0.0) >= ANIMAL_PHOTO
     for candidate in [*specialist, *general]:
         if candidate.score < PERSON_SCORE:
             continue
-        lone = candidate.score < LONE_PERSON and candidate in specialist
+        lone = (candidate.score < LONE_PERSON or animal_photo) and candidate in specialist
         if lone and not any(g.score >= SECOND_LOOK and same_person(candidate, g) for g in general):
             continue
         if not is_counted(candidate):
