@@ -329,18 +329,26 @@ NATURAL_KINDS = frozenset(
 
 
 @cache
-def kindless_object(noun: str) -> bool:
-    """An ImageNet object noun that is no plant, food or building (a hammer, a modem; not a daisy)."""
-    labels = [label for label, (folded, _) in imagenet_nouns().items() if folded == noun]
-    kinds = imagenet_kinds()
-    return kind_of(noun) == "object" and not any(NATURAL_KINDS & set(kinds.get(lb, ())) for lb in labels)
+def noun_kinds(noun: str) -> frozenset[str]:
+    """The kinds of the ImageNet classes folded into ``noun`` ("can opener" -> {"tool"})."""
+    table = imagenet_kinds()
+    return frozenset(
+        kind
+        for label, (folded, _) in imagenet_nouns().items()
+        if folded == noun
+        for kind in table.get(label, ())
+    )
 
 
 def said_kinds(noun: str) -> set[str]:
-    """The kinds, as said, of the ImageNet classes folded into ``noun`` ("can opener" -> {"tool"})."""
-    table = imagenet_kinds()
-    labels = [label for label, (folded, _) in imagenet_nouns().items() if folded == noun]
-    return {SAID_AS.get(kind, kind) for label in labels for kind in table.get(label, ())}
+    """:func:`noun_kinds` as the sentence says them ("electronic equipment" -> "electronic device")."""
+    return {SAID_AS.get(kind, kind) for kind in noun_kinds(noun)}
+
+
+@cache
+def kindless_object(noun: str) -> bool:
+    """An ImageNet object noun that is no plant, food or building (a hammer, a modem; not a daisy)."""
+    return kind_of(noun) == "object" and not NATURAL_KINDS & noun_kinds(noun)
 
 
 def kind_of(noun: str) -> str | None:
@@ -657,8 +665,8 @@ def people_phrase(scene: Scene) -> str:
     return phrase
 
 
-def phrases(things: Sequence[Thing]) -> list[tuple[str, list[Box]]]:
-    """A noun phrase and its boxes per sure noun, most prominent first ("two cups", "a cup of coffee").
+def phrases(things: Sequence[Thing]) -> list[tuple[str, str, list[Box]]]:
+    """The noun, its phrase and its boxes per sure noun, most prominent first ("two cups", "a cup of coffee").
 
     A drink or food the classifier saw in the whole image goes into a container a detector
     boxed, rather than standing beside it.
@@ -680,7 +688,7 @@ def phrases(things: Sequence[Thing]) -> list[tuple[str, list[Box]]]:
         phrase = f"some {noun}" if noun in {"food", "fruit"} else counted(noun, len(items))
         if noun in CONTAINERS and contents:
             phrase += f" of {contents[0]}"
-        result.append((phrase, [t.box for t in items if t.box is not None]))
+        result.append((noun, phrase, [t.box for t in items if t.box is not None]))
     return result
 
 
@@ -692,9 +700,18 @@ def join(words: Sequence[str]) -> str:
 
 def subject_and_rest(scene: Scene) -> str | None:
     """The noun phrase after "A photo of"; None when nothing is sure enough to name."""
-    rest = phrases(scene.things)
-    setting = next((i for i, (phrase, boxes) in enumerate(rest) if not boxes and is_setting(phrase)), None)
-    if scene.people and setting is not None and all(p.box.area < SMALL_PERSON for p in scene.people):
+    named_phrases = phrases(scene.things)
+    rest = [(phrase, boxes) for _, phrase, boxes in named_phrases]
+    passers_by = scene.people and all(p.box.area < SMALL_PERSON for p in scene.people)
+    setting = next(
+        (
+            i
+            for i, (noun, _, boxes) in enumerate(named_phrases)
+            if passers_by and not boxes and is_setting(noun)
+        ),
+        None,
+    )
+    if setting is not None:
         # "a palace with three people": the passers-by come after what the photo is of.
         subject, boxes = rest[setting][0], []
         rest = [(people_phrase(scene), [p.box for p in scene.people]), *rest[:setting], *rest[setting + 1 :]]
@@ -720,10 +737,9 @@ def subject_and_rest(scene: Scene) -> str | None:
     return f"{subject}{joint} {join(words)}" if words else subject
 
 
-def is_setting(phrase: str) -> bool:
-    """Whether a phrase ("a palace", "a building") names a building, shop or bridge."""
-    noun = phrase.split(" ", 1)[-1]
-    return noun in SETTINGS or bool(SETTINGS & said_kinds(noun))
+def is_setting(noun: str) -> bool:
+    """Whether a noun ("palace", "building") names a building, shop or bridge."""
+    return noun in SETTINGS or bool(SETTINGS & noun_kinds(noun))
 
 
 def view_phrase(surfaces: Sequence[str]) -> str | None:
