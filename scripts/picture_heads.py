@@ -106,9 +106,7 @@ def paintings(bundle: dict[str, bytes]) -> dict[str, Image.Image]:
             piece = Image.open(BytesIO(bundle[f"{folder}/{file}"])).convert("RGBA")
             left, top = round(float(x) * width - piece.width / 2), round(float(y) * height - piece.height / 2)
             canvas.alpha_composite(piece, (left, top))
-        page = Image.new("RGBA", canvas.size, (255, 255, 255, 255))
-        page.alpha_composite(canvas)
-        found[pieces[0][0]] = page.convert("RGB").crop(canvas.getbbox())
+        found[pieces[0][0]] = flattened(canvas).crop(canvas.getbbox())
     return found
 
 
