@@ -208,13 +208,18 @@ def qt_resources(blob: bytes) -> dict[str, bytes]:
         raise FetchError("not a Qt resource bundle")
     version, tree, data_at, names = struct.unpack(">IIII", blob[4:20])
     node = 14 if version == 1 else 22  # format 2 added a modification time
+    nodes = (len(blob) - tree) // node  # no index past the end; each node read once, so no cycle
     files: dict[str, bytes] = {}
+    seen: set[int] = set()
 
     def name(offset: int) -> str:
         (length,) = struct.unpack(">H", blob[names + offset : names + offset + 2])
         return blob[names + offset + 6 : names + offset + 6 + 2 * length].decode("utf-16-be")
 
     def walk(index: int, prefix: str) -> None:
+        if index in seen or not 0 <= index < nodes:
+            raise FetchError("a Qt resource bundle whose tree loops or runs past its end")
+        seen.add(index)
         at = tree + index * node
         name_at, flags = struct.unpack(">IH", blob[at : at + 6])
         here = f"{prefix}/{name(name_at)}" if index else ""

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from bench.devset import HALVES, Photo, load_manifest, qt_resources, read_members, split, with_people
+from bench.devset import (
+    HALVES,
+    FetchError,
+    Photo,
+    load_manifest,
+    qt_resources,
+    read_members,
+    split,
+    with_people,
+)
 from bench.quality import Case, Score, misses, names, people_said, wrong_nouns
 
 
@@ -126,6 +135,19 @@ def rcc(files: dict[str, tuple[bytes, bool]]) -> bytes:
 def test_qt_resources_reads_plain_and_compressed_files():
     bundle = rcc({"pic.webp": (b"RIFF plain", False), "big.webp": (b"RIFF " * 100, True)})
     assert qt_resources(bundle) == {"/a/pic.webp": b"RIFF plain", "/a/big.webp": b"RIFF " * 100}
+
+
+def test_qt_resources_refuses_a_tree_that_loops_or_overruns():
+    bundle = bytearray(rcc({"pic.webp": (b"RIFF plain", False)}))
+    tree_at = struct.unpack(">I", bundle[8:12])[0]
+    looped = bundle.copy()
+    looped[tree_at + 22 + 10 : tree_at + 22 + 14] = struct.pack(">I", 0)  # directory "a" lists the root
+    with pytest.raises(FetchError, match="loops or runs past"):
+        qt_resources(bytes(looped))
+    overrun = bundle.copy()
+    overrun[tree_at + 6 : tree_at + 10] = struct.pack(">I", 10**6)  # the root claims a million children
+    with pytest.raises(FetchError, match="loops or runs past"):
+        qt_resources(bytes(overrun))
 
 
 def ar_member(name: str, data: bytes) -> bytes:
