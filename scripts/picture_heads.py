@@ -34,7 +34,6 @@ the negatives that scored highest.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 import sys
@@ -161,18 +160,15 @@ class Pictures:
         self.rows: list[np.ndarray] = []
         self.refused = 0
         # The two halves, not the extra tuning photos (GCompris's own, which this script reads too).
-        devset = [
-            p for p in json.loads((ROOT / "bench/devset.json").read_text())["photos"] if not p.get("half")
-        ]
-        photos = [Image.open(path).convert("RGB") for p, path in load_photos() if not p.half]
-        if len(photos) != len(devset):
-            raise SystemExit(
-                "fetch the development set first (python -m bench devset): its copies are refused"
-            )
+        try:
+            halves = [(p, path) for p, path in load_photos() if not p.half]
+        except FileNotFoundError as exc:
+            raise SystemExit(f"{exc}: its copies are refused, so it must be here") from exc
+        photos = [Image.open(path).convert("RGB") for _, path in halves]
         unit = features(photos)
         self.devset_features = unit / np.linalg.norm(unit, axis=1, keepdims=True)
         self.devset_thumbs = np.stack([thumbnail(p) for p in photos])
-        self.devset_hashes = {p["sha256"] for p in devset}
+        self.devset_hashes = {p.sha256 for p, _ in halves}
 
     def add(self, kind: str, items: list[tuple[str, bytes | Image.Image]], group: int | None = None) -> None:
         names, images = [], []
