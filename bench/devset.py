@@ -28,11 +28,14 @@ The split is by the photo's hash (:func:`half`), fixed before any description wa
 tune rules on ``tuning`` only; run ``validation`` once per candidate, at the end.
 
 The ``extra`` set is more tuning photos, put there by the manifest and kept out of the split, so
-the halves stay as drawn: 104 public-domain and CC0 photos of Debian's ``gcompris-qt-data``
-(animals, fish, hand tools and household objects, read out of its Qt resource bundles by
-:func:`qt_resources`), annotated from their file names and a look. Thirty-six tuning photos are
-few to tune on; these show where the describer is wrong on everyday objects ImageNet has no class
-for (pliers, tweezers, a sickle).
+the halves stay as drawn: 146 photos of Debian's ``gcompris-qt-data`` (read out of its Qt
+resource bundles by :func:`qt_resources`), annotated from their file names and a look. 104 are
+public-domain and CC0 animals, fish, hand tools and household objects, cut out on plain
+backgrounds: they show where the describer is wrong on everyday objects ImageNet has no class for
+(pliers, tweezers, a sickle). 33 are animals in the wild and 9 musicians and instruments, from its
+erase and world-music activities (CC BY, CC BY-SA, CC0 and public domain; each photo's licence and
+author are in the manifest): natural scenes, the first tuning photos of bands and crowds.
+Thirty-six tuning photos are few to tune on.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 Four sets, reported apart: ``skimage`` (scikit-image's photos and composites, the set the scene
 describer's first rules were tuned on), the development set's ``tuning`` and ``validation``
 halves (72 real photos from eleven packages, split by hash before any rule looked at them), and
-its ``extra`` tuning photos (104 of GCompris's, outside the split). Tune on ``tuning`` and
+its ``extra`` tuning photos (146 of GCompris's, outside the split). Tune on ``tuning`` and
 ``extra``; run ``validation`` once per candidate, at the end. ``--set all`` (the default) runs the
 four; ``devset`` all but scikit-image's.
 
