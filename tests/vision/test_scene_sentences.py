@@ -471,3 +471,14 @@ def test_food_or_drink_the_classifier_is_sure_of_on_an_unconfirmed_box_is_named(
     dachshund = Detection("dog", 0.45, Box(0.0, 0.1, 0.5, 1.0))
     evidence = Evidence(people=[], objects=[dachshund], object_tags=[[Tag("hotdog", 0.7)]], tags=cats)
     assert compose_scene(evidence) == "A photo of a cat."  # an animal's box holds no food: no "hotdog"
+
+
+def test_a_weak_animal_box_whose_crop_is_some_other_animal_is_an_animal():
+    # A pika: CenterNet "bird" 0.55; its crop is weasel, marmot, squirrel and rabbit, no bird.
+    rodents = [Tag("marmot", 0.35), Tag("wood rabbit", 0.17), Tag("fox squirrel", 0.11), Tag("hare", 0.11)]
+    pika = Evidence(objects=[Detection("bird", 0.55, MIDDLE)], object_tags=[rodents])
+    assert compose_scene(pika) == "A photo of an animal."
+    # The same crop on a weak "dog" box with a sure, named animal beside it: that animal twice.
+    boxes = [Detection("bird", 0.9, LEFT), Detection("dog", 0.45, RIGHT)]
+    evidence = Evidence(objects=boxes, object_tags=[[Tag("goose", 0.9)], rodents])
+    assert compose_scene(evidence) == "A photo of a bird."

@@ -32,7 +32,7 @@ from typing import Any
 from imgsvc.vision.base import Box, Detection, Face, Tag, TextLine
 from imgsvc.vision.classifier.sentences import DOCUMENT_CHARS, display_name, quote, with_article
 from imgsvc.vision.scene.boxes import overlap
-from imgsvc.vision.scene.kinds import SAID_AS, best_kind, imagenet_kinds
+from imgsvc.vision.scene.kinds import SAID_AS, best_kind, imagenet_kinds, kind_masses
 from imgsvc.vision.scene.surfaces import GRASS, GREENERY, SKY
 
 #: A person box counts from this score, whichever detector gave it.
@@ -76,6 +76,15 @@ SURE_LONE_OBJECT = 0.8
 SUPPORT = 0.1
 #: The crop's probability of the box's kind (animal, vehicle) that makes a weak box a hedged guess.
 KIND_SUPPORT = 0.3
+#: The crop's probability of "animal" at which a box the detector is unsure of, whose crop holds
+#: under KIND_SUPPORT of the box's own group (ANIMAL_GROUPS), is said as "an animal": a 0.55 "bird"
+#: on a pika the classifier calls weasel, marmot and squirrel. The two agree on an animal; the crop
+#: speaks against a bird. A crop in the box's group keeps the guess (a weak "horse" whose crop is
+#: dog breeds is still "what may be a horse"). Only where no other animal is named: a second,
+#: weaker box on a named bison is the bison again.
+SURE_ANIMAL_CROP = 0.5
+#: The group (a kind of :mod:`~imgsvc.vision.scene.kinds`) a COCO animal belongs to; "mammal" for the rest.
+ANIMAL_GROUPS = {"bird": "bird", "cat": "cat", "dog": "dog"}
 #: Folded probability of a place (seashore, alp) that earns "on a beach", "in the mountains".
 PLACE_SCORE = 0.5
 #: Kinds in which the classifier may rename a detector's box.
@@ -506,6 +515,12 @@ def weigh_object(detection: Detection, crop_tags: Sequence[Tag], own_crop: bool 
     if detection.score >= SURE_OBJECT and kind_agrees and kind in KIND_NOUNS:
         # Sure of something of this kind, and the classifier agrees on the kind only: name the kind.
         return Thing(KIND_NOUNS[kind], detection.score, detection.box)
+    group = kind_masses(crop_tags).get(ANIMAL_GROUPS.get(noun, "mammal"), 0.0)
+    sure_animal = crop_kinds.get(kind, 0.0) >= SURE_ANIMAL_CROP
+    if kind == "animal" and own_crop and sure_animal and group < KIND_SUPPORT:
+        # The crop is sure of an animal, and not of this box's group: the kind stands (read_scene
+        # drops it where a named animal is there already).
+        return Thing(KIND_NOUNS[kind], detection.score, detection.box)
     if detection.score >= SURE_OBJECT or (kind in RENAMEABLE_KINDS and kind_agrees):
         return Thing(noun, detection.score, detection.box, sure=False)  # nothing independent agrees
     return None
@@ -560,6 +575,9 @@ def read_scene(evidence: Evidence) -> Scene:
             and (thing is None or thing.noun != best)
         ):
             held[best] = max(held.get(best, 0.0), mass)
+    if any(t.sure and t.noun != "animal" and kind_of(t.noun) == "animal" for t in boxed):
+        # A weak box said as "an animal" beside a named animal is that animal seen twice.
+        boxed = [t for t in boxed if not (t.noun == "animal" and t.score < SURE_OBJECT)]
     # Animals first (people say "a cat next to a motorcycle"), then by size times score.
     boxed.sort(key=lambda t: (kind_of(t.noun) != "animal", -(t.box.area if t.box else 0.0) * t.score))
 
