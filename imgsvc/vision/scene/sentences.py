@@ -85,6 +85,9 @@ KIND_SUPPORT = 0.3
 SURE_ANIMAL_CROP = 0.5
 #: The group (a kind of :mod:`~imgsvc.vision.scene.kinds`) a COCO animal belongs to; "mammal" for the rest.
 ANIMAL_GROUPS = {"bird": "bird", "cat": "cat", "dog": "dog"}
+#: Kinds said beside people where nothing else is: what people play or use. Several in a band's
+#: hands spread the classifier over their classes, so the kind needs no concentration there.
+HELD_KINDS = frozenset({"musical instrument"})
 #: Folded probability of a place (seashore, alp) that earns "on a beach", "in the mountains".
 PLACE_SCORE = 0.5
 #: Kinds in which the classifier may rename a detector's box.
@@ -175,7 +178,7 @@ _PLURALS = {
 }
 _NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 #: Mass nouns: "coffee", not "a coffee".
-_MASS = frozenset({"coffee", "broccoli"})
+_MASS = frozenset({"coffee", "broccoli", "musical instruments"})
 
 
 @dataclass(frozen=True)
@@ -617,6 +620,12 @@ def read_scene(evidence: Evidence) -> Scene:
         kind = best_kind(evidence.wide_tags or evidence.tags)
         if kind is not None and kind.sure and kind.noun in SETTINGS:
             boxed = [Thing(kind.noun, kind.mass), *boxed]
+    if people and not unboxed and not any(t.sure for t in boxed):
+        # People and nothing else sure: what they hold, where the classifier is sure of its kind
+        # (a band: cello, bassoon and sax, "musical instrument" 0.77 over its classes).
+        kind = best_kind(evidence.wide_tags or evidence.tags)
+        if kind is not None and kind.sure and kind.noun in HELD_KINDS:
+            unboxed = [Thing(kind.noun if len(people) == 1 else plural(kind.noun), kind.mass)]
     place = next((PLACES[n] for n, m in whole.items() if n in PLACES and m >= PLACE_SCORE), None)
     return Scene(
         people=people,
