@@ -497,3 +497,19 @@ def test_people_with_nothing_else_sure_are_said_with_the_instruments_they_play()
     # Clothing is never what they hold: a sure "clothing" says nothing more.
     suits = [Tag("suit", 0.5), Tag("Windsor tie", 0.2)]
     assert compose_scene(Evidence(people=four[:1], tags=suits, wide_tags=suits)) == "A photo of a person."
+
+
+def test_a_weak_box_is_not_renamed_to_an_animal_the_photo_has_no_room_for():
+    # GCompris's swans, re-encoded as JPEG: a 0.43 "bird" box on a cygnet whose crop is 0.70 "ice
+    # bear"; the whole photo is water birds. Not "three birds with a bear".
+    birds = [Tag("pelican", 0.32), Tag("flamingo", 0.23), Tag("black swan", 0.11), Tag("goose", 0.06)]
+    swans = [Detection("bird", 0.6 - 0.05 * i, Box(0.2 * i, 0.3, 0.2 * i + 0.15, 0.6)) for i in range(3)]
+    cygnet = Detection("bird", 0.43, Box(0.7, 0.45, 0.75, 0.6))
+    bear = [Tag("ice bear", 0.7), Tag("kuvasz", 0.07)]
+    crops = [[Tag("goose", 0.62), Tag("black swan", 0.13)]] * 3 + [bear]
+    evidence = Evidence(objects=[*swans, cygnet], object_tags=crops, tags=birds, wide_tags=birds)
+    assert compose_scene(evidence) == "A photo of three birds."
+    # Where the photo is of the animal the crop names, the weak box is renamed (a cheetah's "bird").
+    cheetah = [Tag("cheetah", 0.87), Tag("leopard", 0.05)]
+    spotted = Evidence(objects=[Detection("bird", 0.3, MIDDLE)], object_tags=[cheetah], tags=cheetah)
+    assert compose_scene(spotted) == "A photo of a cheetah."
