@@ -2,6 +2,7 @@
 
     python -m bench devset          # once: fetch the development set's photos (bench/devset.py)
     python -m bench quality [--set skimage|tuning|extra|validation|devset|all] [--models A,B] [--show]
+                            [--jpeg Q]
 
 Four sets, reported apart: ``skimage`` (scikit-image's photos and composites, the set the scene
 describer's first rules were tuned on), the development set's ``tuning`` and ``validation``
@@ -16,12 +17,15 @@ it reports: photos with every group named; confident wrong nouns (one inside "wh
 a hedge, not counted; nor are words inside quoted OCR text); and, for the development set, how
 often the number of people said is right. A *hit* is every group named and no confident wrong
 noun. The models compared by default are the classifier alone (``builtin:efficientnet-lite0``)
-and ``builtin:scene``; ``--quick`` runs a few scikit-image cases.
+and ``builtin:scene``; ``--quick`` runs a few scikit-image cases. ``--jpeg 85`` also describes
+each photo re-encoded as a JPEG at that quality, scored beside it with how many sentences changed:
+a photo sent on by a phone is the same photo, and a sentence that changes sits on a threshold.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -179,6 +183,7 @@ class Score:
     counted: int = 0  # photos with a people count
     count_right: int = 0
     hits: int = 0  # every group named, no confident wrong noun
+    changed: int = 0  # re-encoded photos whose sentence differs (``--jpeg``)
 
     def add(self, text: str, case: Case) -> None:
         self.photos += 1
@@ -197,12 +202,28 @@ class Score:
         return (
             f"{self.named:3d} / {self.photos:<3d} {self.wrong:5d} ({self.wrong_photos:2d} photos) "
             f"{count}   {self.hits:3d} / {self.photos}"
-        )
+        ) + (f"   changed {self.changed} / {self.photos}" if self.changed else "")
 
 
-def evaluate(describers: Sequence[Describer], cases: Sequence[Case], show: bool) -> dict[str, Score]:
-    """Describe every case with every model; print the misses; a :class:`Score` per model name."""
+def reencoded(image: Image.Image, quality: int) -> Image.Image:
+    """The image saved as a JPEG at ``quality`` and read back: what a phone or a chat app sends on."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def evaluate(
+    describers: Sequence[Describer], cases: Sequence[Case], show: bool, jpeg: int | None = None
+) -> dict[str, Score]:
+    """Describe every case with every model; print the misses; a :class:`Score` per model name.
+
+    With ``jpeg``, each case is also described once re-encoded at that quality, scored under
+    "NAME (JPEG qN)" and its sentence printed where it differs: a sentence that changes when
+    nothing a viewer sees changes sits on a threshold.
+    """
     scores = {d.name: Score() for d in describers}
+    if jpeg is not None:
+        scores |= {f"{d.name} (JPEG q{jpeg})": Score() for d in describers}
     for case in cases:
         image = case.image()
         print(f"\n{case.name}")
@@ -215,6 +236,13 @@ def evaluate(describers: Sequence[Describer], cases: Sequence[Case], show: bool)
                 f"  {mark} {short(describer.name):<20} {text}"
                 + (f"   [{' '.join(missed)}]" if missed else "")
             )
+            if jpeg is not None:
+                (again,) = describer.describe([reencoded(image, jpeg)])
+                score = scores[f"{describer.name} (JPEG q{jpeg})"]
+                score.add(again, case)
+                score.changed += again != text
+                if again != text:
+                    print(f"  {'q' + str(jpeg):<4} {'':<20} {again}")
             if show:
                 image.save(f"/tmp/quality-{case.name.replace(' ', '_')}.png")
     return scores
@@ -238,7 +266,9 @@ def devset_cases(half: str) -> list[Case]:
 
 
 def short(name: str) -> str:
-    return "builtin:scene" if name.startswith("builtin:scene") else name.removesuffix("+rapidocr")
+    base, paren, tail = name.partition(" (")  # "builtin:scene(...) (JPEG q85)" keeps its "(JPEG q85)"
+    base = "builtin:scene" if base.startswith("builtin:scene") else base.removesuffix("+rapidocr")
+    return f"{base}{paren}{tail}"
 
 
 SETS = {"all": ("skimage", "tuning", "extra", "validation"), "devset": ("tuning", "extra", "validation")}
@@ -258,6 +288,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)} (scikit-image)")
     parser.add_argument("--show", action="store_true", help="also save each case's image under /tmp")
+    parser.add_argument(
+        "--jpeg",
+        type=int,
+        metavar="Q",
+        help="also describe each photo re-encoded as a JPEG at quality Q (1-95), scored beside it",
+    )
     args = parser.parse_args(argv)
     sets = ("skimage",) if args.quick else SETS.get(args.set, (args.set,))
     describers = [
@@ -272,11 +308,12 @@ def main(argv: list[str] | None = None) -> None:
         else:
             cases = devset_cases(name)
         print(f"\n##### {name}: {len(cases)} photos")
-        results[name] = evaluate(describers, cases, args.show)
-    print("\nset         model                 every group named  confident wrong  people right   hits")
+        results[name] = evaluate(describers, cases, args.show, args.jpeg)
+    width = max(len(short(model)) for scores in results.values() for model in scores)
+    print(f"\nset         {'model':<{width}} every group named  confident wrong  people right   hits")
     for name, scores in results.items():
-        for describer in describers:
-            print(f"{name:<11} {short(describer.name):<21} {scores[describer.name].line()}")
+        for model, score in scores.items():
+            print(f"{name:<11} {short(model):<{width}} {score.line()}")
 
 
 if __name__ == "__main__":

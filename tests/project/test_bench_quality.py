@@ -8,7 +8,9 @@ import tarfile
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from bench.devset import (
     HALVES,
@@ -20,7 +22,7 @@ from bench.devset import (
     split,
     with_people,
 )
-from bench.quality import Case, Score, misses, names, people_said, wrong_nouns
+from bench.quality import Case, Score, evaluate, misses, names, people_said, reencoded, wrong_nouns
 
 
 def case(must=(), wrong=(), people=None) -> Case:
@@ -66,6 +68,34 @@ def test_misses_and_score_count_groups_wrong_nouns_and_people_apart():
     score.add("A photo of six people at a table.", table)
     assert (score.photos, score.named, score.wrong, score.wrong_photos) == (2, 1, 1, 1)
     assert (score.counted, score.count_right, score.hits) == (2, 1, 1)
+
+
+class Exact:
+    """Says "a cat" for the pixels it was shown first and "a dog" for any others: a threshold's edge."""
+
+    name = "exact"
+
+    def __init__(self) -> None:
+        self.first: np.ndarray | None = None
+
+    def describe(self, images: list[Image.Image]) -> list[str]:
+        pixels = np.asarray(images[0].convert("RGB"))
+        if self.first is None:
+            self.first = pixels
+        return ["A photo of a cat." if np.array_equal(pixels, self.first) else "A photo of a dog."]
+
+
+def test_jpeg_reencoding_is_scored_beside_the_original(capsys: pytest.CaptureFixture[str]):
+    noise = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    photo = Image.fromarray(noise)
+    again = reencoded(photo, 50)
+    assert again.size == photo.size and not np.array_equal(np.asarray(again), noise)
+    cat = Case("cat", lambda: photo, ("cat",), ("dog",))
+    scores = evaluate([Exact()], [cat], show=False, jpeg=50)  # type: ignore[list-item]
+    assert (scores["exact"].hits, scores["exact"].changed) == (1, 0)
+    jpeg = scores["exact (JPEG q50)"]
+    assert (jpeg.hits, jpeg.wrong, jpeg.changed) == (0, 1, 1)
+    assert "changed 1 / 1" in jpeg.line() and "q50" in capsys.readouterr().out
 
 
 def test_manifest_is_consistent():
