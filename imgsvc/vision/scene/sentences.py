@@ -10,13 +10,13 @@ agrees (the classifier on its crop, or on the whole photo); where the classifier
 the kind, the box is named by its kind ("an animal", "some fruit"); a sure box nothing agrees with
 is a guess ("what may be a bicycle"); where several boxes share a label, each needs its own crop
 to agree before it is counted; a "dining table" the classifier cannot confirm stands where
-people are at it. The classifier overrules a detector's label only within one
-kind (a "dog" box becomes a cat, never a cup) and only when it is sure. Counts come only from
-boxes that stand. People: a box counts from PERSON_SCORE, or from SECOND_LOOK where a sure person
-was found (back rows, frame edges); a weak box only the person detector saw needs the other
-detector's agreement. A face counts only inside a person. Text on something that is not a page is
-"a sign that reads ...". Weak evidence makes the sentence shorter or hedged, never a confident
-wrong noun.
+people are at it. The classifier overrules a detector's label only within one kind (a "dog" box
+becomes a cat, never a cup), only when it is sure and, for a weak box, only where the whole photo
+has room for the new name. Counts come only from boxes that stand. People: a box counts from
+PERSON_SCORE, or from SECOND_LOOK where a sure person was found (back rows, frame edges); a weak
+box only the person detector saw needs the other detector's agreement. A face counts only inside a
+person. Text on something that is not a page is "a sign that reads ...". Weak evidence makes the
+sentence shorter or hedged, never a confident wrong noun.
 """
 
 from __future__ import annotations
@@ -522,12 +522,12 @@ def weigh_object(
     if detection.score >= SURE_OBJECT and kind_agrees and kind in KIND_NOUNS:
         # Sure of something of this kind, and the classifier agrees on the kind only: name the kind.
         return Thing(KIND_NOUNS[kind], detection.score, detection.box)
-    group = kind_masses(crop_tags).get(ANIMAL_GROUPS.get(noun, "mammal"), 0.0)
-    sure_animal = crop_kinds.get(kind, 0.0) >= SURE_ANIMAL_CROP
-    if kind == "animal" and own_crop and sure_animal and group < KIND_SUPPORT:
-        # The crop is sure of an animal, and not of this box's group: the kind stands (read_scene
-        # drops it where a named animal is there already).
-        return Thing(KIND_NOUNS[kind], detection.score, detection.box)
+    if kind == "animal" and own_crop and crop_kinds.get(kind, 0.0) >= SURE_ANIMAL_CROP:
+        group = kind_masses(crop_tags).get(ANIMAL_GROUPS.get(noun, "mammal"), 0.0)
+        if group < KIND_SUPPORT:
+            # The crop is sure of an animal, and not of this box's group: the kind stands
+            # (read_scene drops it where a named animal is there already).
+            return Thing(KIND_NOUNS[kind], detection.score, detection.box)
     if detection.score >= SURE_OBJECT or (kind in RENAMEABLE_KINDS and kind_agrees):
         return Thing(noun, detection.score, detection.box, sure=False)  # nothing independent agrees
     return None
