@@ -513,3 +513,39 @@ def test_a_weak_box_is_not_renamed_to_an_animal_the_photo_has_no_room_for():
     cheetah = [Tag("cheetah", 0.87), Tag("leopard", 0.05)]
     spotted = Evidence(objects=[Detection("bird", 0.3, MIDDLE)], object_tags=[cheetah], tags=cheetah)
     assert compose_scene(spotted) == "A photo of a cheetah."
+
+
+def test_weak_boxes_said_as_an_animal_count_nothing():
+    rodents = [Tag("marmot", 0.35), Tag("wood rabbit", 0.17), Tag("fox squirrel", 0.11), Tag("hare", 0.11)]
+    # Two weak boxes of different labels on one animal: "an animal", not "two animals".
+    halves = [Detection("bird", 0.55, LEFT), Detection("cat", 0.4, Box(0.3, 0.1, 0.8, 1.0))]
+    assert compose_scene(Evidence(objects=halves, object_tags=[rodents] * 2)) == "A photo of an animal."
+    # The whole photo names the animal: the weak box is that animal, not a second one.
+    marmot = [Tag("marmot", 0.7), Tag("beaver", 0.05)]
+    evidence = Evidence(objects=halves[:1], object_tags=[rodents], tags=marmot, wide_tags=marmot)
+    assert compose_scene(evidence) == "A photo of a marmot."
+    # A sure box is not weak: the classifier agreeing on the kind names the kind (an existing rule).
+    sure = Evidence(objects=[Detection("bird", 0.7, MIDDLE)], object_tags=[rodents])
+    assert compose_scene(sure) == "A photo of an animal."
+
+
+def test_a_sure_box_is_renamed_by_its_crop_whatever_the_whole_photo_says():
+    # Room in the whole photo is asked of weak boxes only: a 0.75 "bear" on a gorilla is a gorilla.
+    gorilla = [Tag("gorilla", 0.88), Tag("chimpanzee", 0.02)]
+    leaves = [Tag("vine snake", 0.3), Tag("green mamba", 0.2)]
+    evidence = Evidence(objects=[Detection("bear", 0.75, MIDDLE)], object_tags=[gorilla], wide_tags=leaves)
+    assert compose_scene(evidence) == "A photo of a gorilla."
+
+
+def test_instruments_beside_people_need_a_sure_kind_and_replace_an_unsure_one():
+    four = [Detection("person", 0.9, Box(0.25 * i, 0.2, 0.25 * i + 0.2, 0.9)) for i in range(4)]
+    # A cello at 0.65 is under the lone object's bar; its kind is sure: the instruments are said.
+    cello = [Tag("cello", 0.65), Tag("violin", 0.1)]
+    evidence = Evidence(people=four, tags=cello, wide_tags=cello)
+    assert compose_scene(evidence) == "A photo of four people side by side with musical instruments."
+    # A guess at the kind is not enough.
+    faint = [Tag("cello", 0.2), Tag("banjo", 0.1), Tag("stage", 0.3)]
+    assert (
+        compose_scene(Evidence(people=four, tags=faint, wide_tags=faint))
+        == "A photo of four people side by side."
+    )

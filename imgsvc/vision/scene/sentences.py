@@ -80,8 +80,8 @@ KIND_SUPPORT = 0.3
 #: under KIND_SUPPORT of the box's own group (ANIMAL_GROUPS), is said as "an animal": a 0.55 "bird"
 #: on a pika the classifier calls weasel, marmot and squirrel. The two agree on an animal; the crop
 #: speaks against a bird. A crop in the box's group keeps the guess (a weak "horse" whose crop is
-#: dog breeds is still "what may be a horse"). Only where no other animal is named: a second,
-#: weaker box on a named bison is the bison again.
+#: dog breeds is still "what may be a horse"). Such boxes count nothing: none is said beside a
+#: named animal (a weaker box by a named bison is the bison again), at most one otherwise.
 SURE_ANIMAL_CROP = 0.5
 #: The group (a kind of :mod:`~imgsvc.vision.scene.kinds`) a COCO animal belongs to; "mammal" for the rest.
 ANIMAL_GROUPS = {"bird": "bird", "cat": "cat", "dog": "dog"}
@@ -575,7 +575,7 @@ def read_scene(evidence: Evidence) -> Scene:
         crop_tags = evidence.object_tags[i] if i < len(evidence.object_tags) else evidence.tags
         # Boxes past the describer's crop budget carry the whole photo's tags: they count only alone.
         own_crop = shared[detection.label] == 1 or list(crop_tags) != list(evidence.tags)
-        thing = weigh_object(detection, crop_tags, own_crop, evidence.wide_tags or evidence.tags)
+        thing = weigh_object(detection, crop_tags, own_crop, evidence.wide_tags or evidence.tags or None)
         unconfirmed = thing is None or not thing.sure
         if detection.label == "dining table" and unconfirmed and at_table(detection, people):
             thing = Thing("table", detection.score, detection.box)
@@ -595,9 +595,6 @@ def read_scene(evidence: Evidence) -> Scene:
             and (thing is None or thing.noun != best)
         ):
             held[best] = max(held.get(best, 0.0), mass)
-    if any(t.sure and t.noun != "animal" and kind_of(t.noun) == "animal" for t in boxed):
-        # A weak box said as "an animal" beside a named animal is that animal seen twice.
-        boxed = [t for t in boxed if not (t.noun == "animal" and t.score < SURE_OBJECT)]
     # Animals first (people say "a cat next to a motorcycle"), then by size times score.
     boxed.sort(key=lambda t: (kind_of(t.noun) != "animal", -(t.box.area if t.box else 0.0) * t.score))
 
@@ -609,6 +606,16 @@ def read_scene(evidence: Evidence) -> Scene:
         for noun, mass in sure_nouns.items()
         if noun not in named and noun not in PLACES
     ]
+    weak_animals = [t for t in boxed if t.noun == "animal" and t.score < SURE_OBJECT]
+    if weak_animals:
+        # Weak boxes said as "an animal" count nothing: beside a named animal (boxed or the whole
+        # photo's) they are that animal again, and two of them are one animal's halves as often as
+        # two animals. At most the surest is said.
+        named_animal = any(
+            t.sure and t.noun != "animal" and kind_of(t.noun) == "animal" for t in (*boxed, *unboxed)
+        )
+        kept = set() if named_animal else {id(max(weak_animals, key=lambda t: t.score))}
+        boxed = [t for t in boxed if t.noun != "animal" or t.score >= SURE_OBJECT or id(t) in kept]
     outdoors = kinds(evidence.tags).get("place", 0.0)
     if outdoors >= OUTDOOR_SCORE and not people and not unboxed and not any(t.sure for t in boxed):
         # Nothing sure, but the classifier's places together are: a valley, a lakeside or a shore.
@@ -637,9 +644,10 @@ def read_scene(evidence: Evidence) -> Scene:
         kind = best_kind(evidence.wide_tags or evidence.tags)
         if kind is not None and kind.sure and kind.noun in SETTINGS:
             boxed = [Thing(kind.noun, kind.mass), *boxed]
-    if people and not unboxed and not any(t.sure for t in boxed):
+    if people and not any(t.sure for t in (*boxed, *unboxed)):
         # People and nothing else sure: what they hold, where the classifier is sure of its kind
-        # (a band: cello, bassoon and sax, "musical instrument" 0.77 over its classes).
+        # (a band: cello, bassoon and sax, "musical instrument" 0.77 over its classes; a cello
+        # alone at 0.65, under the lone object's bar, is one of them too).
         kind = best_kind(evidence.wide_tags or evidence.tags)
         if kind is not None and kind.sure and kind.noun in HELD_KINDS:
             unboxed = [Thing(kind.noun if len(people) == 1 else plural(kind.noun), kind.mass)]
