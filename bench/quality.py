@@ -184,6 +184,7 @@ class Score:
     count_right: int = 0
     hits: int = 0  # every group named, no confident wrong noun
     changed: int = 0  # re-encoded photos whose sentence differs (``--jpeg``)
+    reencoded: bool = False  # these are the re-encoded photos' figures: say "changed" even at 0
 
     def add(self, text: str, case: Case) -> None:
         self.photos += 1
@@ -202,13 +203,13 @@ class Score:
         return (
             f"{self.named:3d} / {self.photos:<3d} {self.wrong:5d} ({self.wrong_photos:2d} photos) "
             f"{count}   {self.hits:3d} / {self.photos}"
-        ) + (f"   changed {self.changed} / {self.photos}" if self.changed else "")
+        ) + (f"   changed {self.changed} / {self.photos}" if self.reencoded else "")
 
 
 def reencoded(image: Image.Image, quality: int) -> Image.Image:
     """The image saved as a JPEG at ``quality`` and read back: what a phone or a chat app sends on."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
@@ -223,9 +224,10 @@ def evaluate(
     """
     scores = {d.name: Score() for d in describers}
     if jpeg is not None:
-        scores |= {f"{d.name} (JPEG q{jpeg})": Score() for d in describers}
+        scores |= {f"{d.name} (JPEG q{jpeg})": Score(reencoded=True) for d in describers}
     for case in cases:
         image = case.image()
+        again_image = reencoded(image, jpeg) if jpeg is not None else None
         print(f"\n{case.name}")
         for describer in describers:
             (text,) = describer.describe([image])
@@ -236,13 +238,14 @@ def evaluate(
                 f"  {mark} {short(describer.name):<20} {text}"
                 + (f"   [{' '.join(missed)}]" if missed else "")
             )
-            if jpeg is not None:
-                (again,) = describer.describe([reencoded(image, jpeg)])
+            if again_image is not None:
+                (again,) = describer.describe([again_image])
                 score = scores[f"{describer.name} (JPEG q{jpeg})"]
                 score.add(again, case)
                 score.changed += again != text
                 if again != text:
-                    print(f"  {'q' + str(jpeg):<4} {'':<20} {again}")
+                    mark = "ok  " if not misses(again, case) else "MISS"
+                    print(f"  {mark} {short(describer.name) + ' q' + str(jpeg):<20} {again}")
             if show:
                 image.save(f"/tmp/quality-{case.name.replace(' ', '_')}.png")
     return scores
@@ -274,6 +277,14 @@ def short(name: str) -> str:
 SETS = {"all": ("skimage", "tuning", "extra", "validation"), "devset": ("tuning", "extra", "validation")}
 
 
+def jpeg_quality(text: str) -> int:
+    """``--jpeg``'s value: Pillow's useful JPEG qualities are 1-95."""
+    quality = int(text)
+    if not 1 <= quality <= 95:
+        raise argparse.ArgumentTypeError(f"JPEG quality must be 1-95, not {quality}")
+    return quality
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -290,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--show", action="store_true", help="also save each case's image under /tmp")
     parser.add_argument(
         "--jpeg",
-        type=int,
+        type=jpeg_quality,
         metavar="Q",
         help="also describe each photo re-encoded as a JPEG at quality Q (1-95), scored beside it",
     )

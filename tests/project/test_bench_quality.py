@@ -23,6 +23,7 @@ from bench.devset import (
     with_people,
 )
 from bench.quality import Case, Score, evaluate, misses, names, people_said, reencoded, wrong_nouns
+from bench.quality import main as quality_main
 
 
 def case(must=(), wrong=(), people=None) -> Case:
@@ -95,7 +96,11 @@ def test_jpeg_reencoding_is_scored_beside_the_original(capsys: pytest.CaptureFix
     assert (scores["exact"].hits, scores["exact"].changed) == (1, 0)
     jpeg = scores["exact (JPEG q50)"]
     assert (jpeg.hits, jpeg.wrong, jpeg.changed) == (0, 1, 1)
-    assert "changed 1 / 1" in jpeg.line() and "q50" in capsys.readouterr().out
+    assert "changed 1 / 1" in jpeg.line() and "exact q50" in capsys.readouterr().out
+    # A re-encoded row says "changed" even when nothing did; an original row never does.
+    assert "changed 0 / 0" in Score(reencoded=True).line() and "changed" not in Score().line()
+    with pytest.raises(SystemExit):
+        quality_main(["--jpeg", "100"])
 
 
 def test_manifest_is_consistent():
