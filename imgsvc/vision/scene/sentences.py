@@ -85,8 +85,8 @@ KIND_SUPPORT = 0.3
 SURE_ANIMAL_CROP = 0.5
 #: The group (a kind of :mod:`~imgsvc.vision.scene.kinds`) a COCO animal belongs to; "mammal" for the rest.
 ANIMAL_GROUPS = {"bird": "bird", "cat": "cat", "dog": "dog"}
-#: Kinds said beside people where nothing else is: what people play or use. Several in a band's
-#: hands spread the classifier over their classes, so the kind needs no concentration there.
+#: Kinds said beside people where nothing else is: what people play or use (a band's instruments
+#: spread the classifier over their classes: kinds.SPREAD_KINDS spares them the concentration test).
 HELD_KINDS = frozenset({"musical instrument"})
 #: Folded probability of a place (seashore, alp) that earns "on a beach", "in the mountains".
 PLACE_SCORE = 0.5
@@ -512,8 +512,8 @@ def weigh_object(
         return None
     best, mass = next(iter(nouns.items()), ("", 0.0))
     renameable = (kind in RENAMEABLE_KINDS and kind_of(best) == kind) or (noun in FRUIT and best in FRUIT)
-    fits = detection.score >= SURE_OBJECT or whole is None or fits_photo(best, whole)
-    if own_crop and renameable and mass >= SURE_NOUN and fits:
+    rename = own_crop and renameable and mass >= SURE_NOUN
+    if rename and (detection.score >= SURE_OBJECT or whole is None or fits_photo(best, whole)):
         return Thing(best, detection.score, detection.box)  # "dog" 0.47 on a crop the classifier calls a cat
     if noun in FRUIT:
         kind, kind_agrees = "fruit", sum(fruit.values()) >= KIND_SUPPORT
@@ -566,6 +566,7 @@ def read_scene(evidence: Evidence) -> Scene:
     faces = [f for f in evidence.faces if any(inside(f.box, p.box) >= FACE_INSIDE for p in people)]
     smiling = sum(1 for f in faces if f.emotion == "happy" and (f.emotion_score or 0.0) >= SMILE_SCORE)
 
+    wide = evidence.wide_tags or evidence.tags  # what the kinds and renames are weighed on
     boxed = []
     held: dict[str, float] = {}  # food and drink the classifier is sure of on a box it does not confirm
     shared = Counter(d.label for d in evidence.objects)
@@ -575,7 +576,7 @@ def read_scene(evidence: Evidence) -> Scene:
         crop_tags = evidence.object_tags[i] if i < len(evidence.object_tags) else evidence.tags
         # Boxes past the describer's crop budget carry the whole photo's tags: they count only alone.
         own_crop = shared[detection.label] == 1 or list(crop_tags) != list(evidence.tags)
-        thing = weigh_object(detection, crop_tags, own_crop, evidence.wide_tags or evidence.tags or None)
+        thing = weigh_object(detection, crop_tags, own_crop, wide or None)
         unconfirmed = thing is None or not thing.sure
         if detection.label == "dining table" and unconfirmed and at_table(detection, people):
             thing = Thing("table", detection.score, detection.box)
@@ -624,13 +625,13 @@ def read_scene(evidence: Evidence) -> Scene:
         # No class is sure, but many of one kind together may be: daisy + yellow lady's slipper +
         # pot is "a plant", church + palace + monastery "a building"; a fair guess is hedged. Not
         # beside a detector's box: on scikit-image's horse the dog breeds add up to a sure "dog".
-        kind = best_kind(evidence.wide_tags or evidence.tags)
+        kind = best_kind(wide)
         if kind is not None:
             unboxed = [Thing(kind.noun, kind.mass, sure=kind.sure)]
     elif not people and not boxed and len(unboxed) == 1 and not unboxed[0].sure:
         # A lone object under its bar (pliers the classifier calls "a can opener" at 0.78) whose
         # kind is sure is said by its kind: "a tool" is right where the noun may not be.
-        kind = best_kind(evidence.wide_tags or evidence.tags)
+        kind = best_kind(wide)
         if kind is not None and kind.sure and kind.noun in said_kinds(unboxed[0].noun):
             unboxed = [Thing(kind.noun, kind.mass)]
     elif (
@@ -641,14 +642,14 @@ def read_scene(evidence: Evidence) -> Scene:
         # Small boxes, or tourists, in front of a building the whole photo is of (a car before a
         # shop front, three people under the leaning tower): the building is a subject; the kind
         # must be sure, since a box is there to disagree.
-        kind = best_kind(evidence.wide_tags or evidence.tags)
+        kind = best_kind(wide)
         if kind is not None and kind.sure and kind.noun in SETTINGS:
             boxed = [Thing(kind.noun, kind.mass), *boxed]
     if people and not any(t.sure for t in (*boxed, *unboxed)):
         # People and nothing else sure: what they hold, where the classifier is sure of its kind
         # (a band: cello, bassoon and sax, "musical instrument" 0.77 over its classes; a cello
         # alone at 0.65, under the lone object's bar, is one of them too).
-        kind = best_kind(evidence.wide_tags or evidence.tags)
+        kind = best_kind(wide)
         if kind is not None and kind.sure and kind.noun in HELD_KINDS:
             unboxed = [Thing(kind.noun if len(people) == 1 else plural(kind.noun), kind.mass)]
     place = next((PLACES[n] for n, m in whole.items() if n in PLACES and m >= PLACE_SCORE), None)
