@@ -2,7 +2,7 @@
 
     python -m bench devset          # once: fetch the development set's photos (bench/devset.py)
     python -m bench quality [--set skimage|tuning|extra|validation|devset|all] [--models A,B] [--show]
-                            [--jpeg Q]
+                            [--jpeg Q] [--shrink PX]
 
 Four sets, reported apart: ``skimage`` (scikit-image's photos and composites, the set the scene
 describer's first rules were tuned on), the development set's ``tuning`` and ``validation``
@@ -20,6 +20,8 @@ noun. The models compared by default are the classifier alone (``builtin:efficie
 and ``builtin:scene``; ``--quick`` runs a few scikit-image cases. ``--jpeg 85`` also describes
 each photo re-encoded as a JPEG at that quality, scored beside it with how many sentences changed:
 a photo sent on by a phone is the same photo, and a sentence that changes sits on a threshold.
+``--shrink 96`` does the same with each photo scaled down to a shorter side of 96 px, a thumbnail:
+fewer groups are named, and no more confident wrong nouns should be said.
 """
 
 from __future__ import annotations
@@ -183,8 +185,8 @@ class Score:
     counted: int = 0  # photos with a people count
     count_right: int = 0
     hits: int = 0  # every group named, no confident wrong noun
-    changed: int = 0  # re-encoded photos whose sentence differs (``--jpeg``)
-    reencoded: bool = False  # these are the re-encoded photos' figures: say "changed" even at 0
+    changed: int = 0  # photos whose sentence differs from the original's (``--jpeg``, ``--shrink``)
+    variant: bool = False  # these are a variant's figures (re-encoded, shrunk): say "changed" even at 0
 
     def add(self, text: str, case: Case) -> None:
         self.photos += 1
@@ -203,7 +205,7 @@ class Score:
         return (
             f"{self.named:3d} / {self.photos:<3d} {self.wrong:5d} ({self.wrong_photos:2d} photos) "
             f"{count}   {self.hits:3d} / {self.photos}"
-        ) + (f"   changed {self.changed} / {self.photos}" if self.reencoded else "")
+        ) + (f"   changed {self.changed} / {self.photos}" if self.variant else "")
 
 
 def reencoded(image: Image.Image, quality: int) -> Image.Image:
@@ -213,21 +215,47 @@ def reencoded(image: Image.Image, quality: int) -> Image.Image:
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
 
 
+def shrunk(image: Image.Image, side: int) -> Image.Image:
+    """The image scaled down so its shorter side is ``side`` pixels (a thumbnail); a smaller one as it is."""
+    scale = side / min(image.size)
+    if scale >= 1:
+        return image
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The same photo as sent another way, described beside the original: ``name`` in the score
+    table ("JPEG q85"), ``tag`` where a changed sentence is printed ("q85")."""
+
+    name: str
+    tag: str
+    change: Callable[[Image.Image], Image.Image]
+
+
+def jpeg_variant(quality: int) -> Variant:
+    return Variant(f"JPEG q{quality}", f"q{quality}", lambda image: reencoded(image, quality))
+
+
+def shrink_variant(side: int) -> Variant:
+    return Variant(f"{side} px", f"{side}px", lambda image: shrunk(image, side))
+
+
 def evaluate(
-    describers: Sequence[Describer], cases: Sequence[Case], show: bool, jpeg: int | None = None
+    describers: Sequence[Describer], cases: Sequence[Case], show: bool, variants: Sequence[Variant] = ()
 ) -> dict[str, Score]:
     """Describe every case with every model; print the misses; a :class:`Score` per model name.
 
-    With ``jpeg``, each case is also described once re-encoded at that quality, scored under
-    "NAME (JPEG qN)" and its sentence printed where it differs: a sentence that changes when
-    nothing a viewer sees changes sits on a threshold.
+    Each variant (``--jpeg``, ``--shrink``) describes every case once more, changed, scored under
+    "NAME (VARIANT)" and printed where its sentence differs: a sentence that changes when nothing
+    a viewer needs changes sits on a threshold.
     """
     scores = {d.name: Score() for d in describers}
-    if jpeg is not None:
-        scores |= {f"{d.name} (JPEG q{jpeg})": Score(reencoded=True) for d in describers}
+    scores |= {f"{d.name} ({v.name})": Score(variant=True) for v in variants for d in describers}
     for case in cases:
         image = case.image()
-        again_image = reencoded(image, jpeg) if jpeg is not None else None
+        changed = [(v, v.change(image)) for v in variants]
         print(f"\n{case.name}")
         for describer in describers:
             (text,) = describer.describe([image])
@@ -238,14 +266,14 @@ def evaluate(
                 f"  {mark} {short(describer.name):<20} {text}"
                 + (f"   [{' '.join(missed)}]" if missed else "")
             )
-            if again_image is not None:
-                (again,) = describer.describe([again_image])
-                score = scores[f"{describer.name} (JPEG q{jpeg})"]
+            for variant, other in changed:
+                (again,) = describer.describe([other])
+                score = scores[f"{describer.name} ({variant.name})"]
                 score.add(again, case)
                 score.changed += again != text
                 if again != text:
                     mark = "ok  " if not misses(again, case) else "MISS"
-                    print(f"  {mark} {short(describer.name) + ' q' + str(jpeg):<20} {again}")
+                    print(f"  {mark} {short(describer.name) + ' ' + variant.tag:<20} {again}")
             if show:
                 image.save(f"/tmp/quality-{case.name.replace(' ', '_')}.png")
     return scores
@@ -285,6 +313,14 @@ def jpeg_quality(text: str) -> int:
     return quality
 
 
+def short_side(text: str) -> int:
+    """``--shrink``'s value: a thumbnail's shorter side, 16-1024 px."""
+    side = int(text)
+    if not 16 <= side <= 1024:
+        raise argparse.ArgumentTypeError(f"the shorter side must be 16-1024 px, not {side}")
+    return side
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -305,7 +341,17 @@ def main(argv: list[str] | None = None) -> None:
         metavar="Q",
         help="also describe each photo re-encoded as a JPEG at quality Q (1-95), scored beside it",
     )
+    parser.add_argument(
+        "--shrink",
+        type=short_side,
+        metavar="PX",
+        help="also describe each photo shrunk to a shorter side of PX pixels (16-1024), scored beside it",
+    )
     args = parser.parse_args(argv)
+    variants = [
+        *([jpeg_variant(args.jpeg)] if args.jpeg is not None else []),
+        *([shrink_variant(args.shrink)] if args.shrink is not None else []),
+    ]
     sets = ("skimage",) if args.quick else SETS.get(args.set, (args.set,))
     describers = [
         load_describer(Settings.from_env(vision_model=spec.strip()))
@@ -319,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             cases = devset_cases(name)
         print(f"\n##### {name}: {len(cases)} photos")
-        results[name] = evaluate(describers, cases, args.show, args.jpeg)
+        results[name] = evaluate(describers, cases, args.show, variants)
     width = max(len(short(model)) for scores in results.values() for model in scores)
     print(f"\nset         {'model':<{width}} every group named  confident wrong  people right   hits")
     for name, scores in results.items():

@@ -22,7 +22,19 @@ from bench.devset import (
     split,
     with_people,
 )
-from bench.quality import Case, Score, evaluate, misses, names, people_said, reencoded, wrong_nouns
+from bench.quality import (
+    Case,
+    Score,
+    evaluate,
+    jpeg_variant,
+    misses,
+    names,
+    people_said,
+    reencoded,
+    shrink_variant,
+    shrunk,
+    wrong_nouns,
+)
 from bench.quality import main as quality_main
 
 
@@ -92,15 +104,29 @@ def test_jpeg_reencoding_is_scored_beside_the_original(capsys: pytest.CaptureFix
     again = reencoded(photo, 50)
     assert again.size == photo.size and not np.array_equal(np.asarray(again), noise)
     cat = Case("cat", lambda: photo, ("cat",), ("dog",))
-    scores = evaluate([Exact()], [cat], show=False, jpeg=50)  # type: ignore[list-item]
+    scores = evaluate([Exact()], [cat], show=False, variants=[jpeg_variant(50)])  # type: ignore[list-item]
     assert (scores["exact"].hits, scores["exact"].changed) == (1, 0)
     jpeg = scores["exact (JPEG q50)"]
     assert (jpeg.hits, jpeg.wrong, jpeg.changed) == (0, 1, 1)
     assert "changed 1 / 1" in jpeg.line() and "exact q50" in capsys.readouterr().out
     # A re-encoded row says "changed" even when nothing did; an original row never does.
-    assert "changed 0 / 0" in Score(reencoded=True).line() and "changed" not in Score().line()
+    assert "changed 0 / 0" in Score(variant=True).line() and "changed" not in Score().line()
     with pytest.raises(SystemExit):
         quality_main(["--jpeg", "100"])
+
+
+def test_a_thumbnail_is_scored_beside_the_original(capsys: pytest.CaptureFixture[str]):
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 450, 3), dtype=np.uint8))
+    assert shrunk(photo, 96).size == (144, 96)
+    assert shrunk(photo, 600) is photo  # never enlarged
+    cat = Case("cat", lambda: photo, ("cat",), ("dog",))
+    scores = evaluate([Exact()], [cat], show=False, variants=[shrink_variant(96)])  # type: ignore[list-item]
+    thumb = scores["exact (96 px)"]
+    assert (scores["exact"].hits, thumb.hits, thumb.wrong, thumb.changed) == (1, 0, 1, 1)
+    assert "exact 96px" in capsys.readouterr().out
+    for side in ("8", "4096"):
+        with pytest.raises(SystemExit):
+            quality_main(["--shrink", side])
 
 
 def test_manifest_is_consistent():
