@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.quality import CASES
+from bench.quality import CASES, shrunk
 from imgsvc.config import Settings
 from imgsvc.vision import load_describer, resolve_model
 from imgsvc.vision.base import Box, Detection, Tag
@@ -60,6 +60,12 @@ def test_no_confident_wrong_noun_on_photos_without_a_clear_subject(scene: SceneD
     texts = scene.describe([PHOTOS[name]() for name in ("rocket", "moon", "coins")])
     for text, wrong in zip(texts, ("drilling platform", "nematode", "golf ball"), strict=True):
         assert wrong not in text and "no clearly recognisable subject" in text
+
+
+def test_on_a_thumbnail_the_cat_is_a_guess(scene: SceneDescriber):
+    small, larger = scene.describe_full([shrunk(PHOTOS["chelsea"](), side) for side in (127, 128)])
+    assert (small.text, small.objects) == ("A photo of what may be a cat.", [])
+    assert larger.text == "A photo of a cat." and [o.label for o in larger.objects] == ["cat"]
 
 
 def test_a_page_is_still_read(scene: SceneDescriber):

@@ -262,6 +262,33 @@ def test_an_unsure_classifier_names_nothing(tags):
     assert compose_scene(Evidence(tags=tags)) == "An image with no clearly recognisable subject."
 
 
+def test_on_a_thumbnail_every_noun_is_a_guess_and_people_still_count():
+    # GCompris's 74 px detail of a castle's turret: 0.69 "space shuttle" on the blown-up pixels.
+    shuttle = Evidence(tags=[Tag("space shuttle", 0.69), Tag("beacon", 0.02)])
+    assert compose_scene(shuttle) == "A photo of a space shuttle."
+    small = Evidence(tags=shuttle.tags, small=True)
+    assert compose_scene(small) == "A photo of what may be a space shuttle."
+    pair = Evidence(
+        objects=[Detection("cat", 0.8, LEFT), Detection("motorcycle", 0.8, RIGHT)],
+        object_tags=[CAT_TAGS, [Tag("moped", 0.3), Tag("motor scooter", 0.3)]],
+        tags=CAT_TAGS,
+    )
+    assert compose_scene(pair) == "A photo of a cat to the left of a motorcycle."
+    small_pair = Evidence(**{**vars(pair), "small": True})
+    assert compose_scene(small_pair) == "A photo of what may be a cat and a motorcycle."
+    assert read_scene(small_pair).objects == []  # no box is stood by
+    # Where it was taken is the whole photo's look, which a thumbnail keeps ("a landscape by a lake").
+    beach = Evidence(people=[person(LEFT), person(RIGHT)], tags=[Tag("seashore", 0.7)], small=True)
+    assert compose_scene(beach) == "A photo of two people side by side on a beach."
+    band = Evidence(people=[person()], tags=[Tag("tripod", 0.95)], small=True)
+    assert compose_scene(band) == "A photo of a person with what may be a tripod."
+    unsure = Evidence(objects=[Detection("horse", 0.65, MIDDLE)], object_tags=[[Tag("ox", 0.2)]], small=True)
+    assert compose_scene(unsure) == "A photo of what may be a horse."
+    assert Evidence.from_json(json.loads(json.dumps(small.to_json()))).small is True
+    recorded_before = {k: v for k, v in small.to_json().items() if k != "small"}
+    assert Evidence.from_json(recorded_before).small is False  # recorded before the flag: full size
+
+
 def test_people_are_never_dropped_for_a_weak_classifier():
     evidence = Evidence(people=[person()], tags=[Tag("bobsled", 0.19), Tag("football helmet", 0.17)])
     assert compose_scene(evidence) == "A photo of a person."

@@ -75,6 +75,13 @@ GREY_TOLERANCE = 12
 PAPER_CHROMA = 40
 PAPER_LIGHT = 110
 PAGE_SHARE = 0.6
+#: An image whose shorter side is under this (pixels) is a thumbnail: every noun said of it is a guess.
+#: The classifier sees 224 px and CenterNet 512, so a thumbnail is blown up several times, and
+#: they stay as sure as ever of what they think they see. Measured on scikit-image's photos, the
+#: tuning half and the extra set shrunk to a shorter side of N px (``python -m bench quality
+#: --shrink N``), confident wrong nouns: 4 at full size, 4 at 160, 5 at 128, 7 at 112, 8 at 96 and
+#: 10 at 74 (GCompris's 74 px painting details said "a space shuttle" and "a reptile").
+SMALL_IMAGE = 128
 #: CenterNet's strongest "person" cell (:meth:`ObjectDetector.scan`) from which the person detector
 #: runs. On scikit-image's photos and the development set's tuning half, every photo where SSDLite
 #: found someone had 0.45 or more, every photo without people 0.27 at most; 0.2 keeps a margin of
@@ -272,6 +279,7 @@ class SceneDescriber(Describer):
             page=looks_like_page(image) if lines else None,
             drawing=drawing,
             painting=painting,
+            small=min(image.size) < SMALL_IMAGE,
         )
         return self._look_at_surfaces(image, self._read_signs(image, evidence))
 

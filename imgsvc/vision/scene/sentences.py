@@ -205,6 +205,8 @@ class Evidence:
     #: What :func:`~imgsvc.vision.scene.surfaces.surfaces` sees (sky, grass); None: not measured
     #: (the describer measures only where nothing else would be named).
     surfaces: Sequence[str] | None = None
+    #: Whether the image is too small for any noun to be sure (the describer's ``SMALL_IMAGE``).
+    small: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types, for recording real model outputs as test fixtures."""
@@ -236,6 +238,7 @@ class Evidence:
             "drawing": self.drawing,
             "painting": self.painting,
             "surfaces": None if self.surfaces is None else list(self.surfaces),
+            "small": self.small,
         }
 
     @classmethod
@@ -256,6 +259,7 @@ class Evidence:
             drawing=data.get("drawing"),
             painting=data.get("painting"),
             surfaces=data.get("surfaces"),
+            small=data.get("small", False),
         )
 
 
@@ -284,12 +288,14 @@ class Scene:
     drawing: bool = False
     painting: bool = False
     surfaces: Sequence[str] = ()
+    #: A thumbnail (:attr:`Evidence.small`): the things are said, but only as guesses.
+    small: bool = False
 
     @property
     def objects(self) -> list[Detection]:
         """Every box we stand by (people first), with the label the sentence uses."""
         boxed = [Detection(t.noun, t.score, t.box) for t in self.things if t.box is not None and t.sure]
-        return list(self.people) + boxed
+        return list(self.people) + ([] if self.small else boxed)
 
 
 # --- the classifier's nouns --------------------------------------------------------------------
@@ -665,6 +671,7 @@ def read_scene(evidence: Evidence) -> Scene:
         drawing=bool(evidence.drawing),
         painting=bool(evidence.painting),
         surfaces=tuple(evidence.surfaces or ()),
+        small=evidence.small,
     )
 
 
@@ -751,8 +758,30 @@ def join(words: Sequence[str]) -> str:
     return ", ".join(words[:-1]) + " and " + words[-1]
 
 
+def thumbnail_phrase(scene: Scene) -> str | None:
+    """:func:`subject_and_rest` for a thumbnail: the people, then every thing as one guess.
+
+    The models see a thumbnail's few pixels blown up and stay as sure as ever of the wrong noun
+    ("a space shuttle" on a castle's turret 74 px across): what they saw is said, hedged, without
+    positions; a guess among it as at full size ("an animal and a giraffe"). People are still
+    counted (two detectors must agree on each).
+    """
+    sure = phrases(scene.things)
+    named = {noun for noun, _, _ in sure} | ({"person"} if scene.people else set())
+    guess = next((t for t in scene.things if not t.sure and t.noun not in named), None)
+    seen = [phrase for _, phrase, _ in sure] + ([counted(guess.noun, 1)] if guess else [])
+    things = f"what may be {join(seen)}" if seen else None
+    if not scene.people:
+        return things
+    subject = people_phrase(scene)
+    joint = ", with" if "," in subject else " with"
+    return f"{subject}{joint} {things}" if things else subject
+
+
 def subject_and_rest(scene: Scene) -> str | None:
     """The noun phrase after "A photo of"; None when nothing is sure enough to name."""
+    if scene.small:
+        return thumbnail_phrase(scene)
     named_phrases = phrases(scene.things)
     rest = [(phrase, boxes) for _, phrase, boxes in named_phrases]
     passers_by = scene.people and all(p.box.area < SMALL_PERSON for p in scene.people)
