@@ -76,11 +76,12 @@ PAPER_CHROMA = 40
 PAPER_LIGHT = 110
 PAGE_SHARE = 0.6
 #: An image whose shorter side is under this (pixels) is a thumbnail: every noun said of it is a guess.
-#: The classifier sees 224 px and CenterNet 512, so a thumbnail is blown up several times, and
-#: they stay as sure as ever of what they think they see. Measured on scikit-image's photos, the
-#: tuning half and the extra set shrunk to a shorter side of N px (``python -m bench quality
-#: --shrink N``), confident wrong nouns: 4 at full size, 4 at 160, 5 at 128, 7 at 112, 8 at 96 and
-#: 10 at 74 (GCompris's 74 px painting details said "a space shuttle" and "a reptile").
+#: The classifier sees 224 px and CenterNet 512, so a thumbnail is blown up several times over, and
+#: they stay as sure as ever of what they think they see. Photos with a confident wrong noun on
+#: scikit-image's photos, the tuning half and the extra set shrunk to a shorter side of N px
+#: (``python -m bench quality --shrink N``), before this rule: 4 at full size, 5 at 160, 6 at 128,
+#: 7 at 112 and 96, 10 at 74. Outside the development set, GCompris's 74 px details of paintings
+#: were "a space shuttle" (a turret) and "a reptile".
 SMALL_IMAGE = 128
 #: CenterNet's strongest "person" cell (:meth:`ObjectDetector.scan`) from which the person detector
 #: runs. On scikit-image's photos and the development set's tuning half, every photo where SSDLite
