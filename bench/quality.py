@@ -248,14 +248,15 @@ def evaluate(
     """Describe every case with every model; print the misses; a :class:`Score` per model name.
 
     Each variant (``--jpeg``, ``--shrink``) describes every case once more, changed, scored under
-    "NAME (VARIANT)" and printed where its sentence differs: a sentence that changes when nothing
-    a viewer needs changes sits on a threshold.
+    "NAME (VARIANT)" and printed where its sentence differs: one that changes on a re-encoding,
+    which changes nothing a viewer sees, sits on a threshold; a thumbnail should lose words, not
+    gain wrong ones.
     """
     scores = {d.name: Score() for d in describers}
     scores |= {f"{d.name} ({v.name})": Score(variant=True) for v in variants for d in describers}
     for case in cases:
         image = case.image()
-        changed = [(v, v.change(image)) for v in variants]
+        others = [(v, v.change(image)) for v in variants]
         print(f"\n{case.name}")
         for describer in describers:
             (text,) = describer.describe([image])
@@ -266,7 +267,7 @@ def evaluate(
                 f"  {mark} {short(describer.name):<20} {text}"
                 + (f"   [{' '.join(missed)}]" if missed else "")
             )
-            for variant, other in changed:
+            for variant, other in others:
                 (again,) = describer.describe([other])
                 score = scores[f"{describer.name} ({variant.name})"]
                 score.add(again, case)

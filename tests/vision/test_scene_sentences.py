@@ -7,6 +7,7 @@ recorded outputs for the sample photos (tests/fixtures/scene_evidence.json) thro
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -274,12 +275,16 @@ def test_on_a_thumbnail_every_noun_is_a_guess_and_people_still_count():
         tags=CAT_TAGS,
     )
     assert compose_scene(pair) == "A photo of a cat to the left of a motorcycle."
-    small_pair = Evidence(**{**vars(pair), "small": True})
+    small_pair = replace(pair, small=True)
     assert compose_scene(small_pair) == "A photo of what may be a cat and a motorcycle."
     assert read_scene(small_pair).objects == []  # no box is stood by
     # Where it was taken is the whole photo's look, which a thumbnail keeps ("a landscape by a lake").
     beach = Evidence(people=[person(LEFT), person(RIGHT)], tags=[Tag("seashore", 0.7)], small=True)
     assert compose_scene(beach) == "A photo of two people side by side on a beach."
+    assert [o.label for o in read_scene(beach).objects] == ["person", "person"]
+    # The guess is the one full size would say: beside a person, no unboxed tag the classifier doubts.
+    phone = Evidence(people=[person()], tags=[Tag("cellular telephone", 0.7)])
+    assert compose_scene(phone) == compose_scene(replace(phone, small=True)) == "A photo of a person."
     band = Evidence(people=[person()], tags=[Tag("tripod", 0.95)], small=True)
     assert compose_scene(band) == "A photo of a person with what may be a tripod."
     unsure = Evidence(objects=[Detection("horse", 0.65, MIDDLE)], object_tags=[[Tag("ox", 0.2)]], small=True)

@@ -75,9 +75,11 @@ GREY_TOLERANCE = 12
 PAPER_CHROMA = 40
 PAPER_LIGHT = 110
 PAGE_SHARE = 0.6
-#: An image whose shorter side is under this (pixels) is a thumbnail: every noun said of it is a guess.
-#: The classifier sees 224 px and CenterNet 512, so a thumbnail is blown up several times over, and
-#: they stay as sure as ever of what they think they see. Photos with a confident wrong noun on
+#: An image whose shorter side is under this (pixels) is a thumbnail: every thing in it is said as a
+#: guess (people are counted as ever). The classifier sees 224 px and CenterNet 512, so a thumbnail
+#: is blown up several times over, and they stay as sure as ever of what they think they see. It is
+#: the image the models get, after MAX_IMAGE_SIDE: a panorama wider than 8:1 (1024 x 120) counts,
+#: since its short side is as blown up. Photos with a confident wrong noun on
 #: scikit-image's photos, the tuning half and the extra set shrunk to a shorter side of N px
 #: (``python -m bench quality --shrink N``), before this rule: 4 at full size, 5 at 160, 6 at 128,
 #: 7 at 112 and 96, 10 at 74. Outside the development set, GCompris's 74 px details of paintings

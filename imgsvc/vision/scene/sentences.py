@@ -15,8 +15,9 @@ becomes a cat, never a cup), only when it is sure and, for a weak box, only wher
 has room for the new name. Counts come only from boxes that stand. People: a box counts from
 PERSON_SCORE, or from SECOND_LOOK where a sure person was found (back rows, frame edges); a weak
 box only the person detector saw needs the other detector's agreement. A face counts only inside a
-person. Text on something that is not a page is "a sign that reads ...". Weak evidence makes the
-sentence shorter or hedged, never a confident wrong noun.
+person. Text on something that is not a page is "a sign that reads ...". On a thumbnail (too few
+pixels for the models, :attr:`Evidence.small`) the people are counted and the rest is one guess.
+Weak evidence makes the sentence shorter or hedged, never a confident wrong noun.
 """
 
 from __future__ import annotations
@@ -205,7 +206,8 @@ class Evidence:
     #: What :func:`~imgsvc.vision.scene.surfaces.surfaces` sees (sky, grass); None: not measured
     #: (the describer measures only where nothing else would be named).
     surfaces: Sequence[str] | None = None
-    #: Whether the image is too small for any noun to be sure (the describer's ``SMALL_IMAGE``).
+    #: Whether the image is a thumbnail (the describer's ``SMALL_IMAGE``): too small for any thing
+    #: in it to be named for sure; the people and the place are said as ever.
     small: bool = False
 
     def to_json(self) -> dict[str, Any]:
@@ -758,24 +760,38 @@ def join(words: Sequence[str]) -> str:
     return ", ".join(words[:-1]) + " and " + words[-1]
 
 
+def with_rest(subject: str, words: Sequence[str]) -> str:
+    """``subject`` and what comes with it; "six people, two of them smiling, with a table": the
+    smiles belong to the people, not the table."""
+    joint = ", with" if "," in subject else " with"
+    return f"{subject}{joint} {join(words)}" if words else subject
+
+
+def first_guess(scene: Scene, named: set[str]) -> Thing | None:
+    """What is said as "what may be ...": alone, the first guess; beside what is named (people, sure
+    things), only a box whose noun is not named ("a horse with what may be a horse" says nothing)."""
+    return next(
+        (t for t in scene.things if not t.sure and t.noun not in named and (t.box is not None or not named)),
+        None,
+    )
+
+
 def thumbnail_phrase(scene: Scene) -> str | None:
     """:func:`subject_and_rest` for a thumbnail: the people, then every thing as one guess.
 
     The models see a thumbnail's few pixels blown up and stay as sure as ever of the wrong noun
     ("a space shuttle" on a castle's turret 74 px across): what they saw is said, hedged, without
-    positions; a guess among it as at full size ("an animal and a giraffe"). People are still
-    counted (two detectors must agree on each).
+    positions, and after the people even where a building would lead at full size. The guess said
+    beside it is the one full size would say ("an animal and a giraffe"). People are still counted
+    (two detectors must agree on each).
     """
-    sure = phrases(scene.things)
-    named = {noun for noun, _, _ in sure} | ({"person"} if scene.people else set())
-    guess = next((t for t in scene.things if not t.sure and t.noun not in named), None)
-    seen = [phrase for _, phrase, _ in sure] + ([counted(guess.noun, 1)] if guess else [])
-    things = f"what may be {join(seen)}" if seen else None
+    named = {t.noun for t in scene.things if t.sure} | ({"person"} if scene.people else set())
+    guess = first_guess(scene, named)
+    seen = [phrase for _, phrase, _ in phrases(scene.things)] + ([counted(guess.noun, 1)] if guess else [])
+    things = [f"what may be {join(seen)}"] if seen else []
     if not scene.people:
-        return things
-    subject = people_phrase(scene)
-    joint = ", with" if "," in subject else " with"
-    return f"{subject}{joint} {things}" if things else subject
+        return things[0] if things else None
+    return with_rest(people_phrase(scene), things)
 
 
 def subject_and_rest(scene: Scene) -> str | None:
@@ -802,7 +818,7 @@ def subject_and_rest(scene: Scene) -> str | None:
     elif rest:
         (subject, boxes), rest = rest[0], rest[1:]
     else:
-        guess = next((t for t in scene.things if not t.sure), None)
+        guess = first_guess(scene, set())
         return f"what may be {counted(guess.noun, 1)}" if guess else None
     if rest and len(boxes) == 1 and len(rest[0][1]) == 1:
         where = relation(boxes[0], rest[0][1][0])
@@ -812,11 +828,9 @@ def subject_and_rest(scene: Scene) -> str | None:
     # A box nothing independent confirmed is still worth a hedge beside what is sure, but not a
     # second box of a noun already named ("a horse with what may be a horse").
     named = {t.noun for t in scene.things if t.sure} | ({"person"} if scene.people else set())
-    guess = next((t for t in scene.things if not t.sure and t.box is not None and t.noun not in named), None)
+    guess = first_guess(scene, named)
     words = [phrase for phrase, _ in rest] + ([f"what may be {counted(guess.noun, 1)}"] if guess else [])
-    # "six people, two of them smiling, with a table": the smiles belong to the people, not the table.
-    joint = ", with" if "," in subject else " with"
-    return f"{subject}{joint} {join(words)}" if words else subject
+    return with_rest(subject, words)
 
 
 def is_setting(noun: str) -> bool:
