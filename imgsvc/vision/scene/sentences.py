@@ -767,9 +767,10 @@ def with_rest(subject: str, words: Sequence[str]) -> str:
     return f"{subject}{joint} {join(words)}" if words else subject
 
 
-def first_guess(scene: Scene, named: set[str]) -> Thing | None:
+def first_guess(scene: Scene) -> Thing | None:
     """What is said as "what may be ...": alone, the first guess; beside what is named (people, sure
     things), only a box whose noun is not named ("a horse with what may be a horse" says nothing)."""
+    named = {t.noun for t in scene.things if t.sure} | ({"person"} if scene.people else set())
     return next(
         (t for t in scene.things if not t.sure and t.noun not in named and (t.box is not None or not named)),
         None,
@@ -785,8 +786,7 @@ def thumbnail_phrase(scene: Scene) -> str | None:
     beside it is the one full size would say ("an animal and a giraffe"). People are still counted
     (two detectors must agree on each).
     """
-    named = {t.noun for t in scene.things if t.sure} | ({"person"} if scene.people else set())
-    guess = first_guess(scene, named)
+    guess = first_guess(scene)
     seen = [phrase for _, phrase, _ in phrases(scene.things)] + ([counted(guess.noun, 1)] if guess else [])
     things = [f"what may be {join(seen)}"] if seen else []
     if not scene.people:
@@ -818,7 +818,7 @@ def subject_and_rest(scene: Scene) -> str | None:
     elif rest:
         (subject, boxes), rest = rest[0], rest[1:]
     else:
-        guess = first_guess(scene, set())
+        guess = first_guess(scene)  # nothing is named: the first guess, boxed or not
         return f"what may be {counted(guess.noun, 1)}" if guess else None
     if rest and len(boxes) == 1 and len(rest[0][1]) == 1:
         where = relation(boxes[0], rest[0][1][0])
@@ -827,8 +827,7 @@ def subject_and_rest(scene: Scene) -> str | None:
             rest = rest[1:]
     # A box nothing independent confirmed is still worth a hedge beside what is sure, but not a
     # second box of a noun already named ("a horse with what may be a horse").
-    named = {t.noun for t in scene.things if t.sure} | ({"person"} if scene.people else set())
-    guess = first_guess(scene, named)
+    guess = first_guess(scene)
     words = [phrase for phrase, _ in rest] + ([f"what may be {counted(guess.noun, 1)}"] if guess else [])
     return with_rest(subject, words)
 
